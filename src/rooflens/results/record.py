@@ -1,0 +1,115 @@
+"""The result record: one JSON document per cell (engine x workload x batch size).
+
+Every number says where it came from: ``measured`` (read from a clock, counter or allocator),
+``derived`` (arithmetic on measured numbers), ``datasheet`` (a hardware profile) or
+``modelled`` (an analytic estimate, never mixed with measured fields).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rooflens.engines.base import EngineStat
+from rooflens.models.loader import ModelInfo
+
+SCHEMA_VERSION = 1
+Provenance = Literal["measured", "derived", "datasheet", "modelled"]
+Status = Literal["ok", "failed", "unavailable"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Metric(_Model):
+    """A metric over the measured repetitions, with its unit, provenance and raw samples."""
+
+    unit: str
+    source: Provenance
+    how: str
+    n: int
+    median: float
+    p10: float
+    p90: float
+    mean: float
+    std: float
+    cv: float
+    min: float
+    max: float
+    samples: list[float]
+
+
+class Quantity(_Model):
+    """A single value with its unit and provenance."""
+
+    value: float | None
+    unit: str
+    source: Provenance
+    how: str
+
+
+class EnergyResult(_Model):
+    measured: bool
+    meter: str
+    domain: str = ""
+    reason: str | None = None
+    window_s: float | None = None
+    short_window: bool = False
+    warnings: list[str] = Field(default_factory=list)
+    joules: Quantity | None = None
+    joules_per_rep: Quantity | None = None
+    tokens_per_joule: Quantity | None = None
+    mean_power_w: Quantity | None = None
+
+
+class MemoryResult(_Model):
+    kind: Literal["cuda_allocator", "process_rss"]
+    peak_bytes: Quantity
+    baseline_bytes: Quantity
+    how: str
+
+
+class CellSpec(_Model):
+    engine: str
+    engine_label: str
+    engine_options: dict[str, Any]
+    workload: str
+    prompt_len: int
+    gen_len: int
+    batch_size: int
+    prompt_source: str
+
+
+class RepetitionInfo(_Model):
+    warmup: int
+    measured: int
+    measured_seconds: float
+    stopped_by: Literal["min_reps_and_seconds", "max_reps"]
+
+
+class ErrorInfo(_Model):
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class Record(_Model):
+    schema_version: int = SCHEMA_VERSION
+    record_id: str
+    status: Status
+    reason: ErrorInfo | None = None
+    experiment: dict[str, Any]
+    cell: CellSpec
+    model: ModelInfo | None
+    device: str
+    hardware_profile: dict[str, Any]
+    metrics: dict[str, Metric] = Field(default_factory=dict)
+    energy: EnergyResult | None = None
+    memory: MemoryResult | None = None
+    engine_stats: dict[str, EngineStat] = Field(default_factory=dict)
+    repetitions: RepetitionInfo | None = None
+    environment: dict[str, Any]
+    started_at: str
+    finished_at: str

@@ -1,0 +1,112 @@
+"""Writing records atomically and reading a folder of them back (as records or a DataFrame)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from pydantic import ValidationError
+
+from rooflens.results.record import SCHEMA_VERSION, Record
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_filename(record: Record) -> str:
+    c = record.cell
+    return safe_name(f"{c.engine_label}__{c.workload}__b{c.batch_size}") + ".json"
+
+
+def write_record(folder: Path, record: Record) -> Path:
+    path = Path(folder) / record_filename(record)
+    write_atomic(path, record.model_dump_json(indent=2))
+    return path
+
+
+class RecordLoadError(ValueError):
+    pass
+
+
+def load_records(folder: str | Path) -> list[Record]:
+    """All records under ``folder`` (recursively), oldest first. Non-record JSON files are skipped."""
+    root = Path(folder)
+    if not root.exists():
+        raise RecordLoadError(f"{root}: no such folder")
+    paths = [root] if root.is_file() else sorted(root.rglob("*.json"))
+    out = []
+    for p in paths:
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RecordLoadError(f"{p}: not readable JSON: {err}") from None
+        if not isinstance(data, dict) or "schema_version" not in data or "cell" not in data:
+            continue
+        if data["schema_version"] != SCHEMA_VERSION:
+            raise RecordLoadError(f"{p}: schema_version {data['schema_version']} (this rooflens reads {SCHEMA_VERSION})")
+        try:
+            out.append(Record.model_validate(data))
+        except ValidationError as err:
+            raise RecordLoadError(f"{p}: not a valid record: {err}") from None
+    return sorted(out, key=lambda r: r.started_at)
+
+
+def record_row(r: Record) -> dict:
+    """One flat row: identification columns, then ``<metric>`` medians and ``<metric>_p10/_p90/_cv``."""
+    row = {
+        "record_id": r.record_id,
+        "run_id": r.experiment.get("run_id"),
+        "experiment": r.experiment.get("name"),
+        "status": r.status,
+        "reason": r.reason.message if r.reason else None,
+        "engine": r.cell.engine,
+        "engine_label": r.cell.engine_label,
+        "workload": r.cell.workload,
+        "prompt_len": r.cell.prompt_len,
+        "gen_len": r.cell.gen_len,
+        "batch_size": r.cell.batch_size,
+        "model": r.model.label if r.model else None,
+        "weights": r.model.weights if r.model else None,
+        "dtype": r.model.dtype if r.model else None,
+        "device": r.device,
+        "hardware": r.hardware_profile.get("name"),
+        "started_at": r.started_at,
+    }
+    for name, m in r.metrics.items():
+        row[name] = m.median
+        row[f"{name}_p10"] = m.p10
+        row[f"{name}_p90"] = m.p90
+        row[f"{name}_cv"] = m.cv
+    e = r.energy
+    row["tokens_per_joule"] = e.tokens_per_joule.value if e and e.tokens_per_joule else None
+    row["energy_reason"] = e.reason if e else None
+    row["peak_memory_bytes"] = r.memory.peak_bytes.value if r.memory else None
+    for name, s in r.engine_stats.items():
+        if isinstance(s.value, (int, float)):
+            row[f"stat_{name}"] = s.value
+    return row
+
+
+def records_dataframe(folder: str | Path) -> pd.DataFrame:
+    """All records under ``folder`` as a DataFrame, one row per cell."""
+    return pd.DataFrame([record_row(r) for r in load_records(folder)])

@@ -1,0 +1,652 @@
+"""Hardware profiles (datasheet ceilings) and hardware detection.
+
+Profiles live as YAML files in ``rooflens/hw_profiles``; each ceiling carries the value, its
+unit and the document it comes from. Peak FLOP/s are *dense* (no structured sparsity).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "DTYPES",
+    "UNITS",
+    "Ceiling",
+    "DetectedHardware",
+    "GpuInfo",
+    "HardwareProfile",
+    "HardwareProfileError",
+    "ResolvedProfile",
+    "UnknownProfileError",
+    "detect_hardware",
+    "get_profile",
+    "list_profiles",
+    "load_profile_file",
+    "match_profile",
+    "resolve_profile",
+]
+
+Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
+DTYPES: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+
+#: Allowed units and their factor to SI (bytes, bytes/s, FLOP/s or OP/s, W).
+UNITS: dict[str, float] = {
+    "GB": 1e9,
+    "GiB": float(2**30),
+    "GB/s": 1e9,
+    "TB/s": 1e12,
+    "GFLOP/s": 1e9,
+    "TFLOP/s": 1e12,
+    "TOP/s": 1e12,
+    "W": 1.0,
+}
+_CAPACITY_UNITS = frozenset({"GB", "GiB"})
+_BANDWIDTH_UNITS = frozenset({"GB/s", "TB/s"})
+_FLOP_UNITS = frozenset({"GFLOP/s", "TFLOP/s"})
+_OP_UNITS = frozenset({"TOP/s"})
+_POWER_UNITS = frozenset({"W"})
+
+_DTYPE_ALIASES: dict[str, str] = {
+    "float32": "fp32",
+    "float": "fp32",
+    "f32": "fp32",
+    "tensorfloat32": "tf32",
+    "float16": "fp16",
+    "half": "fp16",
+    "f16": "fp16",
+    "bfloat16": "bf16",
+    "float8": "fp8",
+    "float8_e4m3fn": "fp8",
+    "float8_e5m2": "fp8",
+    "fp8_e4m3": "fp8",
+    "fp8_e5m2": "fp8",
+    "e4m3": "fp8",
+    "e5m2": "fp8",
+    "i8": "int8",
+}
+
+# A device-name token right after a matched pattern that makes it a different product
+# ("RTX 4090 D", "RTX 3090 Ti", "RTX 4080 SUPER", "... Laptop GPU", "Max-Q", "H200 NVL").
+_VARIANT_TOKENS = frozenset({"ti", "super", "laptop", "mobile", "max", "d", "nvl"})
+
+_INTERESTING_CPU_FLAGS: tuple[str, ...] = (
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "neon",
+    "asimd",
+    "sve",
+    "sve2",
+)
+
+_HW_PROBE_HINT = "run `rooflens hw probe`"
+
+
+class HardwareProfileError(ValueError):
+    """A shipped hardware-profile YAML is malformed or fails validation."""
+
+
+class UnknownProfileError(ValueError):
+    """No hardware profile has the requested name."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Ceiling(BaseModel):
+    """One datasheet number: value, unit (see :data:`UNITS`) and the document it comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: float = Field(gt=0)
+    unit: str
+    source: str = Field(min_length=1)
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, unit: str) -> str:
+        if unit not in UNITS:
+            raise ValueError(f"unknown unit {unit!r}; allowed units: {', '.join(UNITS)}")
+        return unit
+
+    @property
+    def si(self) -> float:
+        """Value in SI base units: bytes, bytes/s, FLOP/s (OP/s for int8) or W."""
+        return self.value * UNITS[self.unit]
+
+
+def _normalize_dtype(dtype: str) -> str:
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    return _DTYPE_ALIASES.get(key, key)
+
+
+class HardwareProfile(BaseModel):
+    """Datasheet ceilings of one device; ``None`` / absent means "no vendor figure"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    display_name: str = Field(min_length=1)
+    kind: Literal["gpu", "cpu"]
+    category: Literal["cloud_gpu", "pc_gpu", "cpu"]
+    vendor: str = Field(min_length=1)
+    match: list[str] = Field(default_factory=list)
+    memory_capacity: Ceiling | None = None
+    memory_bandwidth: Ceiling | None = None
+    tdp: Ceiling | None = None
+    peak_flops: dict[Dtype, Ceiling] = Field(default_factory=dict)
+    notes: str | None = None
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> HardwareProfile:
+        if (self.kind == "cpu") != (self.category == "cpu"):
+            raise ValueError(f"kind {self.kind!r} does not fit category {self.category!r}")
+        checks: list[tuple[str, Ceiling | None, frozenset[str]]] = [
+            ("memory_capacity", self.memory_capacity, _CAPACITY_UNITS),
+            ("memory_bandwidth", self.memory_bandwidth, _BANDWIDTH_UNITS),
+            ("tdp", self.tdp, _POWER_UNITS),
+        ]
+        for dtype, ceiling in self.peak_flops.items():
+            allowed = _OP_UNITS if dtype == "int8" else _FLOP_UNITS
+            checks.append((f"peak_flops.{dtype}", ceiling, allowed))
+        for field, ceiling, allowed in checks:
+            if ceiling is not None and ceiling.unit not in allowed:
+                raise ValueError(
+                    f"{field}: unit {ceiling.unit!r} is not valid here; use one of {sorted(allowed)}"
+                )
+        if any(not p.strip() for p in self.match):
+            raise ValueError("match: patterns must be non-empty strings")
+        return self
+
+    def peak_flops_si(self, dtype: str) -> float | None:
+        """Dense peak in FLOP/s (OP/s for int8) for ``dtype``; ``None`` when the datasheet has none.
+
+        Accepts torch-style aliases ("bfloat16", "torch.float16", "float8_e4m3fn", ...). There is
+        no fallback between dtypes: a missing bf16 is ``None``, not the fp16 figure.
+        """
+        ceiling = self.peak_flops.get(cast(Dtype, _normalize_dtype(dtype)))
+        return ceiling.si if ceiling is not None else None
+
+    def bandwidth_si(self) -> float | None:
+        """Peak memory bandwidth in bytes/s, or ``None``."""
+        return self.memory_bandwidth.si if self.memory_bandwidth is not None else None
+
+    def capacity_si(self) -> float | None:
+        """Memory capacity in bytes, or ``None``."""
+        return self.memory_capacity.si if self.memory_capacity is not None else None
+
+    def ridge_point(self, dtype: str) -> float | None:
+        """Arithmetic intensity (FLOP/byte) where the roofline turns flat, or ``None``."""
+        peak, bandwidth = self.peak_flops_si(dtype), self.bandwidth_si()
+        if peak is None or bandwidth is None:
+            return None
+        return peak / bandwidth
+
+
+class GpuInfo(BaseModel):
+    """One visible GPU; ``index`` is the index torch uses (``cuda:<index>``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    name: str
+    memory_total_bytes: int
+    driver_version: str | None = None
+    compute_capability: str | None = None
+
+
+class DetectedHardware(BaseModel):
+    """What this machine has, as found by :func:`detect_hardware`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_model: str
+    cpu_cores_logical: int
+    cpu_cores_physical: int | None = None
+    cpu_flags: list[str] = Field(default_factory=list)
+    memory_total_bytes: int
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    cuda_version: str | None = None
+    gpu_source: Literal["nvml", "torch.cuda"] | None = None
+
+
+class ResolvedProfile(BaseModel):
+    """The profile chosen for a run and why; ``matched`` is False when no datasheet fit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: HardwareProfile
+    matched: bool
+    reason: str
+    device_name: str | None = None
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<profile>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_profile_file(path: Any) -> HardwareProfile:
+    """Load and validate one profile YAML (a path or an ``importlib.resources`` Traversable).
+
+    Raises :class:`HardwareProfileError` naming the file and the offending field.
+    """
+    file_name = getattr(path, "name", str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise HardwareProfileError(f"hardware profile {file_name}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise HardwareProfileError(f"hardware profile {file_name}: expected a mapping at top level")
+    try:
+        profile = HardwareProfile.model_validate(data)
+    except ValidationError as exc:
+        raise HardwareProfileError(
+            f"hardware profile {file_name} is invalid: {_format_validation_error(exc)}"
+        ) from None
+    stem = file_name.rsplit(".", 1)[0]
+    if profile.name != stem:
+        raise HardwareProfileError(
+            f"hardware profile {file_name}: name {profile.name!r} does not match the file name"
+        )
+    return profile
+
+
+@functools.lru_cache(maxsize=1)
+def _load_profiles() -> tuple[HardwareProfile, ...]:
+    from importlib.resources import files
+
+    directory = files("rooflens") / "hw_profiles"
+    entries = sorted(
+        (e for e in directory.iterdir() if e.name.endswith((".yaml", ".yml"))),
+        key=lambda e: e.name,
+    )
+    profiles = tuple(sorted((load_profile_file(e) for e in entries), key=lambda p: p.name))
+    owner: dict[str, str] = {}
+    for profile in profiles:
+        for pattern in profile.match:
+            key = _normalize_name(pattern)
+            if key in owner and owner[key] != profile.name:
+                raise HardwareProfileError(
+                    f"hardware profile {profile.name}.yaml: match pattern {pattern!r} "
+                    f"is also used by {owner[key]}"
+                )
+            owner[key] = profile.name
+    return profiles
+
+
+def list_profiles() -> list[HardwareProfile]:
+    """All shipped hardware profiles, sorted by name (loaded once, then cached)."""
+    return list(_load_profiles())
+
+
+def get_profile(name: str) -> HardwareProfile:
+    """The profile called ``name`` (case-insensitive); raises :class:`UnknownProfileError`."""
+    key = name.strip().lower()
+    profiles = _load_profiles()
+    for profile in profiles:
+        if profile.name == key:
+            return profile
+    known = ", ".join(p.name for p in profiles)
+    raise UnknownProfileError(f"unknown hardware profile {name!r}; known profiles: {known}")
+
+
+def _normalize_name(text: str) -> str:
+    """Lower-case words separated by single spaces ("A100-SXM4-80GB" -> "a100 sxm4 80gb")."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def _pattern_matches(pattern: str, device: str) -> bool:
+    """Whole-word match of normalized ``pattern`` in normalized ``device``, not followed by a
+    variant qualifier (Ti, SUPER, Laptop, ...)."""
+    pat_tokens, dev_tokens = pattern.split(), device.split()
+    n = len(pat_tokens)
+    if n == 0:
+        return False
+    for start in range(len(dev_tokens) - n + 1):
+        if dev_tokens[start : start + n] == pat_tokens:
+            following = dev_tokens[start + n] if start + n < len(dev_tokens) else None
+            if following not in _VARIANT_TOKENS:
+                return True
+    return False
+
+
+def match_profile(device_name: str) -> HardwareProfile | None:
+    """The profile whose ``match`` pattern fits ``device_name`` most specifically, or ``None``.
+
+    Patterns are case-insensitive and compared on whole words ("-", "_" and spaces are
+    equivalent), so "L4" does not match "L40S" and "H200" does not match "GH200". A pattern
+    followed in the device name by a variant word (Ti, SUPER, D, Laptop, Max-Q, NVL) does not
+    match. Among matches, the longest pattern wins.
+    """
+    device = _normalize_name(device_name)
+    best: tuple[int, str] | None = None
+    best_profile: HardwareProfile | None = None
+    for profile in _load_profiles():
+        for pattern in profile.match:
+            norm = _normalize_name(pattern)
+            if not _pattern_matches(norm, device):
+                continue
+            # Longest pattern wins; ties are broken by profile name for determinism.
+            rank = (len(norm), profile.name)
+            if best is None or rank[0] > best[0] or (rank[0] == best[0] and rank[1] < best[1]):
+                best, best_profile = rank, profile
+    return best_profile
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _read_proc_cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _cpuinfo_field(text: str, *keys: str) -> str | None:
+    """First non-numeric value of the first of ``keys`` (in priority order) in /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        # "processor : 0" on x86 is an index, not a model name.
+        if sep and value and not value.isdigit():
+            fields.setdefault(key, value)
+    for key in keys:
+        if key.lower() in fields:
+            return fields[key.lower()]
+    return None
+
+
+def _py_cpuinfo() -> dict[str, Any]:
+    try:
+        import cpuinfo  # py-cpuinfo; slow (~1 s), so only a fallback
+
+        return dict(cpuinfo.get_cpu_info())
+    except Exception:  # noqa: BLE001 - detection must never raise
+        return {}
+
+
+def _interesting_flags(raw: list[str]) -> list[str]:
+    present = {f.lower().replace("_", "") for f in raw}
+    return [f for f in _INTERESTING_CPU_FLAGS if f.replace("_", "") in present]
+
+
+def _detect_cpu() -> tuple[str, list[str]]:
+    model: str | None = None
+    raw_flags: list[str] | None = None
+    text = _read_proc_cpuinfo()
+    if text:
+        model = _cpuinfo_field(text, "model name", "cpu model", "Processor", "Hardware")
+        flags_line = _cpuinfo_field(text, "flags", "Features")
+        if flags_line is not None:
+            raw_flags = flags_line.split()
+    if model is None or raw_flags is None:
+        info = _py_cpuinfo()
+        if model is None:
+            model = info.get("brand_raw") or None
+        if raw_flags is None:
+            raw_flags = [str(f) for f in info.get("flags", [])]
+    if not model:
+        model = platform.processor() or platform.machine() or "unknown CPU"
+    return model, _interesting_flags(raw_flags or [])
+
+
+def _decode(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _visible_nvml_indices(count: int, uuids: list[str | None]) -> list[int]:
+    """NVML indices in the order torch sees them, honouring CUDA_VISIBLE_DEVICES."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return list(range(count))
+    selected: list[int] = []
+    for item in (s.strip() for s in env.split(",")):
+        if not item:
+            break
+        if item.lstrip("-").isdigit():
+            idx = int(item)
+            if idx < 0 or idx >= count:
+                break  # CUDA stops at the first invalid entry
+            selected.append(idx)
+        elif item.startswith("MIG-"):
+            return list(range(count))  # MIG instances cannot be mapped here; show all
+        else:
+            found = [i for i, u in enumerate(uuids) if u and u.startswith(item)]
+            if len(found) != 1:
+                break
+            selected.append(found[0])
+    return list(dict.fromkeys(selected))
+
+
+def _detect_gpus_nvml() -> tuple[list[GpuInfo], str | None] | None:
+    """GPUs via NVML, or ``None`` when NVML is unavailable."""
+    try:
+        import pynvml
+    except Exception:  # noqa: BLE001
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound, driver not loaded, ...
+        return None
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        try:
+            driver: str | None = _decode(pynvml.nvmlSystemGetDriverVersion())
+        except pynvml.NVMLError:
+            driver = None
+        cuda_version: str | None = None
+        try:
+            v = int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
+            cuda_version = f"{v // 1000}.{(v % 1000) // 10}"
+        except (pynvml.NVMLError, AttributeError, TypeError, ValueError):
+            pass
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        uuids: list[str | None] = []
+        for h in handles:
+            try:
+                uuids.append(_decode(pynvml.nvmlDeviceGetUUID(h)))
+            except pynvml.NVMLError:
+                uuids.append(None)
+        gpus: list[GpuInfo] = []
+        for torch_index, nvml_index in enumerate(_visible_nvml_indices(count, uuids)):
+            h = handles[nvml_index]
+            try:
+                cc: str | None = "{}.{}".format(*pynvml.nvmlDeviceGetCudaComputeCapability(h))
+            except pynvml.NVMLError:
+                cc = None
+            gpus.append(
+                GpuInfo(
+                    index=torch_index,
+                    name=_decode(pynvml.nvmlDeviceGetName(h)),
+                    memory_total_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                    driver_version=driver,
+                    compute_capability=cc,
+                )
+            )
+        return gpus, cuda_version
+    except Exception:  # noqa: BLE001 - a broken NVML install falls back to torch
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _detect_gpus_torch() -> tuple[list[GpuInfo], str | None]:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return [], None
+        gpus = []
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            gpus.append(
+                GpuInfo(
+                    index=i,
+                    name=str(props.name),
+                    memory_total_bytes=int(props.total_memory),
+                    driver_version=None,
+                    compute_capability=f"{props.major}.{props.minor}",
+                )
+            )
+        return gpus, getattr(torch.version, "cuda", None)
+    except Exception:  # noqa: BLE001 - detection must never raise
+        return [], None
+
+
+def detect_hardware() -> DetectedHardware:
+    """Detect CPU, memory and GPUs (NVML first, torch.cuda as fallback). Never raises for a
+    machine without a GPU. ``cuda_version`` is the driver's CUDA version from NVML, or torch's
+    CUDA runtime version when NVML is unavailable."""
+    import psutil
+
+    cpu_model, cpu_flags = _detect_cpu()
+    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+    physical = psutil.cpu_count(logical=False)
+    nvml = _detect_gpus_nvml()
+    if nvml is not None:
+        gpus, cuda_version = nvml
+        source: Literal["nvml", "torch.cuda"] | None = "nvml"
+    else:
+        gpus, cuda_version = _detect_gpus_torch()
+        source = "torch.cuda" if gpus else None
+    return DetectedHardware(
+        cpu_model=cpu_model,
+        cpu_cores_logical=int(logical),
+        cpu_cores_physical=int(physical) if physical else None,
+        cpu_flags=cpu_flags,
+        memory_total_bytes=int(psutil.virtual_memory().total),
+        gpus=gpus,
+        cuda_version=cuda_version,
+        gpu_source=source,
+    )
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _cpu_profile(hw: DetectedHardware) -> HardwareProfile:
+    return get_profile("cpu-generic").model_copy(update={"display_name": hw.cpu_model}, deep=True)
+
+
+def _unknown_gpu_profile(gpu: GpuInfo) -> HardwareProfile:
+    lowered = gpu.name.lower()
+    if any(w in lowered for w in ("nvidia", "tesla", "geforce", "quadro")):
+        vendor = "nvidia"
+    elif any(w in lowered for w in ("amd", "radeon", "instinct")):
+        vendor = "amd"
+    else:
+        vendor = "unknown"
+    capacity = Ceiling(
+        value=round(gpu.memory_total_bytes / 2**30, 3),
+        unit="GiB",
+        source="detected (total memory reported by the driver)",
+    )
+    return HardwareProfile(
+        name="unknown-gpu",
+        display_name=gpu.name,
+        kind="gpu",
+        category="pc_gpu" if "geforce" in lowered or "radeon rx" in lowered else "cloud_gpu",
+        vendor=vendor,
+        match=[],
+        memory_capacity=capacity,
+        notes=(
+            "No datasheet profile matches this GPU: bandwidth and peak FLOP/s are unknown. "
+            f"Name a profile in the experiment or {_HW_PROBE_HINT}."
+        ),
+    )
+
+
+def _parse_device(device: str) -> tuple[str, int | None]:
+    d = device.strip().lower()
+    if d in ("auto", "cpu"):
+        return d, None
+    m = re.fullmatch(r"(cuda|gpu)(?::(\d+))?", d)
+    if m is None:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+    return "cuda", int(m.group(2)) if m.group(2) is not None else None
+
+
+def resolve_profile(
+    spec: str, device: str = "auto", *, hardware: DetectedHardware | None = None
+) -> ResolvedProfile:
+    """Pick the hardware profile for a run.
+
+    ``spec`` is "auto" or a profile name; ``device`` is "auto", "cpu", "cuda" or "cuda:<i>".
+    An explicit name is used as is (``matched=True``). "auto" matches the detected GPU's name
+    against the profiles; for a CPU run (or no GPU) it returns ``cpu-generic`` with the CPU
+    model as display name. ``hardware`` skips detection (for tests or repeated calls).
+    Raises :class:`UnknownProfileError` for an unknown name and ValueError for a bad device.
+    """
+    kind, index = _parse_device(device)
+    if spec.strip().lower() != "auto":
+        profile = get_profile(spec)
+        if profile.name == "cpu-generic":
+            hw = hardware if hardware is not None else detect_hardware()
+            return ResolvedProfile(
+                profile=_cpu_profile(hw),
+                matched=True,
+                reason="chosen in the experiment",
+                device_name=hw.cpu_model,
+            )
+        return ResolvedProfile(profile=profile, matched=True, reason="chosen in the experiment")
+
+    hw = hardware if hardware is not None else detect_hardware()
+    prefix = ""
+    if kind != "cpu":
+        wanted = index if index is not None else 0
+        gpu = next((g for g in hw.gpus if g.index == wanted), None)
+        if gpu is not None:
+            found = match_profile(gpu.name)
+            if found is not None:
+                return ResolvedProfile(
+                    profile=found,
+                    matched=True,
+                    reason=f"detected {gpu.name!r} -> {found.name}",
+                    device_name=gpu.name,
+                )
+            return ResolvedProfile(
+                profile=_unknown_gpu_profile(gpu),
+                matched=False,
+                reason=(
+                    f"GPU {gpu.name!r} has no datasheet profile; ceilings unknown "
+                    f"(name a profile in the experiment or {_HW_PROBE_HINT})"
+                ),
+                device_name=gpu.name,
+            )
+        if kind == "cuda":
+            what = "no GPU detected" if not hw.gpus else f"no GPU with index {wanted}"
+            prefix = f"device {device!r} requested but {what}; "
+    return ResolvedProfile(
+        profile=_cpu_profile(hw),
+        matched=False,
+        reason=(
+            f"{prefix}CPU {hw.cpu_model!r} has no datasheet profile; using cpu-generic "
+            f"(no datasheet ceilings; {_HW_PROBE_HINT})"
+        ),
+        device_name=hw.cpu_model,
+    )

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
+from rooflens.config import ModelSpec  # noqa: E402
+from rooflens.models.loader import load_model  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return load_model(ModelSpec(source="shape", id="tiny-llama"), CPU, torch.float32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The shipped real-weights model (converted once to safetensors in ROOFLENS_CACHE)."""
+    return load_model(ModelSpec(source="builtin", id="smollm2-135m"), CPU, torch.float32)

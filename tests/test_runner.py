@@ -1,0 +1,265 @@
+"""The runner: fixed-length generation, repetitions, records written atomically, failures recorded."""
+
+import json
+
+import pytest
+import torch
+
+from rooflens.bench.energy import EnergyMeter, NvmlEnergyCounterMeter, UnavailableMeter
+from rooflens.bench.prompts import make_prompts
+from rooflens.bench.runner import ExperimentRunner, FixedLengthError, measure, run_once
+from rooflens.config import Repetitions, validate_experiment
+from rooflens.engines import base
+from rooflens.engines.base import Engine, EngineOptions, TokenClock
+from rooflens.engines.hf import HFEngine, HFOptions
+from rooflens.results.store import load_records, records_dataframe
+
+CPU = torch.device("cpu")
+
+
+class ScriptedEngine(Engine):
+    """Emits token ids without a model; fails or interrupts on request (per batch size)."""
+
+    name = "scripted"
+    summary = "test engine"
+
+    class Options(EngineOptions):
+        fail_on_batch: int | None = None
+        interrupt_on_batch: int | None = None
+        short_by: int = 0
+
+    def generate(self, input_ids, max_new_tokens, clock):
+        b = input_ids.shape[0]
+        if b == self.options.fail_on_batch:
+            raise RuntimeError(f"boom at batch {b}")
+        if b == self.options.interrupt_on_batch:
+            raise KeyboardInterrupt
+        n = max_new_tokens - self.options.short_by
+        for _ in range(n):
+            clock.tokens(1)
+        return torch.zeros(b, n, dtype=torch.long)
+
+
+class CudaOnlyEngine(ScriptedEngine):
+    name = "cuda-only"
+    devices = ("cuda",)
+
+
+class BrokenPrepareEngine(ScriptedEngine):
+    name = "broken-prepare"
+
+    def prepare(self):
+        raise ValueError("no draft model")
+
+
+@pytest.fixture
+def test_engines(monkeypatch):
+    base._load_all()
+    for cls in (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine):
+        monkeypatch.setitem(base._REGISTRY, cls.name, cls)
+
+
+def experiment(engines, batch_sizes=(1, 2), **extra):
+    return validate_experiment(
+        {
+            "name": "t",
+            "model": "shape:tiny-llama",
+            "engines": engines,
+            "workloads": [{"prompt_len": 8, "gen_len": 5, "batch_sizes": list(batch_sizes)}],
+            "repetitions": {"warmup": 1, "min_reps": 2, "min_seconds": 0.0},
+            "device": "cpu",
+            **extra,
+        }
+    )
+
+
+# ---------------------------------------------------------------------------- the hf engine
+
+
+def test_hf_generates_exactly_n_tokens_even_when_eos_comes_first(tiny_llama):
+    prompts = make_prompts(tiny_llama, "synthetic", 2, 8, seed=0)
+    model = tiny_llama.model
+    first = model.generate(prompts, max_new_tokens=1, do_sample=False)[:, -1]
+    old_eos = model.config.eos_token_id
+    model.config.eos_token_id = int(first[0])  # the very first greedy token of row 0 is now EOS
+    try:
+        stopped = model.generate(
+            prompts[:1], max_new_tokens=6, do_sample=False, eos_token_id=int(first[0]), pad_token_id=0
+        )
+        assert stopped.shape[1] - prompts.shape[1] == 1  # plain generate stops at that EOS ...
+        engine = HFEngine(HFOptions(), tiny_llama)
+        clock = TokenClock(CPU)
+        clock.start()
+        new = engine.generate(prompts, 6, clock)
+        clock.stop()
+    finally:
+        model.config.eos_token_id = old_eos
+    assert new.shape == (2, 6)  # ... the engine does not
+    assert clock.n_tokens == 6 and len(clock.events) == 6
+    assert clock.t_start < clock.events[0][0] <= clock.events[-1][0] <= clock.t_stop
+
+
+def test_hf_static_cache_matches_dynamic(tiny_llama):
+    prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=1)
+    outs = []
+    for opts in (HFOptions(), HFOptions(cache="static")):
+        clock = TokenClock(CPU)
+        clock.start()
+        outs.append(HFEngine(opts, tiny_llama).generate(prompts, 5, clock))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_run_once_rejects_wrong_length(test_engines, tiny_llama):
+    engine = ScriptedEngine(ScriptedEngine.Options(short_by=1), tiny_llama)
+    with pytest.raises(FixedLengthError, match=r"shape \(1, 4\), expected \(1, 5\)"):
+        run_once(engine, torch.zeros(1, 8, dtype=torch.long), 5, CPU)
+
+
+def test_synthetic_prompts_are_exact_deterministic_and_free_of_special_tokens(tiny_llama):
+    a = make_prompts(tiny_llama, "synthetic", 3, 17, seed=5)
+    b = make_prompts(tiny_llama, "synthetic", 3, 17, seed=5)
+    assert a.shape == (3, 17) and torch.equal(a, b)
+    assert not torch.equal(a, make_prompts(tiny_llama, "synthetic", 3, 17, seed=6))
+    special = tiny_llama.special_token_ids
+    assert special and not any(int(t) in special for t in a.flatten())
+
+
+def test_corpus_prompts_need_a_tokenizer(tiny_llama):
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        make_prompts(tiny_llama, "corpus", 1, 8, seed=0)
+
+
+@pytest.mark.slow
+def test_corpus_prompts_are_real_text_of_exact_length(smollm2):
+    p = make_prompts(smollm2, "corpus", 2, 40, seed=0)
+    assert p.shape == (2, 40) and not torch.equal(p[0], p[1])
+    text = smollm2.tokenizer.decode(p[0])
+    assert sum(c.isalpha() for c in text) > 0.6 * len(text.replace(" ", ""))
+
+
+# ---------------------------------------------------------------------------- repetitions
+
+
+class FakeClock:
+    def __init__(self, step):
+        self.t, self.step = 0.0, step
+
+    def __call__(self):
+        self.t += self.step
+        return self.t
+
+
+def test_repetitions_stop_when_both_minima_are_met(test_engines, tiny_llama):
+    engine = ScriptedEngine(ScriptedEngine.Options(), tiny_llama)
+    prompts = torch.zeros(1, 4, dtype=torch.long)
+    meter = UnavailableMeter("test")
+    # each rep advances the fake clock by 2 s: 3 reps are needed for 5 s, min_reps 2 is met before
+    m = measure(engine, prompts, 3, Repetitions(warmup=2, min_reps=2, min_seconds=5.0), meter, CPU, now=FakeClock(2.0))
+    assert len(m.timings) == 3 and m.stopped_by == "min_reps_and_seconds" and m.warmup == 2
+    # min_reps dominates when the time minimum is already met
+    m = measure(engine, prompts, 3, Repetitions(warmup=0, min_reps=4, min_seconds=0.5), meter, CPU, now=FakeClock(2.0))
+    assert len(m.timings) == 4
+    # max_reps caps
+    m = measure(engine, prompts, 3, Repetitions(warmup=0, min_reps=1, min_seconds=100, max_reps=5), meter, CPU, now=FakeClock(1.0))
+    assert len(m.timings) == 5 and m.stopped_by == "max_reps"
+
+
+def test_energy_window_is_lengthened_to_the_meter_resolution(test_engines, tiny_llama):
+    engine = ScriptedEngine(ScriptedEngine.Options(), tiny_llama)
+    counter = iter(range(0, 10**9, 500))  # +0.5 J per read
+    meter = NvmlEnergyCounterMeter(0, read_mj=lambda: next(counter), min_window_s=3.0)
+    m = measure(engine, torch.zeros(1, 4, dtype=torch.long), 3, Repetitions(warmup=0, min_reps=1, min_seconds=0.0),
+                meter, CPU, now=FakeClock(1.0))  # fmt: skip
+    assert len(m.timings) == 3  # 1 s per rep, the meter wants 3 s
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+class StepMeter(EnergyMeter):
+    """A fake counter: every window measures exactly 2 J."""
+
+    def __init__(self):
+        super().__init__(name="fake-counter", domain="test", min_window_s=0.0)
+
+    def _begin(self):
+        pass
+
+    def _end(self):
+        from rooflens.bench.energy import _Measured
+
+        return _Measured(2.0)
+
+
+def test_sweep_writes_every_cell_and_survives_a_failing_cell(test_engines, tmp_path):
+    exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}])
+    result = ExperimentRunner(exp, results_root=tmp_path, meter=StepMeter()).run()
+    files = sorted(p.name for p in result.folder.glob("*"))
+    assert files == ["hf__p8-g5__b1.json", "hf__p8-g5__b2.json", "scripted__p8-g5__b1.json", "scripted__p8-g5__b2.json"]
+    records = {(r.cell.engine_label, r.cell.batch_size): r for r in load_records(tmp_path)}
+    assert [records[k].status for k in sorted(records)] == ["ok", "ok", "ok", "failed"]
+    failed = records[("scripted", 2)]
+    assert failed.reason.type == "RuntimeError" and failed.reason.message == "boom at batch 2"
+    assert "Traceback" in failed.reason.traceback and failed.metrics == {}
+
+    ok = records[("hf", 2)]
+    assert ok.model.weights == "random" and ok.model.id == "tiny-llama"
+    assert ok.repetitions.measured >= 2 and ok.repetitions.warmup == 1
+    ttft, tpot, e2e = ok.metrics["ttft_s"], ok.metrics["tpot_s"], ok.metrics["e2e_s"]
+    assert ttft.n == ok.repetitions.measured == len(ttft.samples) and ttft.source == "measured"
+    for i in range(ttft.n):  # the derived metrics follow from the measured ones, repetition by repetition
+        assert tpot.samples[i] == pytest.approx((e2e.samples[i] - ttft.samples[i]) / 4)
+        assert ok.metrics["decode_tok_s"].samples[i] == pytest.approx(2 * 4 / (e2e.samples[i] - ttft.samples[i]))
+    assert ok.metrics["itl_s"].n == 4 * ttft.n
+    tokens = ok.repetitions.measured * 2 * 5
+    assert ok.energy.measured and ok.energy.joules.value == 2.0 and ok.energy.joules.source == "measured"
+    assert ok.energy.tokens_per_joule.value == pytest.approx(tokens / 2.0)
+    assert ok.energy.tokens_per_joule.source == "derived"
+    assert ok.memory.kind == "process_rss" and ok.memory.peak_bytes.value >= ok.memory.baseline_bytes.value > 0
+    env = ok.environment
+    assert env["libraries"]["torch"] == torch.__version__.split("+")[0] or env["libraries"]["torch"].startswith("2.")
+    assert env["rooflens_version"] and env["hardware"]["cpu_model"] and len(env["hostname_hash"]) == 12
+    assert ok.experiment["config_hash"] == exp.config_hash() and ok.hardware_profile["name"] == "cpu-generic"
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_unavailable_and_unprepared_engines_are_recorded(test_engines, tmp_path):
+    exp = experiment([{"name": "cuda-only"}, {"name": "broken-prepare"}, {"name": "scripted"}], batch_sizes=(1,))
+    records = ExperimentRunner(exp, results_root=tmp_path).run().records
+    by = {r.cell.engine_label: r for r in records}
+    assert by["cuda-only"].status == "unavailable"
+    assert by["cuda-only"].reason.message == "engine 'cuda-only' runs on cuda, not cpu"
+    assert by["broken-prepare"].status == "failed"
+    assert by["broken-prepare"].reason.message == "prepare failed: no draft model"
+    assert by["scripted"].status == "ok"
+
+
+def test_no_energy_counter_means_no_tokens_per_joule(test_engines, tmp_path):
+    exp = experiment([{"name": "scripted"}], batch_sizes=(1,))
+    rec = ExperimentRunner(exp, results_root=tmp_path, meter=UnavailableMeter("no counter here")).run().records[0]
+    assert rec.energy.measured is False and rec.energy.reason == "no counter here"
+    assert rec.energy.tokens_per_joule is None and rec.energy.joules is None
+
+
+def test_interrupted_sweep_keeps_finished_cells(test_engines, tmp_path):
+    exp = experiment([{"name": "scripted", "options": {"interrupt_on_batch": 2}}])
+    runner = ExperimentRunner(exp, results_root=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    records = {r.cell.batch_size: r for r in load_records(tmp_path)}
+    assert records[1].status == "ok" and records[1].metrics["ttft_s"].n >= 2
+    assert records[2].status == "failed" and records[2].reason.type == "KeyboardInterrupt"
+
+
+def test_records_load_into_a_dataframe(test_engines, tmp_path):
+    exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}])
+    ExperimentRunner(exp, results_root=tmp_path, meter=StepMeter()).run()
+    (tmp_path / "notes.json").write_text(json.dumps({"not": "a record"}))  # skipped, not an error
+    df = records_dataframe(tmp_path)
+    assert len(df) == 4
+    assert set(df["status"]) == {"ok", "failed"}
+    ok = df[(df.engine == "hf") & (df.batch_size == 2)].iloc[0]
+    assert ok.decode_tok_s > 0 and ok.decode_tok_s_p10 <= ok.decode_tok_s <= ok.decode_tok_s_p90
+    assert ok.weights == "random" and ok.tokens_per_joule > 0 and ok.peak_memory_bytes > 0
+    failed = df[(df.engine == "scripted") & (df.batch_size == 2)].iloc[0]
+    assert failed.reason == "boom at batch 2"
