@@ -198,6 +198,9 @@ def _count_params(model: torch.nn.Module) -> tuple[int, int]:
 def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0) -> LoadedModel:
     """Load ``spec`` onto ``device`` in ``dtype``, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # rooflens shows its own progress
 
     tokenizer = None
     if spec.source == "shape":
