@@ -73,6 +73,7 @@ def run(
     experiment: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the shipped quickstart)"),
     results: Optional[Path] = typer.Option(None, "--results", help="results folder (default: the experiment's output.results_dir)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    report: bool = typer.Option(False, "--report", help="render the HTML/PNG report of this run when done"),
 ) -> None:
     """Run an experiment: every engine x workload x batch size, one JSON record per cell."""
     exp, source = _load(experiment)
@@ -99,6 +100,41 @@ def run(
     console.print(f"{ok}/{len(result.records)} cells ok; records in {result.folder}")
     if runner.profile_info and not runner.profile_info["matched"]:
         console.print(f"[dim]hardware: {runner.profile_info['reason']}[/]")
+    if report:
+        from rooflens.reports.html import render_html
+
+        path = render_html(result.records, Path(exp.output.reports_dir), exp.name)
+        console.print(f"report: {path}")
+
+
+@app.command("report")
+def report_cmd(
+    results: Path = typer.Argument(Path("results"), help="a results folder or record file (searched recursively)"),
+    out: Path = typer.Option(Path("reports"), "--out", help="where the HTML and PNGs go"),
+    name: Optional[str] = typer.Option(None, "--name", help="report name (default: the experiment's, or the folder's)"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the summary as markdown to this file ('-' = stdout)"),
+) -> None:
+    """Render the HTML report (+ PNG plots) of a set of records."""
+    from rooflens.reports.html import render_html, render_markdown
+    from rooflens.results.store import RecordLoadError, load_records
+
+    try:
+        records = load_records(results)
+    except RecordLoadError as err:
+        _fail(str(err))
+    if not records:
+        _fail(f"{results}: no records")
+    experiments = sorted({str(r.experiment.get("name")) for r in records})
+    name = name or (experiments[0] if len(experiments) == 1 else results.resolve().name)
+    path = render_html(records, out, name)
+    console.print(f"report: {path} ({len(records)} records; PNGs in {out / name})")
+    if markdown is not None:
+        text = render_markdown(records)
+        if str(markdown) == "-":
+            print(text)
+        else:
+            markdown.write_text(text)
+            console.print(f"markdown: {markdown}")
 
 
 @app.command()
@@ -174,6 +210,54 @@ def show(folder: Path = typer.Argument(Path("results"), help="a results folder (
     if not records:
         _fail(f"{folder}: no records")
     console.print(summary_table(records, title=str(folder)))
+
+
+@app.command()
+def compare(
+    base: Path = typer.Argument(..., help="records of the baseline (folder or file)"),
+    current: Path = typer.Argument(..., help="records to check (folder or file)"),
+    max_regression: str = typer.Option("5%", "--max-regression", help="largest tolerated worsening of a median"),
+    metric: list[str] = typer.Option(
+        None, "--metric", help="metric to compare (repeatable); speedup:<metric> compares the ratio to the run's baseline engine"
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level of the one-sided Mann-Whitney U test"),
+    allow_hardware_mismatch: bool = typer.Option(False, "--allow-hardware-mismatch"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the result as markdown ('-' = stdout)"),
+) -> None:
+    """Exit 1 on a significant regression larger than the threshold, 0 otherwise, 2 on unusable input."""
+    from rooflens.results.compare import DEFAULT_METRICS, CompareInputError, compare_records, parse_threshold, to_markdown
+    from rooflens.results.store import RecordLoadError, load_records
+
+    try:
+        threshold = parse_threshold(max_regression)
+        result = compare_records(
+            load_records(base), load_records(current), metrics=tuple(metric or DEFAULT_METRICS),
+            threshold=threshold, alpha=alpha, allow_hardware_mismatch=allow_hardware_mismatch,
+        )  # fmt: skip
+    except (CompareInputError, RecordLoadError) as err:
+        _fail(str(err))
+    table = Table(title=f"compare: {base} -> {current} (threshold {threshold:.0%}, alpha {alpha})")
+    for col in ("cell", "metric", "base", "current", "change", "p", "verdict"):
+        table.add_column(col, justify="left" if col in ("cell", "metric", "verdict") else "right")
+    style = {"regression": "bold red", "improvement": "green"}
+    for r in result.rows:
+        table.add_row(
+            r.cell, r.metric, f"{r.base_median:.4g}", f"{r.current_median:.4g}", f"{r.change:+.1%}",
+            "-" if r.p_value is None else f"{r.p_value:.3g}", f"[{style.get(r.verdict, '')}]{r.verdict}[/]" if r.verdict in style else r.verdict,
+        )  # fmt: skip
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/]")
+    for label, cells in (("only in base", result.only_in_base), ("only in current", result.only_in_current)):
+        if cells:
+            console.print(f"[dim]{label}: {', '.join(cells)}[/]")
+    if markdown is not None:
+        text = to_markdown(result, threshold, alpha)
+        print(text) if str(markdown) == "-" else markdown.write_text(text)
+    if result.regressions:
+        console.print(f"[bold red]{len(result.regressions)} significant regression(s) over {threshold:.0%}[/]")
+        raise typer.Exit(1)
+    console.print("no significant regression")
 
 
 # ---------------------------------------------------------------------------- hw

@@ -71,6 +71,16 @@ class MemoryResult(_Model):
     how: str
 
 
+class QualityResult(_Model):
+    """Output quality against a reference (the baseline engine's greedy tokens, a held-out text)."""
+
+    reference: str
+    agreement: Quantity | None = None
+    first_divergence: Quantity | None = None
+    perplexity: Quantity | None = None
+    note: str | None = None
+
+
 class CellSpec(_Model):
     engine: str
     engine_label: str
@@ -109,6 +119,7 @@ class Record(_Model):
     energy: EnergyResult | None = None
     memory: MemoryResult | None = None
     engine_stats: dict[str, EngineStat] = Field(default_factory=dict)
+    quality: QualityResult | None = None
     repetitions: RepetitionInfo | None = None
     environment: dict[str, Any]
     started_at: str

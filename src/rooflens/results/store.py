@@ -14,6 +14,10 @@ from pydantic import ValidationError
 from rooflens.results.record import SCHEMA_VERSION, Record
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
 
@@ -23,6 +27,7 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

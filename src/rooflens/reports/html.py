@@ -1,0 +1,157 @@
+"""The self-contained HTML report (PNG plots embedded, and also written beside it) and its markdown twin."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+import rooflens
+from rooflens.reports import plots
+from rooflens.reports.table import cell_row, energy_notes, format_value, header, visible_columns
+from rooflens.results.record import Record
+from rooflens.results.store import safe_name, write_atomic
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    name: str
+    title: str
+    draw: Callable[[list[Record]], Figure | None]
+
+
+PLOTS = (
+    PlotSpec("throughput", "Decode and prefill tokens/s per engine and batch (error bars: p10-p90)", plots.throughput),
+    PlotSpec("energy", "Tokens per joule per engine", plots.energy),
+    PlotSpec("latency", "TTFT and TPOT distributions over repetitions", plots.latency),
+    PlotSpec("quality_vs_speedup", "Quality against speedup (Pareto view)", plots.quality_vs_speedup),
+    PlotSpec("engine_stats", "Engine statistics (acceptance, exits, precision)", plots.engine_statistics),
+)
+
+
+def _group_key(r: Record) -> tuple[str, str]:
+    model = r.model.label if r.model else "?"
+    return model, r.hardware_profile.get("display_name") or r.hardware_profile.get("name", "?")
+
+
+def _environment(records: list[Record]) -> list[tuple[str, str]]:
+    env = records[0].environment
+    hw = env.get("hardware", {})
+    gpus = ", ".join(g["name"] for g in hw.get("gpus", [])) or "none"
+    libs = env.get("libraries", {})
+    git = env.get("rooflens_git", {})
+    model = records[0].model
+    return [
+        ("device", records[0].device),
+        ("CPU", f"{hw.get('cpu_model')} ({hw.get('cpu_cores_logical')} logical cores), torch threads {env.get('torch_threads')}"),
+        ("GPU", gpus),
+        ("hardware profile", f"{records[0].hardware_profile.get('name')}: {records[0].hardware_profile.get('reason')}"),
+        ("model", f"{model.label}: {model.weights} weights, {model.n_params / 1e6:.1f} M params, {model.dtype} ({model.weights_note})"
+         if model else "?"),
+        ("libraries", ", ".join(f"{k} {v}" for k, v in libs.items() if v)),
+        ("rooflens", f"{env.get('rooflens_version')} commit {(git.get('commit') or 'unknown')[:12]}{' (dirty)' if git.get('dirty') else ''}"),
+        ("load average at start", str(env.get("loadavg_1m_at_start"))),
+    ]  # fmt: skip
+
+
+def _render_figure(fig: Figure, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return base64.b64encode(data).decode()
+
+
+def write_figures(records: list[Record], folder: Path) -> list[dict[str, str]]:
+    """Draw every plot that applies, write ``<folder>/<name>.png``, return the figures for the page."""
+    out = []
+    for spec in PLOTS:
+        fig = spec.draw(records)
+        if fig is None:
+            continue
+        file = folder / f"{spec.name}.png"
+        out.append({"name": spec.name, "title": spec.title, "file": str(file), "data": _render_figure(fig, file)})
+    return out
+
+
+def _groups(records: list[Record]) -> list[dict]:
+    grouped: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        grouped.setdefault(_group_key(r), []).append(r)
+    groups = []
+    for (model, hardware), recs in grouped.items():
+        rows = [cell_row(r, records) for r in recs]
+        cols = visible_columns(rows)
+        groups.append({
+            "model": model,
+            "hardware": hardware,
+            "environment": _environment(recs),
+            "columns": [{"header": header(c), "numeric": c.numeric} for c in cols],
+            "rows": [{
+                "status_class": r.status,
+                "cells": [{"text": format_value(c, row[c.key]), "cls": "" if c.numeric else "text",
+                           "sort": "" if row[c.key] is None else row[c.key]} for c in cols],
+            } for r, row in zip(recs, rows)],
+            "baselines": sorted({str(r.experiment.get("baseline")) for r in recs}),
+            "notes": energy_notes(recs),
+        })  # fmt: skip
+    return groups
+
+
+def render_html(records: list[Record], out_dir: Path, name: str) -> Path:
+    """Write ``<out_dir>/<name>.html`` and ``<out_dir>/<name>/*.png``; return the HTML path."""
+    if not records:
+        raise ValueError("no records to report")
+    out_dir = Path(out_dir)
+    name = safe_name(name)
+    figures = write_figures(records, out_dir / name)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("rooflens", "reports/templates"), autoescape=jinja2.select_autoescape(["html", "j2"])
+    )
+    problems = [
+        {"engine": r.cell.engine_label, "batch": r.cell.batch_size, "workload": r.cell.workload, "status": r.status,
+         "reason": r.reason.message if r.reason else ""}
+        for r in records if r.status != "ok"
+    ]  # fmt: skip
+    html = env.get_template("report.html.j2").render(
+        title=name,
+        records_count=len(records),
+        runs=sorted({str(r.experiment.get("run_id")) for r in records}),
+        generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=rooflens.__version__,
+        groups=_groups(records),
+        problems=problems,
+        figures=figures,
+    )
+    path = out_dir / f"{name}.html"
+    write_atomic(path, html)
+    return path
+
+
+def render_markdown(records: list[Record]) -> str:
+    """The summary table as GitHub markdown (for CI job summaries and pull requests)."""
+    lines = []
+    grouped: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        grouped.setdefault(_group_key(r), []).append(r)
+    for (model, hardware), recs in grouped.items():
+        rows = [cell_row(r, records) for r in recs]
+        cols = visible_columns(rows)
+        lines += [f"### {model} on {hardware}", ""]
+        lines.append("| " + " | ".join(header(c) for c in cols) + " |")
+        lines.append("|" + "|".join("---:" if c.numeric else ":---" for c in cols) + "|")
+        for row in rows:
+            lines.append("| " + " | ".join(format_value(c, row[c.key]).replace("|", "\\|") for c in cols) + " |")
+        lines.append("")
+        lines += [f"_{n}_" for n in energy_notes(recs)]
+        lines.append("")
+    return "\n".join(lines)

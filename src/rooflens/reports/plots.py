@@ -1,0 +1,163 @@
+"""PNG plots of a set of records (matplotlib, Agg). Each function returns the figure it drew."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from rooflens.results.derived import speedup  # noqa: E402
+from rooflens.results.record import Record  # noqa: E402
+
+COLORS = plt.get_cmap("tab10").colors
+
+
+def engine_colors(records: list[Record]) -> dict[str, tuple]:
+    labels = list(dict.fromkeys(r.cell.engine_label for r in records))
+    return {label: COLORS[i % len(COLORS)] for i, label in enumerate(labels)}
+
+
+def _message_figure(title: str, message: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 2.2))
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11)
+    ax.set_axis_off()
+    return fig
+
+
+def _ok(records: list[Record]) -> list[Record]:
+    return [r for r in records if r.status == "ok"]
+
+
+def _cell_name(r: Record) -> str:
+    return f"{r.cell.workload} b{r.cell.batch_size}"
+
+
+def throughput(records: list[Record]) -> Figure:
+    """Decode and prefill tokens/s per engine and cell, with p10-p90 error bars."""
+    ok = _ok(records)
+    if not ok:
+        return _message_figure("tokens/s", "no successful cells")
+    colors = engine_colors(ok)
+    cells = list(dict.fromkeys(_cell_name(r) for r in ok))
+    engines = list(colors)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(cells) * 2), 4.2))
+    width = 0.8 / len(engines)
+    for ax, metric, title in ((axes[0], "decode_tok_s", "decode tokens/s"), (axes[1], "prefill_tok_s", "prefill tokens/s")):
+        for j, eng in enumerate(engines):
+            xs, ys, lo, hi = [], [], [], []
+            for r in ok:
+                if r.cell.engine_label != eng:
+                    continue
+                m = r.metrics[metric]
+                xs.append(cells.index(_cell_name(r)) + (j - (len(engines) - 1) / 2) * width)
+                ys.append(m.median)
+                lo.append(m.median - m.p10)
+                hi.append(m.p90 - m.median)
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=colors[eng], label=eng)
+        ax.set_xticks(range(len(cells)), cells, rotation=20)
+        ax.set_ylabel("tokens/s (all sequences)")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("throughput: median, bars p10-p90 over repetitions", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def energy(records: list[Record]) -> Figure:
+    """Tokens per joule per engine, or why it was not measured."""
+    ok = _ok(records)
+    measured = [r for r in ok if r.energy and r.energy.tokens_per_joule and r.energy.tokens_per_joule.value]
+    if not measured:
+        reasons = sorted({r.energy.reason for r in ok if r.energy and r.energy.reason}) or ["no successful cells"]
+        return _message_figure("tokens/J", "not measured on this hardware:\n" + "\n".join(reasons))
+    colors = engine_colors(measured)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(measured)), 4))
+    names = [f"{r.cell.engine_label}\n{_cell_name(r)}" for r in measured]
+    ax.bar(range(len(measured)), [r.energy.tokens_per_joule.value for r in measured],
+           color=[colors[r.cell.engine_label] for r in measured])  # fmt: skip
+    ax.set_xticks(range(len(measured)), names, fontsize=8)
+    ax.set_ylabel("generated tokens / J")
+    ax.set_title("energy efficiency (" + ", ".join(sorted({r.energy.meter for r in measured})) + ")")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def latency(records: list[Record]) -> Figure:
+    """TTFT and TPOT distributions over repetitions (box plots)."""
+    ok = _ok(records)
+    if not ok:
+        return _message_figure("latency", "no successful cells")
+    colors = engine_colors(ok)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(ok) * 2), 4.2))
+    labels = [f"{r.cell.engine_label}\n{_cell_name(r)}" for r in ok]
+    for ax, metric, title in ((axes[0], "ttft_s", "TTFT (ms)"), (axes[1], "tpot_s", "TPOT (ms)")):
+        data = [[1e3 * v for v in r.metrics[metric].samples] for r in ok]
+        box = ax.boxplot(data, patch_artist=True, widths=0.6)
+        for patch, r in zip(box["boxes"], ok):
+            patch.set_facecolor(colors[r.cell.engine_label])
+            patch.set_alpha(0.6)
+        ax.set_xticks(range(1, len(ok) + 1), labels, fontsize=8)
+        ax.set_ylabel("ms")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def quality_vs_speedup(records: list[Record]) -> Figure:
+    """The Pareto view: decode speedup over the baseline against agreement with its greedy output."""
+    points = []
+    for r in _ok(records):
+        s = speedup(r, records)
+        q = r.quality.agreement.value if r.quality and r.quality.agreement else None
+        if s is not None and q is not None:
+            points.append((r, s, q))
+    if not points:
+        return _message_figure(
+            "quality vs speedup", "no cell has both a speedup over the baseline and a quality figure\n"
+            "(random-weight models and runs without quality metrics have none)",
+        )  # fmt: skip
+    colors = engine_colors([p[0] for p in points])
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r, s, q in points:
+        ax.scatter(s, 100 * q, color=colors[r.cell.engine_label], s=50)
+        ax.annotate(f"{r.cell.engine_label} b{r.cell.batch_size}", (s, 100 * q), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.axvline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("decode speedup over the baseline (same run)")
+    ax.set_ylabel("greedy token agreement with the baseline (%)")
+    ax.set_title("quality vs speedup (up and right is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def engine_statistics(records: list[Record]) -> Figure | None:
+    """Numeric engine statistics (acceptance, exits, bits per step, ...), one panel per statistic."""
+    by_stat: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for r in _ok(records):
+        for name, s in r.engine_stats.items():
+            if isinstance(s.value, (int, float)):
+                by_stat[name].append((f"{r.cell.engine_label}\n{_cell_name(r)}", float(s.value)))
+    if not by_stat:
+        return None
+    n = len(by_stat)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    for ax, (name, values) in zip(axes.flat, sorted(by_stat.items())):
+        ax.bar(range(len(values)), [v for _, v in values], color=COLORS[0])
+        ax.set_xticks(range(len(values)), [k for k, _ in values], fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig

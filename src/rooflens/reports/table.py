@@ -1,0 +1,96 @@
+"""The summary table shared by the terminal, HTML and markdown outputs: one row per cell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rooflens.results.derived import speedup
+from rooflens.results.record import Record
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    unit: str = ""
+    digits: int = 1
+    scale: float = 1.0
+    numeric: bool = True
+
+
+COLUMNS = (
+    Column("engine", "engine", numeric=False),
+    Column("batch", "batch", digits=0),
+    Column("workload", "prompt/gen", numeric=False),
+    Column("ttft_ms", "TTFT", "ms"),
+    Column("tpot_ms", "TPOT", "ms", digits=2),
+    Column("decode_tok_s", "decode", "tok/s"),
+    Column("decode_cv_pct", "CV", "%"),
+    Column("e2e_tok_s", "e2e", "tok/s"),
+    Column("speedup", "speedup", "x", digits=2),
+    Column("tok_per_j", "tok/J", digits=2),
+    Column("peak_mem_mb", "peak mem", "MB", digits=0),
+    Column("agreement_pct", "agreement", "%"),
+    Column("perplexity", "ppl", digits=2),
+    Column("roofline_eff_pct", "roofline eff.", "%"),
+    Column("reps", "reps", digits=0),
+    Column("status", "status", numeric=False),
+)
+
+
+def _median(r: Record, name: str, scale: float = 1.0) -> float | None:
+    m = r.metrics.get(name)
+    return None if m is None else m.median * scale
+
+
+def cell_row(r: Record, records: list[Record]) -> dict[str, Any]:
+    """Raw values of one row (None where a figure does not exist)."""
+    e, q = r.energy, r.quality
+    decode = r.metrics.get("decode_tok_s")
+    roofline = getattr(r, "roofline", None)
+    eff = None
+    if roofline is not None and getattr(roofline, "decode", None) is not None:
+        eff = roofline.decode.efficiency_pct()
+    return {
+        "engine": r.cell.engine_label,
+        "batch": r.cell.batch_size,
+        "workload": f"{r.cell.prompt_len}/{r.cell.gen_len}",
+        "ttft_ms": _median(r, "ttft_s", 1e3),
+        "tpot_ms": _median(r, "tpot_s", 1e3),
+        "decode_tok_s": _median(r, "decode_tok_s"),
+        "decode_cv_pct": 100 * decode.cv if decode else None,
+        "e2e_tok_s": _median(r, "e2e_tok_s"),
+        "speedup": speedup(r, records),
+        "tok_per_j": e.tokens_per_joule.value if e and e.tokens_per_joule else None,
+        "peak_mem_mb": r.memory.peak_bytes.value / 1e6 if r.memory and r.memory.peak_bytes.value else None,
+        "agreement_pct": 100 * q.agreement.value if q and q.agreement and q.agreement.value is not None else None,
+        "perplexity": q.perplexity.value if q and q.perplexity else None,
+        "roofline_eff_pct": eff,
+        "reps": r.repetitions.measured if r.repetitions else None,
+        "status": r.status if r.reason is None else f"{r.status}: {r.reason.message.splitlines()[0][:160]}",
+    }
+
+
+def format_value(col: Column, value: Any) -> str:
+    if value is None:
+        return "-"
+    if not col.numeric:
+        return str(value)
+    return f"{value * col.scale:.{col.digits}f}"
+
+
+def header(col: Column) -> str:
+    return f"{col.title} {col.unit}".strip()
+
+
+def energy_notes(records: list[Record]) -> list[str]:
+    """Why tokens/J is missing, once per distinct reason."""
+    reasons = {r.energy.reason for r in records if r.energy is not None and not r.energy.measured and r.energy.reason}
+    return [f"tok/J n/a: {reason}" for reason in sorted(reasons)]
+
+
+def visible_columns(rows: list[dict[str, Any]]) -> list[Column]:
+    """Columns that have at least one value (quality and roofline appear once some cell has them)."""
+    always = {"engine", "batch", "workload", "decode_tok_s", "tok_per_j", "status"}
+    return [c for c in COLUMNS if c.key in always or any(row[c.key] is not None for row in rows)]

@@ -1,0 +1,174 @@
+"""Regression detection between two sets of records.
+
+A change is a regression when it is both *significant* (one-sided Mann-Whitney U on the raw
+repetitions, p <= alpha) and *larger than the threshold* (relative change of the medians),
+in the metric's bad direction. Relative metrics (``speedup:<metric>``: each repetition over the
+median of the baseline engine in the same run) cancel most machine-wide drift, so they are
+the ones to gate on for noisy shared CI machines.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Literal
+
+from scipy.stats import mannwhitneyu
+
+from rooflens.results.derived import baseline_of, cell_key, ratio_samples
+from rooflens.results.record import Record
+
+BETTER: dict[str, Literal["higher", "lower"]] = {
+    "decode_tok_s": "higher",
+    "e2e_tok_s": "higher",
+    "prefill_tok_s": "higher",
+    "ttft_s": "lower",
+    "tpot_s": "lower",
+    "e2e_s": "lower",
+}
+DEFAULT_METRICS = ("decode_tok_s", "ttft_s", "tpot_s")
+RELATIVE_PREFIX = "speedup:"
+
+
+class CompareInputError(ValueError):
+    """The two sets cannot be compared (nothing matches, different hardware, unknown metric)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    cell: str
+    metric: str
+    better: str
+    base_median: float
+    current_median: float
+    change: float  # signed relative change of the medians, positive = better
+    p_value: float | None
+    significant: bool
+    verdict: Literal["regression", "improvement", "unchanged", "too few samples"]
+    n_base: int
+    n_current: int
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    rows: list[Row]
+    only_in_base: list[str]
+    only_in_current: list[str]
+    notes: list[str]
+
+    @property
+    def regressions(self) -> list[Row]:
+        return [r for r in self.rows if r.verdict == "regression"]
+
+
+def parse_threshold(text: str) -> float:
+    """``5%`` or ``0.05`` -> 0.05."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise CompareInputError(f"threshold {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
+    if not 0 <= value < 1:
+        raise CompareInputError(f"threshold {text!r}: must be between 0% and 100%")
+    return value
+
+
+def _hardware_id(r: Record) -> str:
+    hw = r.environment.get("hardware", {})
+    gpus = ",".join(g["name"] for g in hw.get("gpus", []))
+    return f"{hw.get('cpu_model')} | {gpus or 'no GPU'} | {r.device}"
+
+
+def _latest(records: list[Record]) -> dict[tuple, Record]:
+    out: dict[tuple, Record] = {}
+    for r in sorted(records, key=lambda r: r.started_at):
+        if r.status == "ok":
+            out[cell_key(r)] = r
+    return out
+
+
+def _samples(r: Record, records: list[Record], metric: str) -> list[float] | None:
+    if metric.startswith(RELATIVE_PREFIX):
+        base = baseline_of(r, records)
+        if base is None or base is r or base.cell.engine_label == r.cell.engine_label:
+            return None
+        return ratio_samples(r, base, metric.removeprefix(RELATIVE_PREFIX)) or None
+    m = r.metrics.get(metric)
+    return list(m.samples) if m else None
+
+
+def _describe(key: tuple) -> str:
+    experiment, model, engine, workload, _, _, batch, hardware, _ = key
+    return f"{experiment}/{model}/{engine}/{workload}/b{batch}"
+
+
+def compare_records(
+    base: list[Record],
+    current: list[Record],
+    *,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    threshold: float = 0.05,
+    alpha: float = 0.05,
+    allow_hardware_mismatch: bool = False,
+) -> CompareResult:
+    for m in metrics:
+        if m.removeprefix(RELATIVE_PREFIX) not in BETTER:
+            allowed = ", ".join([*BETTER, *(RELATIVE_PREFIX + k for k in BETTER)])
+            raise CompareInputError(f"unknown metric {m!r} (allowed: {allowed})")
+    b, c = _latest(base), _latest(current)
+    common = [k for k in b if k in c]
+    if not common:
+        raise CompareInputError(
+            f"no matching cells: base has {len(b)} ok cell(s), current {len(c)}; cells match on experiment, model, "
+            "engine label, workload, batch size and hardware profile"
+        )
+    notes = []
+    mismatched = sorted({f"{_hardware_id(b[k])}  vs  {_hardware_id(c[k])}" for k in common if _hardware_id(b[k]) != _hardware_id(c[k])})
+    if mismatched:
+        if not allow_hardware_mismatch:
+            raise CompareInputError("different hardware: " + "; ".join(mismatched) + " (use --allow-hardware-mismatch)")
+        notes.append("hardware differs (allowed): " + "; ".join(mismatched))
+    rows = []
+    for key in common:
+        for metric in metrics:
+            xs = _samples(b[key], base, metric)
+            ys = _samples(c[key], current, metric)
+            if not xs or not ys:
+                continue
+            better = BETTER[metric.removeprefix(RELATIVE_PREFIX)]
+            mx, my = statistics.median(xs), statistics.median(ys)
+            change = (my - mx) / mx if better == "higher" else (mx - my) / mx
+            if min(len(xs), len(ys)) < 3:
+                p, sig, verdict = None, False, "too few samples"
+            else:
+                worse = "less" if better == "higher" else "greater"
+                p_worse = float(mannwhitneyu(ys, xs, alternative=worse).pvalue)
+                p_better = float(mannwhitneyu(ys, xs, alternative="greater" if worse == "less" else "less").pvalue)
+                if change < 0:
+                    p, sig = p_worse, p_worse <= alpha
+                    verdict = "regression" if sig and -change > threshold else "unchanged"
+                else:
+                    p, sig = p_better, p_better <= alpha
+                    verdict = "improvement" if sig and change > threshold else "unchanged"
+            rows.append(Row(_describe(key), metric, better, mx, my, change, p, sig, verdict, len(xs), len(ys)))
+    return CompareResult(
+        rows=rows,
+        only_in_base=[_describe(k) for k in b if k not in c],
+        only_in_current=[_describe(k) for k in c if k not in b],
+        notes=notes,
+    )
+
+
+def to_markdown(result: CompareResult, threshold: float, alpha: float) -> str:
+    lines = [
+        f"**rooflens compare**: {len(result.regressions)} regression(s) "
+        f"(threshold {threshold:.0%}, one-sided Mann-Whitney U, alpha {alpha})",
+        "",
+        "| cell | metric | base | current | change | p | verdict |",
+        "|:---|:---|---:|---:|---:|---:|:---|",
+    ]
+    for r in result.rows:
+        p = "-" if r.p_value is None else f"{r.p_value:.3g}"
+        lines.append(f"| {r.cell} | {r.metric} | {r.base_median:.4g} | {r.current_median:.4g} | {r.change:+.1%} | {p} | {r.verdict} |")
+    lines += [f"_{n}_" for n in result.notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,93 @@
+"""compare: detects a real regression, ignores noise, refuses unusable input."""
+
+import pytest
+from typer.testing import CliRunner
+
+from factories import make_record
+from rooflens.cli import app
+from rooflens.results.compare import CompareInputError, compare_records, parse_threshold
+from rooflens.results.store import write_record
+
+
+def run(engine_decode: dict, seed: int, run_id: str, rel_sd=0.02, n=10, **kw):
+    return [make_record(engine=e, decode=d, seed=seed + i, run_id=run_id, rel_sd=rel_sd, n=n, **kw)
+            for i, (e, d) in enumerate(engine_decode.items())]  # fmt: skip
+
+
+def verdicts(result, metric="decode_tok_s"):
+    return {r.cell.split("/")[2]: r.verdict for r in result.rows if r.metric == metric}
+
+
+def test_injected_20_percent_slowdown_is_a_regression():
+    base = run({"hf": 100.0, "fast": 150.0}, seed=0, run_id="a")
+    cur = run({"hf": 100.0, "fast": 120.0}, seed=100, run_id="b")
+    res = compare_records(base, cur, threshold=0.05)
+    assert verdicts(res) == {"hf": "unchanged", "fast": "regression"}
+    row = next(r for r in res.rows if r.cell.endswith("/fast/w/b1") and r.metric == "decode_tok_s")
+    assert row.change == pytest.approx(-0.2, abs=0.03) and row.p_value < 0.01
+    # TPOT is lower-is-better: the same slowdown shows as a regression there too
+    assert verdicts(res, "tpot_s")["fast"] == "regression"
+
+
+def test_pure_noise_of_the_same_spread_is_not_flagged():
+    flagged = 0
+    for trial in range(20):
+        base = run({"hf": 100.0, "fast": 150.0}, seed=1000 + 10 * trial, run_id="a", rel_sd=0.05)
+        cur = run({"hf": 100.0, "fast": 150.0}, seed=5000 + 10 * trial, run_id="b", rel_sd=0.05)
+        flagged += len(compare_records(base, cur, threshold=0.05).regressions)
+    assert flagged == 0
+
+
+def test_small_change_below_threshold_is_not_a_regression_even_if_significant():
+    base = run({"hf": 100.0}, seed=0, run_id="a", rel_sd=0.001)
+    cur = run({"hf": 97.0}, seed=50, run_id="b", rel_sd=0.001)
+    row = next(r for r in compare_records(base, cur, threshold=0.05).rows if r.metric == "decode_tok_s")
+    assert row.significant and row.verdict == "unchanged"
+
+
+def test_relative_metric_ignores_machine_wide_drift():
+    # everything is 30% slower on the current machine, the engine's speedup is unchanged
+    base = run({"hf": 100.0, "fast": 150.0}, seed=0, run_id="a")
+    cur = run({"hf": 70.0, "fast": 105.0}, seed=100, run_id="b")
+    absolute = compare_records(base, cur, metrics=("decode_tok_s",))
+    relative = compare_records(base, cur, metrics=("speedup:decode_tok_s",))
+    assert verdicts(absolute) == {"hf": "regression", "fast": "regression"}
+    assert [r.verdict for r in relative.rows] == ["unchanged"]  # only 'fast' has a speedup; hf is the baseline
+    # and a real loss of speedup is caught
+    cur2 = run({"hf": 70.0, "fast": 84.0}, seed=200, run_id="c")
+    assert [r.verdict for r in compare_records(base, cur2, metrics=("speedup:decode_tok_s",)).rows] == ["regression"]
+
+
+def test_unusable_input():
+    base = run({"hf": 100.0}, seed=0, run_id="a")
+    with pytest.raises(CompareInputError, match="no matching cells"):
+        compare_records(base, run({"other": 100.0}, seed=0, run_id="b"))
+    gpu_env = {"hardware": {"cpu_model": "Test CPU", "gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}}
+    other_hw = run({"hf": 100.0}, seed=0, run_id="b", env=gpu_env)
+    with pytest.raises(CompareInputError, match="different hardware"):
+        compare_records(base, other_hw)
+    assert compare_records(base, other_hw, allow_hardware_mismatch=True).notes
+    with pytest.raises(CompareInputError, match="unknown metric 'tok_s'"):
+        compare_records(base, base, metrics=("tok_s",))
+    assert parse_threshold("5%") == pytest.approx(0.05) and parse_threshold("0.1") == pytest.approx(0.1)
+    with pytest.raises(CompareInputError):
+        parse_threshold("lots")
+
+
+def test_cli_exit_codes(tmp_path):
+    runner = CliRunner()
+    for folder, recs in (("base", run({"hf": 100.0, "fast": 150.0}, 0, "a")),
+                         ("slow", run({"hf": 100.0, "fast": 120.0}, 100, "b")),
+                         ("same", run({"hf": 100.0, "fast": 150.0}, 200, "c")),
+                         ("other", run({"x": 1.0}, 0, "d"))):  # fmt: skip
+        for r in recs:
+            write_record(tmp_path / folder, r)
+    r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "slow"), "--max-regression", "5%"])
+    assert r.exit_code == 1 and "regression" in r.output
+    r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "same")])
+    assert r.exit_code == 0 and "no significant regression" in r.output
+    r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "other")])
+    assert r.exit_code == 2 and "no matching cells" in r.output
+    md = tmp_path / "c.md"
+    r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "slow"), "--markdown", str(md)])
+    assert "| cell | metric |" in md.read_text() and "regression" in md.read_text()
