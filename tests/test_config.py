@@ -85,7 +85,8 @@ def test_missing_required():
 
 def test_engine_name_and_options_are_validated():
     msg = error_of(with_(engines=[{"name": "warp-drive"}]))
-    assert msg == "exp.yaml: engines[0].name: unknown engine 'warp-drive' (registered: hf)"
+    assert msg.startswith("exp.yaml: engines[0].name: unknown engine 'warp-drive' (registered: ")
+    assert "hf" in msg
     msg = error_of(with_(engines=[{"name": "hf", "options": {"cache": "static", "turbo": True}}]))
     assert msg == "exp.yaml: engines[0].options.turbo: unknown option for engine 'hf' (allowed: cache, compile, compile_mode)"
     msg = error_of(with_(engines=[{"name": "hf", "options": {"compile": True}}]))

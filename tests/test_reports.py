@@ -50,13 +50,13 @@ def test_html_report_is_self_contained_and_lists_problems(records, tmp_path):
     path = render_html(records, tmp_path, "demo")
     html = path.read_text()
     assert path == tmp_path / "demo.html"
-    for name in ("throughput", "energy", "latency", "quality_vs_speedup", "engine_stats"):
+    for name in ("throughput", "energy", "latency", "roofline", "quality_vs_speedup", "engine_stats"):
         png = tmp_path / "demo" / f"{name}.png"
         assert png.stat().st_size > 5000
         w, h = Image.open(png).size
         assert w > 300 and h > 150
         assert f'id="fig-{name}"' in html
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == 6
     assert "http://" not in html and "https://" not in html  # opens from disk with no network
     assert "fast broke" in html and "cuda-only broke" in html  # failed and unavailable cells are listed
     assert "m on Test CPU" in html and "random weights" in html
@@ -96,7 +96,7 @@ def test_report_renders_in_headless_chromium(records, tmp_path):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
         )
-        assert len(images) == 5 and all(ok and w > 300 and h > 150 for ok, w, h in images)
+        assert len(images) == 6 and all(ok and w > 300 and h > 150 for ok, w, h in images)
         # sorting by a numeric column works (click the decode header twice: descending)
         header = driver.execute_script(
             "return Array.from(document.querySelectorAll('table.summary th')).findIndex(t => t.textContent.startsWith('decode'))"

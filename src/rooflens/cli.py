@@ -260,6 +260,97 @@ def compare(
     console.print("no significant regression")
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        _fail(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,8")
+    return values
+
+
+@app.command()
+def roofline(
+    model: str = typer.Argument(..., help="shipped config (llama-2-7b, smollm2-135m, ...; see `rooflens models`) or hf:<id or path>"),
+    hw: str = typer.Option("auto", "--hw", help="hardware profile name, or auto (this machine; CPUs need `rooflens hw probe`)"),
+    batch: str = typer.Option("1", "--batch", help="batch sizes, e.g. 1,8"),
+    prompt: int = typer.Option(512, "--prompt", min=1, help="prompt length (tokens)"),
+    gen: int = typer.Option(128, "--gen", min=1, help="generated tokens (decode is shown at the mean context)"),
+    bits: str = typer.Option("16", "--bits", help="weight bits, e.g. 16,8,4 (8/4/3/2: group-wise with fp16 scales)"),
+    group_size: int = typer.Option(128, "--group-size", min=1, help="group size of low-bit weights"),
+    kv_bits: int = typer.Option(16, "--kv-bits", min=1, help="KV cache bits"),
+    ops: Optional[bool] = typer.Option(None, "--ops/--no-ops", help="per-op tables (default: when one batch x bits)"),
+    png: Optional[Path] = typer.Option(None, "--png", help="write the roofline chart to this PNG"),
+    as_json: bool = typer.Option(False, "--json", help="print the analysis as JSON"),
+) -> None:
+    """Analytic roofline of a model on a hardware profile: per-op table, totals, bound-limited tokens/s."""
+    from rooflens.roofline.whatif import WhatIfError, ceilings, model_config, projections
+
+    batches, bit_list = _int_list(batch, "--batch"), _int_list(bits, "--bits")
+    dtypes = ("fp32",) if bit_list == [32] else ("bf16", "fp16")
+    try:
+        config = model_config(model)
+        profile, c = ceilings(hw, dtypes)
+        rows = projections(config, c, batches=batches, bits=bit_list, prompt_len=prompt, gen_len=gen,
+                           group_size=group_size, kv_bits=kv_bits)  # fmt: skip
+    except WhatIfError as err:
+        _fail(str(err))
+    if as_json:
+        print(json.dumps({"model": model, "hardware": profile.name, "ceilings": c.__dict__,
+                          "projections": [p.to_dict() for _, _, p in rows]}, indent=2))  # fmt: skip
+    else:
+        console.print(f"{model} on {profile.name}: {c.description}; bandwidth {c.bandwidth / 1e9:.4g} GB/s, "
+                      f"peak {c.peak_flops / 1e12:.4g} TFLOP/s, ridge {c.peak_flops / c.bandwidth:.1f} FLOP/B ({c.source})")  # fmt: skip
+        if ops if ops is not None else len(rows) == 1:
+            for b, w, p in rows:
+                for phase in (p.prefill, p.decode):
+                    console.print(_op_table(phase, p, f"{phase.phase}: batch {b}, {w}-bit weights ({p.precision.weight_bits:g} bits/weight incl. scales)"))
+        table = Table(title="bound-limited performance (at the roofline)")
+        for col in ("batch", "bits", "prefill ms", "prefill tok/s", "prefill bound", "decode ctx", "decode GFLOP/step",
+                    "decode weight GB", "decode KV GB", "decode AI", "decode ms/step", "decode tok/s", "decode bound"):  # fmt: skip
+            table.add_column(col, justify="right")
+        for b, w, p in rows:
+            d = p.decode
+            table.add_row(
+                str(b), str(w), f"{1e3 * p.prefill_time_s:.2f}", f"{p.prefill_tokens_per_s:,.0f}",
+                p.prefill.bound(p.bandwidth, p.peak_flops), str(d.context), f"{d.flops / 1e9:.2f}",
+                f"{d.weight_bytes / 1e9:.3f}", f"{d.kv_bytes / 1e9:.4f}", f"{d.intensity:.2f}",
+                f"{1e3 * p.decode_step_time_s:.3f}", f"{p.decode_tokens_per_s:,.1f}", d.bound(p.bandwidth, p.peak_flops),
+            )  # fmt: skip
+        console.print(table)
+    if png is not None:
+        from rooflens.reports.roofline_chart import Point, Roof, draw
+
+        fig = draw(
+            [Roof(f"{c.source} {profile.name}", c.bandwidth, c.peak_flops, c.source == "measured")],
+            [Point(ph.intensity, ph.flops / ph.time_at_roofline(p.bandwidth, p.peak_flops), f"{w}-bit", ph.phase, f"b{b}")
+             for b, w, p in rows for ph in (p.prefill, p.decode)],
+            f"{model} on {profile.name}: bound-limited positions (prompt {prompt}, gen {gen})",
+        )  # fmt: skip
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=110)
+        (console if not as_json else err_console).print(f"chart: {png}")
+
+
+def _op_table(phase, p, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("op", "x", "GFLOP", "weight MB", "act MB", "KV MB", "AI FLOP/B", "bound", "time us"):
+        table.add_column(col, justify="left" if col in ("op", "bound") else "right")
+    for row in phase.op_rows(p.bandwidth, p.peak_flops):
+        table.add_row(
+            row["name"], f"{row['count']:g}", f"{row['flops'] / 1e9:.4f}", f"{row['weight_bytes'] / 1e6:.3f}",
+            f"{row['act_bytes'] / 1e6:.3f}", f"{row['kv_bytes'] / 1e6:.3f}", f"{row['intensity']:.2f}", row["bound"],
+            f"{row['time_s'] * 1e6:.1f}",
+        )  # fmt: skip
+    table.add_row(
+        "[bold]total[/]", "", f"{phase.flops / 1e9:.4f}", f"{phase.weight_bytes / 1e6:.3f}", f"{phase.act_bytes / 1e6:.3f}",
+        f"{phase.kv_bytes / 1e6:.3f}", f"{phase.intensity:.2f}", phase.bound(p.bandwidth, p.peak_flops),
+        f"{phase.time_at_roofline(p.bandwidth, p.peak_flops) * 1e6:.1f}",
+    )  # fmt: skip
+    return table
+
+
 # ---------------------------------------------------------------------------- hw
 
 
@@ -323,6 +414,47 @@ def hw_detect(device: str = typer.Option("auto", help="auto, cpu or cuda")) -> N
         console.print("GPU: none detected")
     r = resolve_profile("auto", dev)
     console.print(f"profile for {dev}: [bold]{r.profile.name}[/] - {r.reason}")
+
+
+@hw_app.command("probe")
+def hw_probe(
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    quick: bool = typer.Option(False, "--quick", help="small sizes, a few seconds (less accurate)"),
+    save: bool = typer.Option(True, "--save/--no-save", help="save the result as this machine's measured ceilings"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Measure this machine's real ceilings: copy bandwidth and GEMM peak per dtype, with spread."""
+    import torch
+
+    from rooflens.roofline.hardware import get_profile
+    from rooflens.roofline.probe import ProbeError, probe, save_probe
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    try:
+        result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    except (ProbeError, ValueError) as err:
+        _fail(str(err))
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        table = Table(title=f"measured ceilings: {result.device_name} ({result.device}, {result.threads} threads, "
+                            f"load {result.load_avg[0] if result.load_avg else float('nan'):.2f})")  # fmt: skip
+        for col in ("ceiling", "best", "median", "p10", "p90", "CV %", "vs datasheet", "how"):
+            table.add_column(col, justify="left" if col in ("ceiling", "how") else "right", overflow="fold")
+        profile = get_profile(result.profile) if result.profile else None
+        ratios = result.ratios(profile) if profile else {}
+        rows = [("bandwidth GB/s", "bandwidth", result.bandwidth, 1e9)]
+        rows += [(f"{k} {'TOP/s' if k == 'int8' else 'TFLOP/s'}", k, v, 1e12) for k, v in result.gemm.items()]
+        for label, key, st, scale in rows:
+            ratio = ratios.get(key)
+            table.add_row(label, f"{st.max / scale:.4g}", f"{st.median / scale:.4g}", f"{st.p10 / scale:.4g}",
+                          f"{st.p90 / scale:.4g}", f"{100 * st.cv:.1f}", "-" if ratio is None else f"{ratio:.0%}", st.how)  # fmt: skip
+        console.print(table)
+        for k, why in result.skipped.items():
+            console.print(f"[dim]skipped {k}: {why}[/]")
+    if save:
+        path = save_probe(result)
+        (err_console if as_json else console).print(f"saved: {path} (used as measured ceilings by `run` and `roofline` on this machine)")
 
 
 def main() -> None:  # pragma: no cover

@@ -39,6 +39,8 @@ from rooflens.results.record import (
 )
 from rooflens.results.store import safe_name, write_record
 from rooflens.roofline.hardware import detect_hardware, resolve_profile
+from rooflens.roofline.position import ceilings_for, roofline_position
+from rooflens.roofline.probe import load_probe
 
 MAX_SAMPLES = 10000
 
@@ -241,6 +243,8 @@ class ExperimentRunner:
             torch.set_num_threads(exp.threads)
         detected = detect_hardware()
         profile = resolve_profile(exp.hardware, str(self.device), hardware=detected)
+        self.profile = profile.profile
+        self.probe = load_probe(profile.device_name) if profile.device_name else None
         self.env = capture_environment(detected.model_dump(mode="json"))
         self.profile_info = {
             "name": profile.profile.name,
@@ -333,9 +337,22 @@ class ExperimentRunner:
         reps = len(m.timings)
         tokens = reps * cell.batch_size * w.gen_len
         mem = m.memory
+        metrics = metrics_of(m.timings)
+        roofline = roofline_position(
+            model.model.config,
+            model.info.dtype,
+            batch=cell.batch_size,
+            prompt_len=w.prompt_len,
+            gen_len=w.gen_len,
+            ttft_s=metrics["ttft_s"].median,
+            tpot_s=metrics["tpot_s"].median,
+            hints=engine.roofline_hints(),
+            ceilings=ceilings_for(self.profile, model.info.dtype, self.probe),
+        )
         return Record(
             status="ok",
-            metrics=metrics_of(m.timings),
+            metrics=metrics,
+            roofline=roofline,
             energy=energy_of(m.energy, tokens, reps),
             memory=MemoryResult(
                 kind=mem.kind,

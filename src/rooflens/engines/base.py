@@ -15,6 +15,7 @@ import importlib.metadata
 import importlib.util
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
@@ -88,6 +89,21 @@ class TokenClock:
         return sum(n for _, n in self.events)
 
 
+@dataclass(frozen=True)
+class RooflineHints:
+    """How an engine changes the analytic cost of a token (None: as the plain model).
+
+    ``weight_bits``: bits per weight incl. scales/zeros; ``layers_executed``: mean decoder layers
+    run per token (early exit); ``tokens_per_pass``: tokens produced per target weight pass
+    (speculative verification); ``note``: what the analytic model leaves out (e.g. draft cost).
+    """
+
+    weight_bits: float | None = None
+    layers_executed: float | None = None
+    tokens_per_pass: float | None = None
+    note: str = ""
+
+
 class Engine(ABC):
     """Base class of all engines.
 
@@ -138,6 +154,10 @@ class Engine(ABC):
     def stats(self) -> dict[str, EngineStat]:
         """Statistics over the generations since :meth:`reset_stats`."""
         return {}
+
+    def roofline_hints(self) -> RooflineHints:
+        """Adjustments to the analytic roofline cost (called after the measured repetitions)."""
+        return RooflineHints()
 
 
 # ---------------------------------------------------------------------------- registry

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 import rooflens
-from rooflens.reports import plots
+from rooflens.reports import plots, roofline_chart
 from rooflens.reports.table import cell_row, energy_notes, format_value, header, visible_columns
 from rooflens.results.record import Record
 from rooflens.results.store import safe_name, write_atomic
@@ -31,6 +31,8 @@ PLOTS = (
     PlotSpec("throughput", "Decode and prefill tokens/s per engine and batch (error bars: p10-p90)", plots.throughput),
     PlotSpec("energy", "Tokens per joule per engine", plots.energy),
     PlotSpec("latency", "TTFT and TPOT distributions over repetitions", plots.latency),
+    PlotSpec("roofline", "Roofline: every run per phase (square: prefill, circle: decode), coloured by engine",
+             roofline_chart.records_chart),
     PlotSpec("quality_vs_speedup", "Quality against speedup (Pareto view)", plots.quality_vs_speedup),
     PlotSpec("engine_stats", "Engine statistics (acceptance, exits, precision)", plots.engine_statistics),
 )

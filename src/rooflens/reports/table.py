@@ -48,10 +48,7 @@ def cell_row(r: Record, records: list[Record]) -> dict[str, Any]:
     """Raw values of one row (None where a figure does not exist)."""
     e, q = r.energy, r.quality
     decode = r.metrics.get("decode_tok_s")
-    roofline = getattr(r, "roofline", None)
-    eff = None
-    if roofline is not None and getattr(roofline, "decode", None) is not None:
-        eff = roofline.decode.efficiency_pct()
+    eff = r.roofline.decode.efficiency_pct() if r.roofline and r.roofline.decode else None
     return {
         "engine": r.cell.engine_label,
         "batch": r.cell.batch_size,

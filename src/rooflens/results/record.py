@@ -81,6 +81,62 @@ class QualityResult(_Model):
     note: str | None = None
 
 
+class CeilingRef(_Model):
+    """One set of roofline ceilings: from the hardware profile's datasheet, or measured by `hw probe`."""
+
+    source: Literal["datasheet", "measured"]
+    ref: str
+    dtype: str
+    bandwidth: Quantity
+    peak_flops: Quantity
+
+
+class PhasePosition(_Model):
+    """Where one phase of a measured run sits on the roofline.
+
+    Prefill: one pass over the prompt for the whole batch, timed by TTFT. Decode: one generated
+    token position for the whole batch (a decode step; divided by tokens per target pass under
+    speculation), timed by TPOT, at the mean decode context.
+    """
+
+    phase: Literal["prefill", "decode"]
+    flops: Quantity
+    weight_bytes: Quantity
+    kv_bytes: Quantity
+    act_bytes: Quantity
+    bytes: Quantity
+    intensity: Quantity
+    time_s: Quantity
+    achieved_flops: Quantity
+    achieved_bandwidth: Quantity
+    attainable_flops: dict[str, Quantity] = Field(default_factory=dict)
+    efficiency: dict[str, Quantity] = Field(default_factory=dict)
+    bound: dict[str, Literal["memory", "compute"]] = Field(default_factory=dict)
+
+    def efficiency_pct(self) -> float | None:
+        """Efficiency against the measured ceilings when probed, else the datasheet's."""
+        for source in ("measured", "datasheet"):
+            q = self.efficiency.get(source)
+            if q is not None and q.value is not None:
+                return 100 * q.value
+        return None
+
+
+class RooflineResult(_Model):
+    analytic_model: str
+    weight_bits: float | None = None
+    act_bits: float | None = None
+    kv_bits: float | None = None
+    decode_context: int | None = None
+    tokens_per_pass: float | None = None
+    layers_executed: float | None = None
+    engine_note: str = ""
+    ceilings: list[CeilingRef] = Field(default_factory=list)
+    prefill: PhasePosition | None = None
+    decode: PhasePosition | None = None
+    reason: str | None = None
+
+
 class CellSpec(_Model):
     engine: str
     engine_label: str
@@ -120,6 +176,7 @@ class Record(_Model):
     memory: MemoryResult | None = None
     engine_stats: dict[str, EngineStat] = Field(default_factory=dict)
     quality: QualityResult | None = None
+    roofline: RooflineResult | None = None
     repetitions: RepetitionInfo | None = None
     environment: dict[str, Any]
     started_at: str

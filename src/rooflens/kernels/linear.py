@@ -1,0 +1,208 @@
+"""``LowBitLinear`` (an ``nn.Linear`` replacement holding a :class:`QuantizedWeight`) and a model-wide swap."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from rooflens.kernels.lowbit import (
+    QuantizedWeight,
+    check_bits,
+    check_group_size,
+    format_bits_per_weight,
+    quantize,
+    reference_linear,
+)
+
+__all__ = ["LowBitLinear", "LayerQuantReport", "QuantizationReport", "quantize_linear_layers"]
+
+
+class LowBitLinear(nn.Module):
+    """Weight-only low-bit linear layer: ``y = x @ dequant(W).T + b`` in ``x.dtype``, fp32 accumulation.
+
+    The packed codes, scales and zero points are registered as buffers (so ``.to(device)`` and
+    ``state_dict`` carry them).  The fp16 scales / zero points are kept as their int16 *bit patterns*, so a
+    later ``model.to(torch.bfloat16)`` / ``.float()`` cannot silently re-round them; :attr:`qweight` views
+    them back as fp16.  The bias, if any, stays a (frozen) parameter and follows the model's dtype.
+
+    ``use_triton``: ``None`` (default) -> the Triton kernel for CUDA inputs when triton is available, the
+    torch reference otherwise (always on CPU: the interpreter is slow); ``True`` -> always the Triton kernel
+    (on CPU this needs ``TRITON_INTERPRET=1``); ``False`` -> always the torch reference.
+    """
+
+    def __init__(self, qweight: QuantizedWeight, bias: Optional[torch.Tensor] = None,
+                 use_triton: Optional[bool] = None) -> None:
+        super().__init__()
+        self.in_features = qweight.in_features
+        self.out_features = qweight.out_features
+        self.bits = qweight.bits
+        self.group_size = qweight.group_size
+        self.symmetric = qweight.symmetric
+        self.use_triton = use_triton
+        self.register_buffer("packed", qweight.packed)
+        self.register_buffer("scales", qweight.scales.view(torch.int16))  # fp16 bit patterns
+        zeros = None if qweight.zeros is None else qweight.zeros.view(torch.int16)
+        self.register_buffer("zeros", zeros)  # None when symmetric
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = True,
+                    use_triton: Optional[bool] = None) -> "LowBitLinear":
+        qw = quantize(linear.weight.detach(), bits=bits, group_size=group_size, symmetric=symmetric)
+        return cls(qw, linear.bias, use_triton=use_triton)
+
+    @property
+    def qweight(self) -> QuantizedWeight:
+        """The current buffers as a :class:`QuantizedWeight` (follows ``.to(device)``)."""
+        return QuantizedWeight(
+            packed=self.packed,
+            scales=self.scales.view(torch.float16),
+            zeros=None if self.zeros is None else self.zeros.view(torch.float16),
+            bits=self.bits,
+            group_size=self.group_size, symmetric=self.symmetric, shape=(self.out_features, self.in_features),
+        )
+
+    @property
+    def storage_bytes(self) -> int:
+        return self.qweight.storage_bytes
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.qweight.bits_per_weight
+
+    def _want_triton(self, x: torch.Tensor) -> bool:
+        if self.use_triton is False:
+            return False
+        if self.use_triton is True:
+            return True
+        if x.device.type != "cuda":
+            return False
+        from rooflens.kernels.triton_lowbit import triton_available
+
+        return triton_available()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qw = self.qweight
+        if self._want_triton(x):
+            from rooflens.kernels.triton_lowbit import lowbit_linear
+
+            return lowbit_linear(x, qw, self.bias)
+        return reference_linear(x, qw, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, symmetric={self.symmetric}, bias={self.bias is not None}, "
+                f"bits_per_weight={format_bits_per_weight(self.bits, self.group_size, self.symmetric):g}")
+
+
+@dataclass
+class LayerQuantReport:
+    name: str
+    in_features: int
+    out_features: int
+    storage_bytes: int  # QuantizedWeight.storage_bytes (packed + scales + zeros)
+    original_bytes: int  # the replaced dense weight in its dtype
+    bits_per_weight: float
+
+
+@dataclass
+class QuantizationReport:
+    bits: int
+    group_size: int
+    symmetric: bool
+    replaced: list[LayerQuantReport] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # Linear layer name -> reason
+
+    @property
+    def replaced_names(self) -> list[str]:
+        return [r.name for r in self.replaced]
+
+    @property
+    def total_storage_bytes(self) -> int:
+        return sum(r.storage_bytes for r in self.replaced)
+
+    @property
+    def total_original_bytes(self) -> int:
+        return sum(r.original_bytes for r in self.replaced)
+
+    @property
+    def quantized_params(self) -> int:
+        return sum(r.in_features * r.out_features for r in self.replaced)
+
+    @property
+    def bits_per_weight(self) -> float:
+        p = self.quantized_params
+        return self.total_storage_bytes * 8 / p if p else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "replaced": [asdict(r) for r in self.replaced],
+            "skipped": dict(self.skipped),
+            "total_storage_bytes": self.total_storage_bytes,
+            "total_original_bytes": self.total_original_bytes,
+            "quantized_params": self.quantized_params,
+            "bits_per_weight": self.bits_per_weight,
+        }
+
+
+def _is_skipped(name: str, skip: Iterable[str]) -> Optional[str]:
+    parts = name.split(".")
+    for s in skip:
+        if name == s or s in parts or name.endswith("." + s):
+            return s
+    return None
+
+
+@torch.no_grad()
+def quantize_linear_layers(
+    model: nn.Module,
+    bits: int,
+    group_size: int = 128,
+    symmetric: bool = True,
+    skip: Iterable[str] = ("lm_head",),
+    use_triton: Optional[bool] = None,
+) -> QuantizationReport:
+    """Replace every ``nn.Linear`` of ``model`` in place by a :class:`LowBitLinear`.
+
+    A layer is left alone (and listed in ``report.skipped`` with the reason) when its name or one of its
+    dotted path components matches an entry of ``skip`` (default: the LM head), or when ``group_size``
+    does not divide its ``in_features``.  Returns a :class:`QuantizationReport` whose
+    ``total_storage_bytes`` is the sum of the new layers' ``QuantizedWeight.storage_bytes``.
+    """
+    check_bits(bits)
+    check_group_size(group_size)
+    if isinstance(skip, str):
+        skip = (skip,)
+    skip = tuple(skip)
+    report = QuantizationReport(bits=bits, group_size=group_size, symmetric=symmetric)
+    targets = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    for name, lin in targets:
+        hit = _is_skipped(name, skip)
+        if hit is not None:
+            report.skipped[name] = f"matches skip entry {hit!r}"
+            continue
+        if lin.in_features % group_size:
+            report.skipped[name] = f"in_features={lin.in_features} is not a multiple of group_size={group_size}"
+            continue
+        new = LowBitLinear.from_linear(lin, bits=bits, group_size=group_size, symmetric=symmetric,
+                                       use_triton=use_triton)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+        report.replaced.append(LayerQuantReport(
+            name=name,
+            in_features=lin.in_features,
+            out_features=lin.out_features,
+            storage_bytes=new.storage_bytes,
+            original_bytes=lin.weight.numel() * lin.weight.element_size(),
+            bits_per_weight=new.bits_per_weight,
+        ))
+    return report

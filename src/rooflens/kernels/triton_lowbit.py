@@ -1,0 +1,423 @@
+"""Triton dequantize-and-multiply kernel for rooflens's low-bit format (see :mod:`rooflens.kernels.lowbit`).
+
+``lowbit_linear(x, qw, bias)`` computes ``x @ dequantize(qw).T + bias`` for ``x [..., K]`` without ever
+materialising the dense weight: each program owns a ``BLOCK_N`` slice of output features (and ``BLOCK_M``
+rows of ``x``), walks K in ``BLOCK_K`` tiles, unpacks the codes from the int32 bit stream with shifts and
+masks, applies the per-group fp16 scale (and
+zero point) in fp32 and accumulates in fp32.  ``M == 1`` (decode GEMV) uses a broadcast-multiply + row
+reduction on CUDA cores; ``M > 1`` (flat GEMM, e.g. 2-16 rows) uses ``tl.dot`` with ``BLOCK_M = 16``
+(tensor cores on a GPU; fp16/bf16 inputs are fed to the dot in their own dtype, fp32 inputs with
+``input_precision="ieee"``).  Optional split-K (``SPLIT_K > 1``) partitions the K loop over a third grid
+axis and combines partial sums with fp32 ``atomic_add`` into a zeroed fp32 buffer — for GEMV shapes whose
+``N / BLOCK_N`` alone would leave most SMs idle.
+
+Unpacking has two paths (constexpr ``WIDE_LOAD``): for 8/4/2-bit, load the tile's ``BLOCK_K * bits / 32``
+words per row contiguously and expand every word into its ``32 / bits`` codes with a broadcast shift +
+``tl.reshape``; or gather one word per code (``word = k*bits // 32``, ``shift = k*bits % 32``).  3-bit codes
+that straddle two words always take the gather path, stitching the two halves.  Both paths are in the CUDA
+autotune space.
+
+How the kernel is built
+-----------------------
+``@triton.jit`` reads ``TRITON_INTERPRET`` when it *decorates*, and ``@triton.autotune`` cannot run under
+the interpreter (it benchmarks, which needs a GPU driver).  So the kernel body below is a plain function and
+is decorated lazily, on first launch, by :func:`get_kernel`:
+
+* real GPU driver and not interpreting -> ``triton.autotune(CUDA_CONFIGS, key=[M, N, K, ...])(triton.jit(f))``;
+* ``TRITON_INTERPRET=1`` (CPU CI) -> ``triton.jit(f)`` with one fixed config (:data:`INTERPRET_CONFIG`).
+
+Both variants are cached per mode, so setting the env var at any time before the first launch works, even if
+``triton`` itself was imported earlier.  Under the interpreter every tensor is on the CPU and the results are
+correctness-only (the interpreter is NumPy, timings are meaningless); loaded bf16/fp16 values are always
+upcast to fp32 before arithmetic (interpreted bf16 arithmetic is wrong).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from rooflens.kernels.lowbit import QuantizedWeight
+
+try:  # triton is optional (extra "kernels"); the torch reference in lowbit.py never needs it
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+    _TRITON_IMPORT_ERROR: Optional[BaseException] = None
+except Exception as exc:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
+    HAS_TRITON = False
+    _TRITON_IMPORT_ERROR = exc
+
+__all__ = [
+    "HAS_TRITON",
+    "INTERPRET_CONFIG",
+    "CUDA_DEFAULT_CONFIG",
+    "CUDA_CONFIGS",
+    "interpreting",
+    "gpu_driver_available",
+    "triton_available",
+    "get_kernel",
+    "lowbit_linear",
+]
+
+# Fixed configuration used under TRITON_INTERPRET=1 (no autotune possible there).
+INTERPRET_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 64, "WIDE_LOAD": True}
+# Fixed configuration for CUDA launches that ask for no autotuning (``lowbit_linear(..., autotune=False)``).
+CUDA_DEFAULT_CONFIG = {"BLOCK_N": 64, "BLOCK_K": 128, "WIDE_LOAD": True, "num_warps": 4, "num_stages": 3}
+
+# Autotune space on CUDA: (BLOCK_N, BLOCK_K, WIDE_LOAD, num_warps, num_stages).  WIDE_LOAD=True loads each
+# tile's packed words contiguously and expands them in registers; False gathers one word per code (the
+# only path for 3-bit, whose codes straddle words; WIDE_LOAD is ignored there).  Which wins on a given GPU
+# is exactly what the autotuner is for: both are in the space.
+_CUDA_SPACE = [
+    (32, 64, True, 2, 3),
+    (32, 128, True, 4, 3),
+    (64, 64, True, 4, 3),
+    (64, 128, True, 4, 3),
+    (64, 256, True, 8, 3),
+    (128, 64, True, 4, 3),
+    (128, 128, True, 8, 3),
+    (16, 128, True, 2, 4),
+    (16, 256, True, 4, 4),
+    (32, 128, False, 4, 3),
+    (64, 128, False, 4, 3),
+]
+
+
+def _interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def interpreting() -> bool:
+    """True when Triton kernels decorated now would run in the CPU interpreter."""
+    if not HAS_TRITON:
+        return False
+    try:
+        return bool(triton.knobs.runtime.interpret)
+    except AttributeError:  # older triton without knobs
+        return _interpret_env()
+
+
+def gpu_driver_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def triton_available() -> bool:
+    """Can :func:`lowbit_linear` run here (triton importable and either a GPU or the interpreter)?"""
+    return HAS_TRITON and (interpreting() or gpu_driver_available())
+
+
+# ------------------------------------------------------------------------------------------ the kernel
+
+
+def _lowbit_linear_kernel(
+    x_ptr,
+    packed_ptr,
+    scales_ptr,
+    zeros_ptr,
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_pn,
+    stride_sn,
+    stride_om,
+    stride_on,
+    BITS: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    WIDE_LOAD: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_n = offs_n < N
+    mask_m = offs_m < M
+
+    CODE_MASK: tl.constexpr = (1 << BITS) - 1
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    STRADDLE: tl.constexpr = (32 % BITS) != 0  # 3-bit codes can cross a word boundary
+    SCALE_PER_TILE: tl.constexpr = (GROUP_SIZE % BLOCK_K) == 0  # one group per (row, K tile)
+    CPW: tl.constexpr = 32 // BITS  # codes per word when they do not straddle (8/4/2-bit)
+    WORDS_PER_TILE: tl.constexpr = BLOCK_K // CPW
+    WORDS_PER_ROW = K * BITS // 32
+
+    n_iters = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(n_iters, SPLIT_K)
+    it_start = pid_k * per_split
+    it_end = tl.minimum(it_start + per_split, n_iters)
+
+    row_ptr = packed_ptr + offs_n[:, None] * stride_pn  # [BLOCK_N, 1]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for it in range(it_start, it_end):
+        offs_k = it * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        wmask = mask_n[:, None] & mask_k[None, :]
+
+        # --- unpack codes [BLOCK_N, BLOCK_K] from the per-row little-endian bit stream
+        if WIDE_LOAD and not STRADDLE:
+            # load the tile's words contiguously ([BLOCK_N, BLOCK_K / CPW], vectorisable), then expand each
+            # word into its CPW codes with a broadcast shift and flatten (code c of word w -> k = w*CPW + c)
+            offs_w = it * WORDS_PER_TILE + tl.arange(0, WORDS_PER_TILE)
+            words = tl.load(row_ptr + offs_w[None, :], mask=mask_n[:, None] & (offs_w < WORDS_PER_ROW)[None, :],
+                            other=0)
+            shifts = tl.arange(0, CPW) * BITS
+            q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & CODE_MASK, (BLOCK_N, BLOCK_K))
+        else:
+            # per-element gather: code k lives at bit k*BITS of the row stream
+            bitpos = offs_k * BITS
+            word = bitpos // 32
+            off = bitpos % 32
+            w_lo = tl.load(row_ptr + word[None, :], mask=wmask, other=0)
+            if STRADDLE:
+                straddle = off > (32 - BITS)
+                hi_shift = tl.where(straddle, 32 - off, 0)
+                lo_mask = tl.where(straddle, (1 << hi_shift) - 1, CODE_MASK)
+                w_hi = tl.load(row_ptr + (word + 1)[None, :], mask=wmask & straddle[None, :], other=0)
+                q = ((w_lo >> off[None, :]) & lo_mask[None, :]) | ((w_hi << hi_shift[None, :]) & CODE_MASK)
+            else:
+                q = (w_lo >> off[None, :]) & CODE_MASK
+        qf = q.to(tl.float32)
+
+        # --- per-group scale / zero point, dequantize in fp32
+        if SCALE_PER_TILE:
+            g0 = (it * BLOCK_K) // GROUP_SIZE
+            s = tl.load(scales_ptr + offs_n * stride_sn + g0, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+            if SYMMETRIC:
+                wf = (qf - HALF) * s
+            else:
+                z = tl.load(zeros_ptr + offs_n * stride_sn + g0, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+                wf = (qf - z) * s
+        else:
+            gidx = offs_n[:, None] * stride_sn + (offs_k // GROUP_SIZE)[None, :]
+            s = tl.load(scales_ptr + gidx, mask=wmask, other=0.0).to(tl.float32)
+            if SYMMETRIC:
+                wf = (qf - HALF) * s
+            else:
+                z = tl.load(zeros_ptr + gidx, mask=wmask, other=0.0).to(tl.float32)
+                wf = (qf - z) * s
+
+        # --- multiply-accumulate
+        xt = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+            mask=mask_m[:, None] & mask_k[None, :],
+            other=0.0,
+        )
+        if BLOCK_M == 1:
+            acc += tl.sum(wf * xt.to(tl.float32), axis=1)[None, :]
+        else:
+            if DOT_F32:
+                acc += tl.dot(xt.to(tl.float32), tl.trans(wf), input_precision="ieee")
+            else:
+                acc = tl.dot(xt, tl.trans(wf.to(xt.dtype)), acc)
+
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if SPLIT_K > 1:  # only the first K partition adds the bias
+            b = b * (pid_k == 0).to(tl.float32)
+        acc += b[None, :]
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    omask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        tl.atomic_add(out_ptrs, acc, mask=omask)
+
+
+# ------------------------------------------------------------------------------- lazy decoration / cache
+
+_KERNEL_CACHE: dict = {}
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop configs whose tiles are far larger than the problem (keeps at least one)."""
+    n = named_args["N"]
+    k = named_args["K"]
+    bits = named_args.get("BITS", kwargs.get("BITS"))
+    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(n))
+            and c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))
+            and (c.kwargs["WIDE_LOAD"] or bits is None or 32 % bits == 0)]  # 3-bit: WIDE_LOAD is moot
+    return kept or configs[:1]
+
+
+def cuda_configs():
+    return [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "WIDE_LOAD": wide}, num_warps=nw, num_stages=ns)
+        for bn, bk, wide, nw, ns in _CUDA_SPACE
+    ]
+
+
+CUDA_CONFIGS = _CUDA_SPACE  # the (BLOCK_N, BLOCK_K, WIDE_LOAD, num_warps, num_stages) tuples autotuned on CUDA
+
+
+def get_kernel(autotune: bool = True):
+    """Return the kernel for the current mode, decorating on first use.
+
+    ``autotune=True`` gives the ``@triton.autotune`` wrapper, but only when a GPU driver is present and
+    Triton is not interpreting; otherwise (or with ``autotune=False``) the plain ``@triton.jit`` kernel,
+    to be launched with an explicit config.  Returns ``(kernel, autotuned)``.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError(f"triton is not importable ({_TRITON_IMPORT_ERROR!r}); install rooflens[kernels]")
+    interp = interpreting()
+    autotuned = bool(autotune) and (not interp) and gpu_driver_available()
+    key = (interp, autotuned)
+    if key not in _KERNEL_CACHE:
+        jitted = triton.jit(_lowbit_linear_kernel)
+        if autotuned:
+            kernel = triton.autotune(
+                configs=cuda_configs(),
+                key=["M", "N", "K", "BITS", "GROUP_SIZE", "SYMMETRIC", "SPLIT_K", "HAS_BIAS"],
+                prune_configs_by={"early_config_prune": _prune_configs},
+                # split-K accumulates with atomic_add: zero the output before each benchmark run and after
+                # tuning (harmless for SPLIT_K == 1, which overwrites every element).
+                reset_to_zero=["out_ptr"],
+            )(jitted)
+        else:
+            kernel = jitted
+        _KERNEL_CACHE[key] = kernel
+    return _KERNEL_CACHE[key], autotuned
+
+
+# ---------------------------------------------------------------------------------------------- launcher
+
+_SUPPORTED_X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _auto_split_k(m_blocks: int, n: int, k: int, group_size: int, device: torch.device) -> int:
+    """Split K until the grid has about two programs per SM (GEMV shapes); 1 when N alone fills the GPU."""
+    if device.type != "cuda":
+        return 1
+    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = m_blocks * triton.cdiv(n, 64)  # typical autotuned BLOCK_N
+    split = 1
+    while programs * split < 2 * n_sm and split < 16 and k // (2 * split) >= max(256, group_size):
+        split *= 2
+    return split
+
+
+def lowbit_linear(
+    x: torch.Tensor,
+    qw: QuantizedWeight,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    out: Optional[torch.Tensor] = None,
+    split_k: Optional[int] = None,
+    config: Optional[dict] = None,
+    autotune: bool = True,
+) -> torch.Tensor:
+    """``x @ dequantize(qw).T + bias`` with the Triton kernel; fp32 accumulation, output in ``x.dtype``.
+
+    ``x``: ``[..., K]`` fp16/bf16/fp32 (``M`` = product of the leading dims; 1 = GEMV, up to ~16 = flat
+    GEMM, larger works too).  ``out``: optional preallocated ``[M, N]`` (or ``[..., N]``) contiguous output in
+    ``x.dtype``.  ``split_k``: partitions of the K loop (``None`` = heuristic on CUDA, 1 otherwise).
+    ``config``: an explicit ``{"BLOCK_N", "BLOCK_K"[, "WIDE_LOAD", "num_warps", "num_stages"]}`` (no
+    autotune; WIDE_LOAD defaults to True); otherwise
+    CUDA autotunes (unless ``autotune=False``: :data:`CUDA_DEFAULT_CONFIG`) and the interpreter uses
+    :data:`INTERPRET_CONFIG`.
+    """
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"qw must be a QuantizedWeight, got {type(qw).__name__}")
+    n, k = qw.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} input features, the weight expects K={k}")
+    if x.dtype not in _SUPPORTED_X_DTYPES:
+        raise ValueError(f"x dtype {x.dtype} is not supported; allowed: fp16, bf16, fp32")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if qw.packed.device != x.device:
+        raise ValueError(f"x is on {x.device} but the quantized weight is on {qw.packed.device}")
+    kernel, autotuned = get_kernel(autotune=autotune and config is None)
+    interp = interpreting()
+    if not interp and x.device.type != "cuda":
+        raise RuntimeError(
+            "lowbit_linear needs CUDA tensors, or TRITON_INTERPRET=1 for the CPU interpreter "
+            "(use rooflens.kernels.lowbit.reference_linear on CPU)"
+        )
+
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    out_shape = (*lead, n)
+    if out is not None:
+        if tuple(out.shape) not in (out_shape, (m, n)) or out.dtype != x.dtype or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {out_shape}")
+        out2 = out.view(m, n)
+    else:
+        out2 = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out2.view(out_shape)
+
+    block_m = 1 if m == 1 else 16
+    m_blocks = triton.cdiv(m, block_m)
+    if split_k is None:
+        split_k = 1 if interp else _auto_split_k(m_blocks, n, k, qw.group_size, x.device)
+    if not isinstance(split_k, int) or split_k < 1:
+        raise ValueError(f"split_k must be a positive int, got {split_k!r}")
+
+    # split-K combines partial sums with fp32 atomics into a zeroed fp32 buffer
+    if split_k > 1:
+        target = out2 if x.dtype == torch.float32 else torch.empty((m, n), dtype=torch.float32, device=x.device)
+        target.zero_()
+    else:
+        target = out2
+
+    zeros = qw.zeros if qw.zeros is not None else qw.scales  # dummy pointer when symmetric (never read)
+    bias_arg = bias if bias is not None else qw.scales  # dummy pointer when no bias (never read)
+    scales = qw.scales.contiguous()
+    zeros = zeros.contiguous()
+    packed = qw.packed.contiguous()
+    args = (
+        x2, packed, scales, zeros, bias_arg, target,
+        m, n, k,
+        x2.stride(0), x2.stride(1), packed.stride(0), scales.stride(0), target.stride(0), target.stride(1),
+    )
+    meta = dict(
+        BITS=qw.bits,
+        GROUP_SIZE=qw.group_size,
+        SYMMETRIC=qw.symmetric,
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split_k,
+        DOT_F32=interp or x.dtype == torch.float32,
+        BLOCK_M=block_m,
+    )
+    if autotuned:
+
+        def grid(meta_):
+            return (triton.cdiv(n, meta_["BLOCK_N"]), m_blocks, split_k)
+
+        kernel[grid](*args, **meta)
+    else:
+        cfg = dict(config) if config is not None else dict(INTERPRET_CONFIG if interp else CUDA_DEFAULT_CONFIG)
+        unknown = set(cfg) - {"BLOCK_N", "BLOCK_K", "WIDE_LOAD", "num_warps", "num_stages"}
+        if unknown or not {"BLOCK_N", "BLOCK_K"} <= set(cfg):
+            raise ValueError(
+                f"config needs BLOCK_N and BLOCK_K (optional WIDE_LOAD, num_warps, num_stages), got {sorted(cfg)}")
+        cfg["WIDE_LOAD"] = bool(cfg.get("WIDE_LOAD", True))
+        for name in ("BLOCK_N", "BLOCK_K"):
+            v = cfg[name]
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"{name}={v!r} must be a power of two >= 16")
+        bn = cfg.pop("BLOCK_N")
+        grid = (triton.cdiv(n, bn), m_blocks, split_k)
+        kernel[grid](*args, **meta, BLOCK_N=bn, **cfg)
+
+    if target is not out2:
+        out2.copy_(target)
+    return out2.view(out_shape)

@@ -1,0 +1,113 @@
+"""Place a measured run on the roofline: analytic FLOPs/bytes + measured times -> achieved rates, efficiency.
+
+Inputs are the model config, the cell (batch, prompt and generation lengths), the measured
+medians of TTFT and TPOT, the engine's :class:`RooflineHints`, and the ceilings (datasheet
+from the hardware profile, measured from `rooflens hw probe` when a probe file exists).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rooflens.engines.base import RooflineHints
+from rooflens.results.record import CeilingRef, PhasePosition, Quantity, RooflineResult
+from rooflens.roofline.analytic import ModelShape, PhaseCost, Precision, decode_cost, prefill_cost
+from rooflens.roofline.hardware import HardwareProfile
+
+ANALYTIC = "rooflens.roofline.analytic (per-op FLOPs and bytes from the model config; eager attention)"
+DTYPE_KEYS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+DTYPE_BITS = {"float32": 32.0, "bfloat16": 16.0, "float16": 16.0}
+
+
+def _q(value: float | None, unit: str, source: str, how: str) -> Quantity:
+    return Quantity(value=value, unit=unit, source=source, how=how)
+
+
+def ceilings_for(profile: HardwareProfile, dtype: str, probe: Any | None = None) -> list[CeilingRef]:
+    """Datasheet ceilings (when the profile has both numbers) and measured ones (when probed)."""
+    key = DTYPE_KEYS.get(dtype, dtype)
+    out = []
+    bw, peak = profile.bandwidth_si(), profile.peak_flops_si(key)
+    if bw and peak:
+        out.append(CeilingRef(
+            source="datasheet", ref=f"hardware profile {profile.name}", dtype=key,
+            bandwidth=_q(bw, "B/s", "datasheet", profile.memory_bandwidth.source),
+            peak_flops=_q(peak, "FLOP/s", "datasheet", profile.peak_flops[key].source),
+        ))  # fmt: skip
+    if probe is not None and key in probe.gemm:
+        out.append(CeilingRef(
+            source="measured", ref=f"rooflens hw probe, {probe.measured_at}", dtype=key,
+            bandwidth=_q(probe.bandwidth.max, "B/s", "measured", probe.bandwidth.how),
+            peak_flops=_q(probe.gemm[key].max, "FLOP/s", "measured", probe.gemm[key].how),
+        ))  # fmt: skip
+    return out
+
+
+def _position(phase: str, cost: PhaseCost, per: float, time_s: float, how_time: str,
+              ceilings: list[CeilingRef]) -> PhasePosition:  # fmt: skip
+    """``cost`` divided by ``per`` (tokens per pass) is the work done in ``time_s``."""
+    a = "analytic"
+    flops, wb, kb, ab = cost.flops / per, cost.weight_bytes / per, cost.kv_bytes / per, cost.act_bytes / per
+    total = wb + kb + ab
+    intensity = flops / total
+    achieved_f, achieved_b = flops / time_s, total / time_s
+    pos = PhasePosition(
+        phase=phase,
+        flops=_q(flops, "FLOP", "modelled", a),
+        weight_bytes=_q(wb, "B", "modelled", a),
+        kv_bytes=_q(kb, "B", "modelled", a),
+        act_bytes=_q(ab, "B", "modelled", a),
+        bytes=_q(total, "B", "modelled", a),
+        intensity=_q(intensity, "FLOP/B", "modelled", "analytic FLOPs / analytic bytes"),
+        time_s=_q(time_s, "s", "measured", how_time),
+        achieved_flops=_q(achieved_f, "FLOP/s", "derived", "analytic FLOPs / measured time"),
+        achieved_bandwidth=_q(achieved_b, "B/s", "derived", "analytic bytes / measured time"),
+    )
+    for c in ceilings:
+        bw, peak = c.bandwidth.value, c.peak_flops.value
+        attainable = min(peak, intensity * bw)
+        pos.attainable_flops[c.source] = _q(attainable, "FLOP/s", "derived", f"min(peak, intensity x bandwidth), {c.ref}")
+        pos.efficiency[c.source] = _q(achieved_f / attainable, "fraction", "derived", "achieved / attainable FLOP/s")
+        pos.bound[c.source] = "memory" if intensity * bw < peak else "compute"
+    return pos
+
+
+def roofline_position(
+    config: Any,
+    dtype: str,
+    *,
+    batch: int,
+    prompt_len: int,
+    gen_len: int,
+    ttft_s: float,
+    tpot_s: float,
+    hints: RooflineHints,
+    ceilings: list[CeilingRef],
+) -> RooflineResult:
+    """The record's roofline section; an unsupported architecture gives a result with a reason."""
+    try:
+        shape = ModelShape.from_config(config)
+    except ValueError as err:
+        return RooflineResult(analytic_model=ANALYTIC, reason=str(err))
+    bits = DTYPE_BITS.get(dtype, 16.0)
+    precision = Precision(weight_bits=hints.weight_bits or bits, act_bits=bits, kv_bits=bits)
+    k = hints.tokens_per_pass or 1.0
+    context = prompt_len + gen_len // 2
+    layers = hints.layers_executed
+    prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=precision)
+    # a pass verifies k tokens per sequence; fractional k (a mean) is rounded for the op shapes
+    decode = decode_cost(shape, batch=batch, context_len=context, precision=precision,
+                         new_tokens=max(1, round(k)), layers_executed=layers)  # fmt: skip
+    return RooflineResult(
+        analytic_model=ANALYTIC,
+        weight_bits=precision.weight_bits,
+        act_bits=precision.act_bits,
+        kv_bits=precision.kv_bits,
+        decode_context=context,
+        tokens_per_pass=k,
+        layers_executed=layers if layers is not None else float(shape.num_layers),
+        engine_note=hints.note,
+        ceilings=ceilings,
+        prefill=_position("prefill", prefill, 1.0, ttft_s, "median TTFT", ceilings),
+        decode=_position("decode", decode, max(1, round(k)), tpot_s, "median TPOT", ceilings),
+    )
