@@ -263,3 +263,32 @@ def test_records_load_into_a_dataframe(test_engines, tmp_path):
     assert ok.weights == "random" and ok.tokens_per_joule > 0 and ok.peak_memory_bytes > 0
     failed = df[(df.engine == "scripted") & (df.batch_size == 2)].iloc[0]
     assert failed.reason == "boom at batch 2"
+
+
+def test_records_carry_roofline_positions(test_engines, tmp_path, monkeypatch):
+    from rooflens.roofline.analytic import ModelShape, Precision, decode_cost, prefill_cost
+    from rooflens.roofline.hardware import get_profile
+
+    # a profile with datasheet ceilings, so attainable and efficiency exist
+    exp = experiment([{"name": "hf"}], batch_sizes=(2,), hardware="rtx-4090")
+    rec = ExperimentRunner(exp, results_root=tmp_path).run().records[0]
+    rl = rec.roofline
+    assert rl.reason is None and rl.weight_bits == 32.0 and rl.decode_context == 8 + 5 // 2
+    from rooflens.models.loader import shipped_config
+
+    shape = ModelShape.from_config(shipped_config("tiny-llama")[0])
+    p = Precision(32, 32, 32)
+    pre = prefill_cost(shape, batch=2, prompt_len=8, precision=p)
+    dec = decode_cost(shape, batch=2, context_len=10, precision=p)
+    ttft, tpot = rec.metrics["ttft_s"].median, rec.metrics["tpot_s"].median
+    assert rl.prefill.flops.value == pytest.approx(pre.flops) and rl.decode.bytes.value == pytest.approx(dec.bytes)
+    assert rl.prefill.achieved_flops.value == pytest.approx(pre.flops / ttft)
+    assert rl.decode.achieved_bandwidth.value == pytest.approx(dec.bytes / tpot)
+    prof = get_profile("rtx-4090")
+    bw, peak = prof.bandwidth_si(), prof.peak_flops_si("fp32")
+    attainable = min(peak, dec.intensity * bw)
+    assert rl.decode.attainable_flops["datasheet"].value == pytest.approx(attainable)
+    assert rl.decode.efficiency["datasheet"].value == pytest.approx(dec.flops / tpot / attainable)
+    assert rl.decode.bound["datasheet"] == "memory"
+    assert rl.decode.flops.source == "modelled" and rl.decode.time_s.source == "measured"
+    assert rl.decode.achieved_flops.source == "derived"

@@ -22,6 +22,7 @@ from rooflens.bench.energy import EnergyMeter, EnergyReading, UnavailableMeter, 
 from rooflens.bench.environment import capture_environment, now_iso
 from rooflens.bench.memory import PeakMemory
 from rooflens.bench.prompts import make_prompts
+from rooflens.bench.quality import PPL_WINDOW, agreement, heldout_ids, perplexity
 from rooflens.bench.stats import summarize
 from rooflens.bench.timing import RepTiming, rep_timing
 from rooflens.config import EngineSpec, Experiment, Repetitions, Workload
@@ -33,6 +34,7 @@ from rooflens.results.record import (
     ErrorInfo,
     MemoryResult,
     Metric,
+    QualityResult,
     Quantity,
     Record,
     RepetitionInfo,
@@ -71,9 +73,11 @@ class Cell:
 
 
 def expand_cells(exp: Experiment) -> list[Cell]:
+    """All cells, the baseline engine's first (its greedy tokens are the quality reference)."""
+    engines = sorted(exp.engines, key=lambda e: e.display != exp.baseline_label)
     return [
         Cell(engine, workload, wi, b)
-        for engine in exp.engines
+        for engine in engines
         for wi, workload in enumerate(exp.workloads)
         for b in workload.batch_sizes
     ]
@@ -105,9 +109,10 @@ class CellMeasurement:
     energy: EnergyReading
     memory: Any
     stats: dict
+    tokens: torch.Tensor  # new tokens of the first measured repetition
 
 
-def run_once(engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device) -> RepTiming:
+def run_once(engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device) -> tuple[RepTiming, torch.Tensor]:
     clock = TokenClock(device)
     clock.start()
     tokens = engine.generate(prompts, n_new, clock)
@@ -115,7 +120,8 @@ def run_once(engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.de
     expected = (prompts.shape[0], n_new)
     if tuple(tokens.shape) != expected:
         raise FixedLengthError(f"engine returned tokens of shape {tuple(tokens.shape)}, expected {expected}")
-    return rep_timing(clock.t_start, clock.events, batch=prompts.shape[0], prompt_len=prompts.shape[1], n_new=n_new)
+    timing = rep_timing(clock.t_start, clock.events, batch=prompts.shape[0], prompt_len=prompts.shape[1], n_new=n_new)
+    return timing, tokens
 
 
 def measure(
@@ -135,11 +141,15 @@ def measure(
     # an energy counter needs a window of at least its resolution: keep repeating until it is long enough
     min_seconds = max(reps.min_seconds, meter.min_window_s if meter.available else 0.0)
     timings: list[RepTiming] = []
+    first_tokens = None
     with PeakMemory(device) as mem:
         meter.start()
         t0 = now()
         while True:
-            timings.append(run_once(engine, prompts, n_new, device))
+            timing, tokens = run_once(engine, prompts, n_new, device)
+            timings.append(timing)
+            if first_tokens is None:
+                first_tokens = tokens.detach().cpu()
             elapsed = now() - t0
             on_rep(len(timings), False)
             if len(timings) >= reps.max_reps:
@@ -149,7 +159,7 @@ def measure(
                 stopped_by = "min_reps_and_seconds"
                 break
         reading = meter.stop()
-    return CellMeasurement(timings, reps.warmup, elapsed, stopped_by, reading, mem.result, engine.stats())
+    return CellMeasurement(timings, reps.warmup, elapsed, stopped_by, reading, mem.result, engine.stats(), first_tokens)
 
 
 def _metric(values: list[float], unit: str, source: str, how: str) -> Metric:
@@ -226,6 +236,8 @@ class ExperimentRunner:
         self.device = resolve_device(exp.device)
         self.dtype = resolve_dtype(exp.dtype, self.device)
         self._meter = meter
+        self._reference_tokens: dict[tuple[int, int], torch.Tensor] = {}
+        self._perplexity: dict[str, Quantity | str] = {}
 
     def _experiment_info(self) -> dict[str, Any]:
         return {
@@ -284,11 +296,51 @@ class ExperimentRunner:
                     engine = build_engine(spec, model)
                     engine.prepare()
                     engines[spec.display] = engine
+                    self._perplexity[spec.display] = self._measure_perplexity(engine, model)
                 except Exception as err:
                     engines[spec.display] = ErrorInfo(
                         type=type(err).__name__, message=f"prepare failed: {err}", traceback=traceback.format_exc()
                     )
         return engines[spec.display]
+
+    def _measure_perplexity(self, engine: Engine, model: LoadedModel) -> Quantity | str:
+        """Perplexity of the engine's scoring model on the held-out text, or why there is none."""
+        if model.info.weights != "real" or model.tokenizer is None:
+            return "random weights or no tokenizer"
+        scorer = engine.scoring_model()
+        if scorer is None:
+            return f"engine '{engine.name}' has no single scoring model"
+        ppl, count = perplexity(scorer, heldout_ids(model.tokenizer))
+        return Quantity(value=ppl, unit="", source="measured",
+                        how=f"exp(mean NLL) over {count} tokens of the shipped held-out text, windows of {PPL_WINDOW}")  # fmt: skip
+
+    def _quality(self, cell: Cell, model: LoadedModel, tokens: torch.Tensor) -> QualityResult | None:
+        """Agreement with the baseline engine's greedy tokens on the same prompts, and perplexity."""
+        if model.info.weights != "real":
+            return None  # random weights: output quality means nothing
+        key = (cell.workload_index, cell.batch_size)
+        baseline = self.exp.baseline_label
+        if cell.engine.display == baseline:
+            self._reference_tokens[key] = tokens
+        ppl = self._perplexity.get(cell.engine.display)
+        reference = self._reference_tokens.get(key)
+        notes = []
+        if isinstance(ppl, str):
+            notes.append(f"perplexity n/a: {ppl}")
+        if reference is None:
+            notes.append(f"agreement n/a: the baseline engine '{baseline}' has no successful run of this cell")
+        result = QualityResult(
+            reference=f"greedy tokens of the baseline engine '{baseline}' on the same prompts (first measured repetition)",
+            perplexity=ppl if isinstance(ppl, Quantity) else None,
+            note="; ".join(notes) or None,
+        )
+        if reference is not None:
+            a = agreement(tokens, reference)
+            result.agreement = Quantity(value=a.fraction, unit="fraction", source="measured",
+                                        how="matching tokens / all generated tokens, position by position")  # fmt: skip
+            result.first_divergence = Quantity(value=a.first_divergence, unit="token", source="measured",
+                                               how=f"earliest position where any row differs ({cell.workload.gen_len} = never)")  # fmt: skip
+        return result
 
     def _run_cell(self, cell: Cell, model: LoadedModel, meter: EnergyMeter, engines: dict) -> Record:
         started = now_iso()
@@ -353,6 +405,7 @@ class ExperimentRunner:
             status="ok",
             metrics=metrics,
             roofline=roofline,
+            quality=self._quality(cell, model, m.tokens),
             energy=energy_of(m.energy, tokens, reps),
             memory=MemoryResult(
                 kind=mem.kind,

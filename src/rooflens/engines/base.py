@@ -155,6 +155,14 @@ class Engine(ABC):
         """Statistics over the generations since :meth:`reset_stats`."""
         return {}
 
+    def scoring_model(self) -> torch.nn.Module | None:
+        """The module whose logits are this engine's next-token distribution (for perplexity).
+
+        Engines that change the weights return their own module; None when no single module
+        defines the output (the record then says perplexity is not applicable).
+        """
+        return self.model.model
+
     def roofline_hints(self) -> RooflineHints:
         """Adjustments to the analytic roofline cost (called after the measured repetitions)."""
         return RooflineHints()

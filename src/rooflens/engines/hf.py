@@ -52,8 +52,16 @@ class HFEngine(Engine):
     summary = "Hugging Face generate(), greedy, eager (the baseline); optional static cache + torch.compile"
     Options = HFOptions
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model ``generate`` runs on; engines that transform weights (quantized) override it."""
+        return self.model.model
+
+    def scoring_model(self) -> torch.nn.Module:
+        return self.module
+
     def generation_config(self, max_new_tokens: int) -> GenerationConfig:
-        cfg = self.model.model.config
+        cfg = self.module.config
         gc = GenerationConfig(
             do_sample=False,
             num_beams=1,
@@ -76,7 +84,7 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
-        out = self.model.model.generate(
+        out = self.module.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
             generation_config=self.generation_config(max_new_tokens),

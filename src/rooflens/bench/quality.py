@@ -1,0 +1,52 @@
+"""Output quality: perplexity on held-out text, and agreement with the baseline's greedy tokens."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from rooflens.bench.prompts import corpus_text
+
+PPL_WINDOW = 256
+
+
+def heldout_ids(tokenizer) -> torch.Tensor:
+    """The shipped held-out text (never used for prompts) as one sequence of token ids."""
+    return torch.tensor(tokenizer(corpus_text("heldout"), add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+@torch.inference_mode()
+def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = PPL_WINDOW) -> tuple[float, int]:
+    """exp(mean NLL) over non-overlapping windows of ``window`` tokens; returns (ppl, tokens scored).
+
+    Each window is scored on its own (the first token of a window has no context and is not
+    scored), so the figure depends on ``window``; records say which one was used.
+    """
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start : start + window].unsqueeze(0).to(device)
+        if chunk.shape[1] < 2:
+            break
+        logits = model(chunk).logits.float()
+        nll += torch.nn.functional.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum").item()
+        count += chunk.shape[1] - 1
+    return math.exp(nll / count), count
+
+
+@dataclass(frozen=True)
+class Agreement:
+    fraction: float  # matching tokens / all tokens
+    first_divergence: int  # earliest position (0-based) where any row differs; gen_len if none
+
+
+def agreement(tokens: torch.Tensor, reference: torch.Tensor) -> Agreement:
+    """Position-wise agreement of two [batch, n] token tensors (greedy outputs on the same prompts)."""
+    if tokens.shape != reference.shape:
+        raise ValueError(f"token shapes differ: {tuple(tokens.shape)} vs reference {tuple(reference.shape)}")
+    same = tokens.cpu() == reference.cpu()
+    n = same.shape[1]
+    first = [int((~row).nonzero()[0]) if not bool(row.all()) else n for row in same]
+    return Agreement(fraction=float(same.float().mean()), first_divergence=min(first))
