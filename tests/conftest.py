@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 # Triton reads TRITON_INTERPRET when it decorates a function, its own standard library included
 # (at `import triton`), and torch.utils.flop_counter imports triton: without an NVIDIA driver the
@@ -11,6 +12,8 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+# measured ceilings saved by a user's `rooflens hw probe` must not leak into tests
+os.environ["ROOFLENS_HOME"] = tempfile.mkdtemp(prefix="rooflens-test-home-")
 
 from rooflens.config import ModelSpec  # noqa: E402
 from rooflens.models.loader import load_model  # noqa: E402

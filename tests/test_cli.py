@@ -80,3 +80,43 @@ def test_engines_and_models_and_hw():
 def test_show_on_empty_folder(tmp_path):
     r = runner.invoke(app, ["show", str(tmp_path)])
     assert r.exit_code == 2 and "no records" in r.output
+
+
+def test_roofline_what_if_json_and_png(tmp_path):
+    import json
+
+    png = tmp_path / "r.png"
+    r = runner.invoke(app, ["roofline", "llama-2-7b", "--hw", "a100-80g-sxm", "--batch", "1,8", "--prompt", "1",
+                            "--gen", "1", "--bits", "16,4", "--json", "--png", str(png)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    assert data["hardware"] == "a100-80g-sxm" and len(data["projections"]) == 4
+    p = data["projections"][0]  # batch 1, 16-bit
+    params = 6_738_415_616
+    embedding_rows_not_read = 32000 * 4096 - 4096  # decode reads one row of the embedding table
+    assert p["decode"]["totals"]["weight_bytes"] == 2 * (params - embedding_rows_not_read)
+    assert p["decode"]["bound"] == "memory"
+    bw = data["ceilings"]["bandwidth"]
+    assert p["decode"]["tokens_per_s"] == pytest.approx(bw / p["decode"]["totals"]["bytes"], rel=0.01)
+    for key in ("ops", "totals", "intensity", "bound", "tokens_per_s"):
+        assert key in p["prefill"] and key in p["decode"]
+    int4 = data["projections"][1]
+    assert int4["decode"]["tokens_per_s"] > 3 * p["decode"]["tokens_per_s"]  # 4.125 bits/weight vs 16
+    assert png.stat().st_size > 10000
+
+
+def test_roofline_errors():
+    r = runner.invoke(app, ["roofline", "llama-9b"])
+    assert r.exit_code == 2 and "unknown model 'llama-9b'" in r.output
+    r = runner.invoke(app, ["roofline", "llama-2-7b", "--hw", "a100-80g-sxm", "--bits", "5"])
+    assert r.exit_code == 2 and "allowed 32, 16, 8, 4, 3, 2" in r.output
+    r = runner.invoke(app, ["roofline", "llama-2-7b", "--hw", "a100-80g-sxm", "--batch", "0"])
+    assert r.exit_code == 2 and "positive integers" in r.output
+
+
+def test_hw_probe_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path))
+    r = runner.invoke(app, ["hw", "probe", "--device", "cpu", "--quick"])
+    assert r.exit_code == 0, r.output
+    assert "bandwidth GB/s" in r.output and "fp32 TFLOP/s" in r.output and "saved:" in r.output
+    assert list((tmp_path / "probes").glob("*.json"))

@@ -94,13 +94,15 @@ class RooflineHints:
     """How an engine changes the analytic cost of a token (None: as the plain model).
 
     ``weight_bits``: bits per weight incl. scales/zeros; ``layers_executed``: mean decoder layers
-    run per token (early exit); ``tokens_per_pass``: tokens produced per target weight pass
-    (speculative verification); ``note``: what the analytic model leaves out (e.g. draft cost).
+    run per token (early exit); ``tokens_per_pass``: tokens kept per target decode pass and
+    ``tokens_verified_per_pass``: tokens that pass processes (speculative verification: accepted+1
+    of gamma+1); ``note``: what the analytic model leaves out (e.g. draft cost).
     """
 
     weight_bits: float | None = None
     layers_executed: float | None = None
     tokens_per_pass: float | None = None
+    tokens_verified_per_pass: float | None = None
     note: str = ""
 
 
@@ -172,7 +174,7 @@ class Engine(ABC):
 
 _REGISTRY: dict[str, type[Engine]] = {}
 _LOADED = False
-_BUILTIN_MODULES = ("rooflens.engines.hf",)
+_BUILTIN_MODULES = ("rooflens.engines.hf", "rooflens.engines.speculative")
 _ENTRY_POINT_ERRORS: dict[str, str] = {}
 
 

@@ -91,13 +91,13 @@ def roofline_position(
         return RooflineResult(analytic_model=ANALYTIC, reason=str(err))
     bits = DTYPE_BITS.get(dtype, 16.0)
     precision = Precision(weight_bits=hints.weight_bits or bits, act_bits=bits, kv_bits=bits)
-    k = hints.tokens_per_pass or 1.0
+    k = hints.tokens_per_pass or 1.0  # tokens kept per decode pass
+    verified = max(1, round(hints.tokens_verified_per_pass or k))  # tokens the pass processes (op shapes)
     context = prompt_len + gen_len // 2
     layers = hints.layers_executed
     prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=precision)
-    # a pass verifies k tokens per sequence; fractional k (a mean) is rounded for the op shapes
     decode = decode_cost(shape, batch=batch, context_len=context, precision=precision,
-                         new_tokens=max(1, round(k)), layers_executed=layers)  # fmt: skip
+                         new_tokens=verified, layers_executed=layers)  # fmt: skip
     return RooflineResult(
         analytic_model=ANALYTIC,
         weight_bits=precision.weight_bits,
@@ -109,5 +109,5 @@ def roofline_position(
         engine_note=hints.note,
         ceilings=ceilings,
         prefill=_position("prefill", prefill, 1.0, ttft_s, "median TTFT", ceilings),
-        decode=_position("decode", decode, max(1, round(k)), tpot_s, "median TPOT", ceilings),
+        decode=_position("decode", decode, k, tpot_s, "median TPOT", ceilings),
     )
