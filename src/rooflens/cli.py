@@ -36,6 +36,19 @@ def _load(path: Optional[Path]):
         _fail(f"invalid experiment\n{err}")
 
 
+def _records(folder: Path) -> list:
+    """The records under ``folder``, or a clean exit 2 saying why there are none."""
+    from rooflens.results.store import RecordLoadError, load_records
+
+    try:
+        records = load_records(folder)
+    except RecordLoadError as err:
+        _fail(str(err))
+    if not records:
+        _fail(f"{folder}: no records")
+    return records
+
+
 class _ProgressObserver:
     """Shows the sweep in a rich progress bar."""
 
@@ -116,14 +129,8 @@ def report_cmd(
 ) -> None:
     """Render the HTML report (+ PNG plots) of a set of records."""
     from rooflens.reports.html import render_html, render_markdown
-    from rooflens.results.store import RecordLoadError, load_records
 
-    try:
-        records = load_records(results)
-    except RecordLoadError as err:
-        _fail(str(err))
-    if not records:
-        _fail(f"{results}: no records")
+    records = _records(results)
     experiments = sorted({str(r.experiment.get("name")) for r in records})
     name = name or (experiments[0] if len(experiments) == 1 else results.resolve().name)
     path = render_html(records, out, name)
@@ -201,14 +208,8 @@ def models() -> None:
 def show(folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)")) -> None:
     """Print the summary table of the records in a folder."""
     from rooflens.reports.summary import summary_table
-    from rooflens.results.store import RecordLoadError, load_records
 
-    try:
-        records = load_records(folder)
-    except RecordLoadError as err:
-        _fail(str(err))
-    if not records:
-        _fail(f"{folder}: no records")
+    records = _records(folder)
     console.print(summary_table(records, title=str(folder)))
 
 
@@ -439,8 +440,8 @@ def hw_probe(
     else:
         table = Table(title=f"measured ceilings: {result.device_name} ({result.device}, {result.threads} threads, "
                             f"load {result.load_avg[0] if result.load_avg else float('nan'):.2f})")  # fmt: skip
-        for col in ("ceiling", "best", "median", "p10", "p90", "CV %", "vs datasheet", "how"):
-            table.add_column(col, justify="left" if col in ("ceiling", "how") else "right", overflow="fold")
+        for col in ("ceiling", "best", "median", "p10", "p90", "CV %", "vs datasheet", "size"):
+            table.add_column(col, justify="left" if col == "ceiling" else "right")
         profile = get_profile(result.profile) if result.profile else None
         ratios = result.ratios(profile) if profile else {}
         rows = [("bandwidth GB/s", "bandwidth", result.bandwidth, 1e9)]
@@ -448,13 +449,22 @@ def hw_probe(
         for label, key, st, scale in rows:
             ratio = ratios.get(key)
             table.add_row(label, f"{st.max / scale:.4g}", f"{st.median / scale:.4g}", f"{st.p10 / scale:.4g}",
-                          f"{st.p90 / scale:.4g}", f"{100 * st.cv:.1f}", "-" if ratio is None else f"{ratio:.0%}", st.how)  # fmt: skip
+                          f"{st.p90 / scale:.4g}", f"{100 * st.cv:.1f}", "-" if ratio is None else f"{ratio:.0%}",
+                          _probe_size(result.sizes, key))  # fmt: skip
+        table.caption = "best = the ceiling used by `run` and `roofline`; how each was measured is in the saved JSON (`how`)"
         console.print(table)
         for k, why in result.skipped.items():
             console.print(f"[dim]skipped {k}: {why}[/]")
     if save:
         path = save_probe(result)
         (err_console if as_json else console).print(f"saved: {path} (used as measured ceilings by `run` and `roofline` on this machine)")
+
+
+def _probe_size(sizes: dict[str, int], key: str) -> str:
+    if key == "bandwidth":
+        return f"{sizes.get('copy_bytes', 0) / 2**20:.0f} MiB copy"
+    n = sizes.get(f"gemm_n.{key}", sizes.get("gemm_n"))
+    return f"n={n}" if n else "-"
 
 
 def main() -> None:  # pragma: no cover
