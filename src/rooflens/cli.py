@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,12 +14,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# Known-harmless import noise of optional libraries (torchao's CUDA-only extensions on a CPU build,
+# torch's pytree deprecation notes): keep the CLI's output about the measurement.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hardware-aware LLM inference benchmarks and roofline analysis.")
 hw_app = typer.Typer(no_args_is_help=True, help="Hardware profiles: list, show, detect.")
 app.add_typer(hw_app, name="hw")
 # a pipe or CI log gets a wide table instead of rich's default 80 columns
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -111,7 +117,10 @@ def run(
     console.print(summary_table(result.records, title=f"{exp.name} - {runner.profile_info['display_name']}"))
     ok = sum(r.status == "ok" for r in result.records)
     console.print(f"{ok}/{len(result.records)} cells ok; records in {result.folder}")
-    if runner.profile_info and not runner.profile_info["matched"]:
+    if runner.probe is not None:
+        console.print(f"[dim]roofline ceilings: measured by `rooflens hw probe` at {runner.probe.measured_at}"
+                      f"{'' if runner.profile_info['matched'] else ' (no datasheet profile for this device)'}[/]")  # fmt: skip
+    elif not runner.profile_info["matched"]:
         console.print(f"[dim]hardware: {runner.profile_info['reason']}[/]")
     if report:
         from rooflens.reports.html import render_html

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -156,8 +158,10 @@ def _converted_builtin(name: str) -> Path:
     target = _cache_root() / "models" / key
     if (target / "config.json").is_file():
         return target
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf.name, dtype=torch.float32)
+    # transformers' GGUF reader draws a tqdm bar on stderr; rooflens shows its own progress
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf.name, dtype=torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the dequantized weights are plain tensors
