@@ -52,10 +52,17 @@ class BrokenPrepareEngine(ScriptedEngine):
         raise ValueError("no draft model")
 
 
+class OptionUnavailableEngine(ScriptedEngine):
+    name = "option-unavailable"
+
+    def prepare(self):
+        raise base.EngineUnavailable("format int4 needs CUDA")
+
+
 @pytest.fixture
 def test_engines(monkeypatch):
     base._load_all()
-    for cls in (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine):
+    for cls in (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine):
         monkeypatch.setitem(base._REGISTRY, cls.name, cls)
 
 
@@ -224,9 +231,12 @@ def test_sweep_writes_every_cell_and_survives_a_failing_cell(test_engines, tmp_p
 
 
 def test_unavailable_and_unprepared_engines_are_recorded(test_engines, tmp_path):
-    exp = experiment([{"name": "cuda-only"}, {"name": "broken-prepare"}, {"name": "scripted"}], batch_sizes=(1,))
+    exp = experiment([{"name": "cuda-only"}, {"name": "broken-prepare"}, {"name": "scripted"},
+                      {"name": "option-unavailable"}], batch_sizes=(1,))  # fmt: skip
     records = ExperimentRunner(exp, results_root=tmp_path).run().records
     by = {r.cell.engine_label: r for r in records}
+    assert by["option-unavailable"].status == "unavailable"
+    assert by["option-unavailable"].reason.message == "format int4 needs CUDA"
     assert by["cuda-only"].status == "unavailable"
     assert by["cuda-only"].reason.message == "engine 'cuda-only' runs on cuda, not cpu"
     assert by["broken-prepare"].status == "failed"

@@ -9,6 +9,7 @@ sweep goes on.
 
 from __future__ import annotations
 
+import gc
 import secrets
 import time
 import traceback
@@ -26,7 +27,7 @@ from rooflens.bench.quality import PPL_WINDOW, agreement, heldout_ids, perplexit
 from rooflens.bench.stats import summarize
 from rooflens.bench.timing import RepTiming, rep_timing
 from rooflens.config import EngineSpec, Experiment, Repetitions, Workload
-from rooflens.engines.base import Engine, TokenClock, build_engine, get_engine
+from rooflens.engines.base import Engine, EngineUnavailable, TokenClock, build_engine, get_engine
 from rooflens.models.loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from rooflens.results.record import (
     CellSpec,
@@ -276,12 +277,19 @@ class ExperimentRunner:
         cells = expand_cells(exp)
         records: list[Record] = []
         engines: dict[str, Engine | ErrorInfo] = {}
+        last_cell = {cell.engine.display: i for i, cell in enumerate(cells)}
         for i, cell in enumerate(cells):
             self.observer.cell_started(i, len(cells), cell)
             record = self._run_cell(cell, model, meter, engines)
             path = write_record(self.folder, record)
             records.append(record)
             self.observer.cell_finished(i, len(cells), record, path)
+            if last_cell[cell.engine.display] == i and isinstance(engines.get(cell.engine.display), Engine):
+                # free the engine (and any model copy it made) before the next one is prepared
+                engines[cell.engine.display] = ErrorInfo(type="Released", message="engine released after its last cell")
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
         return RunResult(self.run_id, self.folder, records)
 
     def _engine_for(self, spec: EngineSpec, model: LoadedModel, engines: dict) -> Engine | ErrorInfo:
@@ -297,6 +305,8 @@ class ExperimentRunner:
                     engine.prepare()
                     engines[spec.display] = engine
                     self._perplexity[spec.display] = self._measure_perplexity(engine, model)
+                except EngineUnavailable as err:  # an option this device cannot run (found while preparing)
+                    engines[spec.display] = ErrorInfo(type="EngineUnavailable", message=str(err))
                 except Exception as err:
                     engines[spec.display] = ErrorInfo(
                         type=type(err).__name__, message=f"prepare failed: {err}", traceback=traceback.format_exc()

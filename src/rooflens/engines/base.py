@@ -174,7 +174,7 @@ class Engine(ABC):
 
 _REGISTRY: dict[str, type[Engine]] = {}
 _LOADED = False
-_BUILTIN_MODULES = ("rooflens.engines.hf", "rooflens.engines.speculative")
+_BUILTIN_MODULES = ("rooflens.engines.hf", "rooflens.engines.speculative", "rooflens.engines.quantized")
 _ENTRY_POINT_ERRORS: dict[str, str] = {}
 
 
