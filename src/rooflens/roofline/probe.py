@@ -342,7 +342,7 @@ def _gemm_call(dtype: str, n: int, dev: Any, gen: Any) -> Callable[[], object]:
     if dtype == "fp8":
         fp8 = getattr(torch, "float8_e4m3fn", None)
         if fp8 is None or not hasattr(torch, "_scaled_mm"):
-            raise NotImplementedError("this torch has no float8_e4m3fn / torch._scaled_mm")
+            raise RuntimeError("this torch has no float8_e4m3fn / torch._scaled_mm")
         a = randn(torch.float32).to(fp8)
         b = randn(torch.float32).to(fp8).t()  # column-major second operand, as cuBLASLt wants
         scale = torch.ones((), device=dev, dtype=torch.float32)
@@ -351,7 +351,7 @@ def _gemm_call(dtype: str, n: int, dev: Any, gen: Any) -> Callable[[], object]:
         )
     if dtype == "int8":
         if not hasattr(torch, "_int_mm"):
-            raise NotImplementedError("this torch has no torch._int_mm")
+            raise RuntimeError("this torch has no torch._int_mm")
         a = torch.randint(-128, 128, (n, n), generator=gen, device=dev, dtype=torch.int8)
         b = torch.randint(-128, 128, (n, n), generator=gen, device=dev, dtype=torch.int8)
         return lambda: torch._int_mm(a, b)
