@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from rooflens.bench.stats import summarize
+from rooflens.config import Experiment, validate_experiment
 from rooflens.models.loader import ModelInfo
 from rooflens.results.record import (
     CellSpec, EnergyResult, ErrorInfo, MemoryResult, Metric, Quantity, QualityResult, Record, RepetitionInfo,
@@ -64,3 +65,18 @@ def make_record(
         repetitions=RepetitionInfo(warmup=1, measured=n, measured_seconds=1.0, stopped_by="min_reps_and_seconds"),
         **base,
     )  # fmt: skip
+
+
+def tiny_experiment(engines, batch_sizes=(1, 2), **extra) -> Experiment:
+    """A validated experiment on the random tiny Llama: prompt 8, gen 5, 1 warm-up, 2+ reps, CPU."""
+    return validate_experiment(
+        {
+            "name": "t",
+            "model": "shape:tiny-llama",
+            "engines": engines,
+            "workloads": [{"prompt_len": 8, "gen_len": 5, "batch_sizes": list(batch_sizes)}],
+            "repetitions": {"warmup": 1, "min_reps": 2, "min_seconds": 0.0},
+            "device": "cpu",
+            **extra,
+        }
+    )

@@ -1,5 +1,6 @@
 """The quantized engine: torchao, bitsandbytes and rooflens's own low-bit format on the tiny random Llama."""
 
+import functools
 import importlib.util
 
 import pytest
@@ -16,6 +17,7 @@ from rooflens.engines.quantized import (
     options_unavailable_reason,
 )
 from rooflens.kernels import format_bits_per_weight
+from factories import tiny_experiment
 
 CPU = torch.device("cpu")
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
@@ -260,18 +262,7 @@ def test_valid_options_resolve_their_defaults():
 # ---------------------------------------------------------------------------- through the runner
 
 
-def experiment(engines, batch_sizes=(1,), **extra):
-    return validate_experiment(
-        {
-            "name": "q",
-            "model": "shape:tiny-llama",
-            "engines": engines,
-            "workloads": [{"prompt_len": 8, "gen_len": 5, "batch_sizes": list(batch_sizes)}],
-            "repetitions": {"warmup": 1, "min_reps": 2, "min_seconds": 0.0},
-            "device": "cpu",
-            **extra,
-        }
-    )
+experiment = functools.partial(tiny_experiment, batch_sizes=(1,))
 
 
 def test_runner_records_stats_and_roofline_bits(tmp_path):

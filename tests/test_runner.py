@@ -13,6 +13,7 @@ from rooflens.engines import base
 from rooflens.engines.base import Engine, EngineOptions, TokenClock
 from rooflens.engines.hf import HFEngine, HFOptions
 from rooflens.results.store import load_records, records_dataframe
+from factories import tiny_experiment
 
 CPU = torch.device("cpu")
 
@@ -66,18 +67,7 @@ def test_engines(monkeypatch):
         monkeypatch.setitem(base._REGISTRY, cls.name, cls)
 
 
-def experiment(engines, batch_sizes=(1, 2), **extra):
-    return validate_experiment(
-        {
-            "name": "t",
-            "model": "shape:tiny-llama",
-            "engines": engines,
-            "workloads": [{"prompt_len": 8, "gen_len": 5, "batch_sizes": list(batch_sizes)}],
-            "repetitions": {"warmup": 1, "min_reps": 2, "min_seconds": 0.0},
-            "device": "cpu",
-            **extra,
-        }
-    )
+experiment = tiny_experiment
 
 
 # ---------------------------------------------------------------------------- the hf engine
