@@ -55,12 +55,18 @@ def _environment(records: list[Record]) -> list[tuple[str, str]]:
         ("CPU", f"{hw.get('cpu_model')} ({hw.get('cpu_cores_logical')} logical cores), torch threads {env.get('torch_threads')}"),
         ("GPU", gpus),
         ("hardware profile", f"{records[0].hardware_profile.get('name')}: {records[0].hardware_profile.get('reason')}"),
+        ("roofline ceilings", _ceiling_sources(records)),
         ("model", f"{model.label}: {model.weights} weights, {model.n_params / 1e6:.1f} M params, {model.dtype} ({model.weights_note})"
          if model else "?"),
         ("libraries", ", ".join(f"{k} {v}" for k, v in libs.items() if v)),
         ("rooflens", f"{env.get('rooflens_version')} commit {(git.get('commit') or 'unknown')[:12]}{' (dirty)' if git.get('dirty') else ''}"),
         ("load average at start", str(env.get("loadavg_1m_at_start"))),
     ]  # fmt: skip
+
+
+def _ceiling_sources(records: list[Record]) -> str:
+    refs = sorted({f"{c.source}: {c.ref}" for r in records if r.roofline for c in r.roofline.ceilings})
+    return "; ".join(refs) or "none (no datasheet numbers for this device and no `rooflens hw probe` result)"
 
 
 def _render_figure(fig: Figure, path: Path) -> str:
