@@ -91,3 +91,20 @@ def test_cli_exit_codes(tmp_path):
     md = tmp_path / "c.md"
     r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "slow"), "--markdown", str(md)])
     assert "| cell | metric |" in md.read_text() and "regression" in md.read_text()
+
+
+def test_relative_metric_counts_the_baselines_own_noise():
+    # the baseline engine is very noisy (30 %): a 13 % drop of the speedup cannot be told from its noise,
+    # while the same drop with a quiet baseline is a clear regression
+    noisy = compare_records(
+        [make_record("hf", decode=100.0, rel_sd=0.3, seed=1, run_id="a"), make_record("fast", decode=150.0, seed=2, run_id="a")],
+        [make_record("hf", decode=100.0, rel_sd=0.3, seed=3, run_id="b"), make_record("fast", decode=130.0, seed=4, run_id="b")],
+        metrics=("speedup:decode_tok_s",), alpha=0.01,
+    )  # fmt: skip
+    quiet = compare_records(
+        [make_record("hf", decode=100.0, seed=1, run_id="a"), make_record("fast", decode=150.0, seed=2, run_id="a")],
+        [make_record("hf", decode=100.0, seed=3, run_id="b"), make_record("fast", decode=130.0, seed=4, run_id="b")],
+        metrics=("speedup:decode_tok_s",), alpha=0.01,
+    )  # fmt: skip
+    assert [r.verdict for r in quiet.rows] == ["regression"]
+    assert [r.verdict for r in noisy.rows] == ["unchanged"] and noisy.rows[0].p_value > 0.01

@@ -1,10 +1,12 @@
 """Regression detection between two sets of records.
 
-A change is a regression when it is both *significant* (one-sided Mann-Whitney U on the raw
-repetitions, p <= alpha) and *larger than the threshold* (relative change of the medians),
-in the metric's bad direction. Relative metrics (``speedup:<metric>``: each repetition over the
-median of the baseline engine in the same run) cancel most machine-wide drift, so they are
-the ones to gate on for noisy shared CI machines.
+A change is a regression when it is both *significant* (p <= alpha) and *larger than the
+threshold* (relative change of the medians), in the metric's bad direction. Absolute metrics are
+tested with a one-sided Mann-Whitney U on the raw repetitions. Relative metrics
+(``speedup:<metric>``: the engine's median over the median of the baseline engine in the same
+run) cancel most machine-wide drift, so they are the ones to gate on for noisy shared CI
+machines; their p-value comes from a bootstrap that resamples the engine's and the baseline's
+repetitions of both runs, so the spread of all four sets counts.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from scipy.stats import mannwhitneyu
 
-from rooflens.results.derived import baseline_of, cell_key, ratio_samples
+from rooflens.results.derived import baseline_of, cell_key
 from rooflens.results.record import Record
 
 BETTER: dict[str, Literal["higher", "lower"]] = {
@@ -87,14 +90,38 @@ def _latest(records: list[Record]) -> dict[tuple, Record]:
     return out
 
 
-def _samples(r: Record, records: list[Record], metric: str) -> list[float] | None:
-    if metric.startswith(RELATIVE_PREFIX):
-        base = baseline_of(r, records)
-        if base is None or base is r or base.cell.engine_label == r.cell.engine_label:
-            return None
-        return ratio_samples(r, base, metric.removeprefix(RELATIVE_PREFIX)) or None
+BOOTSTRAP_DRAWS = 4000
+
+
+def _samples(r: Record, metric: str) -> list[float] | None:
     m = r.metrics.get(metric)
-    return list(m.samples) if m else None
+    return list(m.samples) if m and m.samples else None
+
+
+def _relative(r: Record, records: list[Record], metric: str) -> tuple[list[float], list[float]] | None:
+    """The engine's and its run's baseline engine's repetitions of ``metric`` (None for the baseline itself)."""
+    base = baseline_of(r, records)
+    if base is None or base.cell.engine_label == r.cell.engine_label:
+        return None
+    xs, bs = _samples(r, metric), _samples(base, metric)
+    return (xs, bs) if xs and bs else None
+
+
+def _bootstrap_p(base: tuple[list[float], list[float]], cur: tuple[list[float], list[float]],
+                 better: str) -> tuple[float, float]:  # fmt: skip
+    """One-sided bootstrap p-values (worse, better) of the change of a ratio of medians."""
+    rng = np.random.default_rng(0)
+
+    def ratios(pair: tuple[list[float], list[float]]) -> np.ndarray:
+        eng, ref = (np.asarray(v) for v in pair)
+        e = np.median(rng.choice(eng, (BOOTSTRAP_DRAWS, len(eng))), axis=1)
+        r = np.median(rng.choice(ref, (BOOTSTRAP_DRAWS, len(ref))), axis=1)
+        return e / r
+
+    change = ratios(cur) / ratios(base)
+    if better == "lower":
+        change = 1 / change
+    return float(np.mean(change >= 1)), float(np.mean(change <= 1))
 
 
 def _describe(key: tuple) -> str:
@@ -131,19 +158,32 @@ def compare_records(
     rows = []
     for key in common:
         for metric in metrics:
-            xs = _samples(b[key], base, metric)
-            ys = _samples(c[key], current, metric)
-            if not xs or not ys:
-                continue
-            better = BETTER[metric.removeprefix(RELATIVE_PREFIX)]
-            mx, my = statistics.median(xs), statistics.median(ys)
+            name = metric.removeprefix(RELATIVE_PREFIX)
+            better = BETTER[name]
+            if metric.startswith(RELATIVE_PREFIX):
+                pb, pc = _relative(b[key], base, name), _relative(c[key], current, name)
+                if pb is None or pc is None:
+                    continue
+                xs, ys = pb[0], pc[0]
+                mx = statistics.median(pb[0]) / statistics.median(pb[1])
+                my = statistics.median(pc[0]) / statistics.median(pc[1])
+                n_min = min(len(v) for v in (*pb, *pc))
+            else:
+                xs, ys = _samples(b[key], name), _samples(c[key], name)
+                if not xs or not ys:
+                    continue
+                mx, my = statistics.median(xs), statistics.median(ys)
+                n_min = min(len(xs), len(ys))
             change = (my - mx) / mx if better == "higher" else (mx - my) / mx
-            if min(len(xs), len(ys)) < 3:
+            if n_min < 3:
                 p, sig, verdict = None, False, "too few samples"
             else:
-                worse = "less" if better == "higher" else "greater"
-                p_worse = float(mannwhitneyu(ys, xs, alternative=worse).pvalue)
-                p_better = float(mannwhitneyu(ys, xs, alternative="greater" if worse == "less" else "less").pvalue)
+                if metric.startswith(RELATIVE_PREFIX):
+                    p_worse, p_better = _bootstrap_p(pb, pc, better)
+                else:
+                    worse = "less" if better == "higher" else "greater"
+                    p_worse = float(mannwhitneyu(ys, xs, alternative=worse).pvalue)
+                    p_better = float(mannwhitneyu(ys, xs, alternative="greater" if worse == "less" else "less").pvalue)
                 if change < 0:
                     p, sig = p_worse, p_worse <= alpha
                     verdict = "regression" if sig and -change > threshold else "unchanged"

@@ -30,14 +30,6 @@ def baseline_of(r: Record, records: Iterable[Record]) -> Record | None:
     return None
 
 
-def ratio_samples(r: Record, base: Record, metric: str) -> list[float]:
-    """Each repetition of ``r`` divided by the baseline's median (a per-sample speedup)."""
-    m, b = r.metrics.get(metric), base.metrics.get(metric)
-    if m is None or b is None or not b.median:
-        return []
-    return [x / b.median for x in m.samples]
-
-
 def speedup(r: Record, records: list[Record], metric: str = "decode_tok_s") -> float | None:
     """Median of ``metric`` over the baseline's median (>1 = faster), or None without a baseline."""
     if r.status != "ok":
