@@ -263,7 +263,10 @@ def compare(
             console.print(f"[dim]{label}: {', '.join(cells)}[/]")
     if markdown is not None:
         text = to_markdown(result, threshold, alpha)
-        print(text) if str(markdown) == "-" else markdown.write_text(text)
+        if str(markdown) == "-":
+            print(text)
+        else:
+            markdown.write_text(text)
     if result.regressions:
         console.print(f"[bold red]{len(result.regressions)} significant regression(s) over {threshold:.0%}[/]")
         raise typer.Exit(1)
