@@ -1,11 +1,16 @@
-"""Synthetic records for report and compare tests (no model runs)."""
+"""Synthetic records (no model runs) and scripted engines for tests."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
+import torch
+
 from rooflens.bench.stats import summarize
 from rooflens.config import Experiment, validate_experiment
+from rooflens.engines import base
+from rooflens.engines.base import Engine, EngineOptions
 from rooflens.models.loader import ModelInfo
 from rooflens.results.record import (
     CellSpec, EnergyResult, ErrorInfo, MemoryResult, Metric, Quantity, QualityResult, Record, RepetitionInfo,
@@ -80,3 +85,55 @@ def tiny_experiment(engines, batch_sizes=(1, 2), **extra) -> Experiment:
             **extra,
         }
     )
+
+
+# ---------------------------------------------------------------------------- scripted engines
+
+
+class ScriptedEngine(Engine):
+    """Emits token ids without a model; fails or interrupts on request (per batch size)."""
+
+    name = "scripted"
+    summary = "test engine"
+
+    class Options(EngineOptions):
+        fail_on_batch: int | None = None
+        interrupt_on_batch: int | None = None
+        short_by: int = 0
+
+    def generate(self, input_ids, max_new_tokens, clock):
+        b = input_ids.shape[0]
+        if b == self.options.fail_on_batch:
+            raise RuntimeError(f"boom at batch {b}")
+        if b == self.options.interrupt_on_batch:
+            raise KeyboardInterrupt
+        n = max_new_tokens - self.options.short_by
+        for _ in range(n):
+            clock.tokens(1)
+        return torch.zeros(b, n, dtype=torch.long)
+
+
+class CudaOnlyEngine(ScriptedEngine):
+    name = "cuda-only"
+    devices = ("cuda",)
+
+
+class BrokenPrepareEngine(ScriptedEngine):
+    name = "broken-prepare"
+
+    def prepare(self):
+        raise ValueError("no draft model")
+
+
+class OptionUnavailableEngine(ScriptedEngine):
+    name = "option-unavailable"
+
+    def prepare(self):
+        raise base.EngineUnavailable("format int4 needs CUDA")
+
+
+@pytest.fixture
+def test_engines(monkeypatch):
+    base._load_all()
+    for cls in (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine):
+        monkeypatch.setitem(base._REGISTRY, cls.name, cls)

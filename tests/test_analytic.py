@@ -11,7 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rooflens.models.loader import shipped_config, shipped_configs
+from rooflens.models.catalog import shipped_config_names
+from rooflens.models.loader import shipped_config
 from rooflens.roofline.analytic import (
     ModelShape,
     Precision,
@@ -93,7 +94,7 @@ def test_param_count_and_storage_match_real_module(name):
     assert weight_storage_bytes(shape, Precision(weight_bits=32)) == sum(p.numel() * p.element_size() for p in params)
 
 
-@pytest.mark.parametrize("name", shipped_configs())
+@pytest.mark.parametrize("name", shipped_config_names())
 def test_param_count_matches_every_shipped_config(name):
     cfg = shipped_config(name)[0]
     with torch.device("meta"):

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from rooflens.cli import app
 from rooflens.results.store import load_records
+from factories import test_engines  # noqa: F401 (fixture)
 
 runner = CliRunner()
 
@@ -120,3 +121,115 @@ def test_hw_probe_quick(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "bandwidth GB/s" in r.output and "fp32 TFLOP/s" in r.output and "saved:" in r.output
     assert list((tmp_path / "probes").glob("*.json"))
+
+
+# ---------------------------------------------------------------------------- exit codes and one-line errors
+
+
+def scripted(tmp_path, options: str, name="s.yaml", extra=""):
+    p = tmp_path / name
+    p.write_text(TINY.replace("engines: [{name: hf}]", f"engines: [{{name: scripted, options: {options}}}]") + extra)
+    return p
+
+
+def test_run_exits_1_when_a_cell_failed_and_0_when_one_is_only_unavailable(test_engines, tmp_path):
+    r = runner.invoke(app, ["run", str(scripted(tmp_path, "{fail_on_batch: 2}")), "--results", str(tmp_path / "a"), "-q"])
+    assert r.exit_code == 1, r.output
+    assert "1/2 cells ok" in r.output and "1 cell(s) failed: scripted p8-g4 b2" in r.output
+    assert len(load_records(tmp_path / "a")) == 2  # the failure is on disk too
+    p = tmp_path / "u.yaml"
+    p.write_text(TINY.replace("engines: [{name: hf}]", "engines: [{name: hf}, {name: cuda-only}]"))
+    r = runner.invoke(app, ["run", str(p), "--results", str(tmp_path / "b"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "2/4 cells ok" in r.output and "unavailable" in r.output
+
+
+def test_run_help_documents_the_exit_codes():
+    r = runner.invoke(app, ["run", "--help"])
+    assert r.exit_code == 0
+    for phrase in ("0 every cell ok or unavailable", "1 at least one cell failed", "2 the experiment could not start", "130"):
+        assert phrase in " ".join(r.output.split())
+
+
+def test_ctrl_c_says_what_was_kept(test_engines, tmp_path):
+    r = runner.invoke(app, ["run", str(scripted(tmp_path, "{interrupt_on_batch: 2}")), "--results", str(tmp_path / "r"), "-q"])
+    assert r.exit_code == 130
+    out = " ".join(r.output.split())
+    assert "interrupted: the sweep stopped after 1 of 2 cell(s); their records are in" in out and str(tmp_path / "r") in out
+    assert "Traceback" not in r.output
+
+
+def test_unwritable_output_folders_are_refused_before_measuring(test_engines, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    r = runner.invoke(app, ["run", str(scripted(tmp_path, "{}")), "--results", str(blocker / "res"), "-q"])
+    assert r.exit_code == 2 and "results folder" in r.output and "cannot write there" in r.output
+    report_blocked = scripted(tmp_path, "{}", "rb.yaml", f"output: {{reports_dir: {blocker / 'rep'}}}\n")
+    r = runner.invoke(app, ["run", str(report_blocked), "--results", str(tmp_path / "res"), "--report", "-q"])
+    assert r.exit_code == 2 and "reports folder" in r.output
+    assert not (tmp_path / "res").exists()  # refused before the first cell: nothing measured, nothing lost
+
+
+def test_report_name_cannot_escape_the_reports_folder(test_engines, tmp_path):
+    runner.invoke(app, ["run", str(scripted(tmp_path, "{}")), "--results", str(tmp_path / "res"), "-q"])
+    for bad in ("..", ".", "../x", "a/b"):
+        r = runner.invoke(app, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep"), "--name", bad])
+        assert r.exit_code == 2 and "--name" in r.output, (bad, r.output)
+    assert not list(tmp_path.glob("*.html")) and not (tmp_path / "rep").exists()
+    r = runner.invoke(app, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep"), "--markdown", str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory" in r.output
+
+
+def test_labels_with_math_text_render(test_engines, tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text(TINY.replace("engines: [{name: hf}]", "engines: [{name: hf, label: '$\\undefined$'}, {name: scripted, label: 'a$b'}]"))
+    r = runner.invoke(app, ["run", str(p), "--results", str(tmp_path / "res"), "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert "$\\undefined$" in (tmp_path / "rep" / "tiny.html").read_text()
+
+
+def test_a_broken_json_file_among_records_is_a_one_line_error(tmp_path):
+    from factories import make_record
+    from rooflens.results.store import write_record
+
+    write_record(tmp_path / "res", make_record())
+    (tmp_path / "res" / "latin1.json").write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    for args in (["show", str(tmp_path / "res")], ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")],
+                 ["compare", str(tmp_path / "res"), str(tmp_path / "res")]):  # fmt: skip
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)  # compare: 2 (cannot compare), never 1 (a regression)
+        assert "latin1.json: not readable JSON" in r.output and "Traceback" not in r.output
+
+
+def test_roofline_without_ceilings_prints_flops_and_bytes(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path))  # no saved probe: this CPU has no ceilings
+    r = runner.invoke(app, ["roofline", "smollm2-135m", "--batch", "1", "--prompt", "16", "--gen", "8"])
+    assert r.exit_code == 0, r.output
+    assert "analytic cost per phase" in r.output and "GFLOP" in r.output and "rooflens hw probe" in r.output
+    r = runner.invoke(app, ["roofline", "smollm2-135m", "--prompt", "16", "--gen", "8", "--json"])
+    data = json.loads(r.stdout)
+    assert data["ceilings"] is None and data["costs"][0]["decode"]["flops"] > 0
+    assert "tokens_per_s" not in data["costs"][0]["decode"]  # nothing to divide by: no invented time
+
+
+def test_roofline_kv_bits_follow_the_activations(tmp_path):
+    import json
+
+    def kv(*args):
+        r = runner.invoke(app, ["roofline", "llama-2-7b", "--hw", "a100-80g-sxm", "--prompt", "64", "--gen", "2", "--json", *args])
+        return json.loads(r.stdout)["projections"][0]["decode"]["totals"]["kv_bytes"]
+
+    assert kv("--bits", "32") == pytest.approx(2 * kv("--bits", "16"))
+    assert kv("--bits", "32", "--kv-bits", "16") == pytest.approx(kv("--bits", "16"))
+    r = runner.invoke(app, ["roofline", "llama-2-7b", "--hw", "a100-80g-sxm", "--png", str(tmp_path)])
+    assert r.exit_code == 2 and "--png" in r.output and "is a directory" in r.output
+
+
+def test_hw_device_options_are_checked():
+    for cmd in (["hw", "detect", "--device", "bogus"], ["hw", "probe", "--device", "cuda:²", "--no-save"]):
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 2 and "allowed auto, cpu, cuda, cuda:N" in r.output and "Traceback" not in r.output

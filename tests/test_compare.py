@@ -108,3 +108,39 @@ def test_relative_metric_counts_the_baselines_own_noise():
     )  # fmt: skip
     assert [r.verdict for r in quiet.rows] == ["regression"]
     assert [r.verdict for r in noisy.rows] == ["unchanged"] and noisy.rows[0].p_value > 0.01
+
+
+def test_a_cell_that_broke_is_a_regression_with_its_reason(tmp_path):
+    base = run({"hf": 100.0, "hf-static": 101.0}, seed=0, run_id="a")
+    broken = [make_record("hf", decode=100.0, seed=7, run_id="b"), make_record("hf-static", run_id="b", status="failed")]
+    res = compare_records(base, broken, metrics=("speedup:decode_tok_s",))
+    assert [(x.cell, x.status, x.reason) for x in res.lost] == [("exp/m/hf-static/w/b1", "failed", "hf-static broke")]
+    assert res.failed and not res.regressions  # no metric row can exist for it: the lost cell alone fails the gate
+    missing = compare_records(base, run({"hf": 100.0}, seed=7, run_id="c"))
+    assert [(x.cell, x.status) for x in missing.lost] == [("exp/m/hf-static/w/b1", "missing")]
+    unavailable = [make_record("hf", seed=7, run_id="d"), make_record("hf-static", run_id="d", status="unavailable")]
+    assert [x.status for x in compare_records(base, unavailable).lost] == ["unavailable"]
+    # a cell that was not ok in the base is no reference: its failing again is not a regression
+    assert not compare_records(broken, broken).failed
+
+    runner = CliRunner()
+    for folder, recs in (("base", base), ("broken", broken)):
+        for r in recs:
+            write_record(tmp_path / folder, r)
+    md = tmp_path / "gate.md"
+    r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "broken"), "--metric", "speedup:decode_tok_s",
+                            "--markdown", str(md)])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert "hf-static" in r.output and "failed" in r.output and "hf-static broke" in r.output
+    assert "| exp/m/hf-static/w/b1 | failed | hf-static broke |" in md.read_text()
+
+
+def test_compare_refuses_a_bad_alpha_and_an_unwritable_markdown_path(tmp_path):
+    for r in run({"hf": 100.0}, seed=0, run_id="a"):
+        write_record(tmp_path / "base", r)
+    runner = CliRunner()
+    for alpha in ("0", "1", "-0.5", "1.5"):
+        r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "base"), "--alpha", alpha])
+        assert r.exit_code == 2 and "--alpha" in r.output and "between 0 and 1" in r.output, r.output
+    r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "base"), "--markdown", str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output

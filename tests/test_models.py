@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rooflens.config import ModelSpec
-from rooflens.models.loader import ModelLoadError, load_model, resolve_device, resolve_dtype, shipped_configs
+from rooflens.models.catalog import shipped_config_names
+from rooflens.models.loader import ModelLoadError, load_model, resolve_device, resolve_dtype
 
 CPU = torch.device("cpu")
 
@@ -38,7 +39,7 @@ def test_unknown_shape_lists_shipped():
         load_model(ModelSpec(source="shape", id="llama-9000"), CPU, torch.float32)
     assert "unknown shape config 'llama-9000'" in str(exc.value)
     for name in ("llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "smollm2-135m", "tiny-llama"):
-        assert name in shipped_configs() and name in str(exc.value)
+        assert name in shipped_config_names() and name in str(exc.value)
 
 
 def test_model_that_does_not_fit_is_refused_before_allocating(monkeypatch):

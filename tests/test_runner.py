@@ -9,62 +9,12 @@ from rooflens.bench.energy import EnergyMeter, NvmlEnergyCounterMeter, Unavailab
 from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner, FixedLengthError, measure, run_once
 from rooflens.config import Repetitions, validate_experiment
-from rooflens.engines import base
-from rooflens.engines.base import Engine, EngineOptions, TokenClock
+from rooflens.engines.base import TokenClock
 from rooflens.engines.hf import HFEngine, HFOptions
 from rooflens.results.store import load_records, records_dataframe
-from factories import tiny_experiment
+from factories import ScriptedEngine, tiny_experiment, test_engines  # noqa: F401 (fixture)
 
 CPU = torch.device("cpu")
-
-
-class ScriptedEngine(Engine):
-    """Emits token ids without a model; fails or interrupts on request (per batch size)."""
-
-    name = "scripted"
-    summary = "test engine"
-
-    class Options(EngineOptions):
-        fail_on_batch: int | None = None
-        interrupt_on_batch: int | None = None
-        short_by: int = 0
-
-    def generate(self, input_ids, max_new_tokens, clock):
-        b = input_ids.shape[0]
-        if b == self.options.fail_on_batch:
-            raise RuntimeError(f"boom at batch {b}")
-        if b == self.options.interrupt_on_batch:
-            raise KeyboardInterrupt
-        n = max_new_tokens - self.options.short_by
-        for _ in range(n):
-            clock.tokens(1)
-        return torch.zeros(b, n, dtype=torch.long)
-
-
-class CudaOnlyEngine(ScriptedEngine):
-    name = "cuda-only"
-    devices = ("cuda",)
-
-
-class BrokenPrepareEngine(ScriptedEngine):
-    name = "broken-prepare"
-
-    def prepare(self):
-        raise ValueError("no draft model")
-
-
-class OptionUnavailableEngine(ScriptedEngine):
-    name = "option-unavailable"
-
-    def prepare(self):
-        raise base.EngineUnavailable("format int4 needs CUDA")
-
-
-@pytest.fixture
-def test_engines(monkeypatch):
-    base._load_all()
-    for cls in (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine):
-        monkeypatch.setitem(base._REGISTRY, cls.name, cls)
 
 
 experiment = tiny_experiment
@@ -292,3 +242,98 @@ def test_records_carry_roofline_positions(test_engines, tmp_path, monkeypatch):
     assert rl.decode.bound["datasheet"] == "memory"
     assert rl.decode.flops.source == "modelled" and rl.decode.time_s.source == "measured"
     assert rl.decode.achieved_flops.source == "derived"
+
+
+# ---------------------------------------------------------------------------- trust: what the harness itself does
+
+
+def test_the_timed_path_starts_no_thread(test_engines, tiny_llama):
+    """A thread beside the measured code competes for torch's cores (a 5 ms RSS poller raised TPOT ~4 %)."""
+    import threading
+
+    seen = []
+
+    class Watching(ScriptedEngine):
+        def generate(self, input_ids, max_new_tokens, clock):
+            seen.append({t.ident for t in threading.enumerate()})
+            return super().generate(input_ids, max_new_tokens, clock)
+
+    before = {t.ident for t in threading.enumerate()}
+    prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=0)
+    m = measure(Watching(Watching.Options(), tiny_llama), prompts, 4, Repetitions(warmup=1, min_reps=3, min_seconds=0),
+                UnavailableMeter("none"), CPU)  # fmt: skip
+    assert len(seen) == 4 and all(s == before for s in seen)
+    assert m.memory.kind == "process_rss" and m.memory.peak_bytes >= m.memory.baseline_bytes > 0
+
+
+def test_cpu_peak_memory_sees_an_allocation_made_and_freed_inside_the_window():
+    from rooflens.bench.memory import PeakMemory
+
+    with PeakMemory(CPU) as mem:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched, then freed before the window closes
+        del block
+    if "high-water mark" in mem.result.how:
+        assert mem.result.peak_bytes - mem.result.baseline_bytes >= 60 * 2**20
+    else:  # no resettable VmHWM on this kernel: the record says that peaks in between are missed
+        assert "missed" in mem.result.how
+
+
+def test_a_record_is_never_replaced(test_engines, tmp_path):
+    from rooflens.results.store import RecordExistsError, write_record
+
+    result = ExperimentRunner(experiment([{"name": "scripted"}], batch_sizes=(1,)), results_root=tmp_path).run()
+    path = next(result.folder.glob("*.json"))
+    original = path.read_text()
+    with pytest.raises(RecordExistsError, match="never replaces a record"):
+        write_record(result.folder, result.records[0])
+    assert path.read_text() == original and not list(result.folder.glob(".*.tmp"))
+
+
+def test_an_unwritable_results_folder_is_found_before_the_model_loads(test_engines, tmp_path):
+    from rooflens.results.store import OutputError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the results folder should be")
+    with pytest.raises(OutputError, match="results folder .*: cannot write there"):
+        ExperimentRunner(experiment([{"name": "scripted"}]), results_root=blocker / "results").run()
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_measuring(test_engines, tmp_path):
+    from rooflens.bench.preflight import PreflightError
+
+    exp = validate_experiment({"name": "long", "model": "shape:tiny-llama", "engines": [{"name": "scripted"}], "device": "cpu",
+                               "workloads": [{"name": "ok", "prompt_len": 8, "gen_len": 4},
+                                             {"name": "huge", "prompt_len": 1020, "gen_len": 8}]})  # fmt: skip
+    runner = ExperimentRunner(exp, results_root=tmp_path)
+    with pytest.raises(PreflightError) as err:
+        runner.run()
+    assert str(err.value) == ("workloads[1] (huge): prompt_len 1020 + gen_len 8 = 1028 tokens exceed the context of "
+                              "shape:tiny-llama (max_position_embeddings = 1024); allowed: prompt_len + gen_len <= 1024")  # fmt: skip
+    assert not list(tmp_path.rglob("*.json")) and not runner.folder.exists()  # nothing measured, no empty run folder
+
+
+def test_a_cell_that_would_not_fit_is_unavailable_with_the_numbers(test_engines, tmp_path, monkeypatch):
+    from rooflens.bench import preflight
+
+    # 40 MB free: batch 1 of tiny-llama fits; batch 2000 needs ~68 MB (KV cache, activations, logits)
+    monkeypatch.setattr(preflight, "free_memory", lambda device: (40_000_000, "available RAM"))
+    exp = experiment([{"name": "scripted"}], batch_sizes=(1, 2000))
+    by = {r.cell.batch_size: r for r in ExperimentRunner(exp, results_root=tmp_path).run().records}
+    assert by[1].status == "ok"
+    big = by[2000]
+    assert big.status == "unavailable" and big.reason.type == "InsufficientMemory"
+    # tiny-llama: 4 layers x 2 (K, V) x 2000 x 13 tokens x kv_dim 32 x 4 bytes = 26.6 MB of KV cache
+    assert "KV cache 0.03 GB for batch 2000 x (prompt 8 + gen 5) tokens" in big.reason.message
+    assert "available RAM is 0.04 GB" in big.reason.message
+
+
+def test_a_draft_model_counts_in_the_memory_check(tmp_path, monkeypatch):
+    from rooflens.bench import preflight
+
+    monkeypatch.setattr(preflight, "free_memory", lambda device: (400_000_000, "available RAM"))
+    exp = experiment([{"name": "hf"}, {"name": "speculative", "label": "big-draft",
+                                       "options": {"draft": "shape:smollm2-135m", "gamma": 2}}], batch_sizes=(1,))  # fmt: skip
+    by = {r.cell.engine_label: r for r in ExperimentRunner(exp, results_root=tmp_path).run().records}
+    assert by["hf"].status == "ok"
+    draft = by["big-draft"]
+    assert draft.status == "unavailable" and "draft model shape:smollm2-135m (134.5 M params) 0.54 GB" in draft.reason.message

@@ -29,6 +29,14 @@ def test_uneven_gaps_and_multi_token_emissions():
     assert t.decode_tok_s == pytest.approx(4 / 0.4)
 
 
+def test_tokens_emitted_with_the_first_are_not_decode_tokens():
+    # 2 tokens arrive with the first emission: the decode window (0.2 s, 0.5 s] made the other 3
+    t = rep_timing(1.0, [(1.2, 2), (1.5, 3)], batch=2, prompt_len=10, n_new=5)
+    assert t.tpot_s == pytest.approx(0.3 / 3)
+    assert t.decode_tok_s == pytest.approx(2 * 3 / 0.3)
+    assert t.decode_tok_s == pytest.approx(t.batch / t.tpot_s)  # the README's identity
+
+
 @pytest.mark.parametrize(
     "events, n_new, match",
     [

@@ -32,6 +32,29 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _write_text(path: Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path`` ('-' = stdout), or exit 2 saying why it cannot be written."""
+    from rooflens.results.store import describe_os_error
+
+    if str(path) == "-":
+        print(text)
+        return
+    try:
+        path.write_text(text)
+    except OSError as err:
+        _fail(f"{what} {path}: cannot write there ({describe_os_error(err)})")
+
+
+def _device(value: str) -> str:
+    """A --device option: auto, cpu, cuda or cuda:N (the experiment schema's rule), or exit 2."""
+    from rooflens.config import DEVICE_RE
+    from rooflens.text import quote
+
+    if not DEVICE_RE.fullmatch(value):
+        _fail(f"--device {quote(value)}: allowed auto, cpu, cuda, cuda:N")
+    return value
+
+
 def _load(path: Optional[Path]):
     from rooflens.config import ConfigError, builtin_experiment_path, load_experiment
 
@@ -94,17 +117,28 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     report: bool = typer.Option(False, "--report", help="render the HTML/PNG report of this run when done"),
 ) -> None:
-    """Run an experiment: every engine x workload x batch size, one JSON record per cell."""
+    """Run an experiment: every engine x workload x batch size, one JSON record per cell.
+
+    Exit codes: 0 every cell ok or unavailable (an engine that cannot run on this device);
+    1 at least one cell failed; 2 the experiment could not start (invalid file, a model that
+    cannot be loaded or does not fit, an output folder that cannot be written); 130 interrupted
+    (Ctrl-C): the records of finished cells are kept.
+    """
     exp, source = _load(experiment)
+    from rooflens.bench.preflight import PreflightError
     from rooflens.bench.runner import ExperimentRunner
     from rooflens.models.loader import ModelLoadError
     from rooflens.reports.summary import summary_table
+    from rooflens.results.store import OutputError, RecordExistsError, ensure_writable
 
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=quiet, transient=True,
     )  # fmt: skip
+    runner = None
     try:
+        if report:
+            ensure_writable(Path(exp.output.reports_dir), "reports folder")
         runner = ExperimentRunner(exp, source=source, results_root=results, observer=_ProgressObserver(progress))
         console.print(
             f"rooflens: experiment [bold]{exp.name}[/] ({source}) on {runner.device}, "
@@ -112,8 +146,14 @@ def run(
         )
         with progress:
             result = runner.run()
-    except ModelLoadError as err:
+    except (ModelLoadError, OutputError, RecordExistsError) as err:
         _fail(str(err))
+    except PreflightError as err:
+        _fail(f"{source}: {err}")
+    except KeyboardInterrupt:
+        done = len(runner.records) if runner else 0
+        where = f"; their records are in {runner.folder}" if runner and done else ""
+        _fail(f"interrupted: the sweep stopped after {done} of {runner.total_cells if runner else '?'} cell(s){where}", 130)
     console.print(summary_table(result.records, title=f"{exp.name} - {runner.profile_info['display_name']}"))
     ok = sum(r.status == "ok" for r in result.records)
     console.print(f"{ok}/{len(result.records)} cells ok; records in {result.folder}")
@@ -123,10 +163,24 @@ def run(
     elif not runner.profile_info["matched"]:
         console.print(f"[dim]hardware: {runner.profile_info['reason']}[/]")
     if report:
-        from rooflens.reports.html import render_html
+        _render_report(result.records, Path(exp.output.reports_dir), exp.name)
+    failed = [r for r in result.records if r.status == "failed"]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} cell(s) failed:[/] "
+                          + ", ".join(f"{r.cell.engine_label} {r.cell.workload} b{r.cell.batch_size}" for r in failed))  # fmt: skip
+        raise typer.Exit(1)
 
-        path = render_html(result.records, Path(exp.output.reports_dir), exp.name)
-        console.print(f"report: {path}")
+
+def _render_report(records: list, out: Path, name: str) -> Path:
+    from rooflens.reports.html import render_html
+    from rooflens.results.store import describe_os_error
+
+    try:
+        path = render_html(records, out, name)
+    except OSError as err:
+        _fail(f"report folder {out}: cannot write there ({describe_os_error(err)})")
+    console.print(f"report: {path} ({len(records)} records; PNGs in {path.with_suffix('')})")
+    return path
 
 
 @app.command("report")
@@ -137,20 +191,17 @@ def report_cmd(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the summary as markdown to this file ('-' = stdout)"),
 ) -> None:
     """Render the HTML report (+ PNG plots) of a set of records."""
-    from rooflens.reports.html import render_html, render_markdown
+    from rooflens.reports.html import render_markdown
+    from rooflens.text import quote, safe_name
 
+    if name is not None and safe_name(name) != name:
+        _fail(f"--name {quote(name)}: use letters, digits, '_', '-' and '.', starting and ending with a letter or digit")
     records = _records(results)
     experiments = sorted({str(r.experiment.get("name")) for r in records})
     name = name or (experiments[0] if len(experiments) == 1 else results.resolve().name)
-    path = render_html(records, out, name)
-    console.print(f"report: {path} ({len(records)} records; PNGs in {out / name})")
+    _render_report(records, out, name)
     if markdown is not None:
-        text = render_markdown(records)
-        if str(markdown) == "-":
-            print(text)
-        else:
-            markdown.write_text(text)
-            console.print(f"markdown: {markdown}")
+        _write_text(markdown, render_markdown(records), "--markdown")
 
 
 @app.command()
@@ -199,7 +250,7 @@ def engines(as_json: bool = typer.Option(False, "--json", help="print JSON")) ->
 @app.command()
 def models() -> None:
     """Models rooflens can run without a download: built-in (real weights) and shape-only configs."""
-    from rooflens.models.loader import BUILTIN_MODELS, shipped_configs
+    from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
 
     table = Table(title="models")
     table.add_column("experiment `model:`")
@@ -207,7 +258,7 @@ def models() -> None:
     table.add_column("what")
     for name, entry in BUILTIN_MODELS.items():
         table.add_row(name, "real", f"{entry['note']} (needs: {entry['pip']})")
-    for name in shipped_configs():
+    for name in shipped_config_names():
         table.add_row(f"shape:{name}", "random", "shipped config, random weights: speed only, no quality")
     table.add_row("hf:<id or path>", "real", "any Hugging Face causal LM (downloads need network access)")
     console.print(table)
@@ -234,10 +285,13 @@ def compare(
     allow_hardware_mismatch: bool = typer.Option(False, "--allow-hardware-mismatch"),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="also write the result as markdown ('-' = stdout)"),
 ) -> None:
-    """Exit 1 on a significant regression larger than the threshold, 0 otherwise, 2 on unusable input."""
+    """Exit 1 when a cell ok in BASE failed, is unavailable or is missing in CURRENT, or on a significant
+    regression larger than the threshold; 0 otherwise; 2 on unusable input."""
     from rooflens.results.compare import DEFAULT_METRICS, CompareInputError, compare_records, parse_threshold, to_markdown
     from rooflens.results.store import RecordLoadError, load_records
 
+    if not 0 < alpha < 1:
+        _fail(f"--alpha {alpha:g}: must be between 0 and 1 (exclusive), e.g. 0.05")
     try:
         threshold = parse_threshold(max_regression)
         result = compare_records(
@@ -256,19 +310,22 @@ def compare(
             "-" if r.p_value is None else f"{r.p_value:.3g}", f"[{style.get(r.verdict, '')}]{r.verdict}[/]" if r.verdict in style else r.verdict,
         )  # fmt: skip
     console.print(table)
+    if result.lost:
+        lost = Table(title="cells ok in base that are not ok now (regressions)")
+        for col in ("cell", "now", "reason"):
+            lost.add_column(col, overflow="fold")
+        for x in result.lost:
+            lost.add_row(x.cell, f"[bold red]{x.status}[/]", x.reason)
+        console.print(lost)
     for note in result.notes:
         console.print(f"[yellow]{note}[/]")
-    for label, cells in (("only in base", result.only_in_base), ("only in current", result.only_in_current)):
-        if cells:
-            console.print(f"[dim]{label}: {', '.join(cells)}[/]")
+    if result.only_in_current:
+        console.print(f"[dim]only in current: {', '.join(result.only_in_current)}[/]")
     if markdown is not None:
-        text = to_markdown(result, threshold, alpha)
-        if str(markdown) == "-":
-            print(text)
-        else:
-            markdown.write_text(text)
-    if result.regressions:
-        console.print(f"[bold red]{len(result.regressions)} significant regression(s) over {threshold:.0%}[/]")
+        _write_text(markdown, to_markdown(result, threshold, alpha), "--markdown")
+    if result.failed:
+        console.print(f"[bold red]{len(result.lost)} lost cell(s), {len(result.regressions)} significant regression(s) "
+                      f"over {threshold:.0%}[/]")  # fmt: skip
         raise typer.Exit(1)
     console.print("no significant regression")
 
@@ -292,21 +349,28 @@ def roofline(
     gen: int = typer.Option(128, "--gen", min=1, help="generated tokens (decode is shown at the mean context)"),
     bits: str = typer.Option("16", "--bits", help="weight bits, e.g. 16,8,4 (8/4/3/2: group-wise with fp16 scales)"),
     group_size: int = typer.Option(128, "--group-size", min=1, help="group size of low-bit weights"),
-    kv_bits: int = typer.Option(16, "--kv-bits", min=1, help="KV cache bits"),
+    kv_bits: Optional[int] = typer.Option(None, "--kv-bits", min=1, help="KV cache bits (default: the activations' width, 32 with --bits 32, else 16)"),
     ops: Optional[bool] = typer.Option(None, "--ops/--no-ops", help="per-op tables (default: when one batch x bits)"),
     png: Optional[Path] = typer.Option(None, "--png", help="write the roofline chart to this PNG"),
     as_json: bool = typer.Option(False, "--json", help="print the analysis as JSON"),
 ) -> None:
-    """Analytic roofline of a model on a hardware profile: per-op table, totals, bound-limited tokens/s."""
-    from rooflens.roofline.whatif import WhatIfError, ceilings, model_config, projections
+    """Analytic roofline of a model on a hardware profile: per-op table, totals, bound-limited tokens/s.
+
+    Without ceilings for the hardware (a CPU before `rooflens hw probe`) it prints FLOPs and bytes only.
+    """
+    from rooflens.roofline.whatif import NoCeilingsError, WhatIfError, ceilings, model_config, phase_costs, projections
 
     batches, bit_list = _int_list(batch, "--batch"), _int_list(bits, "--bits")
     dtypes = ("fp32",) if bit_list == [32] else ("bf16", "fp16")
+    shape = dict(batches=batches, bits=bit_list, prompt_len=prompt, gen_len=gen, group_size=group_size, kv_bits=kv_bits)
     try:
         config = model_config(model)
-        profile, c = ceilings(hw, dtypes)
-        rows = projections(config, c, batches=batches, bits=bit_list, prompt_len=prompt, gen_len=gen,
-                           group_size=group_size, kv_bits=kv_bits)  # fmt: skip
+        try:
+            profile, c = ceilings(hw, dtypes)
+        except NoCeilingsError as err:
+            _print_costs(model, phase_costs(config, **shape), str(err), as_json)
+            return
+        rows = projections(config, c, **shape)
     except WhatIfError as err:
         _fail(str(err))
     if as_json:
@@ -333,17 +397,50 @@ def roofline(
             )  # fmt: skip
         console.print(table)
     if png is not None:
+        import matplotlib.pyplot as plt
+
+        from rooflens.reports.plots import PLAIN_TEXT
         from rooflens.reports.roofline_chart import Point, Roof, draw
 
-        fig = draw(
-            [Roof(f"{c.source} {profile.name}", c.bandwidth, c.peak_flops, c.source == "measured")],
-            [Point(ph.intensity, ph.flops / ph.time_at_roofline(p.bandwidth, p.peak_flops), f"{w}-bit", ph.phase, f"b{b}")
-             for b, w, p in rows for ph in (p.prefill, p.decode)],
-            f"{model} on {profile.name}: bound-limited positions (prompt {prompt}, gen {gen})",
-        )  # fmt: skip
-        png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png, dpi=110)
+        with plt.rc_context(PLAIN_TEXT):
+            fig = draw(
+                [Roof(f"{c.source} {profile.name}", c.bandwidth, c.peak_flops, c.source == "measured")],
+                [Point(ph.intensity, ph.flops / ph.time_at_roofline(p.bandwidth, p.peak_flops), f"{w}-bit", ph.phase, f"b{b}")
+                 for b, w, p in rows for ph in (p.prefill, p.decode)],
+                f"{model} on {profile.name}: bound-limited positions (prompt {prompt}, gen {gen})",
+            )  # fmt: skip
+            try:
+                if png.is_dir():  # savefig would write <png>.png beside it instead of failing
+                    raise IsADirectoryError(21, "Is a directory")
+                png.parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(png, dpi=110)
+            except OSError as err:
+                from rooflens.results.store import describe_os_error
+
+                _fail(f"--png {png}: cannot write there ({describe_os_error(err)})")
         (console if not as_json else err_console).print(f"chart: {png}")
+
+
+def _print_costs(model: str, rows: list, why: str, as_json: bool) -> None:
+    """FLOPs and bytes per phase, for hardware without ceilings (nothing to divide them by)."""
+    if as_json:
+        def phase(ph) -> dict:
+            return {"tokens": ph.tokens, "context": ph.context, "flops": ph.flops, "weight_bytes": ph.weight_bytes,
+                    "act_bytes": ph.act_bytes, "kv_bytes": ph.kv_bytes, "intensity": ph.intensity}  # fmt: skip
+
+        print(json.dumps({"model": model, "ceilings": None, "why": why, "costs": [
+            {"batch": b, "bits": w, "prefill": phase(pre), "decode": phase(dec)} for b, w, pre, dec in rows]}, indent=2))  # fmt: skip
+        return
+    table = Table(title=f"{model}: analytic cost per phase (no ceilings, so no times)")
+    for col in ("batch", "bits", "phase", "tokens", "context", "GFLOP", "weight GB", "act GB", "KV GB", "AI FLOP/B"):
+        table.add_column(col, justify="right")
+    for b, w, pre, dec in rows:
+        for ph in (pre, dec):
+            table.add_row(str(b), str(w), ph.phase, str(ph.tokens), str(ph.context), f"{ph.flops / 1e9:.4g}",
+                          f"{ph.weight_bytes / 1e9:.4g}", f"{ph.act_bytes / 1e9:.4g}", f"{ph.kv_bytes / 1e9:.4g}",
+                          f"{ph.intensity:.2f}")  # fmt: skip
+    console.print(table)
+    console.print(f"[dim]{why}[/]")
 
 
 def _op_table(phase, p, title: str) -> Table:
@@ -409,12 +506,13 @@ def hw_show(name: str = typer.Argument(..., help="profile name (see `rooflens hw
 
 
 @hw_app.command("detect")
-def hw_detect(device: str = typer.Option("auto", help="auto, cpu or cuda")) -> None:
+def hw_detect(device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N")) -> None:
     """What this machine is and which profile it maps to."""
     import torch
 
     from rooflens.roofline.hardware import detect_hardware, resolve_profile
 
+    device = _device(device)
     d = detect_hardware()
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     console.print(f"CPU: {d.cpu_model} ({d.cpu_cores_logical} logical cores"
@@ -442,7 +540,7 @@ def hw_probe(
     from rooflens.roofline.hardware import get_profile
     from rooflens.roofline.probe import ProbeError, probe, save_probe
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if _device(device) == "auto" else device
     try:
         result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
     except (ProbeError, ValueError) as err:

@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Hashable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from yaml.constructor import ConstructorError
+from yaml.scanner import ScannerError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
+from rooflens.text import quote, safe_name, shorten
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROMPT_SOURCES = ("synthetic", "corpus")
 MODEL_SOURCES = ("builtin", "hf", "shape")
 BUILTIN_EXPERIMENT = "quickstart"
+MAX_NAME_LEN = 100  # experiment names, engine labels and workload names become (parts of) file names
+DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,3})")
+MAX_FILE_BYTES = 1_000_000  # an experiment file is a few KB
+MAX_DEPTH = 32  # an experiment is about 6 levels deep
+MAX_VALUES = 100_000  # counted with YAML aliases expanded
 
 
 class ConfigError(ValueError):
@@ -27,7 +39,32 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _no_separator(v: str) -> str:
+    if "__" in v or v.startswith("_") or v.endswith("_"):
+        raise ValueError("must not contain '__' or start or end with '_' ('__' separates the parts of record file names)")
+    return v
+
+
+RecordNamePart = Annotated[str, Field(max_length=MAX_NAME_LEN), AfterValidator(_no_separator)]
+"""An engine label or workload name: one part of the record file name ``<label>__<workload>__b<batch>.json``."""
+
+
+def _clashes(names: list[str]) -> str:
+    """The names that would share a record file name part, e.g. ``'a/b' and 'a-b' map to ...``; '' when none."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(safe_name(name), []).append(name)
+    out = []
+    for part, group in groups.items():
+        distinct = [quote(n) for n in dict.fromkeys(group)]
+        if len(distinct) > 1:
+            out.append(f"{' and '.join(distinct)} map to the same record file name part {part!r}")
+        elif len(group) > 1:
+            out.append(f"duplicated: {distinct[0]}")
+    return "; ".join(out)
 
 
 class ModelSpec(_Strict):
@@ -65,8 +102,8 @@ def parse_model_shorthand(value: str) -> dict[str, str]:
 class EngineSpec(_Strict):
     """One engine to run: its registered name, an optional label, and its options."""
 
-    name: str = Field(min_length=1)
-    label: str | None = None
+    name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
+    label: RecordNamePart | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -77,7 +114,7 @@ class EngineSpec(_Strict):
 class Workload(_Strict):
     """Prompt length, generation length and the batch sizes to sweep."""
 
-    name: str | None = None
+    name: RecordNamePart | None = None
     prompt_len: int = Field(ge=1, le=131072)
     gen_len: int = Field(ge=2, le=65536, description="new tokens per sequence; >= 2 so that TPOT exists")
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
@@ -88,9 +125,9 @@ class Workload(_Strict):
     def _positive_unique(cls, v: list[int]) -> list[int]:
         for b in v:
             if b < 1:
-                raise ValueError(f"batch sizes must be >= 1 (got {b})")
+                raise ValueError(f"batch sizes must be >= 1 (got {quote(b)})")
         if len(set(v)) != len(v):
-            raise ValueError(f"batch sizes must be unique (got {v})")
+            raise ValueError(f"batch sizes must be unique (got {quote(v)})")
         return v
 
     @property
@@ -121,7 +158,7 @@ class Output(_Strict):
 class Experiment(_Strict):
     """A whole experiment: model x engines x workloads on one device."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(max_length=MAX_NAME_LEN, description="also the name of the experiment's results folder")
     description: str = ""
     model: ModelSpec
     engines: list[EngineSpec] = Field(min_length=1)
@@ -132,7 +169,7 @@ class Experiment(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     hardware: str = "auto"
     threads: int | None = Field(default=None, ge=1, le=1024, description="torch CPU threads")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     energy: bool = True
     output: Output = Output()
 
@@ -141,21 +178,42 @@ class Experiment(_Strict):
     def _model_shorthand(cls, v: Any) -> Any:
         return parse_model_shorthand(v) if isinstance(v, str) else v
 
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("must start with a letter or digit and contain only letters, digits, '_', '.' and '-'")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
-        raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N (got {v!r})")
+        if not DEVICE_RE.fullmatch(v):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N (N = 0, 1, ...)")
+        return v
+
+    @field_validator("engines")
+    @classmethod
+    def _unique_labels(cls, v: list[EngineSpec]) -> list[EngineSpec]:
+        if clashes := _clashes([e.display for e in v]):
+            raise ValueError(f"engine labels must be unique; give each a distinct 'label' ({clashes})")
+        return v
+
+    @field_validator("workloads")
+    @classmethod
+    def _unique_workload_names(cls, v: list[Workload]) -> list[Workload]:
+        if clashes := _clashes([w.display for w in v]):
+            raise ValueError(
+                f"workload names must be unique (an unnamed workload is called p<prompt_len>-g<gen_len>); "
+                f"give each a distinct 'name' ({clashes})"
+            )
+        return v
 
     @model_validator(mode="after")
-    def _engines_consistent(self) -> "Experiment":
+    def _baseline_is_an_engine(self) -> "Experiment":
         labels = [e.display for e in self.engines]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ValueError(f"engine labels must be unique; give each a 'label' (duplicated: {', '.join(dupes)})")
         if self.baseline is not None and self.baseline not in labels:
-            raise ValueError(f"baseline {self.baseline!r} is not one of the engines' labels ({', '.join(labels)})")
+            raise ValueError(f"baseline {quote(self.baseline)} is not one of the engines' labels ({', '.join(labels)})")
         return self
 
     @property
@@ -177,7 +235,7 @@ def _loc_str(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + shorten(str(part))
     return out or "(top level)"
 
 
@@ -206,7 +264,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
     return None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, limit: int = 20) -> str:
+    """One line per problem (at most ``limit``): ``source: field.path: what is wrong (got value)``."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -221,15 +280,40 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and e["type"] not in ("literal_error",) and not isinstance(e["input"], (dict, list)):
-                msg += f" (got {e['input']!r})"
+                msg += f" (got {quote(e['input'])})"
         lines.append(f"{source}: {where}: {msg}")
+    if len(lines) > limit:
+        lines[limit:] = [f"{source}: ... and {len(lines) - limit} more problems"]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- validating and loading
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse data nested deeper than MAX_DEPTH or holding more than MAX_VALUES values, before anything
+    recurses into it. YAML aliases count each time they are used, so alias bombs and self-referencing
+    aliases are refused too."""
+    todo: list[tuple[Any, int]] = [(data, 1)]
+    count = 0
+    while todo:
+        value, depth = todo.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep")
+        if count > MAX_VALUES:
+            raise ConfigError(f"{source}: more than {MAX_VALUES} values (counting each use of a YAML alias)")
+        if isinstance(value, dict):
+            todo += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            todo += [(v, depth + 1) for v in value]
 
 
 def validate_experiment(data: Any, source: str = "<experiment>") -> Experiment:
     """Validate a parsed YAML document, including each engine's own options."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the document must be a mapping of fields (got {type(data).__name__})")
+    _check_size(data, source)
     try:
         exp = Experiment.model_validate(data)
     except ValidationError as err:
@@ -239,9 +323,16 @@ def validate_experiment(data: Any, source: str = "<experiment>") -> Experiment:
     from rooflens.roofline.hardware import list_profiles
 
     problems = []
+    if exp.model.source != "hf":
+        known = list(BUILTIN_MODELS) if exp.model.source == "builtin" else shipped_config_names()
+        if exp.model.id not in known:
+            problems.append(
+                f"{source}: model.id: unknown {exp.model.source} model {quote(exp.model.id)} "
+                f"(allowed: {', '.join(known)}; other models: shape:<config> or hf:<id>)"
+            )
     profiles = [p.name for p in list_profiles()]
     if exp.hardware != "auto" and exp.hardware not in profiles:
-        problems.append(f"{source}: hardware: unknown profile {exp.hardware!r} (allowed: auto, {', '.join(profiles)})")
+        problems.append(f"{source}: hardware: unknown profile {quote(exp.hardware)} (allowed: auto, {', '.join(profiles)})")
     for i, spec in enumerate(exp.engines):
         problems += [f"{source}: engines[{i}].{p}" for p in validate_engine_options(spec)]
     if problems:
@@ -249,15 +340,78 @@ def validate_experiment(data: Any, source: str = "<experiment>") -> Experiment:
     return exp
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate an experiment file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such experiment file")
+class _Loader(yaml.SafeLoader):
+    """Safe loading (tags never run code) where a key repeated in a mapping is an error, a value
+    that cannot be built (an integer of 5000 digits, a 30 February) is a YAML error at its line, and
+    brackets nest at most MAX_DEPTH deep (PyYAML's scanner slows down with the square of that depth)."""
+
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise ScannerError(None, None, f"brackets nested more than {MAX_DEPTH} levels deep", self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ConstructorError(None, None, f"cannot read this value ({err})", node.start_mark) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class reports it
+            if key in first_line:
+                problem = f"duplicate key {quote(key)} (first at line {first_line[key]})"
+                raise ConstructorError(None, None, problem, key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _describe_yaml_error(err: yaml.YAMLError) -> str:
+    """`` at line L, column C: what is wrong`` from PyYAML's multi-line message."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(x for x in (err.context, err.problem) if x)
+    else:
+        where, what = "", str(err).partition("\n")[0]
+    return f"{where}: {shorten(what, 160)}"
+
+
+def _read_text(p: Path) -> str:
+    """The text of an experiment file; a directory, a missing, unreadable, huge or non-UTF-8 file is a ConfigError."""
     try:
-        data = yaml.safe_load(p.read_text())
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a directory")
+        if not p.is_file():
+            raise ConfigError(f"{p}: {'not a regular file' if p.exists() else 'no such experiment file'}")
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read the file ({err.strerror or err})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_FILE_BYTES} bytes; an experiment file is a few KB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = f"byte 0x{raw[err.start]:02x} at offset {err.start}"
+        raise ConfigError(f"{p}: not UTF-8 text ({bad}); save it as UTF-8") from None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment file; anything wrong with it is a :class:`ConfigError`."""
+    p = Path(path)
+    text = _read_text(p)
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        raise ConfigError(f"{p}: not valid YAML{_describe_yaml_error(err)}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid YAML: nested too deeply") from None
     return validate_experiment(data, str(p))
 
 

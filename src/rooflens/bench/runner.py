@@ -22,6 +22,7 @@ import torch
 from rooflens.bench.energy import EnergyMeter, EnergyReading, UnavailableMeter, select_meter
 from rooflens.bench.environment import capture_environment, now_iso
 from rooflens.bench.memory import PeakMemory
+from rooflens.bench.preflight import cell_memory_need, check_context, memory_shortfall
 from rooflens.bench.prompts import make_prompts
 from rooflens.bench.quality import PPL_WINDOW, agreement, heldout_ids, perplexity
 from rooflens.bench.stats import summarize
@@ -40,7 +41,8 @@ from rooflens.results.record import (
     Record,
     RepetitionInfo,
 )
-from rooflens.results.store import safe_name, write_record
+from rooflens.results.store import ensure_writable, write_record
+from rooflens.text import safe_name
 from rooflens.roofline.hardware import detect_hardware, resolve_profile
 from rooflens.roofline.position import ceilings_for, roofline_position
 from rooflens.roofline.probe import load_probe
@@ -171,7 +173,7 @@ def metrics_of(timings: list[RepTiming]) -> dict[str, Metric]:
     t = timings
     return {
         "ttft_s": _metric([x.ttft_s for x in t], "s", "measured", "generate start -> first new token (includes prefill)"),
-        "tpot_s": _metric([x.tpot_s for x in t], "s", "derived", "(e2e - TTFT) / (gen_len - 1)"),
+        "tpot_s": _metric([x.tpot_s for x in t], "s", "derived", "(e2e - TTFT) / tokens after the first emission"),
         "e2e_s": _metric([x.e2e_s for x in t], "s", "measured", "generate start -> last new token"),
         "itl_s": _metric(
             [g for x in t for g in x.itl_s], "s", "measured", "gaps between token emissions, pooled over repetitions"
@@ -212,6 +214,14 @@ def energy_of(reading: EnergyReading, tokens: int, reps: int) -> EnergyResult:
 # ---------------------------------------------------------------------------- the sweep
 
 
+def _remove_if_empty(folder: Path) -> None:
+    """A run that ended before its first record leaves no empty run folder behind."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -237,6 +247,8 @@ class ExperimentRunner:
         self.device = resolve_device(exp.device)
         self.dtype = resolve_dtype(exp.dtype, self.device)
         self._meter = meter
+        self.records: list[Record] = []  # written so far (an interrupted sweep reports them)
+        self.total_cells = len(expand_cells(exp))
         self._reference_tokens: dict[tuple[int, int], torch.Tensor] = {}
         self._perplexity: dict[str, Quantity | str] = {}
 
@@ -251,6 +263,15 @@ class ExperimentRunner:
         }
 
     def run(self) -> RunResult:
+        """Measure every cell; checks that need no measurement (output folder, context) come first."""
+        ensure_writable(self.folder, "results folder")
+        try:
+            return self._run()
+        finally:
+            if not self.records:
+                _remove_if_empty(self.folder)
+
+    def _run(self) -> RunResult:
         exp = self.exp
         if exp.threads:
             torch.set_num_threads(exp.threads)
@@ -274,8 +295,9 @@ class ExperimentRunner:
             meter = UnavailableMeter("energy measurement turned off in the experiment (energy: false)")
         self.observer.model_loading(exp.model.label)
         model = load_model(exp.model, self.device, self.dtype, seed=exp.seed)
+        check_context(exp, model.model.config, exp.model.label)
         cells = expand_cells(exp)
-        records: list[Record] = []
+        records = self.records
         engines: dict[str, Engine | ErrorInfo] = {}
         last_cell = {cell.engine.display: i for i, cell in enumerate(cells)}
         for i, cell in enumerate(cells):
@@ -312,6 +334,19 @@ class ExperimentRunner:
                         type=type(err).__name__, message=f"prepare failed: {err}", traceback=traceback.format_exc()
                     )
         return engines[spec.display]
+
+    def _memory_shortfall(self, cell: Cell, model: LoadedModel, engines: dict) -> str | None:
+        """Why this cell would not fit in the memory free now (None when it fits or its engine cannot run)."""
+        if isinstance(engines.get(cell.engine.display), ErrorInfo):
+            return None
+        extra = (0, "")
+        if cell.engine.display not in engines:  # not prepared yet: its own weights are still to come
+            cls = get_engine(cell.engine.name)
+            extra = cls.extra_weight_bytes(cls.Options.model_validate(cell.engine.options), model)
+        w = cell.workload
+        need = cell_memory_need(model.model.config, self.dtype, batch=cell.batch_size, prompt_len=w.prompt_len,
+                                gen_len=w.gen_len, real_weights=model.info.weights == "real", engine_weights=extra)  # fmt: skip
+        return memory_shortfall(need, self.device, batch=cell.batch_size, prompt_len=w.prompt_len, gen_len=w.gen_len)
 
     def _measure_perplexity(self, engine: Engine, model: LoadedModel) -> Quantity | str:
         """Perplexity of the engine's scoring model on the held-out text, or why there is none."""
@@ -364,6 +399,10 @@ class ExperimentRunner:
             "environment": self.env,
             "started_at": started,
         }
+        short = self._memory_shortfall(cell, model, engines)
+        if short is not None:
+            return Record(status="unavailable", reason=ErrorInfo(type="InsufficientMemory", message=short),
+                          finished_at=now_iso(), **base)  # fmt: skip
         engine = self._engine_for(cell.engine, model, engines)
         if isinstance(engine, ErrorInfo):
             status = "unavailable" if engine.type == "EngineUnavailable" else "failed"

@@ -3,10 +3,13 @@
 Definitions (vLLM / AIPerf vocabulary):
 - TTFT: start of ``generate`` -> first new token available (includes prefill).
 - e2e: start -> last new token available.
-- TPOT: (e2e - TTFT) / (n - 1), n = new tokens per sequence (excludes the first token).
+- n = new tokens per sequence; n1 = tokens of the first emission (1 for an engine that emits one
+  token at a time; a speculative engine may emit several with the first). The decode window
+  (TTFT, e2e] produces the other n - n1 tokens.
+- TPOT: (e2e - TTFT) / (n - n1).
 - ITL: every gap between consecutive emissions, divided by the tokens that emission carried.
-- prefill tok/s = batch * prompt_len / TTFT; decode tok/s = batch * (n - 1) / (e2e - TTFT);
-  e2e tok/s = batch * n / e2e.
+- prefill tok/s = batch * prompt_len / TTFT; decode tok/s = batch * (n - n1) / (e2e - TTFT)
+  = batch / TPOT; e2e tok/s = batch * n / e2e.
 """
 
 from __future__ import annotations
@@ -53,15 +56,14 @@ def rep_timing(
     if ttft <= 0 or decode <= 0:
         raise TimingError(f"non-positive phase duration (TTFT {ttft:.3g} s, decode {decode:.3g} s)")
     itl = tuple((b - a) / n for (a, _), (b, n) in zip(events, events[1:]))
-    # A speculative engine may emit several tokens with the first one; they are decode tokens
-    # produced inside the TTFT window, so decode throughput counts only the tokens after it.
+    decode_tokens = n_new - first_n  # tokens emitted with the first one were made inside the TTFT window
     return RepTiming(
         ttft_s=ttft,
         e2e_s=e2e,
-        tpot_s=decode / (n_new - 1),
+        tpot_s=decode / decode_tokens,
         itl_s=itl,
         prefill_tok_s=batch * prompt_len / ttft,
-        decode_tok_s=batch * (n_new - first_n) / decode,
+        decode_tok_s=batch * decode_tokens / decode,
         e2e_tok_s=batch * n_new / e2e,
         n_new=n_new,
         batch=batch,

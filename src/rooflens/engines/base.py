@@ -139,6 +139,14 @@ class Engine(ABC):
             return f"engine '{cls.name}' needs a model with real weights; {model.info.label} has random weights"
         return None
 
+    @classmethod
+    def extra_weight_bytes(cls, options: EngineOptions, model: "LoadedModel") -> tuple[int, str]:
+        """Bytes of weights ``prepare`` will allocate beside ``model`` (a draft, a quantized copy) and what they are.
+
+        Called before ``prepare`` by the runner's memory pre-check; estimate from configs, load nothing.
+        """
+        return 0, ""
+
     def prepare(self) -> None:
         """One-time set-up before the first cell."""
 

@@ -56,6 +56,7 @@ from torch import nn
 
 from rooflens.engines.base import EngineStat, EngineUnavailable, RooflineHints, register, synchronize
 from rooflens.engines.hf import HFEngine, HFOptions
+from rooflens.text import quote
 
 if TYPE_CHECKING:
     from rooflens.models.loader import LoadedModel
@@ -131,7 +132,7 @@ class QuantizedOptions(HFOptions):
             where = [k for k, v in FORMATS.items() if self.format in v]
             hint = f"; it is a format of backend '{where[0]}'" if where else ""
             raise ValueError(
-                f"format: {self.format!r} is not a format of backend '{b}' (allowed: {_join(formats)}){hint}"
+                f"format: {quote(self.format)} is not a format of backend '{b}' (allowed: {_join(formats)}){hint}"
             )
         fmt = self.resolved_format
         spec = SPECS[(b, fmt)]
@@ -413,8 +414,19 @@ def _quiet_bnb_cast_warning() -> None:
 
 def quantize_bnb(model: nn.Module, o: QuantizedOptions, device: torch.device) -> dict[str, nn.Module]:
     _quiet_bnb_cast_warning()
+    targets = _linear_targets(model)
+    if o.resolved_format == "nf4" and device.type == "cpu":
+        # bitsandbytes' CPU NF4 kernel splits every row into blocks: a ragged row fails deep inside it
+        g = o.resolved_group_size
+        ragged = [(name, lin.in_features) for name, lin in targets if lin.in_features % g]
+        if ragged:
+            fits = [x for x in o.spec.group_sizes if all(lin.in_features % x == 0 for _, lin in targets)]
+            raise EngineUnavailable(
+                f"group_size {g}: bitsandbytes nf4 on CPU needs a group size that divides every quantized layer's "
+                f"in_features ({ragged[0][0]} has {ragged[0][1]}); allowed for this model: {_join(fits) or 'none'}"
+            )
     out = {}
-    for name, lin in _linear_targets(model):
+    for name, lin in targets:
         new = _bnb_layer(lin, o, device)
         _set_child(model, name, new)
         out[name] = new

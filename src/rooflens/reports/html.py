@@ -17,7 +17,8 @@ import rooflens
 from rooflens.reports import plots, roofline_chart
 from rooflens.reports.table import cell_row, energy_notes, format_value, header, visible_columns
 from rooflens.results.record import Record
-from rooflens.results.store import safe_name, write_atomic
+from rooflens.results.store import write_atomic
+from rooflens.text import safe_name
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,12 @@ def write_figures(records: list[Record], folder: Path) -> list[dict[str, str]]:
     """Draw every plot that applies, write ``<folder>/<name>.png``, return the figures for the page."""
     out = []
     for spec in PLOTS:
-        fig = spec.draw(records)
-        if fig is None:
-            continue
-        file = folder / f"{spec.name}.png"
-        out.append({"name": spec.name, "title": spec.title, "file": str(file), "data": _render_figure(fig, file)})
+        with plt.rc_context(plots.PLAIN_TEXT):
+            fig = spec.draw(records)
+            if fig is None:
+                continue
+            file = folder / f"{spec.name}.png"
+            out.append({"name": spec.name, "title": spec.title, "file": str(file), "data": _render_figure(fig, file)})
     return out
 
 

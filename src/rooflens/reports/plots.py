@@ -14,6 +14,8 @@ from rooflens.results.derived import speedup  # noqa: E402
 from rooflens.results.record import Record  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
+# Labels and titles carry user text (engine labels, model ids): '$...$' in them is text, not math.
+PLAIN_TEXT = {"text.parse_math": False}
 
 
 def engine_colors(records: list[Record]) -> dict[str, tuple]:

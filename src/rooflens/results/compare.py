@@ -1,7 +1,9 @@
 """Regression detection between two sets of records.
 
-A change is a regression when it is both *significant* (p <= alpha) and *larger than the
-threshold* (relative change of the medians), in the metric's bad direction. Absolute metrics are
+A cell that was ``ok`` in the base and is ``failed``, ``unavailable`` or missing now is a
+regression whatever the metrics say (a broken engine must fail the gate). A change of a metric
+is a regression when it is both *significant* (p <= alpha) and *larger than the threshold*
+(relative change of the medians), in the metric's bad direction. Absolute metrics are
 tested with a one-sided Mann-Whitney U on the raw repetitions. Relative metrics
 (``speedup:<metric>``: the engine's median over the median of the baseline engine in the same
 run) cancel most machine-wide drift, so they are the ones to gate on for noisy shared CI
@@ -53,15 +55,29 @@ class Row:
 
 
 @dataclass(frozen=True)
+class LostCell:
+    """A cell that was ok in the base and is not ok now."""
+
+    cell: str
+    status: Literal["failed", "unavailable", "missing"]
+    reason: str
+
+
+@dataclass(frozen=True)
 class CompareResult:
     rows: list[Row]
-    only_in_base: list[str]
+    lost: list[LostCell]
     only_in_current: list[str]
     notes: list[str]
 
     @property
     def regressions(self) -> list[Row]:
         return [r for r in self.rows if r.verdict == "regression"]
+
+    @property
+    def failed(self) -> bool:
+        """The gate's verdict: a lost cell or a significant regression."""
+        return bool(self.lost or self.regressions)
 
 
 def parse_threshold(text: str) -> float:
@@ -82,12 +98,20 @@ def _hardware_id(r: Record) -> str:
     return f"{hw.get('cpu_model')} | {gpus or 'no GPU'} | {r.device}"
 
 
-def _latest(records: list[Record]) -> dict[tuple, Record]:
+def _latest(records: list[Record], ok_only: bool) -> dict[tuple, Record]:
+    """The newest record of each cell (of any status unless ``ok_only``)."""
     out: dict[tuple, Record] = {}
     for r in sorted(records, key=lambda r: r.started_at):
-        if r.status == "ok":
+        if r.status == "ok" or not ok_only:
             out[cell_key(r)] = r
     return out
+
+
+def _lost(key: tuple, now: Record | None) -> LostCell:
+    if now is None:
+        return LostCell(_describe(key), "missing", "no record of this cell in the current set")
+    reason = now.reason.message.splitlines()[0] if now.reason and now.reason.message else "no reason recorded"
+    return LostCell(_describe(key), now.status, reason)  # type: ignore[arg-type]
 
 
 BOOTSTRAP_DRAWS = 4000
@@ -142,15 +166,17 @@ def compare_records(
         if m.removeprefix(RELATIVE_PREFIX) not in BETTER:
             allowed = ", ".join([*BETTER, *(RELATIVE_PREFIX + k for k in BETTER)])
             raise CompareInputError(f"unknown metric {m!r} (allowed: {allowed})")
-    b, c = _latest(base), _latest(current)
-    common = [k for k in b if k in c]
-    if not common:
+    b, every = _latest(base, ok_only=True), _latest(current, ok_only=False)
+    if not any(k in every for k in b):
         raise CompareInputError(
-            f"no matching cells: base has {len(b)} ok cell(s), current {len(c)}; cells match on experiment, model, "
-            "engine label, workload, batch size and hardware profile"
+            f"no matching cells: base has {len(b)} ok cell(s), current {len(every)} cell(s); cells match on experiment, "
+            "model, engine label, workload, batch size and hardware profile"
         )
+    c = {k: r for k, r in every.items() if r.status == "ok"}
+    common = [k for k in b if k in c]
     notes = []
-    mismatched = sorted({f"{_hardware_id(b[k])}  vs  {_hardware_id(c[k])}" for k in common if _hardware_id(b[k]) != _hardware_id(c[k])})
+    mismatched = sorted({f"{_hardware_id(b[k])}  vs  {_hardware_id(every[k])}"
+                         for k in b if k in every and _hardware_id(b[k]) != _hardware_id(every[k])})  # fmt: skip
     if mismatched:
         if not allow_hardware_mismatch:
             raise CompareInputError("different hardware: " + "; ".join(mismatched) + " (use --allow-hardware-mismatch)")
@@ -193,17 +219,27 @@ def compare_records(
             rows.append(Row(_describe(key), metric, better, mx, my, change, p, sig, verdict, len(xs), len(ys)))
     return CompareResult(
         rows=rows,
-        only_in_base=[_describe(k) for k in b if k not in c],
-        only_in_current=[_describe(k) for k in c if k not in b],
+        lost=[_lost(k, every.get(k)) for k in b if k not in c],
+        only_in_current=[_describe(k) for k in every if k not in b],
         notes=notes,
     )
 
 
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def to_markdown(result: CompareResult, threshold: float, alpha: float) -> str:
     lines = [
-        f"**rooflens compare**: {len(result.regressions)} regression(s) "
+        f"**rooflens compare**: {len(result.lost)} lost cell(s), {len(result.regressions)} regression(s) "
         f"(threshold {threshold:.0%}, one-sided Mann-Whitney U, alpha {alpha})",
         "",
+    ]
+    if result.lost:
+        lines += ["| cell (ok in base) | now | reason |", "|:---|:---|:---|"]
+        lines += [f"| {x.cell} | {x.status} | {_md_cell(x.reason)} |" for x in result.lost]
+        lines.append("")
+    lines += [
         "| cell | metric | base | current | change | p | verdict |",
         "|:---|:---|---:|---:|---:|---:|:---|",
     ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -12,18 +11,22 @@ import pandas as pd
 from pydantic import ValidationError
 
 from rooflens.results.record import SCHEMA_VERSION, Record
-
+from rooflens.text import quote, safe_name, shorten
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+class RecordExistsError(FileExistsError):
+    """A record file of this name exists already: two cells mapped to one name, or a run folder was reused."""
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+def write_atomic(path: Path, text: str, *, replace: bool = True) -> None:
+    """Write to a temporary file in the same folder, fsync, then move it to ``path``.
+
+    ``replace=False`` never replaces an existing file (``os.link`` fails on an existing target,
+    atomically, where a check-then-rename would race) and raises :class:`RecordExistsError`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -32,10 +35,36 @@ def write_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise RecordExistsError(f"{path}: exists already; rooflens never replaces a record") from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+class OutputError(OSError):
+    """An output folder or file cannot be written; the message says which and why."""
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` and prove a file can be written there, before anything is measured."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rooflens-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"{what} {folder}: cannot write there ({describe_os_error(err)})") from None
+
+
+def describe_os_error(err: OSError) -> str:
+    """``Is a directory``, ``Permission denied``, ... without the errno and path noise."""
+    return err.strerror.lower() if err.strerror else str(err)
 
 
 def record_filename(record: Record) -> str:
@@ -44,13 +73,14 @@ def record_filename(record: Record) -> str:
 
 
 def write_record(folder: Path, record: Record) -> Path:
+    """Write ``record`` into ``folder`` atomically; an existing record of the same name is never replaced."""
     path = Path(folder) / record_filename(record)
-    write_atomic(path, record.model_dump_json(indent=2))
+    write_atomic(path, record.model_dump_json(indent=2), replace=False)
     return path
 
 
 class RecordLoadError(ValueError):
-    pass
+    """A file under a results folder looks like a record but cannot be read as one."""
 
 
 def load_records(folder: str | Path) -> list[Record]:
@@ -58,21 +88,23 @@ def load_records(folder: str | Path) -> list[Record]:
     root = Path(folder)
     if not root.exists():
         raise RecordLoadError(f"{root}: no such folder")
-    paths = [root] if root.is_file() else sorted(root.rglob("*.json"))
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*.json") if p.is_file())
     out = []
     for p in paths:
         try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise RecordLoadError(f"{p}: not readable JSON: {err}") from None
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON and UTF-8 decoding errors
+            raise RecordLoadError(f"{p}: not readable JSON: {shorten(str(err))}") from None
         if not isinstance(data, dict) or "schema_version" not in data or "cell" not in data:
             continue
         if data["schema_version"] != SCHEMA_VERSION:
-            raise RecordLoadError(f"{p}: schema_version {data['schema_version']} (this rooflens reads {SCHEMA_VERSION})")
+            raise RecordLoadError(f"{p}: schema_version {quote(data['schema_version'])} (this rooflens reads {SCHEMA_VERSION})")
         try:
             out.append(Record.model_validate(data))
         except ValidationError as err:
-            raise RecordLoadError(f"{p}: not a valid record: {err}") from None
+            first = err.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+            raise RecordLoadError(f"{p}: not a valid record: {where}: {shorten(first['msg'])}") from None
     return sorted(out, key=lambda r: r.started_at)
 
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rooflens.models.loader import BUILTIN_MODELS, ModelLoadError, shipped_config, shipped_configs
-from rooflens.roofline.analytic import ModelShape, Precision, Projection, bits_per_weight, project
+from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
+from rooflens.models.loader import ModelLoadError, shipped_config
+from rooflens.roofline.analytic import (
+    ModelShape, PhaseCost, Precision, Projection, bits_per_weight, decode_cost, prefill_cost, project,
+)  # fmt: skip
 from rooflens.roofline.hardware import HardwareProfile, resolve_profile
 from rooflens.roofline.probe import load_probe
 
 
 class WhatIfError(ValueError):
     """Bad input for a projection; the message names what is allowed."""
+
+
+class NoCeilingsError(WhatIfError):
+    """The hardware has no ceilings yet: costs can be shown, bound-limited times cannot."""
 
 
 def model_config(name: str) -> Any:
@@ -30,7 +37,7 @@ def model_config(name: str) -> Any:
     try:
         return shipped_config(key)[0]
     except ModelLoadError:
-        known = ", ".join(sorted(set(shipped_configs()) | set(BUILTIN_MODELS)))
+        known = ", ".join(sorted(set(shipped_config_names()) | set(BUILTIN_MODELS)))
         raise WhatIfError(f"unknown model '{name}' (shipped configs: {known}; or hf:<id or path>)") from None
 
 
@@ -60,26 +67,48 @@ def ceilings(hw: str, compute_dtypes: tuple[str, ...]) -> tuple[HardwareProfile,
         if probe is not None and dtype in probe.gemm:
             return profile, Ceilings(probe.bandwidth.max, probe.gemm[dtype].max, "measured",
                                      f"{resolved.device_name}, {dtype}, measured by rooflens hw probe at {probe.measured_at}")  # fmt: skip
-    raise WhatIfError(
+    raise NoCeilingsError(
         f"no {'/'.join(compute_dtypes)} ceilings for '{profile.name}' ({resolved.reason}); run `rooflens hw probe` "
         "on this machine or pass --hw <profile> (see `rooflens hw list`)"
     )
 
 
-def precision_for(bits: int, group_size: int, kv_bits: int) -> Precision:
-    """16/32 bits: plain weights; 8/4/3/2: group-wise weights with one fp16 scale per group."""
+def precision_for(bits: int, group_size: int, kv_bits: int | None = None) -> Precision:
+    """16/32 bits: plain weights; 8/4/3/2: group-wise weights with one fp16 scale per group.
+
+    Activations are 32-bit with 32-bit weights, else 16-bit; the KV cache has the activations' width
+    unless ``kv_bits`` says otherwise.
+    """
     if bits not in (32, 16, 8, 4, 3, 2):
         raise WhatIfError(f"--bits {bits}: allowed 32, 16, 8, 4, 3, 2")
     weight_bits = float(bits) if bits >= 16 else bits_per_weight(bits, group_size)
-    return Precision(weight_bits=weight_bits, act_bits=16.0 if bits != 32 else 32.0, kv_bits=float(kv_bits))
+    act_bits = 32.0 if bits == 32 else 16.0
+    return Precision(weight_bits=weight_bits, act_bits=act_bits, kv_bits=act_bits if kv_bits is None else float(kv_bits))
+
+
+def _shape(config: Any) -> ModelShape:
+    try:
+        return ModelShape.from_config(config)
+    except ValueError as err:
+        raise WhatIfError(str(err)) from None
+
+
+def phase_costs(config: Any, *, batches: list[int], bits: list[int], prompt_len: int, gen_len: int,
+                group_size: int = 128, kv_bits: int | None = None) -> list[tuple[int, int, PhaseCost, PhaseCost]]:  # fmt: skip
+    """FLOPs and bytes of the prefill pass and of a decode step at the mean context: no ceilings needed."""
+    shape = _shape(config)
+    out = []
+    for b in batches:
+        for w in bits:
+            p = precision_for(w, group_size, kv_bits)
+            out.append((b, w, prefill_cost(shape, batch=b, prompt_len=prompt_len, precision=p),
+                        decode_cost(shape, batch=b, context_len=prompt_len + gen_len // 2, precision=p)))  # fmt: skip
+    return out
 
 
 def projections(config: Any, c: Ceilings, *, batches: list[int], bits: list[int], prompt_len: int, gen_len: int,
-                group_size: int = 128, kv_bits: int = 16) -> list[tuple[int, int, Projection]]:  # fmt: skip
-    try:
-        shape = ModelShape.from_config(config)
-    except ValueError as err:
-        raise WhatIfError(str(err)) from None
+                group_size: int = 128, kv_bits: int | None = None) -> list[tuple[int, int, Projection]]:  # fmt: skip
+    shape = _shape(config)
     return [
         (b, w, project(shape, batch=b, prompt_len=prompt_len, gen_len=gen_len, precision=precision_for(w, group_size, kv_bits),
                        bandwidth=c.bandwidth, peak_flops=c.peak_flops))
