@@ -5,7 +5,7 @@ import torch
 
 from rooflens.config import ModelSpec
 from rooflens.models.catalog import shipped_config_names
-from rooflens.models.loader import ModelLoadError, load_model, resolve_device, resolve_dtype
+from rooflens.models.loader import ModelLoadError, choose_dtype, load_model, resolve_device
 
 CPU = torch.device("cpu")
 
@@ -80,9 +80,8 @@ def test_device_and_dtype_resolution():
         assert resolve_device("auto") == CPU
         with pytest.raises(ModelLoadError, match="CUDA is not available"):
             resolve_device("cuda")
-    assert resolve_dtype("auto", CPU) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("bfloat16", CPU) == torch.bfloat16
+    assert choose_dtype("auto", torch.device("cuda")).dtype == torch.bfloat16
+    assert choose_dtype("bfloat16", CPU).dtype == torch.bfloat16
 
 
 @pytest.mark.slow
@@ -94,3 +93,24 @@ def test_builtin_smollm2_real_weights(smollm2):
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     out = smollm2.model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])  # real, trained weights
+
+
+def test_auto_dtype_on_a_cpu_picks_bfloat16_only_when_native_and_faster(monkeypatch):
+    from types import SimpleNamespace
+
+    from rooflens.models import loader
+    from rooflens.roofline import hardware
+
+    def cpu_with(flags):
+        monkeypatch.setattr(hardware, "detect_hardware", lambda: SimpleNamespace(cpu_flags=flags))
+
+    cpu_with(["avx2"])
+    choice = choose_dtype("auto", CPU)
+    assert choice.dtype == torch.float32 and "no native bfloat16" in choice.reason
+    cpu_with(["avx2", "avx512_bf16", "amx_bf16"])
+    monkeypatch.setattr(loader, "_gemv_seconds", lambda dtype: 1e-4 if dtype == torch.bfloat16 else 3e-4)
+    choice = choose_dtype("auto", CPU)
+    assert choice.dtype == torch.bfloat16 and "avx512_bf16, amx_bf16" in choice.reason and "100 us in bfloat16" in choice.reason
+    monkeypatch.setattr(loader, "_gemv_seconds", lambda dtype: 3e-4 if dtype == torch.bfloat16 else 1e-4)
+    choice = choose_dtype("auto", CPU)
+    assert choice.dtype == torch.float32 and "but a 1x2048" in choice.reason

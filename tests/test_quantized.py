@@ -17,6 +17,7 @@ from rooflens.engines.quantized import (
     options_unavailable_reason,
 )
 from rooflens.kernels import format_bits_per_weight
+from rooflens.roofline.analytic import decode_weight_elements
 from factories import tiny_experiment
 
 CPU = torch.device("cpu")
@@ -136,10 +137,17 @@ def test_rooflens_storage_matches_the_report_and_the_format(case, bits, group, s
     total = tiny_llama.info.param_bytes - report.total_original_bytes + report.total_storage_bytes
     assert st["weight_storage_bytes"].value == total
     assert st["bits_per_weight_model"].value == pytest.approx(total * 8 / tiny_llama.info.n_params)
+    # the roofline's weight bytes per decode step are what the kernels read: the CPU kernel's own layout
+    # (3/2-bit codes as 4-bit, bf16 scale+zero pairs), every dense weight once, one row of the embedding
+    layers = [engine.module.get_submodule(r.name) for r in report.replaced]
+    emb = tiny_llama.model.get_input_embeddings().weight
+    dense = tiny_llama.info.param_bytes - report.total_original_bytes - emb.numel() * 4 + emb.shape[1] * 4
+    read = sum(m.cpu_plan().read_bytes for m in layers) + dense
+    assert st["weight_read_bytes_per_step"].value == read
     hints = engine.roofline_hints()
-    assert hints.weight_bits == pytest.approx(total * 8 / tiny_llama.info.n_params) and hints.weight_bits < 32
+    assert hints.weight_bits * decode_weight_elements(tiny_llama.model.config) / 8 == pytest.approx(read)
     assert st["emulated"].value == "false" and st["nominal_bits"].value == bits
-    assert "torch reference" in st["kernel"].value  # CPU: the reference path, said plainly
+    assert "int4 CPU kernel" in st["kernel"].value  # CPU: torch's int4 kernel, said plainly
     assert "lm_head" in st["skipped_layers"].description
 
 
@@ -150,8 +158,12 @@ def test_torchao_intx_is_reported_as_emulation_with_its_real_storage(prepared, t
     assert st["nominal_bits"].value == 4
     # int8 codes + fp32 scale and int8 zero point per group of 32: 8 + 32/32 + 8/32 bits, not 4
     assert st["bits_per_weight_quantized"].value == pytest.approx(8 + 32 / 32 + 8 / 32)
+    # the roofline reads the real storage: every weight once (quantized layers as stored), one embedding row
+    emb = tiny_llama.model.get_input_embeddings().weight
+    read = st["weight_storage_bytes"].value - emb.numel() * 4 + emb.shape[1] * 4
+    assert st["weight_read_bytes_per_step"].value == read
     hints = engine.roofline_hints()
-    assert hints.weight_bits == pytest.approx(st["bits_per_weight_model"].value)
+    assert hints.weight_bits * decode_weight_elements(tiny_llama.model.config) / 8 == pytest.approx(read)
     assert "emulation" in hints.note
 
 
@@ -278,9 +290,12 @@ def test_runner_records_stats_and_roofline_bits(tmp_path):
         st = rec.engine_stats
         assert st["bits_per_weight_quantized"].value == pytest.approx(4.5) and st["quantized_layers"].value == 28
         assert st["weight_storage_bytes"].unit == "B" and st["quantize_time_s"].value > 0
-        assert rec.roofline.weight_bits == pytest.approx(st["bits_per_weight_model"].value)
         assert rec.roofline.weight_bits < 32
-        assert "weight_bits = all weight storage" in rec.roofline.engine_note
+        assert "weight_bits = weight bytes a decode step reads" in rec.roofline.engine_note
+        # the record's decode weight bytes per step are the bytes the kernels read (batch 1; each further
+        # sequence of the batch reads one more embedding row, which the analytic model prices at weight_bits)
+        extra_rows = (b - 1) * 64 * rec.roofline.weight_bits / 8
+        assert rec.roofline.decode.weight_bytes.value == pytest.approx(st["weight_read_bytes_per_step"].value + extra_rows)
         # fewer weight bytes per decode step than the fp32 baseline, in proportion to the bits
         ratio = rec.roofline.decode.weight_bytes.value / records[("hf", b)].roofline.decode.weight_bytes.value
         assert ratio == pytest.approx(rec.roofline.weight_bits / 32)
@@ -316,3 +331,28 @@ def test_torchao_leaves_global_inductor_and_matmul_settings_alone(fmt, tiny_llam
         before = torch.get_float32_matmul_precision()
         QuantizedEngine(o, tiny_llama).prepare()
         assert torch.get_float32_matmul_precision() == before
+
+
+@torch.no_grad()
+def test_the_lm_head_can_be_quantized_and_a_tied_embedding_keeps_its_table():
+    from rooflens.config import ModelSpec
+    from rooflens.kernels import LowBitLinear
+    from rooflens.models.loader import load_model
+
+    tied = load_model(ModelSpec(source="shape", id="tiny-llama"), torch.device("cpu"), torch.float32, seed=3)
+    tied.model.lm_head.weight = tied.model.model.embed_tokens.weight  # tie, as SmolLM2 is
+    table = tied.model.model.embed_tokens.weight.clone()
+    engine = QuantizedEngine(QuantizedOptions(bits=8, group_size=32, lm_head=True), tied)
+    engine.prepare()
+    head = engine.module.lm_head
+    assert isinstance(head, LowBitLinear) and engine.stats()["quantized_layers"].value == 29
+    assert torch.equal(engine.module.model.embed_tokens.weight, table)  # the lookup still reads the dense table
+    assert tied.model.lm_head.weight is tied.model.model.embed_tokens.weight  # the shared model is untouched
+    ids = make_prompts(tied, "synthetic", 1, 8, seed=1)
+    ref, out = _logits(tied.model, ids), _logits(engine.module, ids)
+    assert float((out - ref).norm() / ref.norm()) < REL_ERR_8BIT
+    # the head is read through its kernel's layout; the embedding table only one row per token
+    plain = QuantizedEngine(QuantizedOptions(bits=8, group_size=32), tied)
+    plain.prepare()
+    saved = plain.stats()["weight_read_bytes_per_step"].value - engine.stats()["weight_read_bytes_per_step"].value
+    assert saved == table.numel() * 4 - head.cpu_plan().read_bytes

@@ -337,3 +337,13 @@ def test_a_draft_model_counts_in_the_memory_check(tmp_path, monkeypatch):
     assert by["hf"].status == "ok"
     draft = by["big-draft"]
     assert draft.status == "unavailable" and "draft model shape:smollm2-135m (134.5 M params) 0.54 GB" in draft.reason.message
+
+
+def test_an_engine_can_run_in_its_own_dtype(test_engines, tmp_path):
+    exp = experiment([{"name": "hf"}, {"name": "hf", "label": "hf-bf16", "dtype": "bfloat16"}], batch_sizes=(1,), dtype="float32")
+    by = {r.cell.engine_label: r for r in ExperimentRunner(exp, results_root=tmp_path).run().records}
+    assert by["hf"].status == by["hf-bf16"].status == "ok"
+    assert (by["hf"].model.dtype, by["hf-bf16"].model.dtype) == ("float32", "bfloat16")
+    assert by["hf"].model.dtype_reason == "float32, as the experiment says"
+    assert by["hf-bf16"].model.dtype_reason == "bfloat16, set for engine 'hf-bf16'"
+    assert by["hf-bf16"].roofline.weight_bits == 16 and by["hf"].roofline.weight_bits == 32

@@ -104,6 +104,9 @@ class EngineSpec(_Strict):
 
     name: str = Field(min_length=1, max_length=MAX_NAME_LEN)
     label: RecordNamePart | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None, description="this engine's model dtype (default: the experiment's)"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
     @property

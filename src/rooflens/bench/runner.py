@@ -29,7 +29,7 @@ from rooflens.bench.stats import summarize
 from rooflens.bench.timing import RepTiming, rep_timing
 from rooflens.config import EngineSpec, Experiment, Repetitions, Workload
 from rooflens.engines.base import Engine, EngineUnavailable, TokenClock, build_engine, get_engine
-from rooflens.models.loader import LoadedModel, load_model, resolve_device, resolve_dtype
+from rooflens.models.loader import TORCH_DTYPES, DtypeChoice, LoadedModel, choose_dtype, load_model, resolve_device
 from rooflens.results.record import (
     CellSpec,
     EnergyResult,
@@ -245,7 +245,8 @@ class ExperimentRunner:
         root = Path(results_root) if results_root is not None else Path(exp.output.results_dir)
         self.folder = root / safe_name(exp.name) / self.run_id
         self.device = resolve_device(exp.device)
-        self.dtype = resolve_dtype(exp.dtype, self.device)
+        self.dtype_choice = choose_dtype(exp.dtype, self.device)
+        self.dtype = self.dtype_choice.dtype
         self._meter = meter
         self.records: list[Record] = []  # written so far (an interrupted sweep reports them)
         self.total_cells = len(expand_cells(exp))
@@ -293,16 +294,15 @@ class ExperimentRunner:
             meter = select_meter(str(self.device))
         else:
             meter = UnavailableMeter("energy measurement turned off in the experiment (energy: false)")
-        self.observer.model_loading(exp.model.label)
-        model = load_model(exp.model, self.device, self.dtype, seed=exp.seed)
-        check_context(exp, model.model.config, exp.model.label)
+        models: dict[torch.dtype, LoadedModel] = {}
+        check_context(exp, self._model_for(exp.engines[0], models).model.config, exp.model.label)
         cells = expand_cells(exp)
         records = self.records
         engines: dict[str, Engine | ErrorInfo] = {}
         last_cell = {cell.engine.display: i for i, cell in enumerate(cells)}
         for i, cell in enumerate(cells):
             self.observer.cell_started(i, len(cells), cell)
-            record = self._run_cell(cell, model, meter, engines)
+            record = self._run_cell(cell, self._model_for(cell.engine, models), meter, engines)
             path = write_record(self.folder, record)
             records.append(record)
             self.observer.cell_finished(i, len(cells), record, path)
@@ -313,6 +313,16 @@ class ExperimentRunner:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
         return RunResult(self.run_id, self.folder, records)
+
+    def _model_for(self, spec: EngineSpec, models: dict[torch.dtype, LoadedModel]) -> LoadedModel:
+        """The model in this engine's dtype (its own ``dtype``, else the experiment's), loaded once per dtype."""
+        choice = (DtypeChoice(TORCH_DTYPES[spec.dtype], f"{spec.dtype}, set for engine '{spec.display}'")
+                  if spec.dtype else self.dtype_choice)  # fmt: skip
+        if choice.dtype not in models:
+            self.observer.model_loading(f"{self.exp.model.label} ({str(choice.dtype).removeprefix('torch.')})")
+            models[choice.dtype] = load_model(self.exp.model, self.device, choice.dtype, seed=self.exp.seed,
+                                              dtype_reason=choice.reason)  # fmt: skip
+        return models[choice.dtype]
 
     def _engine_for(self, spec: EngineSpec, model: LoadedModel, engines: dict) -> Engine | ErrorInfo:
         """Build and prepare each engine once; remember why it could not run."""
@@ -344,7 +354,7 @@ class ExperimentRunner:
             cls = get_engine(cell.engine.name)
             extra = cls.extra_weight_bytes(cls.Options.model_validate(cell.engine.options), model)
         w = cell.workload
-        need = cell_memory_need(model.model.config, self.dtype, batch=cell.batch_size, prompt_len=w.prompt_len,
+        need = cell_memory_need(model.model.config, model.model.dtype, batch=cell.batch_size, prompt_len=w.prompt_len,
                                 gen_len=w.gen_len, real_weights=model.info.weights == "real", engine_weights=extra)  # fmt: skip
         return memory_shortfall(need, self.device, batch=cell.batch_size, prompt_len=w.prompt_len, gen_len=w.gen_len)
 

@@ -56,6 +56,7 @@ from torch import nn
 
 from rooflens.engines.base import EngineStat, EngineUnavailable, RooflineHints, register, synchronize
 from rooflens.engines.hf import HFEngine, HFOptions
+from rooflens.roofline.analytic import decode_weight_elements
 from rooflens.text import quote
 
 if TYPE_CHECKING:
@@ -119,10 +120,14 @@ class QuantizedOptions(HFOptions):
     symmetric: bool | None = Field(
         default=None, description="rooflens and torchao intx: symmetric (default) or asymmetric with zero points"
     )
-    kernel: Literal["auto", "triton", "torch"] | None = Field(
+    kernel: Literal["auto", "triton", "cpu", "torch"] | None = Field(
         default=None,
-        description="rooflens only: auto (Triton on CUDA, torch reference on CPU), triton (on CPU needs "
-        "TRITON_INTERPRET=1), torch (the reference everywhere)",
+        description="rooflens only: auto (Triton on CUDA, torch's int4 CPU kernel on CPU), triton (on CPU needs "
+        "TRITON_INTERPRET=1), cpu (torch's int4 CPU kernel), torch (the reference everywhere)",
+    )
+    lm_head: bool = Field(
+        default=False,
+        description="quantize the LM head too (a tied embedding is untied: the embedding keeps its dense table)",
     )
 
     @model_validator(mode="after")
@@ -155,6 +160,11 @@ class QuantizedOptions(HFOptions):
         if self.kernel is not None and b != "rooflens":
             raise ValueError(f"kernel: applies to backend 'rooflens' only (backend is '{b}')")
         return self
+
+    @property
+    def skip(self) -> tuple[str, ...]:
+        """Linear layers left in the model dtype."""
+        return () if self.lm_head else SKIP
 
     # resolved values (defaults filled in per format)
     @property
@@ -284,26 +294,49 @@ def model_weight_bytes(model: nn.Module, quantized: dict[str, nn.Module]) -> tup
     return q_total + rest, q_total
 
 
+def decode_read_bytes(model: nn.Module, quantized: dict[str, nn.Module], device: torch.device,
+                      act_dtype: torch.dtype) -> int:  # fmt: skip
+    """Weight bytes one decode step (batch 1) reads, by the analytic model's convention: every weight once,
+    but one row of the input embedding. A rooflens layer counts what its kernel reads
+    (:meth:`LowBitLinear.read_bytes`), any other quantized layer its storage."""
+    from rooflens.kernels import LowBitLinear
+
+    seen: set = set()
+    emb = model.get_input_embeddings()
+    total = emb.weight.shape[1] * emb.weight.element_size()
+    q_ids = {id(m) for m in quantized.values()}
+    for mod in model.modules():
+        if mod is emb:
+            continue
+        if id(mod) in q_ids:
+            own = mod.read_bytes(device, act_dtype) if isinstance(mod, LowBitLinear) else layer_weight_bytes(mod, seen)
+            total += own + _tensor_bytes(mod._parameters.get("bias"), seen)
+            continue
+        for t in mod._parameters.values():
+            total += _tensor_bytes(t, seen)
+    return total
+
+
 # ---------------------------------------------------------------------------- copying
 
 
-def _linear_targets(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """The nn.Linear layers to quantize (all but the LM head)."""
+def _linear_targets(model: nn.Module, skip: tuple[str, ...] = SKIP) -> list[tuple[str, nn.Linear]]:
+    """The nn.Linear layers to quantize (all but those named in ``skip``, by default the LM head)."""
     out = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and not any(name == s or name.endswith("." + s) for s in SKIP):
+        if isinstance(mod, nn.Linear) and not any(name == s or name.endswith("." + s) for s in skip):
             out.append((name, mod))
     return out
 
 
-def copy_for_quantization(model: nn.Module) -> nn.Module:
+def copy_for_quantization(model: nn.Module, skip: tuple[str, ...] = SKIP) -> nn.Module:
     """A deep copy of ``model`` that *shares* (does not copy) the weights of the Linear layers to quantize.
 
     Those weights are only read by the quantizers and replaced in the copy, so the copy never needs its
     own dense version of them: peak memory is the original + the quantized model, not twice the model.
     :func:`untie_from` afterwards clones anything still shared (a layer the quantizer left alone).
     """
-    memo: dict[int, Any] = {id(lin.weight): lin.weight for _, lin in _linear_targets(model)}
+    memo: dict[int, Any] = {id(lin.weight): lin.weight for _, lin in _linear_targets(model, skip)}
     dup = copy.deepcopy(model, memo)
     # generate() caches a torch.compile'd __call__ bound to the *original* model: never reuse it
     for attr in ("_compiled_call", "_last_compile_config"):
@@ -369,7 +402,7 @@ def _is_torchao_weight(t: Any) -> bool:
 def quantize_torchao(model: nn.Module, o: QuantizedOptions) -> dict[str, nn.Module]:
     from torchao.quantization import quantize_
 
-    targets = {name for name, _ in _linear_targets(model)}
+    targets = {name for name, _ in _linear_targets(model, o.skip)}
     quantize_(model, _torchao_config(o), filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and fqn in targets)
     return {
         name: mod
@@ -414,7 +447,7 @@ def _quiet_bnb_cast_warning() -> None:
 
 def quantize_bnb(model: nn.Module, o: QuantizedOptions, device: torch.device) -> dict[str, nn.Module]:
     _quiet_bnb_cast_warning()
-    targets = _linear_targets(model)
+    targets = _linear_targets(model, o.skip)
     if o.resolved_format == "nf4" and device.type == "cpu":
         # bitsandbytes' CPU NF4 kernel splits every row into blocks: a ragged row fails deep inside it
         g = o.resolved_group_size
@@ -463,9 +496,8 @@ def bnb_probe(fmt: str, device: torch.device, dtype: torch.dtype = torch.float32
 def quantize_rooflens(model: nn.Module, o: QuantizedOptions):
     from rooflens.kernels import LowBitLinear, quantize_linear_layers
 
-    use_triton = {None: None, "auto": None, "triton": True, "torch": False}[o.kernel]
     report = quantize_linear_layers(model, o.resolved_bits, o.resolved_group_size, bool(o.resolved_symmetric),
-                                    skip=SKIP, use_triton=use_triton)  # fmt: skip
+                                    skip=o.skip, kernel=o.kernel or "auto")  # fmt: skip
     layers = {name: model.get_submodule(name) for name in report.replaced_names}
     assert all(isinstance(m, LowBitLinear) for m in layers.values())
     return layers, report
@@ -518,6 +550,12 @@ def options_unavailable_reason(o: QuantizedOptions, device: torch.device, dtype:
             return f"torchao {_lib_version('torchao')} does not import with torch {torch.__version__}: {err}"
     if b == "bitsandbytes":
         return bnb_probe(fmt, device, getattr(torch, dtype or "float32", torch.float32))
+    if b == "rooflens" and o.kernel == "cpu":
+        from rooflens.kernels.cpu_lowbit import cpu_kernel_unavailable
+
+        if device.type != "cpu":
+            return f"kernel: cpu runs on the CPU, not {device.type}; use kernel: auto"
+        return cpu_kernel_unavailable()
     if b == "rooflens" and o.kernel == "triton":
         if importlib.util.find_spec("triton") is None:
             return f"kernel: triton needs the Python package triton ({PIP['triton']})"
@@ -526,16 +564,19 @@ def options_unavailable_reason(o: QuantizedOptions, device: torch.device, dtype:
     return None
 
 
-def _rooflens_kernel(o: QuantizedOptions, device: torch.device) -> str:
-    if o.kernel == "torch" or (o.kernel in (None, "auto") and device.type != "cuda"):
-        return "torch reference (dequantize every call + fp32 matmul: a correctness path, not a fast one)"
-    if o.kernel in (None, "auto"):
-        from rooflens.kernels.triton_lowbit import triton_available
+KERNEL_PATHS = {
+    "torch": "torch reference (dequantize every call + matmul in the activation dtype: a correctness path, not a fast one)",
+    "cpu": "torch's int4 CPU kernel (aten._weight_int4pack_mm_for_cpu): bf16 activations, scales and zeros; "
+    "3/2-bit codes run in the 4-bit layout, 8-bit codes as two 4-bit halves",
+    "triton": "Triton dequant-matmul kernel (rooflens.kernels.triton_lowbit)",
+}
 
-        if not triton_available():
-            return "torch reference (triton is not available on this CUDA machine)"
-    interp = " under TRITON_INTERPRET=1" if device.type == "cpu" else ""
-    return f"Triton dequant-matmul kernel (rooflens.kernels.triton_lowbit){interp}"
+
+def _rooflens_kernel(layers: dict[str, nn.Module], device: torch.device) -> str:
+    """The forward path the rooflens layers take on ``device``, in words."""
+    paths = sorted({m.path(device) for m in layers.values()})
+    interp = " under TRITON_INTERPRET=1" if "triton" in paths and device.type == "cpu" else ""
+    return "; ".join(KERNEL_PATHS[p] for p in paths) + interp
 
 
 @register
@@ -551,6 +592,7 @@ class QuantizedEngine(HFEngine):
     def __init__(self, options: QuantizedOptions, model: "LoadedModel"):
         super().__init__(options, model)
         self._module: nn.Module | None = None
+        self._layers: dict[str, nn.Module] = {}
         self.measured: QuantizationSummary | None = None
         self.report = None  # rooflens backend: the QuantizationReport
 
@@ -578,7 +620,7 @@ class QuantizedEngine(HFEngine):
             raise EngineUnavailable(reason)
         o, original, device = self.options, self.model.model, self.model.device
         t0 = time.perf_counter()
-        dup = copy_for_quantization(original)
+        dup = copy_for_quantization(original, o.skip)
         t1 = time.perf_counter()
         with torch.no_grad():
             if o.backend == "torchao":
@@ -594,9 +636,9 @@ class QuantizedEngine(HFEngine):
             raise RuntimeError(f"{o.describe()}: no Linear layer of the model could be quantized")
         dup.eval()
         self._smoke(dup)
-        targets = dict(_linear_targets(original))
+        targets = dict(_linear_targets(original, o.skip))
         skipped = {name: f"matches skip entry {s!r}" for name, mod in original.named_modules()
-                   if isinstance(mod, nn.Linear) for s in SKIP if name == s or name.endswith("." + s)}  # fmt: skip
+                   if isinstance(mod, nn.Linear) for s in o.skip if name == s or name.endswith("." + s)}  # fmt: skip
         skipped.update({n: "left in the model dtype by the quantizer" for n in targets if n not in layers})
         if self.report is not None:
             skipped.update(self.report.skipped)
@@ -613,6 +655,7 @@ class QuantizedEngine(HFEngine):
             copy_s=t1 - t0,
         )
         self._module = dup
+        self._layers = layers
 
     @torch.inference_mode()
     def _smoke(self, model: nn.Module) -> None:
@@ -693,8 +736,18 @@ class QuantizedEngine(HFEngine):
         if notes:
             out["backend_notes"] = EngineStat(value="; ".join(notes), description="what the backend does here beyond its format")
         if o.backend == "rooflens":
-            out["kernel"] = EngineStat(value=_rooflens_kernel(o, self.model.device), description="LowBitLinear forward path")
+            out["kernel"] = EngineStat(value=_rooflens_kernel(self._layers, self.model.device), description="LowBitLinear forward path")
+        read = self._read_bytes()
+        out["weight_read_bytes_per_step"] = EngineStat(
+            value=read, unit="B",
+            description="weight bytes one decode step reads (batch 1): what each quantized layer's kernel reads "
+            "(rooflens: its kernel's own layout, padding included), every other weight once, one embedding row",
+        )  # fmt: skip
         return out
+
+    def _read_bytes(self) -> int:
+        dtype = getattr(torch, self.model.info.dtype)
+        return decode_read_bytes(self.module, self._layers, self.model.device, dtype)
 
     def _backend_notes(self) -> list[str]:
         o, dtype, device = self.options, self.model.info.dtype, self.model.device
@@ -718,13 +771,18 @@ class QuantizedEngine(HFEngine):
         s, o = self.measured, self.options
         if s is None:
             return RooflineHints()
+        read = self._read_bytes()
+        try:
+            elements = decode_weight_elements(self.model.model.config)
+        except ValueError:  # a model type the analytic model does not know: it places no roofline point either
+            return RooflineHints(weight_bits=s.bits_model, note=f"{o.describe()}: weight_bits = weight storage x 8 / parameters")
         note = (
-            f"{o.describe()}: weight_bits = all weight storage after quantization x 8 / parameter count "
-            f"({s.bits_quantized:.3g} bits/weight on the {s.quantized_layers} quantized layers incl. scales; "
-            f"embeddings, norms and LM head stay in the model dtype); the analytic model applies this average "
-            f"to every op's weights"
+            f"{o.describe()}: weight_bits = weight bytes a decode step reads ({read / 1e6:.2f} MB: each quantized "
+            f"layer's kernel's reads, every other weight once, one embedding row) x 8 / weight elements the analytic "
+            f"model reads ({elements / 1e6:.2f} M), so the roofline's weight bytes are what the kernels read; "
+            f"{s.bits_quantized:.3g} bits/weight stored on the {s.quantized_layers} quantized layers incl. scales"
         )
         if o.emulated:
             note += (f"; emulation: int{o.resolved_bits} codes are stored in int8, so the bytes are int8's, "
                      f"not {o.resolved_bits}-bit")  # fmt: skip
-        return RooflineHints(weight_bits=s.bits_model, note=note)
+        return RooflineHints(weight_bits=read * 8 / elements, note=note)

@@ -7,6 +7,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from rooflens.kernels.cpu_lowbit import CpuLowBitPlan, cpu_kernel_unavailable, cpu_lowbit_linear, plan_for
 from rooflens.kernels.lowbit import (
     QuantizedWeight,
     check_bits,
@@ -16,7 +17,9 @@ from rooflens.kernels.lowbit import (
     reference_linear,
 )
 
-__all__ = ["LowBitLinear", "LayerQuantReport", "QuantizationReport", "quantize_linear_layers"]
+__all__ = ["KERNELS", "LowBitLinear", "LayerQuantReport", "QuantizationReport", "quantize_linear_layers"]
+
+KERNELS = ("auto", "triton", "cpu", "torch")
 
 
 class LowBitLinear(nn.Module):
@@ -27,20 +30,23 @@ class LowBitLinear(nn.Module):
     later ``model.to(torch.bfloat16)`` / ``.float()`` cannot silently re-round them; :attr:`qweight` views
     them back as fp16.  The bias, if any, stays a (frozen) parameter and follows the model's dtype.
 
-    ``use_triton``: ``None`` (default) -> the Triton kernel for CUDA inputs when triton is available, the
-    torch reference otherwise (always on CPU: the interpreter is slow); ``True`` -> always the Triton kernel
-    (on CPU this needs ``TRITON_INTERPRET=1``); ``False`` -> always the torch reference.
+    ``kernel`` (:data:`KERNELS`): ``auto`` (default) -> the Triton kernel for CUDA inputs when triton is
+    available, torch's CPU int4 kernel (:mod:`rooflens.kernels.cpu_lowbit`) for CPU inputs when this torch
+    build has it, the torch reference otherwise; ``triton`` -> always Triton (on CPU this needs
+    ``TRITON_INTERPRET=1``); ``cpu`` -> always the CPU kernel; ``torch`` -> always the reference.
     """
 
-    def __init__(self, qweight: QuantizedWeight, bias: Optional[torch.Tensor] = None,
-                 use_triton: Optional[bool] = None) -> None:
+    def __init__(self, qweight: QuantizedWeight, bias: Optional[torch.Tensor] = None, kernel: str = "auto") -> None:
         super().__init__()
         self.in_features = qweight.in_features
         self.out_features = qweight.out_features
         self.bits = qweight.bits
         self.group_size = qweight.group_size
         self.symmetric = qweight.symmetric
-        self.use_triton = use_triton
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
+        self.kernel = kernel
+        self._cpu_plan: Optional[CpuLowBitPlan] = None  # the weight in the CPU kernel's layout, built on first use
         self.register_buffer("packed", qweight.packed)
         self.register_buffer("scales", qweight.scales.view(torch.int16))  # fp16 bit patterns
         zeros = None if qweight.zeros is None else qweight.zeros.view(torch.int16)
@@ -52,9 +58,9 @@ class LowBitLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = True,
-                    use_triton: Optional[bool] = None) -> "LowBitLinear":
+                    kernel: str = "auto") -> "LowBitLinear":
         qw = quantize(linear.weight.detach(), bits=bits, group_size=group_size, symmetric=symmetric)
-        return cls(qw, linear.bias, use_triton=use_triton)
+        return cls(qw, linear.bias, kernel=kernel)
 
     @property
     def qweight(self) -> QuantizedWeight:
@@ -75,24 +81,43 @@ class LowBitLinear(nn.Module):
     def bits_per_weight(self) -> float:
         return self.qweight.bits_per_weight
 
-    def _want_triton(self, x: torch.Tensor) -> bool:
-        if self.use_triton is False:
-            return False
-        if self.use_triton is True:
-            return True
-        if x.device.type != "cuda":
-            return False
-        from rooflens.kernels.triton_lowbit import triton_available
+    def path(self, device: torch.device) -> str:
+        """The forward path for inputs on ``device``: ``triton``, ``cpu`` or ``torch``."""
+        if self.kernel != "auto":
+            return self.kernel
+        if device.type == "cuda":
+            from rooflens.kernels.triton_lowbit import triton_available
 
-        return triton_available()
+            return "triton" if triton_available() else "torch"
+        return "cpu" if device.type == "cpu" and cpu_kernel_unavailable() is None else "torch"
+
+    def cpu_plan(self) -> CpuLowBitPlan:
+        if self._cpu_plan is None:
+            self._cpu_plan = plan_for(self.qweight.to("cpu"))
+        return self._cpu_plan
+
+    def read_bytes(self, device: torch.device, act_dtype: torch.dtype) -> int:
+        """Weight bytes one forward on ``device`` reads (bias excluded), for the roofline.
+
+        Triton reads the format as stored; the CPU kernel its own layout (:attr:`CpuLowBitPlan.read_bytes`);
+        the reference reads the format, then writes and reads the dequantized weight in ``act_dtype``.
+        """
+        path = self.path(device)
+        if path == "cpu":
+            return self.cpu_plan().read_bytes
+        if path == "torch":
+            return self.storage_bytes + 2 * self.out_features * self.in_features * act_dtype.itemsize
+        return self.storage_bytes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qw = self.qweight
-        if self._want_triton(x):
+        path = self.path(x.device)
+        if path == "cpu":
+            return cpu_lowbit_linear(x, self.cpu_plan(), self.bias)
+        if path == "triton":
             from rooflens.kernels.triton_lowbit import lowbit_linear
 
-            return lowbit_linear(x, qw, self.bias)
-        return reference_linear(x, qw, self.bias)
+            return lowbit_linear(x, self.qweight, self.bias)
+        return reference_linear(x, self.qweight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
@@ -168,7 +193,7 @@ def quantize_linear_layers(
     group_size: int = 128,
     symmetric: bool = True,
     skip: Iterable[str] = ("lm_head",),
-    use_triton: Optional[bool] = None,
+    kernel: str = "auto",
 ) -> QuantizationReport:
     """Replace every ``nn.Linear`` of ``model`` in place by a :class:`LowBitLinear`.
 
@@ -192,8 +217,7 @@ def quantize_linear_layers(
         if lin.in_features % group_size:
             report.skipped[name] = f"in_features={lin.in_features} is not a multiple of group_size={group_size}"
             continue
-        new = LowBitLinear.from_linear(lin, bits=bits, group_size=group_size, symmetric=symmetric,
-                                       use_triton=use_triton)
+        new = LowBitLinear.from_linear(lin, bits=bits, group_size=group_size, symmetric=symmetric, kernel=kernel)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

@@ -41,6 +41,7 @@ class ModelInfo(BaseModel):
     n_params: int
     param_bytes: int
     dtype: str
+    dtype_reason: str | None = None
     num_layers: int | None
     hidden_size: int | None
     vocab_size: int | None
@@ -85,11 +86,48 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on CUDA, float32 on CPU (fp16 matmul has no fast path on most CPUs)."""
-    if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return TORCH_DTYPES[spec]
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    dtype: torch.dtype
+    reason: str
+
+
+def _gemv_seconds(dtype: torch.dtype, n: int = 2048, reps: int = 30) -> float:
+    """Median time of an ``[1, n] x [n, n]`` matmul (a decode step's shape) in ``dtype`` on the CPU."""
+    import statistics
+    import time
+
+    x, w = torch.randn(1, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    times = []
+    for i in range(reps + 5):
+        t0 = time.perf_counter()
+        torch.nn.functional.linear(x, w)
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def choose_dtype(spec: str, device: torch.device) -> DtypeChoice:
+    """The model dtype and why. ``auto``: bfloat16 on CUDA; on a CPU bfloat16 only where it has native
+    bf16 instructions (AVX512_BF16 / AMX, from /proc/cpuinfo) *and* a decode-shaped matmul measures
+    faster than in float32 (fp16 has no fast path on most CPUs); float32 otherwise."""
+    if spec != "auto":
+        return DtypeChoice(TORCH_DTYPES[spec], f"{spec}, as the experiment says")
+    if device.type == "cuda":
+        return DtypeChoice(torch.bfloat16, "auto: bfloat16 on CUDA")
+    from rooflens.roofline.hardware import detect_hardware
+
+    native = [f for f in NATIVE_BF16_FLAGS if f in detect_hardware().cpu_flags]
+    if not native:
+        return DtypeChoice(torch.float32, "auto: float32; this CPU has no native bfloat16 (no AVX512_BF16 or AMX)")
+    t32, t16 = _gemv_seconds(torch.float32), _gemv_seconds(torch.bfloat16)
+    measured = f"a 1x2048 @ 2048x2048 matmul took {t16 * 1e6:.0f} us in bfloat16, {t32 * 1e6:.0f} us in float32"
+    if t16 < 0.9 * t32:
+        return DtypeChoice(torch.bfloat16, f"auto: bfloat16; native bf16 ({', '.join(native)}) and {measured}")
+    return DtypeChoice(torch.float32, f"auto: float32; native bf16 ({', '.join(native)}) but {measured}")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -183,8 +221,9 @@ def _count_params(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
 
-def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0) -> LoadedModel:
-    """Load ``spec`` onto ``device`` in ``dtype``, in eval mode."""
+def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0,
+               dtype_reason: str | None = None) -> LoadedModel:  # fmt: skip
+    """Load ``spec`` onto ``device`` in ``dtype``, in eval mode; ``dtype_reason`` (why this dtype) goes into its info."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -241,6 +280,7 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: 
         n_params=n_params,
         param_bytes=param_bytes,
         dtype=dtype_name(dtype),
+        dtype_reason=dtype_reason,
         num_layers=getattr(cfg, "num_hidden_layers", None),
         hidden_size=getattr(cfg, "hidden_size", None),
         vocab_size=getattr(cfg, "vocab_size", None),

@@ -570,6 +570,13 @@ def decode_cost(
     return PhaseCost("decode", batch, new_tokens, kv_len, tuple(ops), _layers(shape, layers_executed))
 
 
+def decode_weight_elements(config: Any) -> float:
+    """Weight elements a decode step reads (every weight once, one row of the embedding): the count that
+    an engine's measured weight bytes per step are divided by to give ``weight_bits``."""
+    shape = ModelShape.from_config(config)
+    return decode_cost(shape, batch=1, context_len=1, precision=Precision(weight_bits=8.0)).weight_bytes
+
+
 def weight_storage_bytes(shape: ModelShape, precision: Precision) -> float:
     """Bytes of all parameters at ``weight_bits`` (embedding and LM head included, tied counted once)."""
     return shape.param_count() * precision.weight_bits / 8
