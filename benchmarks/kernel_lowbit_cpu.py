@@ -125,12 +125,13 @@ def library_layer(w: torch.Tensor, backend: str, fmt: str):
     """A quantized nn.Linear as the quantized engine builds it (its backends' own code path)."""
     from torch import nn
 
-    from rooflens.engines.quantized import QuantizedOptions, layer_weight_bytes, quantize_bnb, quantize_torchao
+    from rooflens.engines.quant import get_handler, layer_weight_bytes
+    from rooflens.engines.quantized import QuantizedOptions
 
     holder = nn.Sequential(nn.Linear(w.shape[1], w.shape[0], bias=False))
     holder[0].weight.data.copy_(w)
     o = QuantizedOptions(backend=backend, format=fmt)
-    layers = quantize_torchao(holder, o) if backend == "torchao" else quantize_bnb(holder, o, torch.device("cpu"))
+    layers = get_handler(backend).quantize(holder, o.spec(), torch.device("cpu"))
     layer = holder[0]
     with torch.no_grad():
         layer(torch.zeros(1, w.shape[1]))  # bitsandbytes repacks at the first call

@@ -10,12 +10,8 @@ from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner
 from rooflens.config import ConfigError, validate_experiment
 from rooflens.engines.base import EngineUnavailable, TokenClock, get_engine
-from rooflens.engines.quantized import (
-    QuantizedEngine,
-    QuantizedOptions,
-    copy_for_quantization,
-    options_unavailable_reason,
-)
+from rooflens.engines.quant import copy_for_quantization
+from rooflens.engines.quantized import QuantizedEngine, QuantizedOptions, options_unavailable_reason
 from rooflens.kernels import format_bits_per_weight
 from rooflens.roofline.analytic import decode_weight_elements
 from factories import tiny_experiment
@@ -223,7 +219,7 @@ def test_int4_weight_only_is_unavailable_on_cpu_with_the_reason(tiny_llama, tmp_
 
 
 def test_missing_library_is_named_with_a_pip_hint(monkeypatch):
-    import rooflens.engines.quantized as q
+    import rooflens.engines.quant.base as q
 
     real = importlib.util.find_spec
     monkeypatch.setattr(q.importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
@@ -323,10 +319,10 @@ def test_rooflens_triton_kernel_matches_the_torch_reference(tiny_llama):
 def test_torchao_leaves_global_inductor_and_matmul_settings_alone(fmt, tiny_llama):
     if not HAS_TORCHAO:
         pytest.skip("torchao is not installed (pip install torchao)")
-    from rooflens.engines.quantized import _torchao_config
+    from rooflens.engines.quant.torchao import torchao_config
 
     o = QuantizedOptions(backend="torchao", format=fmt)
-    assert _torchao_config(o).set_inductor_config is False  # else torchao changes them for every later engine
+    assert torchao_config(o.spec()).set_inductor_config is False  # else torchao changes them for every later engine
     if fmt != "int4_weight_only":
         before = torch.get_float32_matmul_precision()
         QuantizedEngine(o, tiny_llama).prepare()

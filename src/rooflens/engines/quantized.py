@@ -1,54 +1,46 @@
 """Weight quantization + Hugging Face ``generate``: torchao, bitsandbytes, or rooflens's own low-bit format.
 
 The engine is the ``hf`` baseline (greedy, fixed length, optional static cache + torch.compile) run on
-a *quantized copy* of the shared model, so every other engine keeps the original weights.
+a *quantized copy* of the shared model, so every other engine keeps the original weights. Each backend
+is a handler of :mod:`rooflens.engines.quant` (its module's docstring has the details); this module
+holds the option schema and the engine, which copies the model, lets the handler quantize the copy and
+measures the result.
 
 Backends and formats
 --------------------
-``torchao`` (``torchao.quantization.quantize_(copy, Config)``, on every ``nn.Linear`` but the LM head)
-    * ``int8_weight_only`` — ``Int8WeightOnlyConfig()``: int8 per-output-channel weights.
-    * ``int8_dynamic`` — ``Int8DynamicActivationInt8WeightConfig()``: int8 weights, activations quantized
-      to int8 per token at run time (W8A8).
-    * ``int4_weight_only`` — ``Int4WeightOnlyConfig(group_size, int4_packing_format="tile_packed_to_4d")``:
-      the tinygemm int4 kernel. **CUDA and bfloat16 only**: torchao 0.18 has no CPU int4 packing (the
-      ``opaque`` CPU format is gone, ``plain`` needs the ``mslk`` package), so on CPU the cell is
-      unavailable with that reason.
-    * ``intx_weight_only`` — ``IntxWeightOnlyConfig(weight_dtype=torch.int<bits>, PerGroup(group_size))``:
-      **accuracy emulation**: the low-bit codes are stored unpacked, one per int8, so memory and bytes
-      moved are those of int8 (+ scales and zero points). The engine's statistics and roofline hints use
-      that real storage, not the nominal bits, and say ``emulated: true``.
-    ``set_inductor_config=False`` everywhere: torchao's default would change global inductor settings and
-    ``torch.set_float32_matmul_precision`` for every later engine of the sweep.
+``torchao`` (``quantize_`` on every ``nn.Linear`` but the LM head)
+    * ``int8_weight_only`` — int8 per-output-channel weights.
+    * ``int8_dynamic`` — int8 weights, activations quantized to int8 per token at run time (W8A8).
+    * ``int4_weight_only`` — the tinygemm int4 kernel, **CUDA and bfloat16 only** (on CPU the cell is
+      unavailable with the reason).
+    * ``intx_weight_only`` — 2 to 8 bits in groups, **accuracy emulation**: the codes are stored one per
+      int8, so memory and bytes moved are those of int8 (+ scales and zero points). The engine's
+      statistics and roofline hints use that real storage, not the nominal bits, and say ``emulated: true``.
 ``bitsandbytes`` (``Linear8bitLt`` / ``Linear4bit`` swapped in for every ``nn.Linear`` but the LM head)
-    * ``int8`` — LLM.int8() (outlier threshold 6.0, as transformers' ``BitsAndBytesConfig`` default).
-    * ``nf4`` — 4-bit NormalFloat, blocks of ``group_size`` (64), fp32 absmax per block, no double quant.
-    On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for its CPU kernel at the first forward
-    (absmax becomes bf16, activations run in bf16 for single-row matmuls); storage is measured after one
-    forward pass so that the figure is what the generations actually use.
+    * ``int8`` — LLM.int8() (outlier threshold 6.0).
+    * ``nf4`` — 4-bit NormalFloat, blocks of ``group_size`` (64), fp32 absmax per block. Storage is
+      measured after one forward pass: bitsandbytes may repack 4-bit weights for its CPU kernel then.
 ``rooflens`` (``rooflens.kernels.quantize_linear_layers``)
     * ``groupwise`` — our packed group-wise format, ``bits`` 8/4/3/2, ``group_size`` 32/64/128,
       ``symmetric`` or not (see :mod:`rooflens.kernels.lowbit` for the exact layout and bits per weight).
-      On CUDA the forward is the Triton dequant-matmul kernel; on CPU it is the plain-torch reference
-      (dequantize every call, then an fp32 matmul): a correctness path, not a fast one.
+      On CUDA the forward is the Triton dequant-matmul kernel; on CPU torch's int4 CPU kernel, or the
+      plain-torch reference (dequantize every call, then a matmul): a correctness path, not a fast one.
 
-In every backend the LM head and the embeddings stay in the model dtype.
+The embeddings stay in the model dtype, and so does the LM head unless ``lm_head: true`` (a tied
+embedding is then untied and keeps its dense table).
 
 Measured at ``prepare()`` and reported as engine statistics: storage bytes of all weights after
 quantization, of the quantized layers alone, bits per weight over the quantized layers and over all
-parameters, the number of quantized layers, and the quantization time. ``roofline_hints().weight_bits``
-is the effective bits per parameter over the whole model (all weight storage x 8 / parameter count).
+parameters, the number of quantized layers, the quantization time, and the weight bytes a decode step
+reads. ``roofline_hints().weight_bits`` is those read bytes x 8 / the weight elements the analytic model
+reads, so the roofline's bytes per token are what the kernels read.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.metadata
-import importlib.util
-import logging
-import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -56,47 +48,29 @@ from torch import nn
 
 from rooflens.engines.base import EngineStat, EngineUnavailable, RooflineHints, register, synchronize
 from rooflens.engines.hf import HFEngine, HFOptions
+from rooflens.engines.quant import (
+    HANDLERS,
+    SKIP,
+    FormatSpec,
+    QuantSpec,
+    RooflensHandler,
+    copy_for_quantization,
+    decode_read_bytes,
+    get_handler,
+    linear_targets,
+    model_weight_bytes,
+    untie_from,
+)
+from rooflens.engines.quant.base import join, skip_entry
+from rooflens.engines.quant.rooflens import kernel_path
 from rooflens.roofline.analytic import decode_weight_elements
 from rooflens.text import quote
 
 if TYPE_CHECKING:
+    from rooflens.kernels import QuantizationReport
     from rooflens.models.loader import LoadedModel
 
-Backend = Literal["torchao", "bitsandbytes", "rooflens"]
-
-FORMATS: dict[str, tuple[str, ...]] = {
-    "torchao": ("int8_weight_only", "int8_dynamic", "int4_weight_only", "intx_weight_only"),
-    "bitsandbytes": ("int8", "nf4"),
-    "rooflens": ("groupwise",),
-}
-PIP = {"torchao": "pip install torchao", "bitsandbytes": "pip install bitsandbytes", "triton": "pip install triton"}
-
-
-@dataclass(frozen=True)
-class FormatSpec:
-    """What a (backend, format) accepts: allowed/default bits and group sizes, symmetric or not."""
-
-    bits: tuple[int, ...]  # allowed bit widths (first = default)
-    group_sizes: tuple[int, ...] = ()  # () -> group_size does not apply
-    default_group: int | None = None
-    symmetric: bool = False  # whether the symmetric option applies
-    why_no_group: str = ""
-
-
-SPECS: dict[tuple[str, str], FormatSpec] = {
-    ("torchao", "int8_weight_only"): FormatSpec((8,), why_no_group="per-output-channel scales"),
-    ("torchao", "int8_dynamic"): FormatSpec((8,), why_no_group="per-output-channel scales"),
-    ("torchao", "int4_weight_only"): FormatSpec((4,), (32, 64, 128, 256), 128),
-    ("torchao", "intx_weight_only"): FormatSpec((4, 2, 3, 5, 6, 7, 8), (32, 64, 128, 256), 32, symmetric=True),
-    ("bitsandbytes", "int8"): FormatSpec((8,), why_no_group="per-output-channel scales (LLM.int8)"),
-    ("bitsandbytes", "nf4"): FormatSpec((4,), (64, 128), 64),
-    ("rooflens", "groupwise"): FormatSpec((4, 8, 3, 2), (32, 64, 128), 128, symmetric=True),
-}
-SKIP = ("lm_head",)  # Linear layers left in the model dtype (embeddings are not Linear: never touched)
-
-
-def _join(values) -> str:
-    return ", ".join(str(v) for v in values)
+Backend = Literal["torchao", "bitsandbytes", "rooflens"]  # the keys of HANDLERS
 
 
 # ---------------------------------------------------------------------------- options
@@ -132,26 +106,26 @@ class QuantizedOptions(HFOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> "QuantizedOptions":
-        b, formats = self.backend, FORMATS[self.backend]
+        b, formats = self.backend, HANDLERS[self.backend].formats
         if self.format is not None and self.format not in formats:
-            where = [k for k, v in FORMATS.items() if self.format in v]
+            where = [k for k, h in HANDLERS.items() if self.format in h.formats]
             hint = f"; it is a format of backend '{where[0]}'" if where else ""
             raise ValueError(
-                f"format: {quote(self.format)} is not a format of backend '{b}' (allowed: {_join(formats)}){hint}"
+                f"format: {quote(self.format)} is not a format of backend '{b}' (allowed: {join(formats)}){hint}"
             )
         fmt = self.resolved_format
-        spec = SPECS[(b, fmt)]
+        spec = formats[fmt]
         what = f"format '{fmt}' of backend '{b}'"
         if self.bits is not None and self.bits not in spec.bits:
             if len(spec.bits) == 1:
                 raise ValueError(f"bits: {what} is {spec.bits[0]}-bit (got {self.bits}); leave bits out")
-            raise ValueError(f"bits: {self.bits} is not allowed for {what} (allowed: {_join(sorted(spec.bits))})")
+            raise ValueError(f"bits: {self.bits} is not allowed for {what} (allowed: {join(sorted(spec.bits))})")
         if self.group_size is not None:
             if not spec.group_sizes:
                 raise ValueError(f"group_size: does not apply to {what} ({spec.why_no_group})")
             if self.group_size not in spec.group_sizes:
                 raise ValueError(
-                    f"group_size: {self.group_size} is not allowed for {what} (allowed: {_join(spec.group_sizes)})"
+                    f"group_size: {self.group_size} is not allowed for {what} (allowed: {join(spec.group_sizes)})"
                 )
         if self.symmetric is not None and not spec.symmetric:
             raise ValueError(
@@ -169,23 +143,23 @@ class QuantizedOptions(HFOptions):
     # resolved values (defaults filled in per format)
     @property
     def resolved_format(self) -> str:
-        return self.format or FORMATS[self.backend][0]
+        return self.format or next(iter(HANDLERS[self.backend].formats))
 
     @property
-    def spec(self) -> FormatSpec:
-        return SPECS[(self.backend, self.resolved_format)]
+    def format_spec(self) -> FormatSpec:
+        return HANDLERS[self.backend].formats[self.resolved_format]
 
     @property
     def resolved_bits(self) -> int:
-        return self.bits if self.bits is not None else self.spec.bits[0]
+        return self.bits if self.bits is not None else self.format_spec.bits[0]
 
     @property
     def resolved_group_size(self) -> int | None:
-        return self.group_size if self.group_size is not None else self.spec.default_group
+        return self.group_size if self.group_size is not None else self.format_spec.default_group
 
     @property
     def resolved_symmetric(self) -> bool | None:
-        if not self.spec.symmetric:
+        if not self.format_spec.symmetric:
             return None
         return True if self.symmetric is None else self.symmetric
 
@@ -194,313 +168,27 @@ class QuantizedOptions(HFOptions):
         """Codes stored wider than their nominal bits (torchao intx below 8 bits: one code per int8)."""
         return self.backend == "torchao" and self.resolved_format == "intx_weight_only" and self.resolved_bits < 8
 
+    def spec(self) -> QuantSpec:
+        """These options as the handler's plain, resolved :class:`QuantSpec`."""
+        return QuantSpec(
+            backend=self.backend,
+            format=self.resolved_format,
+            bits=self.resolved_bits,
+            group_size=self.resolved_group_size,
+            symmetric=self.resolved_symmetric,
+            kernel=self.kernel or "auto",
+            skip=self.skip,
+        )
+
     def describe(self) -> str:
         parts = [f"{self.backend} {self.resolved_format}"]
-        if len(self.spec.bits) > 1:
+        if len(self.format_spec.bits) > 1:
             parts.append(f"{self.resolved_bits}-bit")
         if self.resolved_group_size is not None:
             parts.append(f"g{self.resolved_group_size}")
         if self.resolved_symmetric is not None:
             parts.append("sym" if self.resolved_symmetric else "asym")
         return " ".join(parts)
-
-
-# ---------------------------------------------------------------------------- storage accounting
-
-
-def _lib_version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def _plain_bytes(t: torch.Tensor | None, seen: set) -> int:
-    """Bytes held by a tensor; tensor subclasses (torchao) are summed over their inner tensors.
-
-    ``seen`` deduplicates tensors that share memory (tied weights, bitsandbytes' CB == data).
-    """
-    if t is None or not isinstance(t, torch.Tensor):
-        return 0
-    if hasattr(type(t), "__tensor_flatten__"):
-        names, _ = t.__tensor_flatten__()
-        return sum(_plain_bytes(getattr(t, n, None), seen) for n in names)
-    if t.numel() == 0:
-        return 0
-    key = (str(t.device), t.data_ptr(), t.numel(), t.dtype)
-    if key in seen:
-        return 0
-    seen.add(key)
-    return t.numel() * t.element_size()
-
-
-def _quant_state_bytes(qs: Any, seen: set) -> int:
-    """bitsandbytes ``QuantState``: absmax, code, offset and the nested state of double quantization."""
-    if qs is None:
-        return 0
-    total = sum(_plain_bytes(getattr(qs, a, None), seen) for a in ("absmax", "code", "offset"))
-    return total + _quant_state_bytes(getattr(qs, "state2", None), seen)
-
-
-def _tensor_bytes(t: torch.Tensor | None, seen: set, module: nn.Module | None = None) -> int:
-    """All bytes a weight holds: the tensor (or its subclass' inner tensors) + bitsandbytes side data."""
-    total = _plain_bytes(t, seen)
-    if t is not None:
-        total += _plain_bytes(getattr(t, "SCB", None), seen) + _plain_bytes(getattr(t, "CB", None), seen)
-        total += _quant_state_bytes(getattr(t, "quant_state", None), seen)
-    if module is not None:  # bitsandbytes moves CB/SCB to module.state at the first forward
-        state = getattr(module, "state", None)
-        total += _plain_bytes(getattr(state, "CB", None), seen) + _plain_bytes(getattr(state, "SCB", None), seen)
-        total += _quant_state_bytes(getattr(module, "quant_state", None), seen)
-    return total
-
-
-def _own_tensors(module: nn.Module):
-    """(name, tensor) of a module's own parameters and persistent buffers (not its children's)."""
-    for name, p in module._parameters.items():
-        if p is not None:
-            yield name, p
-    for name, b in module._buffers.items():
-        if b is not None and name not in module._non_persistent_buffers_set:
-            yield name, b
-
-
-def layer_weight_bytes(module: nn.Module, seen: set | None = None) -> int:
-    """Storage of a quantized layer's weight incl. scales / zero points / quant state (bias excluded)."""
-    seen = set() if seen is None else seen
-    total = 0
-    for name, t in _own_tensors(module):
-        if name != "bias":
-            total += _tensor_bytes(t, seen)
-    return total + _tensor_bytes(None, seen, module)
-
-
-def model_weight_bytes(model: nn.Module, quantized: dict[str, nn.Module]) -> tuple[int, int]:
-    """(bytes of all weights, bytes of the quantized layers' weights).
-
-    Quantized layers: their parameters and persistent buffers (rooflens keeps codes and scales in
-    buffers) and bitsandbytes side data; everywhere else: parameters (as ``ModelInfo.param_bytes``).
-    """
-    seen: set = set()
-    q_ids = {id(m) for m in quantized.values()}
-    q_total = sum(layer_weight_bytes(m, seen) for m in quantized.values())
-    rest = 0
-    for mod in model.modules():
-        if id(mod) in q_ids:
-            rest += _tensor_bytes(mod._parameters.get("bias"), seen)  # the rest of the layer is counted above
-            continue
-        for t in mod._parameters.values():  # elsewhere parameters only: other buffers are not weights
-            rest += _tensor_bytes(t, seen)
-    return q_total + rest, q_total
-
-
-def decode_read_bytes(model: nn.Module, quantized: dict[str, nn.Module], device: torch.device,
-                      act_dtype: torch.dtype) -> int:  # fmt: skip
-    """Weight bytes one decode step (batch 1) reads, by the analytic model's convention: every weight once,
-    but one row of the input embedding. A rooflens layer counts what its kernel reads
-    (:meth:`LowBitLinear.read_bytes`), any other quantized layer its storage."""
-    from rooflens.kernels import LowBitLinear
-
-    seen: set = set()
-    emb = model.get_input_embeddings()
-    total = emb.weight.shape[1] * emb.weight.element_size()
-    q_ids = {id(m) for m in quantized.values()}
-    for mod in model.modules():
-        if mod is emb:
-            continue
-        if id(mod) in q_ids:
-            own = mod.read_bytes(device, act_dtype) if isinstance(mod, LowBitLinear) else layer_weight_bytes(mod, seen)
-            total += own + _tensor_bytes(mod._parameters.get("bias"), seen)
-            continue
-        for t in mod._parameters.values():
-            total += _tensor_bytes(t, seen)
-    return total
-
-
-# ---------------------------------------------------------------------------- copying
-
-
-def _linear_targets(model: nn.Module, skip: tuple[str, ...] = SKIP) -> list[tuple[str, nn.Linear]]:
-    """The nn.Linear layers to quantize (all but those named in ``skip``, by default the LM head)."""
-    out = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and not any(name == s or name.endswith("." + s) for s in skip):
-            out.append((name, mod))
-    return out
-
-
-def copy_for_quantization(model: nn.Module, skip: tuple[str, ...] = SKIP) -> nn.Module:
-    """A deep copy of ``model`` that *shares* (does not copy) the weights of the Linear layers to quantize.
-
-    Those weights are only read by the quantizers and replaced in the copy, so the copy never needs its
-    own dense version of them: peak memory is the original + the quantized model, not twice the model.
-    :func:`untie_from` afterwards clones anything still shared (a layer the quantizer left alone).
-    """
-    memo: dict[int, Any] = {id(lin.weight): lin.weight for _, lin in _linear_targets(model, skip)}
-    dup = copy.deepcopy(model, memo)
-    # generate() caches a torch.compile'd __call__ bound to the *original* model: never reuse it
-    for attr in ("_compiled_call", "_last_compile_config"):
-        dup.__dict__.pop(attr, None)
-    return dup
-
-
-@torch.no_grad()
-def untie_from(dup: nn.Module, original: nn.Module) -> int:
-    """Clone every parameter/buffer of ``dup`` that is still the very tensor of ``original``; returns how many."""
-    orig = {id(t) for t in original.parameters()} | {id(t) for t in original.buffers()}
-    n = 0
-    for mod in dup.modules():
-        for name, p in list(mod._parameters.items()):
-            if p is not None and id(p) in orig:
-                mod._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-                n += 1
-        for name, b in list(mod._buffers.items()):
-            if b is not None and id(b) in orig:
-                mod._buffers[name] = b.clone()
-                n += 1
-    return n
-
-
-# ---------------------------------------------------------------------------- backends
-
-
-def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
-def _torchao_config(o: QuantizedOptions):
-    from torchao.quantization import (
-        Int4WeightOnlyConfig,
-        Int8DynamicActivationInt8WeightConfig,
-        Int8WeightOnlyConfig,
-        IntxWeightOnlyConfig,
-    )
-    from torchao.quantization.granularity import PerGroup
-    from torchao.quantization.quant_primitives import MappingType
-
-    fmt = o.resolved_format
-    if fmt == "int8_weight_only":
-        return Int8WeightOnlyConfig(set_inductor_config=False)
-    if fmt == "int8_dynamic":
-        return Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
-    if fmt == "int4_weight_only":
-        return Int4WeightOnlyConfig(
-            group_size=o.resolved_group_size, int4_packing_format="tile_packed_to_4d", set_inductor_config=False
-        )
-    return IntxWeightOnlyConfig(
-        weight_dtype=getattr(torch, f"int{o.resolved_bits}"),
-        granularity=PerGroup(o.resolved_group_size),
-        mapping_type=MappingType.SYMMETRIC if o.resolved_symmetric else MappingType.ASYMMETRIC,
-    )
-
-
-def _is_torchao_weight(t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and hasattr(type(t), "__tensor_flatten__")
-
-
-def quantize_torchao(model: nn.Module, o: QuantizedOptions) -> dict[str, nn.Module]:
-    from torchao.quantization import quantize_
-
-    targets = {name for name, _ in _linear_targets(model, o.skip)}
-    quantize_(model, _torchao_config(o), filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and fqn in targets)
-    return {
-        name: mod
-        for name, mod in model.named_modules()
-        if name in targets and _is_torchao_weight(getattr(mod, "weight", None))
-    }
-
-
-def _bnb_layer(lin: nn.Linear, o: QuantizedOptions, device: torch.device) -> nn.Module:
-    import bitsandbytes as bnb
-
-    # the weight is quantized by .to(device) from a CPU copy (Int8Params only quantizes when moving off the CPU)
-    w = lin.weight.detach().to("cpu", copy=True)
-    has_bias = lin.bias is not None
-    if o.resolved_format == "int8":
-        new = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=has_bias, has_fp16_weights=False,
-                                  threshold=6.0, device="meta")  # fmt: skip
-        new.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
-    else:
-        new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=has_bias, compute_dtype=lin.weight.dtype,
-                                compress_statistics=False, quant_type="nf4", device="meta")  # fmt: skip
-        new.weight = bnb.nn.Params4bit(w, requires_grad=False, blocksize=o.resolved_group_size,
-                                       compress_statistics=False, quant_type="nf4", module=new)  # fmt: skip
-    if has_bias:
-        new.bias = nn.Parameter(lin.bias.detach().to("cpu", copy=True), requires_grad=False)
-    return new.to(device)
-
-
-class _DropRepeatedCastWarning(logging.Filter):
-    """bitsandbytes logs 'MatMul8bitLt: inputs will be cast ... to float16' on *every* int8 matmul call; the
-    engine states it once in its statistics instead of flooding the benchmark's output."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
-
-
-def _quiet_bnb_cast_warning() -> None:
-    lg = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _DropRepeatedCastWarning) for f in lg.filters):
-        lg.addFilter(_DropRepeatedCastWarning())
-
-
-def quantize_bnb(model: nn.Module, o: QuantizedOptions, device: torch.device) -> dict[str, nn.Module]:
-    _quiet_bnb_cast_warning()
-    targets = _linear_targets(model, o.skip)
-    if o.resolved_format == "nf4" and device.type == "cpu":
-        # bitsandbytes' CPU NF4 kernel splits every row into blocks: a ragged row fails deep inside it
-        g = o.resolved_group_size
-        ragged = [(name, lin.in_features) for name, lin in targets if lin.in_features % g]
-        if ragged:
-            fits = [x for x in o.spec.group_sizes if all(lin.in_features % x == 0 for _, lin in targets)]
-            raise EngineUnavailable(
-                f"group_size {g}: bitsandbytes nf4 on CPU needs a group size that divides every quantized layer's "
-                f"in_features ({ragged[0][0]} has {ragged[0][1]}); allowed for this model: {_join(fits) or 'none'}"
-            )
-    out = {}
-    for name, lin in targets:
-        new = _bnb_layer(lin, o, device)
-        _set_child(model, name, new)
-        out[name] = new
-    return out
-
-
-_BNB_PROBE: dict[tuple[str, str], str | None] = {}
-
-
-def bnb_probe(fmt: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str | None:
-    """Quantize and run one small layer of ``fmt`` on ``device`` in ``dtype``; None when it works, else why not."""
-    key = (fmt, device.type, dtype)
-    if key not in _BNB_PROBE:
-        try:
-            import bitsandbytes  # noqa: F401
-
-            o = QuantizedOptions(backend="bitsandbytes", format=fmt)
-            lin = nn.Linear(128, 64, bias=True, dtype=dtype)
-            layer = _bnb_layer(lin, o, device)
-            with torch.no_grad():
-                y = layer(torch.randn(2, 128, device=device, dtype=dtype))
-            if tuple(y.shape) != (2, 64) or not bool(torch.isfinite(y).all()):
-                raise RuntimeError(f"probe layer returned {tuple(y.shape)} / non-finite values")
-            _BNB_PROBE[key] = None
-        except Exception as err:  # noqa: BLE001 - any failure means: not usable here, with the reason
-            _BNB_PROBE[key] = (
-                f"bitsandbytes {_lib_version('bitsandbytes')} cannot run '{fmt}' on {device.type} "
-                f"({str(dtype).removeprefix('torch.')}): "
-                f"{type(err).__name__}: {err}"
-            )
-    return _BNB_PROBE[key]
-
-
-def quantize_rooflens(model: nn.Module, o: QuantizedOptions):
-    from rooflens.kernels import LowBitLinear, quantize_linear_layers
-
-    report = quantize_linear_layers(model, o.resolved_bits, o.resolved_group_size, bool(o.resolved_symmetric),
-                                    skip=o.skip, kernel=o.kernel or "auto")  # fmt: skip
-    layers = {name: model.get_submodule(name) for name in report.replaced_names}
-    assert all(isinstance(m, LowBitLinear) for m in layers.values())
-    return layers, report
 
 
 # ---------------------------------------------------------------------------- the engine
@@ -531,52 +219,7 @@ class QuantizationSummary:
 
 def options_unavailable_reason(o: QuantizedOptions, device: torch.device, dtype: str | None = None) -> str | None:
     """Why this backend/format cannot run on ``device`` with a model of ``dtype`` (None when it can)."""
-    b, fmt = o.backend, o.resolved_format
-    if b in ("torchao", "bitsandbytes") and importlib.util.find_spec(b) is None:
-        return f"backend '{b}' needs the Python package {b} ({PIP[b]})"
-    if b == "torchao":
-        if fmt == "int4_weight_only":
-            if device.type != "cuda":
-                return (
-                    f"torchao int4_weight_only needs CUDA (tinygemm kernel, int4_packing_format "
-                    f"'tile_packed_to_4d'); torchao {_lib_version('torchao')} has no CPU int4 packing ('opaque' "
-                    f"was removed, 'plain' needs the mslk package), not {device.type}"
-                )
-            if dtype is not None and dtype != "bfloat16":
-                return f"torchao int4_weight_only (tinygemm) needs dtype bfloat16, the model is {dtype}"
-        try:
-            import torchao.quantization  # noqa: F401
-        except Exception as err:  # noqa: BLE001
-            return f"torchao {_lib_version('torchao')} does not import with torch {torch.__version__}: {err}"
-    if b == "bitsandbytes":
-        return bnb_probe(fmt, device, getattr(torch, dtype or "float32", torch.float32))
-    if b == "rooflens" and o.kernel == "cpu":
-        from rooflens.kernels.cpu_lowbit import cpu_kernel_unavailable
-
-        if device.type != "cpu":
-            return f"kernel: cpu runs on the CPU, not {device.type}; use kernel: auto"
-        return cpu_kernel_unavailable()
-    if b == "rooflens" and o.kernel == "triton":
-        if importlib.util.find_spec("triton") is None:
-            return f"kernel: triton needs the Python package triton ({PIP['triton']})"
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            return "kernel: triton on CPU needs TRITON_INTERPRET=1 (the Triton interpreter, slow); use kernel: auto"
-    return None
-
-
-KERNEL_PATHS = {
-    "torch": "torch reference (dequantize every call + matmul in the activation dtype: a correctness path, not a fast one)",
-    "cpu": "torch's int4 CPU kernel (aten._weight_int4pack_mm_for_cpu): bf16 activations, scales and zeros; "
-    "3/2-bit codes run in the 4-bit layout, 8-bit codes as two 4-bit halves",
-    "triton": "Triton dequant-matmul kernel (rooflens.kernels.triton_lowbit)",
-}
-
-
-def _rooflens_kernel(layers: dict[str, nn.Module], device: torch.device) -> str:
-    """The forward path the rooflens layers take on ``device``, in words."""
-    paths = sorted({m.path(device) for m in layers.values()})
-    interp = " under TRITON_INTERPRET=1" if "triton" in paths and device.type == "cpu" else ""
-    return "; ".join(KERNEL_PATHS[p] for p in paths) + interp
+    return get_handler(o.backend).unavailable(o.spec(), device, dtype)
 
 
 @register
@@ -591,10 +234,12 @@ class QuantizedEngine(HFEngine):
 
     def __init__(self, options: QuantizedOptions, model: "LoadedModel"):
         super().__init__(options, model)
+        self.spec = options.spec()
+        self.handler = get_handler(options.backend)
         self._module: nn.Module | None = None
         self._layers: dict[str, nn.Module] = {}
         self.measured: QuantizationSummary | None = None
-        self.report = None  # rooflens backend: the QuantizationReport
+        self.report: QuantizationReport | None = None  # rooflens backend
 
     # -- availability
 
@@ -618,29 +263,25 @@ class QuantizedEngine(HFEngine):
         reason = self.unavailable_reason_here()
         if reason is not None:
             raise EngineUnavailable(reason)
-        o, original, device = self.options, self.model.model, self.model.device
+        spec, original, device = self.spec, self.model.model, self.model.device
         t0 = time.perf_counter()
-        dup = copy_for_quantization(original, o.skip)
+        dup = copy_for_quantization(original, spec.skip)
         t1 = time.perf_counter()
         with torch.no_grad():
-            if o.backend == "torchao":
-                layers = quantize_torchao(dup, o)
-            elif o.backend == "bitsandbytes":
-                layers = quantize_bnb(dup, o, device)
-            else:
-                layers, self.report = quantize_rooflens(dup, o)
+            layers = self.handler.quantize(dup, spec, device)
         synchronize(device)
         t2 = time.perf_counter()
         untie_from(dup, original)
         if not layers:
-            raise RuntimeError(f"{o.describe()}: no Linear layer of the model could be quantized")
+            raise RuntimeError(f"{self.options.describe()}: no Linear layer of the model could be quantized")
         dup.eval()
         self._smoke(dup)
-        targets = dict(_linear_targets(original, o.skip))
+        targets = dict(linear_targets(original, spec.skip))
         skipped = {name: f"matches skip entry {s!r}" for name, mod in original.named_modules()
-                   if isinstance(mod, nn.Linear) for s in o.skip if name == s or name.endswith("." + s)}  # fmt: skip
+                   if isinstance(mod, nn.Linear) and (s := skip_entry(name, spec.skip)) is not None}  # fmt: skip
         skipped.update({n: "left in the model dtype by the quantizer" for n in targets if n not in layers})
-        if self.report is not None:
+        if isinstance(self.handler, RooflensHandler):
+            self.report = self.handler.report
             skipped.update(self.report.skipped)
         total, qbytes = model_weight_bytes(dup, layers)
         self.measured = QuantizationSummary(
@@ -671,21 +312,10 @@ class QuantizedEngine(HFEngine):
         s, o = self.measured, self.options
         if s is None:
             return {}
-        if o.backend == "rooflens":
-            how = "exact: QuantizedWeight.storage_bytes (packed int32 codes + fp16 scales, + fp16 zero points if asymmetric)"
-        elif o.backend == "torchao":
-            how = ("exact: bytes of the inner tensors of torchao's tensor subclasses (__tensor_flatten__: qdata, "
-                   "scale, zero_point, ...)")  # fmt: skip
-        else:
-            how = ("bitsandbytes: int8 data + fp32 row scales (SCB) for int8; packed uint8 data + quant_state "
-                   "(absmax, code, nested state) for nf4; measured after one forward, since bitsandbytes "
-                   "repacks 4-bit weights for its CPU kernel at the first call (absmax becomes bf16)")  # fmt: skip
+        how = self.handler.storage_note(self.spec)
         out = {
             "format": EngineStat(value=o.describe(), description="backend, format, bits, group size, symmetry"),
-            "library": EngineStat(
-                value=f"{o.backend} {_lib_version(o.backend)}" if o.backend != "rooflens" else "rooflens.kernels",
-                description="the quantization library and its version",
-            ),
+            "library": EngineStat(value=self.handler.library(), description="the quantization library and its version"),
             "weight_storage_bytes": EngineStat(
                 value=s.total_bytes, unit="B",
                 description=f"all weights after quantization (dense parameters + quantized layers' storage); quantized layers: {how}",
@@ -732,11 +362,11 @@ class QuantizedEngine(HFEngine):
         else:
             desc = "the codes are stored at their nominal width (weight storage reflects the format)"
         out["emulated"] = EngineStat(value="true" if o.emulated else "false", description=desc)
-        notes = self._backend_notes()
+        notes = self.handler.notes(self.spec, self.module, self.model.device, self.model.info.dtype, compiled=o.compile)
         if notes:
             out["backend_notes"] = EngineStat(value="; ".join(notes), description="what the backend does here beyond its format")
-        if o.backend == "rooflens":
-            out["kernel"] = EngineStat(value=_rooflens_kernel(self._layers, self.model.device), description="LowBitLinear forward path")
+        if isinstance(self.handler, RooflensHandler):
+            out["kernel"] = EngineStat(value=kernel_path(self._layers, self.model.device), description="LowBitLinear forward path")
         read = self._read_bytes()
         out["weight_read_bytes_per_step"] = EngineStat(
             value=read, unit="B",
@@ -748,24 +378,6 @@ class QuantizedEngine(HFEngine):
     def _read_bytes(self) -> int:
         dtype = getattr(torch, self.model.info.dtype)
         return decode_read_bytes(self.module, self._layers, self.model.device, dtype)
-
-    def _backend_notes(self) -> list[str]:
-        o, dtype, device = self.options, self.model.info.dtype, self.model.device
-        notes = []
-        if o.backend == "bitsandbytes" and o.resolved_format == "int8" and dtype != "float16":
-            notes.append(f"LLM.int8 casts {dtype} weights (before quantizing) and activations to float16")
-        if o.backend == "bitsandbytes" and o.resolved_format == "nf4" and device.type == "cpu":
-            layer = next((m for m in self.module.modules() if hasattr(m, "support_avx512bf16_for_cpu")), None)
-            if layer is not None and layer.support_avx512bf16_for_cpu:
-                notes.append("this CPU has AVX512-BF16: bitsandbytes repacks NF4 weights for its CPU kernel (absmax in "
-                             "bf16) and runs single-row matmuls with bf16 activations")  # fmt: skip
-        if o.backend == "torchao" and device.type == "cpu" and not o.compile:
-            if o.resolved_format == "int8_dynamic":
-                notes.append("activations are quantized per token at every call, then aten::_int_mm (int8 GEMM)")
-            else:
-                notes.append("eager torchao weight-only on CPU dequantizes the weight on every call, then runs a "
-                             "dense matmul (torch.profiler: the dequantization takes most of each call)")  # fmt: skip
-        return notes
 
     def roofline_hints(self) -> RooflineHints:
         s, o = self.measured, self.options

@@ -1,0 +1,74 @@
+"""rooflens's own format: :func:`rooflens.kernels.quantize_linear_layers` swaps in ``LowBitLinear`` layers.
+
+* ``groupwise`` — packed group-wise codes, ``bits`` 8/4/3/2, ``group_size`` 32/64/128, ``symmetric`` or not
+  (see :mod:`rooflens.kernels.lowbit` for the exact layout and bits per weight).
+
+The forward path is the ``kernel`` of the spec (:data:`KERNEL_PATHS`): ``auto`` takes the Triton
+dequant-matmul kernel on CUDA and torch's int4 CPU kernel on the CPU, the plain-torch reference elsewhere.
+Usable on its own, e.g. to quantize one model at several bit widths::
+
+    get_handler("rooflens").quantize(model, QuantSpec("rooflens", "groupwise", bits=4, group_size=64,
+                                                      symmetric=True), device)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from rooflens.engines.quant.base import FormatSpec, QuantHandler, QuantSpec, missing_package
+from rooflens.kernels import LowBitLinear, QuantizationReport, quantize_linear_layers
+from rooflens.kernels.cpu_lowbit import cpu_kernel_unavailable
+
+KERNEL_PATHS = {
+    "torch": "torch reference (dequantize every call + matmul in the activation dtype: a correctness path, not a fast one)",
+    "cpu": "torch's int4 CPU kernel (aten._weight_int4pack_mm_for_cpu): bf16 activations, scales and zeros; "
+    "3/2-bit codes run in the 4-bit layout, 8-bit codes as two 4-bit halves",
+    "triton": "Triton dequant-matmul kernel (rooflens.kernels.triton_lowbit)",
+}
+
+
+def kernel_path(layers: dict[str, nn.Module], device: torch.device) -> str:
+    """The forward path the rooflens layers take on ``device``, in words."""
+    paths = sorted({m.path(device) for m in layers.values()})
+    interp = " under TRITON_INTERPRET=1" if "triton" in paths and device.type == "cpu" else ""
+    return "; ".join(KERNEL_PATHS[p] for p in paths) + interp
+
+
+class RooflensHandler(QuantHandler):
+    """The rooflens backend; :attr:`report` is the :class:`QuantizationReport` of the last :meth:`quantize`."""
+
+    name = "rooflens"
+    formats = {"groupwise": FormatSpec((4, 8, 3, 2), (32, 64, 128), 128, symmetric=True)}
+
+    def __init__(self) -> None:
+        self.report: QuantizationReport | None = None
+
+    def library(self) -> str:
+        return "rooflens.kernels"
+
+    def unavailable(self, spec: QuantSpec, device: torch.device, dtype: str | None = None) -> str | None:
+        if spec.kernel == "cpu":
+            if device.type != "cpu":
+                return f"kernel: cpu runs on the CPU, not {device.type}; use kernel: auto"
+            return cpu_kernel_unavailable()
+        if spec.kernel == "triton":
+            missing = missing_package("triton", "kernel: triton")
+            if missing is not None:
+                return missing
+            if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+                return "kernel: triton on CPU needs TRITON_INTERPRET=1 (the Triton interpreter, slow); use kernel: auto"
+        return None
+
+    def quantize(self, model: nn.Module, spec: QuantSpec, device: torch.device) -> dict[str, nn.Module]:
+        self.report = quantize_linear_layers(model, spec.bits, spec.group_size, bool(spec.symmetric),
+                                             skip=spec.skip, kernel=spec.kernel)  # fmt: skip
+        layers = {name: model.get_submodule(name) for name in self.report.replaced_names}
+        assert all(isinstance(m, LowBitLinear) for m in layers.values())
+        return layers
+
+    def storage_note(self, spec: QuantSpec) -> str:
+        return ("exact: QuantizedWeight.storage_bytes (packed int32 codes + fp16 scales, + fp16 zero points if "
+                "asymmetric)")  # fmt: skip
