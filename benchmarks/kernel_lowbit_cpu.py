@@ -64,6 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--bits", type=int, nargs="+", default=[8, 4, 3, 2])
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--models", nargs="+", default=["smollm2-135m", "llama-2-7b"])
+    p.add_argument("--shapes", nargs="+", default=None, help="subset of shape names (e.g. lm_head)")
     p.add_argument("--no-libraries", action="store_true", help="skip torchao / bitsandbytes / raw torch kernels")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
@@ -166,7 +167,7 @@ def run(args) -> list[Row]:
           f"median of {args.reps} passes over >= {args.rotate_mb:g} MiB of weights")  # fmt: skip
     rows: list[Row] = []
     gen = torch.Generator().manual_seed(0)
-    for model, name, n, k in (s for s in SHAPES if s[0] in args.models):
+    for model, name, n, k in (s for s in SHAPES if s[0] in args.models and (args.shapes is None or s[1] in args.shapes)):
         w = torch.randn(n, k, generator=gen) * 0.02
         for kind, build in kinds(w, args).items():
             try:
@@ -214,6 +215,7 @@ def draw(rows: list[Row], path: str) -> None:
     shapes = list(dict.fromkeys(f"{r.model}\n{r.shape}" for r in rows))
     kinds_ = [k for k in dict.fromkeys(r.kind for r in rows) if k != "fp32 F.linear"]
     width = 0.8 / max(1, len(kinds_))
+    colors = plt.get_cmap("tab20").colors
     for ax, m in zip(axes[0], ms):
         for j, kind in enumerate(kinds_):
             xs, ys = [], []
@@ -221,7 +223,7 @@ def draw(rows: list[Row], path: str) -> None:
                 if r.M == m and r.kind == kind:
                     xs.append(shapes.index(f"{r.model}\n{r.shape}") + (j - (len(kinds_) - 1) / 2) * width)
                     ys.append(r.speedup_vs_fp32)
-            ax.bar(xs, ys, width, label=kind)
+            ax.bar(xs, ys, width, label=kind, color=colors[j % len(colors)])
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set_xticks(range(len(shapes)), shapes, fontsize=7)
         ax.set_yscale("log")

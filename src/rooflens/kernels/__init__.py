@@ -3,7 +3,11 @@
 * :mod:`rooflens.kernels.lowbit` — format (quantize / pack / unpack / dequantize) and ``reference_linear``;
 * :mod:`rooflens.kernels.triton_lowbit` — ``lowbit_linear`` (Triton; imported lazily so that this package
   never needs triton, and so that ``TRITON_INTERPRET`` may be set any time before the first launch);
-* :mod:`rooflens.kernels.linear` — ``LowBitLinear`` and ``quantize_linear_layers``.
+* :mod:`rooflens.kernels.dispatch` — which Triton path (GEMV / flat GEMM / dense) a ``(M, N, K)`` takes, from
+  default or measured crossovers cached per GPU;
+* :mod:`rooflens.kernels.cpu_lowbit` — the CPU fast path: the format converted into torch's int4 CPU kernel;
+* :mod:`rooflens.kernels.linear` — ``LowBitLinear`` (picks Triton, the CPU kernel or the reference) and
+  ``quantize_linear_layers``.
 """
 from rooflens.kernels.linear import LowBitLinear, QuantizationReport, quantize_linear_layers
 from rooflens.kernels.lowbit import (

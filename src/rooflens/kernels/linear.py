@@ -96,27 +96,34 @@ class LowBitLinear(nn.Module):
             self._cpu_plan = plan_for(self.qweight.to("cpu"))
         return self._cpu_plan
 
-    def read_bytes(self, device: torch.device, act_dtype: torch.dtype) -> int:
-        """Weight bytes one forward on ``device`` reads (bias excluded), for the roofline.
+    def read_bytes(self, device: torch.device, act_dtype: torch.dtype, rows: int = 1) -> int:
+        """Weight bytes one forward of ``rows`` input rows on ``device`` reads (bias excluded), for the roofline.
 
-        Triton reads the format as stored; the CPU kernel its own layout (:attr:`CpuLowBitPlan.read_bytes`);
-        the reference reads the format, then writes and reads the dequantized weight in ``act_dtype``.
+        The CPU kernel reads its own layout (:attr:`CpuLowBitPlan.read_bytes`); Triton's GEMV and flat GEMM
+        the format as stored; the reference, and Triton's dense path (:func:`rooflens.kernels.dispatch.
+        choose_path`), also write and read back the dequantized weight in ``act_dtype``.
         """
         path = self.path(device)
         if path == "cpu":
             return self.cpu_plan().read_bytes
-        if path == "torch":
-            return self.storage_bytes + 2 * self.out_features * self.in_features * act_dtype.itemsize
-        return self.storage_bytes
+        dequantized = 2 * self.out_features * self.in_features * act_dtype.itemsize
+        if path == "triton":
+            from rooflens.kernels.dispatch import choose_path
+
+            dense = choose_path(rows, self.out_features, self.in_features, device) == "dense"
+            return self.storage_bytes + (dequantized if dense else 0)
+        return self.storage_bytes + dequantized
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self.path(x.device)
         if path == "cpu":
             return cpu_lowbit_linear(x, self.cpu_plan(), self.bias)
         if path == "triton":
+            from rooflens.kernels.dispatch import choose_path
             from rooflens.kernels.triton_lowbit import lowbit_linear
 
-            return lowbit_linear(x, self.qweight, self.bias)
+            flow = choose_path(x.shape[:-1].numel(), self.out_features, self.in_features, x.device)
+            return lowbit_linear(x, self.qweight, self.bias, path=flow)
         return reference_linear(x, self.qweight, self.bias)
 
     def extra_repr(self) -> str:

@@ -1,14 +1,22 @@
 """Triton dequantize-and-multiply kernel for rooflens's low-bit format (see :mod:`rooflens.kernels.lowbit`).
 
-``lowbit_linear(x, qw, bias)`` computes ``x @ dequantize(qw).T + bias`` for ``x [..., K]`` without ever
-materialising the dense weight: each program owns a ``BLOCK_N`` slice of output features (and ``BLOCK_M``
-rows of ``x``), walks K in ``BLOCK_K`` tiles, unpacks the codes from the int32 bit stream with shifts and
-masks, applies the per-group fp16 scale (and
-zero point) in fp32 and accumulates in fp32.  ``M == 1`` (decode GEMV) uses a broadcast-multiply + row
-reduction on CUDA cores; ``M > 1`` (flat GEMM, e.g. 2-16 rows) uses ``tl.dot`` with ``BLOCK_M = 16``
-(tensor cores on a GPU; fp16/bf16 inputs are fed to the dot in their own dtype, fp32 inputs with
-``input_precision="ieee"``).  Optional split-K (``SPLIT_K > 1``) partitions the K loop over a third grid
-axis and combines partial sums with fp32 ``atomic_add`` into a zeroed fp32 buffer — for GEMV shapes whose
+``lowbit_linear(x, qw, bias)`` computes ``x @ dequantize(qw).T + bias`` for ``x [M, K]`` (any leading dims)
+along one of three paths (``path=``; :mod:`rooflens.kernels.dispatch` picks one per ``(M, N, K)``):
+
+* ``"gemv"`` (default for ``M == 1``): one row of ``x`` per program (``BLOCK_M = 1``), broadcast-multiply
+  + row reduction on CUDA cores;
+* ``"flat"`` (default for ``M > 1``; FlashDecoding++'s flat GEMM for decode's ``M`` = 2..16): ``M`` padded
+  (by masking, no copy) to the minimum tensor-core tile ``BLOCK_M = 16`` and fed to ``tl.dot``, ``N``
+  split across programs, the K loop software-pipelined (``num_stages >= 2`` in every config: Triton's
+  double buffering).  fp16/bf16 inputs go to the dot in their own dtype, fp32 with ``input_precision="ieee"``;
+* ``"dense"``: dequantize the whole weight once into ``x.dtype`` (:func:`lowbit_dequantize`, the same
+  kernel body with ``DEQUANT``), then one cuBLAS matmul — for large ``M``.
+
+The kernel never materialises the dense weight on the first two paths: each program owns a ``BLOCK_N``
+slice of output features (and ``BLOCK_M`` rows of ``x``), walks K in ``BLOCK_K`` tiles, unpacks the codes
+from the int32 bit stream with shifts and masks, applies the per-group fp16 scale (and zero point) in fp32
+and accumulates in fp32.  Optional split-K (``SPLIT_K > 1``) partitions the K loop over a third grid axis
+and combines partial sums with fp32 ``atomic_add`` into a zeroed fp32 buffer — for shapes whose
 ``N / BLOCK_N`` alone would leave most SMs idle.
 
 Unpacking has two paths (constexpr ``WIDE_LOAD``): for 8/4/2-bit, load the tile's ``BLOCK_K * bits / 32``
@@ -23,10 +31,12 @@ How the kernel is built
 the interpreter (it benchmarks, which needs a GPU driver).  So the kernel body below is a plain function and
 is decorated lazily, on first launch, by :func:`get_kernel`:
 
-* real GPU driver and not interpreting -> ``triton.autotune(CUDA_CONFIGS, key=[M, N, K, ...])(triton.jit(f))``;
+* real GPU driver and not interpreting -> ``triton.autotune(cuda_configs(path), key=[M, N, K, ...])(
+  triton.jit(f))``, one autotuner per path with its own space (:data:`CUDA_SPACES`), so GEMV and flat-GEMM
+  tunings never mix;
 * ``TRITON_INTERPRET=1`` (CPU CI) -> ``triton.jit(f)`` with one fixed config (:data:`INTERPRET_CONFIG`).
 
-Both variants are cached per mode, so setting the env var at any time before the first launch works, even if
+All variants are cached per mode, so setting the env var at any time before the first launch works, even if
 ``triton`` itself was imported earlier.  Under the interpreter every tensor is on the CPU and the results are
 correctness-only (the interpreter is NumPy, timings are meaningless); loaded bf16/fp16 values are always
 upcast to fp32 before arithmetic (interpreted bf16 arithmetic is wrong).
@@ -54,38 +64,66 @@ except Exception as exc:  # pragma: no cover - depends on the environment
 
 __all__ = [
     "HAS_TRITON",
+    "PATHS",
+    "FLAT_BLOCK_M",
     "INTERPRET_CONFIG",
-    "CUDA_DEFAULT_CONFIG",
-    "CUDA_CONFIGS",
+    "CUDA_DEFAULT_CONFIGS",
+    "CUDA_SPACES",
     "interpreting",
     "gpu_driver_available",
     "triton_available",
     "get_kernel",
+    "lowbit_dequantize",
     "lowbit_linear",
 ]
 
+PATHS = ("gemv", "flat", "dense")  # see the module docstring
+FLAT_BLOCK_M = 16  # the flat path's M tile: tl.dot's (and the tensor cores') minimum
+
 # Fixed configuration used under TRITON_INTERPRET=1 (no autotune possible there).
 INTERPRET_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 64, "WIDE_LOAD": True}
-# Fixed configuration for CUDA launches that ask for no autotuning (``lowbit_linear(..., autotune=False)``).
-CUDA_DEFAULT_CONFIG = {"BLOCK_N": 64, "BLOCK_K": 128, "WIDE_LOAD": True, "num_warps": 4, "num_stages": 3}
+# Fixed CUDA configurations: the dense path's dequantize (one K tile per program, never autotuned) and
+# launches that ask for no autotuning (``lowbit_linear(..., autotune=False)``).
+CUDA_DEFAULT_CONFIGS = {
+    "gemv": {"BLOCK_N": 64, "BLOCK_K": 128, "WIDE_LOAD": True, "num_warps": 4, "num_stages": 3},
+    "flat": {"BLOCK_N": 64, "BLOCK_K": 128, "WIDE_LOAD": True, "num_warps": 4, "num_stages": 3},
+    "dense": {"BLOCK_N": 32, "BLOCK_K": 128, "WIDE_LOAD": True, "num_warps": 4, "num_stages": 1},
+}
 
-# Autotune space on CUDA: (BLOCK_N, BLOCK_K, WIDE_LOAD, num_warps, num_stages).  WIDE_LOAD=True loads each
-# tile's packed words contiguously and expands them in registers; False gathers one word per code (the
-# only path for 3-bit, whose codes straddle words; WIDE_LOAD is ignored there).  Which wins on a given GPU
-# is exactly what the autotuner is for: both are in the space.
-_CUDA_SPACE = [
-    (32, 64, True, 2, 3),
-    (32, 128, True, 4, 3),
-    (64, 64, True, 4, 3),
-    (64, 128, True, 4, 3),
-    (64, 256, True, 8, 3),
-    (128, 64, True, 4, 3),
-    (128, 128, True, 8, 3),
-    (16, 128, True, 2, 4),
-    (16, 256, True, 4, 4),
-    (32, 128, False, 4, 3),
-    (64, 128, False, 4, 3),
-]
+# Autotune spaces on CUDA, one per path: (BLOCK_N, BLOCK_K, WIDE_LOAD, num_warps, num_stages).
+# WIDE_LOAD=True loads each tile's packed words contiguously and expands them in registers; False gathers
+# one word per code (the only path for 3-bit, whose codes straddle words; WIDE_LOAD is ignored there).
+# Which wins on a given GPU is exactly what the autotuner is for: both are in the spaces.  The flat space
+# keeps num_stages >= 2 (double-buffered K tiles behind the tensor-core dot) and its dequantized
+# [BLOCK_N, BLOCK_K] tile within ~64 fp32 registers per thread.
+CUDA_SPACES = {
+    "gemv": [
+        (32, 64, True, 2, 3),
+        (32, 128, True, 4, 3),
+        (64, 64, True, 4, 3),
+        (64, 128, True, 4, 3),
+        (64, 256, True, 8, 3),
+        (128, 64, True, 4, 3),
+        (128, 128, True, 8, 3),
+        (16, 128, True, 2, 4),
+        (16, 256, True, 4, 4),
+        (32, 128, False, 4, 3),
+        (64, 128, False, 4, 3),
+    ],
+    "flat": [
+        (32, 128, True, 2, 3),
+        (64, 64, True, 4, 2),
+        (64, 64, True, 4, 4),
+        (64, 128, True, 4, 2),
+        (64, 128, True, 4, 3),
+        (128, 64, True, 4, 3),
+        (128, 128, True, 8, 2),
+        (128, 128, True, 8, 3),
+        (64, 256, True, 8, 2),
+        (64, 128, False, 4, 3),
+        (128, 64, False, 4, 3),
+    ],
+}
 
 
 def _interpret_env() -> bool:
@@ -140,7 +178,10 @@ def _lowbit_linear_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     WIDE_LOAD: tl.constexpr,
+    DEQUANT: tl.constexpr,
 ):
+    # DEQUANT (the dense path): store each dequantized tile as W^T -- the output for x = identity, so
+    # out[k, n] = W[n, k] -- instead of multiplying; x and bias are not read.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -213,31 +254,35 @@ def _lowbit_linear_kernel(
                 z = tl.load(zeros_ptr + gidx, mask=wmask, other=0.0).to(tl.float32)
                 wf = (qf - z) * s
 
-        # --- multiply-accumulate
-        xt = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        if BLOCK_M == 1:
-            acc += tl.sum(wf * xt.to(tl.float32), axis=1)[None, :]
-        else:
-            if DOT_F32:
-                acc += tl.dot(xt.to(tl.float32), tl.trans(wf), input_precision="ieee")
+        if DEQUANT:
+            tl.store(out_ptr + offs_k[None, :] * stride_om + offs_n[:, None] * stride_on,
+                     wf.to(out_ptr.dtype.element_ty), mask=wmask)
+        else:  # --- multiply-accumulate
+            xt = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=mask_m[:, None] & mask_k[None, :],
+                other=0.0,
+            )
+            if BLOCK_M == 1:
+                acc += tl.sum(wf * xt.to(tl.float32), axis=1)[None, :]
             else:
-                acc = tl.dot(xt, tl.trans(wf.to(xt.dtype)), acc)
+                if DOT_F32:
+                    acc += tl.dot(xt.to(tl.float32), tl.trans(wf), input_precision="ieee")
+                else:
+                    acc = tl.dot(xt, tl.trans(wf.to(xt.dtype)), acc)
 
-    if HAS_BIAS:
-        b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        if SPLIT_K > 1:  # only the first K partition adds the bias
-            b = b * (pid_k == 0).to(tl.float32)
-        acc += b[None, :]
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    omask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
-    else:
-        tl.atomic_add(out_ptrs, acc, mask=omask)
+    if not DEQUANT:
+        if HAS_BIAS:
+            b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            if SPLIT_K > 1:  # only the first K partition adds the bias
+                b = b * (pid_k == 0).to(tl.float32)
+            acc += b[None, :]
+        out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+        omask = mask_m[:, None] & mask_n[None, :]
+        if SPLIT_K == 1:
+            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+        else:
+            tl.atomic_add(out_ptrs, acc, mask=omask)
 
 
 # ------------------------------------------------------------------------------- lazy decoration / cache
@@ -256,33 +301,32 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-def cuda_configs():
+def cuda_configs(path: str) -> list:
+    """The ``triton.Config`` autotune space of ``path`` ("gemv" or "flat") on CUDA."""
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "WIDE_LOAD": wide}, num_warps=nw, num_stages=ns)
-        for bn, bk, wide, nw, ns in _CUDA_SPACE
+        for bn, bk, wide, nw, ns in CUDA_SPACES[path]
     ]
 
 
-CUDA_CONFIGS = _CUDA_SPACE  # the (BLOCK_N, BLOCK_K, WIDE_LOAD, num_warps, num_stages) tuples autotuned on CUDA
-
-
-def get_kernel(autotune: bool = True):
+def get_kernel(autotune: bool = True, path: str = "gemv"):
     """Return the kernel for the current mode, decorating on first use.
 
-    ``autotune=True`` gives the ``@triton.autotune`` wrapper, but only when a GPU driver is present and
-    Triton is not interpreting; otherwise (or with ``autotune=False``) the plain ``@triton.jit`` kernel,
-    to be launched with an explicit config.  Returns ``(kernel, autotuned)``.
+    ``autotune=True`` gives ``path``'s ``@triton.autotune`` wrapper (its own space and tuning cache), but
+    only when a GPU driver is present and Triton is not interpreting; otherwise (or with ``autotune=False``)
+    the plain ``@triton.jit`` kernel, shared by all paths, to be launched with an explicit config.  Returns
+    ``(kernel, autotuned)``.
     """
     if not HAS_TRITON:
         raise RuntimeError(f"triton is not importable ({_TRITON_IMPORT_ERROR!r}); install rooflens[kernels]")
     interp = interpreting()
     autotuned = bool(autotune) and (not interp) and gpu_driver_available()
-    key = (interp, autotuned)
+    key = (interp, path if autotuned else None)
     if key not in _KERNEL_CACHE:
         jitted = triton.jit(_lowbit_linear_kernel)
         if autotuned:
             kernel = triton.autotune(
-                configs=cuda_configs(),
+                configs=cuda_configs(path),
                 key=["M", "N", "K", "BITS", "GROUP_SIZE", "SYMMETRIC", "SPLIT_K", "HAS_BIAS"],
                 prune_configs_by={"early_config_prune": _prune_configs},
                 # split-K accumulates with atomic_add: zero the output before each benchmark run and after
@@ -298,6 +342,7 @@ def get_kernel(autotune: bool = True):
 # ---------------------------------------------------------------------------------------------- launcher
 
 _SUPPORTED_X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_CONFIG_KEYS = {"BLOCK_N", "BLOCK_K", "WIDE_LOAD", "num_warps", "num_stages"}
 
 
 def _auto_split_k(m_blocks: int, n: int, k: int, group_size: int, device: torch.device) -> int:
@@ -312,6 +357,57 @@ def _auto_split_k(m_blocks: int, n: int, k: int, group_size: int, device: torch.
     return split
 
 
+def _fixed_config(config: Optional[dict], path: str, interp: bool) -> dict:
+    """``config`` checked (or the mode's default for ``path``), with ``WIDE_LOAD`` filled in."""
+    cfg = dict(config) if config is not None else dict(INTERPRET_CONFIG if interp else CUDA_DEFAULT_CONFIGS[path])
+    if set(cfg) - _CONFIG_KEYS or not {"BLOCK_N", "BLOCK_K"} <= set(cfg):
+        raise ValueError(
+            f"config needs BLOCK_N and BLOCK_K (optional WIDE_LOAD, num_warps, num_stages), got {sorted(cfg)}")
+    cfg["WIDE_LOAD"] = bool(cfg.get("WIDE_LOAD", True))
+    for name in ("BLOCK_N", "BLOCK_K"):
+        v = cfg[name]
+        if not isinstance(v, int) or v < 16 or v & (v - 1):
+            raise ValueError(f"{name}={v!r} must be a power of two >= 16")
+    return cfg
+
+
+def _weight_args(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(packed, scales, zeros) as contiguous kernel arguments; zeros is a dummy (never read) when symmetric."""
+    zeros = qw.zeros if qw.zeros is not None else qw.scales
+    return qw.packed.contiguous(), qw.scales.contiguous(), zeros.contiguous()
+
+
+def _check_device(device: torch.device) -> None:
+    if not interpreting() and device.type != "cuda":
+        raise RuntimeError(
+            "lowbit_linear needs CUDA tensors, or TRITON_INTERPRET=1 for the CPU interpreter "
+            "(use rooflens.kernels.lowbit.reference_linear on CPU)"
+        )
+
+
+def lowbit_dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float16, *,
+                      config: Optional[dict] = None) -> torch.Tensor:
+    """Dense ``[N, K]`` weight in ``dtype``, computed by the kernel (``DEQUANT``) in fp32; equals
+    :func:`rooflens.kernels.lowbit.dequantize`.  One ``BLOCK_N x BLOCK_K`` tile per program; ``config`` as in
+    :func:`lowbit_linear` (default: ``CUDA_DEFAULT_CONFIGS["dense"]``, or :data:`INTERPRET_CONFIG`)."""
+    kernel, _ = get_kernel(autotune=False)
+    _check_device(qw.device)
+    cfg = _fixed_config(config, "dense", interpreting())
+    n, k = qw.shape
+    w = torch.empty((n, k), dtype=dtype, device=qw.device)
+    packed, scales, zeros = _weight_args(qw)
+    bn, tiles = cfg.pop("BLOCK_N"), triton.cdiv(k, cfg["BLOCK_K"])
+    wt = w.t()  # the kernel writes W^T [K, N] (the output for x = identity); x and bias: dummies, never read
+    kernel[(triton.cdiv(n, bn), 1, tiles)](
+        scales, packed, scales, zeros, scales, wt,
+        k, n, k,
+        0, 0, packed.stride(0), scales.stride(0), wt.stride(0), wt.stride(1),
+        BITS=qw.bits, GROUP_SIZE=qw.group_size, SYMMETRIC=qw.symmetric, HAS_BIAS=False, SPLIT_K=tiles,
+        DOT_F32=True, BLOCK_M=1, DEQUANT=True, BLOCK_N=bn, **cfg,
+    )
+    return w
+
+
 def lowbit_linear(
     x: torch.Tensor,
     qw: QuantizedWeight,
@@ -321,16 +417,18 @@ def lowbit_linear(
     split_k: Optional[int] = None,
     config: Optional[dict] = None,
     autotune: bool = True,
+    path: Optional[str] = None,
 ) -> torch.Tensor:
     """``x @ dequantize(qw).T + bias`` with the Triton kernel; fp32 accumulation, output in ``x.dtype``.
 
-    ``x``: ``[..., K]`` fp16/bf16/fp32 (``M`` = product of the leading dims; 1 = GEMV, up to ~16 = flat
-    GEMM, larger works too).  ``out``: optional preallocated ``[M, N]`` (or ``[..., N]``) contiguous output in
-    ``x.dtype``.  ``split_k``: partitions of the K loop (``None`` = heuristic on CUDA, 1 otherwise).
+    ``x``: ``[..., K]`` fp16/bf16/fp32 (``M`` = product of the leading dims).  ``path``: ``"gemv"``,
+    ``"flat"`` or ``"dense"`` (see the module docstring; :func:`rooflens.kernels.dispatch.choose_path` picks
+    one from measured crossovers); ``None`` = ``"gemv"`` for ``M == 1``, ``"flat"`` otherwise.  ``out``:
+    optional preallocated ``[M, N]`` (or ``[..., N]``) contiguous output in ``x.dtype``.  ``split_k``:
+    partitions of the K loop on the gemv/flat paths (``None`` = heuristic on CUDA, 1 otherwise).
     ``config``: an explicit ``{"BLOCK_N", "BLOCK_K"[, "WIDE_LOAD", "num_warps", "num_stages"]}`` (no
-    autotune; WIDE_LOAD defaults to True); otherwise
-    CUDA autotunes (unless ``autotune=False``: :data:`CUDA_DEFAULT_CONFIG`) and the interpreter uses
-    :data:`INTERPRET_CONFIG`.
+    autotune; WIDE_LOAD defaults to True); otherwise CUDA autotunes the gemv/flat paths in their own spaces
+    (unless ``autotune=False``: :data:`CUDA_DEFAULT_CONFIGS`) and the interpreter uses :data:`INTERPRET_CONFIG`.
     """
     if not isinstance(qw, QuantizedWeight):
         raise TypeError(f"qw must be a QuantizedWeight, got {type(qw).__name__}")
@@ -343,13 +441,10 @@ def lowbit_linear(
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     if qw.packed.device != x.device:
         raise ValueError(f"x is on {x.device} but the quantized weight is on {qw.packed.device}")
-    kernel, autotuned = get_kernel(autotune=autotune and config is None)
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path={path!r} is not one of {', '.join(PATHS)}")
     interp = interpreting()
-    if not interp and x.device.type != "cuda":
-        raise RuntimeError(
-            "lowbit_linear needs CUDA tensors, or TRITON_INTERPRET=1 for the CPU interpreter "
-            "(use rooflens.kernels.lowbit.reference_linear on CPU)"
-        )
+    _check_device(x.device)
 
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
@@ -364,7 +459,17 @@ def lowbit_linear(
     if m == 0 or n == 0:
         return out2.view(out_shape)
 
-    block_m = 1 if m == 1 else 16
+    path = path or ("gemv" if m == 1 else "flat")
+    if path == "dense":  # dequantize once, then cuBLAS
+        wt = lowbit_dequantize(qw, x.dtype, config=config).t()
+        if bias is None:
+            torch.mm(x2, wt, out=out2)
+        else:
+            torch.addmm(bias.to(x.dtype), x2, wt, out=out2)
+        return out2.view(out_shape)
+
+    kernel, autotuned = get_kernel(autotune=autotune and config is None, path=path)
+    block_m = 1 if path == "gemv" else FLAT_BLOCK_M
     m_blocks = triton.cdiv(m, block_m)
     if split_k is None:
         split_k = 1 if interp else _auto_split_k(m_blocks, n, k, qw.group_size, x.device)
@@ -378,11 +483,8 @@ def lowbit_linear(
     else:
         target = out2
 
-    zeros = qw.zeros if qw.zeros is not None else qw.scales  # dummy pointer when symmetric (never read)
-    bias_arg = bias if bias is not None else qw.scales  # dummy pointer when no bias (never read)
-    scales = qw.scales.contiguous()
-    zeros = zeros.contiguous()
-    packed = qw.packed.contiguous()
+    packed, scales, zeros = _weight_args(qw)
+    bias_arg = bias if bias is not None else scales  # dummy pointer when no bias (never read)
     args = (
         x2, packed, scales, zeros, bias_arg, target,
         m, n, k,
@@ -396,6 +498,7 @@ def lowbit_linear(
         SPLIT_K=split_k,
         DOT_F32=interp or x.dtype == torch.float32,
         BLOCK_M=block_m,
+        DEQUANT=False,
     )
     if autotuned:
 
@@ -404,19 +507,9 @@ def lowbit_linear(
 
         kernel[grid](*args, **meta)
     else:
-        cfg = dict(config) if config is not None else dict(INTERPRET_CONFIG if interp else CUDA_DEFAULT_CONFIG)
-        unknown = set(cfg) - {"BLOCK_N", "BLOCK_K", "WIDE_LOAD", "num_warps", "num_stages"}
-        if unknown or not {"BLOCK_N", "BLOCK_K"} <= set(cfg):
-            raise ValueError(
-                f"config needs BLOCK_N and BLOCK_K (optional WIDE_LOAD, num_warps, num_stages), got {sorted(cfg)}")
-        cfg["WIDE_LOAD"] = bool(cfg.get("WIDE_LOAD", True))
-        for name in ("BLOCK_N", "BLOCK_K"):
-            v = cfg[name]
-            if not isinstance(v, int) or v < 16 or v & (v - 1):
-                raise ValueError(f"{name}={v!r} must be a power of two >= 16")
+        cfg = _fixed_config(config, path, interp)
         bn = cfg.pop("BLOCK_N")
-        grid = (triton.cdiv(n, bn), m_blocks, split_k)
-        kernel[grid](*args, **meta, BLOCK_N=bn, **cfg)
+        kernel[(triton.cdiv(n, bn), m_blocks, split_k)](*args, **meta, BLOCK_N=bn, **cfg)
 
     if target is not out2:
         out2.copy_(target)

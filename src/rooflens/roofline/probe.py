@@ -289,7 +289,7 @@ def _available_bytes(dev: Any) -> int | None:
         return None
 
 
-def _device_name(dev: Any) -> str:
+def device_display_name(dev: Any) -> str:
     if dev.type == "cuda":
         import torch
 
@@ -297,7 +297,7 @@ def _device_name(dev: Any) -> str:
     return _detect_cpu()[0]
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -506,7 +506,7 @@ def probe(
                 f"warning: load average {load_avg[0]:.2f} on {cpus} CPUs: other processes "
                 "compete for cores and memory bandwidth, so the ceilings will read low"
             )
-    name = _device_name(dev)
+    name = device_display_name(dev)
     timer, timer_name = _make_timer(dev, clock)
     gen = torch.Generator(device=dev)
     gen.manual_seed(0)
@@ -537,7 +537,7 @@ def probe(
                 if isinstance(exc, ProbeError):
                     raise
                 skipped[dtype] = (
-                    f"not supported by torch {torch.__version__} on {dev}: {_first_line(exc)}"
+                    f"not supported by torch {torch.__version__} on {dev}: {first_line(exc)}"
                 )
                 say(f"gemm {dtype}: skipped ({skipped[dtype]})")
                 continue
@@ -575,12 +575,12 @@ def probe(
 # --------------------------------------------------------------------------- storage
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     slug = "-".join(re.findall(r"[a-z0-9]+", text.lower()))
     return slug or "unknown-device"
 
 
-def _home(root: Path | None) -> Path:
+def rooflens_home(root: Path | None) -> Path:
     if root is not None:
         return Path(root)
     env = os.environ.get("ROOFLENS_HOME")
@@ -593,7 +593,7 @@ def probe_path(device_name: str, root: Path | None = None) -> Path:
     ``root`` defaults to ``$ROOFLENS_HOME`` or ``~/.config/rooflens`` (a user file, never the
     package).
     """
-    return _home(root) / "probes" / f"{_slug(device_name)}.json"
+    return rooflens_home(root) / "probes" / f"{slug(device_name)}.json"
 
 
 def save_probe(result: ProbeResult, root: Path | None = None) -> Path:
@@ -630,4 +630,4 @@ def load_probe(device_name: str, root: Path | None = None) -> ProbeResult | None
     try:
         return ProbeResult.model_validate_json(text)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ValueError(f"{path}: not a valid probe result ({_first_line(exc)})") from exc
+        raise ValueError(f"{path}: not a valid probe result ({first_line(exc)})") from exc
