@@ -269,9 +269,13 @@ def test_the_timed_path_starts_no_thread(test_engines, tiny_llama):
 def test_cpu_peak_memory_sees_an_allocation_made_and_freed_inside_the_window():
     from rooflens.bench.memory import PeakMemory
 
+    import mmap
+
     with PeakMemory(CPU) as mem:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched, then freed before the window closes
-        del block
+        # 64 MiB of fresh pages (an allocator could reuse resident memory it keeps), touched, then freed
+        block = mmap.mmap(-1, 64 * 2**20)
+        block[:: mmap.PAGESIZE] = b"x" * (64 * 2**20 // mmap.PAGESIZE)
+        block.close()
     if "high-water mark" in mem.result.how:
         assert mem.result.peak_bytes - mem.result.baseline_bytes >= 60 * 2**20
     else:  # no resettable VmHWM on this kernel: the record says that peaks in between are missed
