@@ -32,17 +32,21 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _write_text(path: Path, text: str, what: str) -> None:
-    """Write ``text`` to ``path`` ('-' = stdout), or exit 2 saying why it cannot be written."""
+def _unwritable(what: str, path: Path, err: OSError) -> None:
     from rooflens.results.store import describe_os_error
 
+    _fail(f"{what} {path}: cannot write there ({describe_os_error(err)})")
+
+
+def _write_text(path: Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path`` ('-' = stdout), or exit 2 saying why it cannot be written."""
     if str(path) == "-":
         print(text)
         return
     try:
         path.write_text(text)
     except OSError as err:
-        _fail(f"{what} {path}: cannot write there ({describe_os_error(err)})")
+        _unwritable(what, path, err)
 
 
 def _device(value: str) -> str:
@@ -173,12 +177,11 @@ def run(
 
 def _render_report(records: list, out: Path, name: str) -> Path:
     from rooflens.reports.html import render_html
-    from rooflens.results.store import describe_os_error
 
     try:
         path = render_html(records, out, name)
     except OSError as err:
-        _fail(f"report folder {out}: cannot write there ({describe_os_error(err)})")
+        _unwritable("report folder", out, err)
     console.print(f"report: {path} ({len(records)} records; PNGs in {path.with_suffix('')})")
     return path
 
@@ -415,9 +418,7 @@ def roofline(
                 png.parent.mkdir(parents=True, exist_ok=True)
                 fig.savefig(png, dpi=110)
             except OSError as err:
-                from rooflens.results.store import describe_os_error
-
-                _fail(f"--png {png}: cannot write there ({describe_os_error(err)})")
+                _unwritable("--png", png, err)
         (console if not as_json else err_console).print(f"chart: {png}")
 
 
