@@ -352,3 +352,15 @@ def test_the_lm_head_can_be_quantized_and_a_tied_embedding_keeps_its_table():
     plain.prepare()
     saved = plain.stats()["weight_read_bytes_per_step"].value - engine.stats()["weight_read_bytes_per_step"].value
     assert saved == table.numel() * 4 - head.cpu_plan().read_bytes
+
+
+def test_the_memory_pre_check_counts_the_quantized_copy(tiny_llama):
+    """The estimate bounds what prepare() really holds: the copy's dense weights plus the quantized layers."""
+    o = QuantizedOptions(bits=4, group_size=32)
+    estimate, what = QuantizedEngine.extra_weight_bytes(o, tiny_llama)
+    engine = QuantizedEngine(o, tiny_llama)
+    engine.prepare()
+    plans = sum(m.cpu_plan().read_bytes for m in engine._layers.values())
+    held = engine.measured.total_bytes + plans  # the format's storage + the CPU kernel's layout
+    assert "quantized copy (rooflens groupwise 4-bit g32 sym)" == what
+    assert held <= estimate <= 1.3 * held

@@ -243,6 +243,19 @@ class QuantizedEngine(HFEngine):
 
     # -- availability
 
+    @classmethod
+    def extra_weight_bytes(cls, options: QuantizedOptions, model: "LoadedModel") -> tuple[int, str]:  # type: ignore[override]
+        """The quantized copy: every weight not quantized is copied, the quantized ones take their codes (at
+        least a byte each below 8 bits where emulated) plus a quarter for scales, zero points, and the CPU
+        kernel's own layout beside rooflens's format; an estimate for the memory pre-check."""
+        targets = linear_targets(model.model, options.skip)
+        target_params = sum(lin.weight.numel() for _, lin in targets)
+        target_bytes = sum(lin.weight.numel() * lin.weight.element_size() for _, lin in targets)
+        code_bits = 8 if options.emulated else options.resolved_bits
+        layouts = 2 if options.backend == "rooflens" and model.device.type == "cpu" else 1
+        quantized = int(target_params * code_bits / 8 * 1.25 * layouts)
+        return model.info.param_bytes - target_bytes + quantized, f"quantized copy ({options.describe()})"
+
     def unavailable_reason_here(self) -> str | None:
         """Like :meth:`unavailable_reason`, for these options (backend, format, kernel)."""
         return self.unavailable_reason(self.model.device, self.model) or options_unavailable_reason(
