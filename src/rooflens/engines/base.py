@@ -122,6 +122,10 @@ class Engine(ABC):
     requires_packages: ClassVar[tuple[str, ...]] = ()
     supports_batch: ClassVar[bool] = True
     needs_real_weights: ClassVar[bool] = False
+    # greedy output token for token equal to the hf baseline's (checked by the engine contract test)
+    lossless: ClassVar[bool] = False
+    # option sets that run on a CPU with a tiny random-weight model: the engine contract test runs each
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def __init__(self, options: EngineOptions, model: "LoadedModel"):
         self.options = options

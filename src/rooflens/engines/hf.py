@@ -51,6 +51,8 @@ class HFEngine(Engine):
     name = "hf"
     summary = "Hugging Face generate(), greedy, eager (the baseline); optional static cache + torch.compile"
     Options = HFOptions
+    lossless = True  # it is the reference
+    examples = ({}, {"cache": "static"})
 
     @property
     def module(self) -> torch.nn.Module:

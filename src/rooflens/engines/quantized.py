@@ -231,6 +231,8 @@ class QuantizedEngine(HFEngine):
     )
     Options = QuantizedOptions
     options: QuantizedOptions
+    lossless = False
+    examples = ({"bits": 4, "group_size": 32}, {"bits": 8, "group_size": 32, "lm_head": True, "kernel": "torch"})
 
     def __init__(self, options: QuantizedOptions, model: "LoadedModel"):
         super().__init__(options, model)

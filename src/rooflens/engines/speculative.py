@@ -429,6 +429,8 @@ class SpeculativeEngine(Engine):
     )
     Options = SpeculativeOptions
     supports_batch = False
+    lossless = True  # greedy: the target's argmax decides every kept token
+    examples = ({"draft": "self:2", "gamma": 3}, {"proposer": "prompt_lookup", "gamma": 2})
 
     options: SpeculativeOptions
 
