@@ -8,26 +8,9 @@ import torch
 from pydantic import Field, model_validator
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import CompileConfig
-from transformers.generation.streamers import BaseStreamer
 
 from rooflens.engines.base import Engine, EngineOptions, TokenClock, register
-
-
-class ClockStreamer(BaseStreamer):
-    """Feeds ``generate``'s streamer calls to a TokenClock: the first call is the prompt, then one per step."""
-
-    def __init__(self, clock: TokenClock):
-        self.clock = clock
-        self._seen_prompt = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._seen_prompt:
-            self._seen_prompt = True
-            return
-        self.clock.tokens(1)
-
-    def end(self) -> None:
-        pass
+from rooflens.engines.decoding import ClockStreamer, greedy_config
 
 
 class HFOptions(EngineOptions):
@@ -63,26 +46,14 @@ class HFEngine(Engine):
         return self.module
 
     def generation_config(self, max_new_tokens: int) -> GenerationConfig:
-        cfg = self.module.config
-        gc = GenerationConfig(
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens,  # masks EOS: every run has the same length
-            eos_token_id=getattr(cfg, "eos_token_id", None),
-            pad_token_id=getattr(cfg, "pad_token_id", None) or getattr(cfg, "eos_token_id", None),
-            use_cache=True,
-            cache_implementation="static" if self.options.cache == "static" else None,
-        )
+        cc = None
         if self.options.compile:
             cc = CompileConfig(fullgraph=True, mode=self.options.compile_mode)
             # transformers only auto-compiles on accelerators; this (documented-as-testing) flag
             # extends it to the CPU so that `compile: true` means the same thing everywhere.
             cc._compile_all_devices = True
-            gc.compile_config = cc
-        else:
-            gc.disable_compile = True  # a static cache alone would otherwise be compiled on CUDA
-        return gc
+        static = self.options.cache == "static"
+        return greedy_config(self.module, max_new_tokens, static_cache=static, compile_config=cc)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:

@@ -36,7 +36,6 @@ looked-up token.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import re
 import time
@@ -44,7 +43,6 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
-from transformers.generation.streamers import BaseStreamer
 
 from rooflens.engines.base import (
     Engine,
@@ -54,6 +52,18 @@ from rooflens.engines.base import (
     TokenClock,
     register,
     synchronize,
+)
+from rooflens.engines.decoding import (
+    ClockStreamer,
+    crop_cache,
+    decoder_layers,
+    eos_token_ids,
+    greedy_config,
+    hooks,
+    last_logits,
+    mask_eos,
+    new_cache,
+    truncated_model,
 )
 from rooflens.models.catalog import shipped_config_names
 from rooflens.text import quote
@@ -150,59 +160,6 @@ class SpeculativeOptions(EngineOptions):
 # ---------------------------------------------------------------------------- drafts
 
 
-def _shallow_module_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A new module object sharing every parameter, buffer and child with ``module``.
-
-    Its child / parameter / hook tables are its own, so replacing a child or registering a hook
-    on the copy does not touch the original (and vice versa).
-    """
-    new = copy.copy(module)
-    for key, value in list(new.__dict__.items()):
-        if key.startswith("_") and isinstance(value, (dict, set)):
-            new.__dict__[key] = copy.copy(value)
-    return new
-
-
-def decoder_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
-    """(base model, attribute name, layer list) of a decoder-only causal LM."""
-    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    for attr in ("layers", "h"):
-        layers = getattr(base, attr, None) if base is not None else None
-        if isinstance(layers, torch.nn.ModuleList):
-            return base, attr, layers
-    raise ValueError(
-        f"draft 'self:<k>' needs a decoder whose layers are a ModuleList at <base>.layers or <base>.h; "
-        f"{type(model).__name__} has none"
-    )
-
-
-def truncated_model(model: torch.nn.Module, k: int) -> torch.nn.Module:
-    """The first ``k`` layers of ``model`` + its embeddings, final norm and LM head; no weight is copied.
-
-    A shallow copy of the CausalLM and of its base model whose layer list is a slice of the
-    target's and whose config (a copy) says ``num_hidden_layers = k``. It has its own
-    ``generation_config``, and any KV cache made for it (``DynamicCache(config=draft.config)``)
-    is separate from the target's.
-    """
-    base, attr, layers = decoder_layers(model)
-    n = len(layers)
-    if not 1 <= k < n:
-        raise ValueError(f"draft 'self:{k}': the target has {n} layers; k must be in 1..{n - 1}")
-    cfg = copy.deepcopy(model.config)
-    cfg.num_hidden_layers = k
-    if isinstance(getattr(cfg, "layer_types", None), list):
-        cfg.layer_types = cfg.layer_types[:k]
-    new_base = _shallow_module_copy(base)
-    setattr(new_base, attr, torch.nn.ModuleList(list(layers)[:k]))
-    new_base.config = cfg
-    new = _shallow_module_copy(model)
-    setattr(new, model.base_model_prefix, new_base)
-    new.config = cfg
-    if getattr(model, "generation_config", None) is not None:
-        new.generation_config = copy.deepcopy(model.generation_config)
-    return new
-
-
 def build_draft(spec: str, target: torch.nn.Module, seed: int = 0) -> tuple[torch.nn.Module, str]:
     """The draft model named by ``spec`` on the target's device and dtype, and a description of it."""
     from transformers import AutoModelForCausalLM
@@ -236,29 +193,6 @@ def build_draft(spec: str, target: torch.nn.Module, seed: int = 0) -> tuple[torc
             f"draft {spec!r} has vocab size {dv}, the target has {tv}: a draft must share the target's tokenizer/vocab"
         )
     return draft, note
-
-
-def eos_token_ids(model: torch.nn.Module) -> list[int]:
-    """The EOS ids the ``hf`` baseline masks (model.config first, then model.generation_config)."""
-    eos = getattr(model.config, "eos_token_id", None)
-    if eos is None and getattr(model, "generation_config", None) is not None:
-        eos = model.generation_config.eos_token_id
-    ids = eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
-    vocab = int(model.config.vocab_size)
-    return sorted({int(i) for i in ids if 0 <= int(i) < vocab})
-
-
-def _new_cache(model: torch.nn.Module):
-    from transformers import DynamicCache
-
-    return DynamicCache(config=model.config)
-
-
-def _crop_to(cache: Any, length: int) -> None:
-    """Roll ``cache`` back to ``length`` tokens (transformers 5: ``crop(-n)`` removes the last n)."""
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)
 
 
 def lookup_ngram(seq: torch.Tensor, g: int, min_n: int, max_n: int) -> torch.Tensor:
@@ -390,33 +324,6 @@ def _stats(c: _Counters, hf: bool) -> dict[str, EngineStat]:
     return dict(sorted(s.items()))
 
 
-# ---------------------------------------------------------------------------- HF streamer
-
-
-class CountingClockStreamer(BaseStreamer):
-    """Like hf.ClockStreamer, but counts the tokens in each put (assisted generation puts several at once)."""
-
-    def __init__(self, clock: TokenClock):
-        self.clock = clock
-        self._seen_prompt = False
-        self.puts = 0
-        self.tokens = 0
-        self.sizes: list[int] = []
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._seen_prompt:
-            self._seen_prompt = True
-            return
-        n = int(value.shape[-1]) if value.dim() >= 2 else 1
-        self.puts += 1
-        self.tokens += n
-        self.sizes.append(n)
-        self.clock.tokens(n)
-
-    def end(self) -> None:
-        pass
-
-
 # ---------------------------------------------------------------------------- the engine
 
 
@@ -539,14 +446,8 @@ class SpeculativeEngine(Engine):
             return self._generate_hf(input_ids, max_new_tokens, clock)
         return self._generate_loop(input_ids, max_new_tokens, clock)
 
-    def _mask(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self._eos:
-            logits[..., self._eos] = float("-inf")
-        return logits
-
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self._mask(logits) / self.options.temperature, dim=-1)
+        return torch.softmax(mask_eos(logits, self._eos) / self.options.temperature, dim=-1)
 
     def _generate_loop(self, input_ids: torch.Tensor, N: int, clock: TokenClock) -> torch.Tensor:
         opts = self.options
@@ -566,12 +467,12 @@ class SpeculativeEngine(Engine):
         # prefill: the first token, exactly as plain decoding gives it
         synchronize(device)
         t0 = time.perf_counter()
-        tcache = _new_cache(target)
-        logits = target(input_ids=input_ids, past_key_values=tcache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        tcache = new_cache(target)
+        logits = last_logits(target, input_ids, tcache)[0]
         if sample:
             first = torch.multinomial(self._probs(logits), 1, generator=gen)
         else:
-            first = self._mask(logits).argmax(-1, keepdim=True)
+            first = mask_eos(logits, self._eos).argmax(-1, keepdim=True)
         seq[0, cur] = first[0]
         cur += 1
         synchronize(device)
@@ -579,7 +480,7 @@ class SpeculativeEngine(Engine):
         c.target_passes += 1
         clock.tokens(1)
 
-        dcache = _new_cache(draft) if draft is not None else None
+        dcache = new_cache(draft) if draft is not None else None
         gamma = opts.gamma
         gmax = opts.effective_gamma_max
         while cur - L < N:
@@ -594,14 +495,14 @@ class SpeculativeEngine(Engine):
                 toks, qs = [], []
                 feed = seq[:, dcache.get_seq_length() : cur]
                 for _ in range(g):
-                    dl = draft(input_ids=feed, past_key_values=dcache, use_cache=True, logits_to_keep=1).logits[0, -1]
+                    dl = last_logits(draft, feed, dcache)[0]
                     c.draft_passes += 1
                     if sample:
                         qi = self._probs(dl)
                         x = torch.multinomial(qi, 1, generator=gen)
                         qs.append(qi)
                     else:
-                        x = self._mask(dl).argmax(-1, keepdim=True)
+                        x = mask_eos(dl, self._eos).argmax(-1, keepdim=True)
                     toks.append(x)
                     feed = x.view(1, 1)
                 drafts = torch.cat(toks)
@@ -638,7 +539,7 @@ class SpeculativeEngine(Engine):
                 else:
                     nxt = torch.multinomial(p[g], 1, generator=gen)
             else:
-                choice = self._mask(tl).argmax(-1)  # [g + 1]
+                choice = mask_eos(tl, self._eos).argmax(-1)  # [g + 1]
                 if g:
                     ok = (choice[:g] == drafts).tolist()
                     n = ok.index(False) if False in ok else g
@@ -648,9 +549,9 @@ class SpeculativeEngine(Engine):
             seq[0, cur : cur + n] = drafts[:n]
             seq[0, cur + n] = nxt[0]
             cur += n + 1
-            _crop_to(tcache, cur - 1)
+            crop_cache(tcache, cur - 1)
             if dcache is not None:
-                _crop_to(dcache, min(dcache.get_seq_length(), cur - 1))
+                crop_cache(dcache, min(dcache.get_seq_length(), cur - 1))
             synchronize(device)
             c.verify_time += time.perf_counter() - t1
             c.target_passes += 1
@@ -668,12 +569,10 @@ class SpeculativeEngine(Engine):
     # -- HF assisted generation (the reference implementation)
 
     def _generate_hf(self, input_ids: torch.Tensor, N: int, clock: TokenClock) -> torch.Tensor:
-        from rooflens.engines.hf import HFEngine, HFOptions
-
         opts = self.options
         target = self.model.model
         device = input_ids.device
-        gc = HFEngine(HFOptions(), self.model).generation_config(N)
+        gc = greedy_config(target, N)
         if opts.do_sample:
             gc.do_sample = True
             gc.temperature = opts.temperature
@@ -732,19 +631,19 @@ class SpeculativeEngine(Engine):
             synchronize(device)
             times[r] += time.perf_counter() - t0
 
-        handles = [layers[-1].register_forward_pre_hook(last_layer_pre, with_kwargs=True)]
-        if opts.mode == "early_exit":
-            handles.append(target.register_forward_pre_hook(top_pre("auto")))
-            handles.append(target.register_forward_hook(top_post))
-        else:
-            handles.append(target.register_forward_pre_hook(top_pre("target")))
-            handles.append(target.register_forward_hook(top_post))
-            if self.draft is not None:
-                handles.append(self.draft.register_forward_pre_hook(top_pre("draft")))
-                handles.append(self.draft.register_forward_hook(top_post))
-        streamer = CountingClockStreamer(clock)
+        streamer = ClockStreamer(clock)
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with hooks() as handles, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                handles.append(layers[-1].register_forward_pre_hook(last_layer_pre, with_kwargs=True))
+                if opts.mode == "early_exit":
+                    handles.append(target.register_forward_pre_hook(top_pre("auto")))
+                    handles.append(target.register_forward_hook(top_post))
+                else:
+                    handles.append(target.register_forward_pre_hook(top_pre("target")))
+                    handles.append(target.register_forward_hook(top_post))
+                    if self.draft is not None:
+                        handles.append(self.draft.register_forward_pre_hook(top_pre("draft")))
+                        handles.append(self.draft.register_forward_hook(top_post))
                 torch.manual_seed(opts.seed + self._calls)
                 out = target.generate(
                     input_ids,
@@ -754,8 +653,6 @@ class SpeculativeEngine(Engine):
                     **kwargs,
                 )
         finally:
-            for h in handles:
-                h.remove()
             for obj, name, old in reversed(restore):
                 setattr(obj, name, old)
         new = out[:, input_ids.shape[1] :]
