@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 if TYPE_CHECKING:
     from rooflens.config import EngineSpec
     from rooflens.models.loader import LoadedModel
+    from rooflens.roofline.analytic import OpCost
 
 ENTRY_POINT_GROUP = "rooflens.engines"
 
@@ -96,13 +97,15 @@ class RooflineHints:
     ``weight_bits``: bits per weight incl. scales/zeros; ``layers_executed``: mean decoder layers
     run per token (early exit); ``tokens_per_pass``: tokens kept per target decode pass and
     ``tokens_verified_per_pass``: tokens that pass processes (speculative verification: accepted+1
-    of gamma+1); ``note``: what the analytic model leaves out (e.g. draft cost).
+    of gamma+1); ``extra_ops``: the engine's own work per decode pass (an early-exit draft head,
+    predictors), added to the pass's analytic cost; ``note``: what the analytic model leaves out.
     """
 
     weight_bits: float | None = None
     layers_executed: float | None = None
     tokens_per_pass: float | None = None
     tokens_verified_per_pass: float | None = None
+    extra_ops: tuple["OpCost", ...] = ()
     note: str = ""
 
 
@@ -186,7 +189,12 @@ class Engine(ABC):
 
 _REGISTRY: dict[str, type[Engine]] = {}
 _LOADED = False
-_BUILTIN_MODULES = ("rooflens.engines.hf", "rooflens.engines.speculative", "rooflens.engines.quantized")
+_BUILTIN_MODULES = (
+    "rooflens.engines.hf",
+    "rooflens.engines.speculative",
+    "rooflens.engines.quantized",
+    "rooflens.engines.early_exit",
+)
 _ENTRY_POINT_ERRORS: dict[str, str] = {}
 
 

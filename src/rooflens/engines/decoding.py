@@ -209,6 +209,26 @@ def forward_layers(
     return i, hidden
 
 
+def write_kv(stack: LayerStack, hidden: torch.Tensor, positions: torch.Tensor, cache: Any, layers: range) -> None:
+    """Append to ``cache``, for each layer in ``layers``, the K/V that layer computes from ``hidden`` as its input.
+
+    Early exit's KV fill: the layers after an exit get an entry computed from the exit layer's hidden
+    state (CALM's state propagation) at the cost of their K and V projections only.
+    """
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cos, sin = stack.rotary_emb(hidden, position_ids=positions.view(1, -1))
+    for j in layers:
+        layer = stack.layers[j]
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        shape = (*x.shape[:-1], -1, attn.head_dim)
+        k = attn.k_proj(x).view(shape).transpose(1, 2)
+        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        _, k = apply_rotary_pos_emb(k, k, cos, sin)
+        cache.update(k, v, j)
+
+
 # ---------------------------------------------------------------------------- self-drafts
 
 

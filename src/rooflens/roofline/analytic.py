@@ -554,11 +554,13 @@ def decode_cost(
     precision: Precision = Precision(),
     new_tokens: int = 1,
     layers_executed: float | None = None,
+    extra_ops: tuple[OpCost, ...] = (),
 ) -> PhaseCost:
     """One decode pass: ``new_tokens`` tokens per sequence (1 = plain decoding, k = a speculative
     verification of k tokens) attending to ``context_len`` cached tokens plus themselves.
 
     Under a sliding window the cache holds at most ``window - 1`` tokens. Every new token gets logits.
+    ``extra_ops`` (an engine's own work per pass, e.g. an early-exit draft head) are added as they are.
     """
     _positive(batch=batch, new_tokens=new_tokens)
     if context_len < 0:
@@ -567,6 +569,7 @@ def decode_cost(
     kv_len = cached + new_tokens
     ops = _layer_ops(shape, batch, new_tokens, kv_len, precision)
     ops += _model_ops(shape, batch, new_tokens, batch * new_tokens, precision)
+    ops += list(extra_ops)
     return PhaseCost("decode", batch, new_tokens, kv_len, tuple(ops), _layers(shape, layers_executed))
 
 

@@ -97,7 +97,7 @@ def roofline_position(
     layers = hints.layers_executed
     prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=precision)
     decode = decode_cost(shape, batch=batch, context_len=context, precision=precision,
-                         new_tokens=verified, layers_executed=layers)  # fmt: skip
+                         new_tokens=verified, layers_executed=layers, extra_ops=hints.extra_ops)  # fmt: skip
     return RooflineResult(
         analytic_model=ANALYTIC,
         weight_bits=precision.weight_bits,

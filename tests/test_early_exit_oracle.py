@@ -7,7 +7,7 @@ import torch
 
 from rooflens.bench.prompts import make_prompts
 from rooflens.engines.base import TokenClock
-from rooflens.engines.exit_oracle import oracle_exits
+from rooflens.engines.early_exit.oracle import oracle_exits
 from rooflens.engines.hf import HFEngine, HFOptions
 
 N_NEW = 8
