@@ -233,3 +233,21 @@ def test_hw_device_options_are_checked():
     for cmd in (["hw", "detect", "--device", "bogus"], ["hw", "probe", "--device", "cuda:²", "--no-save"]):
         r = runner.invoke(app, cmd)
         assert r.exit_code == 2 and "allowed auto, cpu, cuda, cuda:N" in r.output and "Traceback" not in r.output
+
+
+def test_train_early_exit_caches_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path))
+    args = ["train", "early-exit", "shape:tiny-llama", "--prompts", "3", "--prompt-len", "6", "--gen-len", "4",
+            "--draft-vocab", "64", "--predictor-epochs", "5", "--draft-epochs", "1"]  # fmt: skip
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "trained and saved" in first.output and "candidate_hit_rate_validation" in first.output
+    assert list((tmp_path / "early-exit").glob("shape-tiny-llama-*.pt"))
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "already cached" in again.output
+    for bad, says in ((["--draft", "eagle"], "--draft: draft 'eagle' does not exist"), (["--k", "0"], "--k: Input should be"),
+                      (["--dtype", "int3"], "--dtype 'int3': allowed float32")):  # fmt: skip
+        result = runner.invoke(app, args + bad)
+        assert result.exit_code == 2 and says in result.output, result.output
+    walk = runner.invoke(app, ["train", "early-exit", "shape:tiny-gpt2"])
+    assert walk.exit_code == 2 and "cannot walk the layer stack of model type 'gpt2'" in walk.output

@@ -22,6 +22,8 @@ for _noisy in ("torchao", "torch.utils._pytree"):
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hardware-aware LLM inference benchmarks and roofline analysis.")
 hw_app = typer.Typer(no_args_is_help=True, help="Hardware profiles: list, show, detect.")
 app.add_typer(hw_app, name="hw")
+train_app = typer.Typer(no_args_is_help=True, help="Train what an engine needs, ahead of a run (cached for it).")
+app.add_typer(train_app, name="train")
 # a pipe or CI log gets a wide table instead of rich's default 80 columns
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -576,6 +578,84 @@ def _probe_size(sizes: dict[str, int], key: str) -> str:
         return f"{sizes.get('copy_bytes', 0) / 2**20:.0f} MiB copy"
     n = sizes.get(f"gemm_n.{key}", sizes.get("gemm_n"))
     return f"n={n}" if n else "-"
+
+
+@train_app.command("early-exit")
+def train_early_exit(
+    model: str = typer.Argument(..., help="smollm2-135m (built-in), shape:<config> or hf:<id or path>"),
+    draft: str = typer.Option("head+lookup", help="candidate source: head, lookup, head+lookup or self:<k>"),
+    k: int = typer.Option(4, help="candidate tokens per step"),
+    draft_vocab: int = typer.Option(2048, "--draft-vocab", help="draft head's trimmed vocabulary"),
+    prompts: int = typer.Option(16, help="training prompts cut from the shipped corpus"),
+    prompt_len: int = typer.Option(64, "--prompt-len", help="tokens per training prompt"),
+    gen_len: int = typer.Option(64, "--gen-len", help="greedy tokens per training prompt"),
+    draft_epochs: int = typer.Option(20, "--draft-epochs"),
+    predictor_epochs: int = typer.Option(300, "--predictor-epochs"),
+    predictor_hidden: int = typer.Option(128, "--predictor-hidden"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N"),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (as the experiment will load it)"),
+    force: bool = typer.Option(False, "--force", help="train again even when the cache has these settings"),
+) -> None:
+    """Train the early_exit engine's draft head and per-layer predictors for MODEL and cache them.
+
+    The engine's prepare() finds them by model fingerprint and settings (the same defaults as its options).
+    """
+    from pydantic import ValidationError
+
+    from rooflens.config import ModelSpec, parse_model_shorthand
+    from rooflens.engines.early_exit.engine import EarlyExitOptions
+    from rooflens.engines.early_exit.training import artifact_path, load_or_train, train
+    from rooflens.models.loader import TORCH_DTYPES, ModelLoadError, load_model, resolve_device
+
+    try:
+        opts = EarlyExitOptions(draft=draft, k=k, draft_vocab=draft_vocab, train_prompts=prompts,
+                                train_prompt_len=prompt_len, train_gen_len=gen_len, draft_epochs=draft_epochs,
+                                predictor_epochs=predictor_epochs, predictor_hidden=predictor_hidden, seed=seed)  # fmt: skip
+    except ValidationError as err:
+        _fail("; ".join(f"--{'-'.join(str(p) for p in e['loc']) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
+                        for e in err.errors()))  # fmt: skip
+    if dtype not in TORCH_DTYPES:
+        _fail(f"--dtype {dtype!r}: allowed {', '.join(TORCH_DTYPES)}")
+    try:
+        spec = ModelSpec(**parse_model_shorthand(model))
+        loaded = load_model(spec, resolve_device(_device(device)), TORCH_DTYPES[dtype])
+    except (ModelLoadError, ValidationError, ValueError) as err:
+        _fail(f"model {model!r}: {err}")
+    settings = opts.settings
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True)  # fmt: skip
+    task = progress.add_task("starting", total=None)
+
+    def step(stage: str, done: int, total: int) -> None:
+        progress.update(task, description=stage, completed=done, total=total)
+
+    try:
+        with progress:
+            if force:
+                from rooflens.engines.early_exit.training import save_artifacts
+
+                path = artifact_path(loaded.model, loaded.info.label, settings)
+                art, trained = train(loaded.model, loaded.tokenizer, settings, step), True
+                save_artifacts(art, path)
+            else:
+                art, path, trained = load_or_train(loaded.model, loaded.tokenizer, loaded.info.label, settings, step)
+    except ValueError as err:
+        _fail(str(err))
+    except OSError as err:
+        _unwritable("early-exit cache", artifact_path(loaded.model, loaded.info.label, settings), err)
+    console.print(f"{'trained and saved' if trained else 'already cached'}: {path}")
+    table = Table(title=f"early exit, {loaded.info.label}, draft {settings.draft}, k {settings.k}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in art.report.items():
+        if isinstance(value, dict):
+            for t, sim in value.items():
+                table.add_row(f"{key} @ threshold {t}", ", ".join(f"{a} {b:.3f}" for a, b in sim.items()))
+        else:
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    table.add_row("offline layers (0-based)", " ".join(map(str, art.offline_layers(max(1, round(len(art.exit_histogram) / 4))))))
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover

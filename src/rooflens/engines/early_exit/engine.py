@@ -8,6 +8,8 @@ Each decode step::
         if i is scheduled (offline layers ∪ ±radius around recent exits):
             p = predictor_i(features of the candidates at layer i)           -> "predictors" time
             if p > threshold:                                                 (SpecEE's exit test)
+                pre-check: argmax over the trimmed vocabulary + the candidates; not a candidate
+                    -> no candidate can be the full argmax: go on              -> "exit_head" time
                 t = full-vocabulary argmax of layer i                        -> "exit_head" time
                 if t in candidates: emit t, stop the step here                (verification)
     no exit: final norm + LM head as usual                                   -> "final_head" time
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rooflens.engines.base import (
     Engine,
@@ -49,7 +51,7 @@ from rooflens.engines.base import (
 from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, mask_eos, new_cache, write_kv
 from rooflens.engines.early_exit.oracle import oracle_exits
 from rooflens.engines.early_exit.predictors import exit_features, threshold_logit
-from rooflens.engines.early_exit.proposers import DRAFTS, lookup_candidates, parse_draft
+from rooflens.engines.early_exit.proposers import DRAFTS, lookup_candidates, mixed_candidates, parse_draft
 from rooflens.engines.early_exit.training import (
     ExitArtifacts,
     TrainSettings,
@@ -64,7 +66,7 @@ _AUDIT_GENERATIONS = 4
 
 
 class EarlyExitOptions(EngineOptions):
-    draft: str = Field(default="head", description=f"where the k candidates come from: {', '.join(DRAFTS)}")
+    draft: str = Field(default="head+lookup", description=f"where the k candidates come from: {', '.join(DRAFTS)}")
     k: int = Field(default=4, ge=1, le=64, description="candidate tokens per step (SpecEE: 4)")
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="exit when predictor probability > threshold")
     schedule: Literal["two_level", "all"] = Field(
@@ -82,16 +84,27 @@ class EarlyExitOptions(EngineOptions):
     train_prompts: int = Field(default=16, ge=2, le=4096, description="training: prompts cut from the corpus")
     train_prompt_len: int = Field(default=64, ge=2, le=8192, description="training: prompt tokens")
     train_gen_len: int = Field(default=64, ge=1, le=8192, description="training: greedy tokens per prompt")
-    draft_epochs: int = Field(default=6, ge=0, le=10_000, description="training: draft-head epochs")
+    draft_epochs: int = Field(default=20, ge=0, le=10_000, description="training: draft-head epochs")
     predictor_epochs: int = Field(default=300, ge=1, le=100_000, description="training: predictor epochs (full batch)")
     predictor_hidden: int = Field(default=128, ge=1, le=8192, description="predictor MLP width (SpecEE: 512)")
     seed: int = Field(default=0, ge=0, description="training seed")
+    precheck: bool = Field(
+        default=True,
+        description="before a full LM head, check over the trimmed vocabulary (+ candidates) whether a candidate can be "
+        "the full argmax at all; exact up to rounding in near ties",
+    )
     audit: bool = Field(default=True, description="stats(): audit exits against the full-depth model, run the oracle")
+
+    @field_validator("draft")
+    @classmethod
+    def _known_draft(cls, value: str) -> str:
+        parse_draft(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "EarlyExitOptions":
         kind, _ = parse_draft(self.draft)
-        if kind == "head" and self.k > self.draft_vocab:
+        if kind in ("head", "head+lookup") and self.k > self.draft_vocab:
             raise ValueError(f"k ({self.k}) is larger than the draft head's trimmed vocabulary (draft_vocab {self.draft_vocab})")
         return self
 
@@ -119,7 +132,9 @@ class _Counters:
     exits: int = 0
     layers_run: int = 0
     predictor_calls: int = 0
-    exit_heads: int = 0
+    fired: int = 0  # predictor calls above the threshold
+    precheck_rejects: int = 0  # of those, rejected by the pre-check (no full LM head)
+    exit_heads: int = 0  # full-vocabulary LM heads run to verify an exit
     layers_hist: list[int] = field(default_factory=list)
     time: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     prefill_time: float = 0.0
@@ -186,7 +201,7 @@ class EarlyExitEngine(Engine):
         h, L = int(cfg.hidden_size), int(cfg.num_hidden_layers)
         pred = L * (3 * options.k * options.predictor_hidden + 2 * options.predictor_hidden + 1)
         n, what = pred, f"{L} exit predictors"
-        if parse_draft(options.draft)[0] == "head":
+        if parse_draft(options.draft)[0] in ("head", "head+lookup"):
             layer = sum(p.numel() for p in LayerStack.of(model.model).layers[-1].parameters())
             n += 2 * h * h + layer + options.draft_vocab * h
             what += f" + draft head ({options.draft_vocab}-token vocabulary)"
@@ -201,7 +216,7 @@ class EarlyExitEngine(Engine):
         kind, self_k = parse_draft(opts.draft)
         if self_k is not None and not 1 <= self_k < L:
             raise EngineUnavailable(f"options.draft: 'self:{self_k}' needs 1 <= k < {L} (the model's layers)")
-        if kind == "head" and opts.draft_vocab > V:
+        if kind in ("head", "head+lookup") and opts.draft_vocab > V:
             raise EngineUnavailable(f"options.draft_vocab: {opts.draft_vocab} exceeds the model's vocabulary ({V})")
         if opts.k > V:
             raise EngineUnavailable(f"options.k: {opts.k} exceeds the model's vocabulary ({V})")
@@ -223,6 +238,12 @@ class EarlyExitEngine(Engine):
         first = self_k or 0
         self._offline = {i for i in self.art.offline_layers(n_off) if first <= i < L - 1}
         self._thr = threshold_logit(opts.threshold)
+        self._pre_rows = self._pre_ids = None
+        if opts.precheck:
+            eos = set(self._eos)
+            ids = [t for t in self.art.ranked_vocab[: opts.draft_vocab].tolist() if t not in eos]
+            self._pre_ids = torch.tensor(ids, dtype=torch.long, device=self.art.ranked_vocab.device)
+            self._pre_rows = self.stack.lm_head.weight.detach()[self._pre_ids].float()
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -262,6 +283,7 @@ class EarlyExitEngine(Engine):
         L = len(stack.layers)
         head_w = stack.lm_head.weight
         draft, pred, thr = art.draft, art.predictors, self._thr
+        pre_rows, pre_ids, eos_set = self._pre_rows, self._pre_ids, set(eos)
         P = input_ids.shape[1]
         seq = torch.empty(1, P + N, dtype=input_ids.dtype, device=device)
         seq[:, :P] = input_ids
@@ -296,6 +318,8 @@ class EarlyExitEngine(Engine):
             if draft is not None:
                 dl = draft(stack.embed_tokens(x), hn, torch.tensor([[cur - 2]], device=device), dcache)
                 cand = draft.vocab_ids[dl[0, -1].topk(opts.k).indices]
+                if self._kind == "head+lookup":
+                    cand = mixed_candidates(seq[0, :cur], cand.tolist(), opts.k, art.ranked_vocab)
             elif self._kind == "lookup":
                 cand = lookup_candidates(seq[0, :cur], opts.k, art.ranked_vocab)
             lap("draft")
@@ -303,7 +327,9 @@ class EarlyExitEngine(Engine):
             st: dict[str, Any] = {"cand": cand, "rows": None if cand is None else head_w[cand], "last": None,
                                   "exit": None, "tok": None, "hn": None, "calls": []}  # fmt: skip
             if cand is not None:
-                st["set"] = set(cand.tolist())
+                cand_list = cand.tolist()
+                st["set"] = set(cand_list)
+                st["eos_pos"] = [j for j, t in enumerate(cand_list) if t in eos_set]
 
             def on_layer(i: int, hidden: torch.Tensor) -> bool:
                 if self._self_k is not None and i == self._self_k - 1:  # self:k: candidates from layer k-1's head
@@ -311,6 +337,7 @@ class EarlyExitEngine(Engine):
                     logits = mask_eos(stack.lm_head(stack.norm(hidden[0, -1])), eos)
                     st["cand"] = logits.topk(opts.k).indices
                     st["rows"], st["set"] = head_w[st["cand"]], set(st["cand"].tolist())
+                    st["eos_pos"] = [j for j, t in enumerate(st["cand"].tolist()) if t in eos_set]
                     lap("draft")
                     return False
                 if i not in checked or st["rows"] is None:
@@ -323,7 +350,18 @@ class EarlyExitEngine(Engine):
                 lap("predictors")
                 if not fired:
                     return False
+                c.fired += 1
+                if pre_rows is not None:  # exact pre-check: can a candidate be the full argmax at all?
+                    cl = feat[: opts.k].clone()
+                    cl[st["eos_pos"]] = float("-inf")
+                    pl = pre_rows @ hn_i[0, 0].float()
+                    j = int(pl.argmax())
+                    if float(pl[j]) > float(cl.max()) and int(pre_ids[j]) not in st["set"]:
+                        c.precheck_rejects += 1
+                        lap("exit_head")
+                        return False
                 t = int(mask_eos(stack.lm_head(hn_i[0, 0]), eos).argmax())
+                c.exit_heads += 1
                 lap("exit_head")
                 if t in st["set"]:
                     st["exit"], st["tok"], st["hn"] = i, t, hn_i
@@ -351,7 +389,6 @@ class EarlyExitEngine(Engine):
             c.layers_run += run
             c.layers_hist[run] += 1
             c.predictor_calls += len(st["calls"])
-            c.exit_heads += sum(f for _, f in st["calls"])
             calls_log.append(st["calls"])
             exits_log.append(e)
             cur += 1
@@ -386,12 +423,17 @@ class EarlyExitEngine(Engine):
             ),
             "layers_run_hist": EngineStat(value=list(c.layers_hist), description="[n] = decode steps that ran n layers"),
             "predictor_calls_per_token": EngineStat(value=c.predictor_calls / steps, description="predictor MLPs run per decode step"),
+            "predictor_fired_per_token": EngineStat(value=c.fired / steps, description="predictor calls above the threshold per decode step"),
+            "precheck_rejects_per_token": EngineStat(
+                value=c.precheck_rejects / steps,
+                description="firing predictors rejected by the trimmed-vocabulary pre-check (no full LM head) per decode step",
+            ),
             "exit_head_calls_per_token": EngineStat(
-                value=c.exit_heads / steps, description="full-vocabulary LM heads at a firing predictor per decode step"
+                value=c.exit_heads / steps, description="full-vocabulary LM heads run to verify an exit per decode step"
             ),
             "verification_pass_rate": EngineStat(
-                value=c.exits / c.exit_heads if c.exit_heads else "n/a",
-                description="firing predictors whose layer argmax was among the candidates (exits / exit heads)",
+                value=c.exits / c.fired if c.fired else "n/a",
+                description="firing predictors whose layer argmax was among the candidates (exits / fired)",
             ),
             "skipped_kv": EngineStat(value=self.options.skipped_kv, description="KV policy for the layers after an exit"),
             "draft": EngineStat(value=self.options.draft, description="candidate source"),
@@ -410,6 +452,13 @@ class EarlyExitEngine(Engine):
         for key, value in (self.art.report if self.art else {}).items():
             if isinstance(value, (int, float, str)):
                 s[f"train_{key}"] = EngineStat(value=value, description="from training (validation: held-out sequences)")
+            elif key == "simulated_validation":
+                s["train_simulated_validation"] = EngineStat(
+                    value="; ".join(f"t{t}: token accuracy {v['token_accuracy']:.3f}, layers {v['mean_layers']:.2f}"
+                                    for t, v in value.items()),
+                    description="threshold -> per-token accuracy and mean layers of the exit rule on held-out training "
+                    "positions, every layer checked, teacher-forced (no divergence)",
+                )  # fmt: skip
         if self.options.audit:
             s.update(self._audit())
         return dict(sorted(s.items()))
@@ -519,6 +568,9 @@ class EarlyExitEngine(Engine):
         k = self.options.k
         ops.append(OpCost("exit_predictors", "model", calls * 2.0 * (per_call + k * H), calls * (4.0 * per_call + elem * k * H),
                           0.0, 0.0, calls * 2.0 * (per_call + k * H)))  # fmt: skip
+        if self._pre_rows is not None and c.fired:
+            n = (c.fired / steps) * self._pre_rows.numel()
+            ops.append(OpCost("exit_precheck", "model", 2.0 * n, 4.0 * n, 0.0, 0.0, 2.0 * n))
         failed = (c.exit_heads - c.exits) / steps  # a passing exit head replaces the final one
         if failed > 0:
             ops.append(OpCost("failed_exit_heads", "model", failed * 2.0 * head, failed * elem * head, 0.0, 0.0, failed * 2.0 * head))

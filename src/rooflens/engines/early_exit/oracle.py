@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, mask_eos, new_cache
+from rooflens.engines.base import TokenClock
+from rooflens.engines.decoding import LayerStack, decode_n_tokens, eos_token_ids, new_cache, prefill
 
 
 @dataclass(frozen=True)
@@ -41,26 +42,25 @@ class OracleExits:
 
 @torch.no_grad()
 def oracle_exits(model: torch.nn.Module, prompt_ids: torch.Tensor, n_new: int) -> OracleExits:
-    """Decode ``n_new`` tokens greedily at full depth after ``prompt_ids`` ([1, P]); see the module docstring."""
+    """Decode ``n_new`` tokens greedily at full depth after ``prompt_ids`` ([1, P]); see the module docstring.
+
+    The tokens come from plain incremental decoding; each layer's prediction at every generated position
+    from one teacher-forced pass over prompt + tokens (one batched LM head per layer, not one per token).
+    """
+    from rooflens.engines.early_exit.training import teacher_forced
+
     if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1:
         raise ValueError(f"the oracle decodes one sequence: prompt_ids must be [1, P], got {tuple(prompt_ids.shape)}")
+    if n_new < 1:
+        raise ValueError(f"n_new must be >= 1, got {n_new}")
     stack = LayerStack.of(model)
     eos = eos_token_ids(model)
     cache = new_cache(model)
-    ids, start = prompt_ids, 0
-    needed, tokens = [], []
-    for _ in range(n_new):
-        predictions: list[int] = []
-
-        def predict(i: int, hidden: torch.Tensor) -> bool:
-            predictions.append(int(mask_eos(stack.logits(hidden[:, -1]), eos).argmax(-1)))
-            return False  # never stop: the oracle needs the full-depth token
-
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
-        forward_layers(stack, ids, cache, positions, on_layer=predict)
-        token = predictions[-1]
-        needed.append(predictions.index(token) + 1)
-        tokens.append(token)
-        start += ids.shape[1]
-        ids = torch.tensor([[token]], device=prompt_ids.device)
-    return OracleExits(tuple(needed), len(stack.layers), torch.tensor(tokens))
+    token = prefill(model, prompt_ids, cache, eos)
+    clock = TokenClock(prompt_ids.device)
+    clock.start()
+    tokens = torch.cat([token, decode_n_tokens(model, token, cache, n_new - 1, eos, clock)], dim=1)
+    tf = teacher_forced(model, torch.cat([prompt_ids, tokens], dim=1), prompt_ids.shape[1] - 1)
+    correct = tf.layer_argmax == tf.layer_argmax[-1]  # [L, n_new]
+    needed = (correct.float().argmax(0) + 1).tolist()
+    return OracleExits(tuple(int(n) for n in needed), len(stack.layers), tokens[0].cpu())

@@ -3,6 +3,7 @@
 ``head``      rooflens's trained draft head (:mod:`.draft_head`): top-k over its trimmed vocabulary.
 ``lookup``    prompt lookup, free: the tokens that followed earlier occurrences of the last n-gram
               (longest n first, latest occurrence first), then the most frequent output tokens.
+``head+lookup`` up to ceil(k/2) prompt-lookup tokens, then the draft head's best.
 ``self:<k>``  the target's own first k layers: top-k of the full LM head after layer k - 1 (those
               layers are not run twice: the decode step goes on from there).
 
@@ -15,13 +16,13 @@ import re
 
 import torch
 
-DRAFTS = ("head", "lookup", "self:<k>")
+DRAFTS = ("head", "lookup", "head+lookup", "self:<k>")
 _SELF_RE = re.compile(r"^self:(\d+)$")
 
 
 def parse_draft(spec: str) -> tuple[str, int | None]:
-    """``("head", None)``, ``("lookup", None)`` or ``("self", k)``; ValueError naming what is allowed."""
-    if spec in ("head", "lookup"):
+    """``(kind, None)`` for head / lookup / head+lookup, ``("self", k)``; ValueError naming what is allowed."""
+    if spec in ("head", "lookup", "head+lookup"):
         return spec, None
     m = _SELF_RE.match(spec)
     if m and int(m.group(1)) >= 1:
@@ -45,6 +46,16 @@ def fill_candidates(found: list[int], k: int, ranked: torch.Tensor) -> torch.Ten
 
 def lookup_candidates(seq: torch.Tensor, k: int, ranked: torch.Tensor, max_ngram: int = 3) -> torch.Tensor:
     """Prompt-lookup candidates for the token after 1-D ``seq`` (see the module docstring)."""
+    return fill_candidates(lookup_found(seq, k, max_ngram), k, ranked)
+
+
+def mixed_candidates(seq: torch.Tensor, head_best: list[int], k: int, ranked: torch.Tensor) -> torch.Tensor:
+    """``head+lookup``: up to ceil(k/2) prompt-lookup tokens, then the draft head's ``head_best``."""
+    return fill_candidates(lookup_found(seq, (k + 1) // 2)[: (k + 1) // 2] + head_best, k, ranked)
+
+
+def lookup_found(seq: torch.Tensor, k: int, max_ngram: int = 3) -> list[int]:
+    """Up to about ``k`` distinct tokens that followed earlier occurrences of the sequence's last n-gram."""
     L = int(seq.numel())
     found: list[int] = []
     for n in range(min(max_ngram, L - 1), 0, -1):
@@ -54,4 +65,4 @@ def lookup_candidates(seq: torch.Tensor, k: int, ranked: torch.Tensor, max_ngram
             found += seq[hits.flip(0) + n].tolist()  # latest occurrence first
             if len(set(found)) >= k:
                 break
-    return fill_candidates(found, k, ranked)
+    return list(dict.fromkeys(found))

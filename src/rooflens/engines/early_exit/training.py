@@ -35,7 +35,7 @@ from rooflens.bench.prompts import corpus_text
 from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, greedy_config, mask_eos, new_cache
 from rooflens.engines.early_exit.draft_head import DraftHead
 from rooflens.engines.early_exit.predictors import ExitPredictors, exit_features, threshold_logit
-from rooflens.engines.early_exit.proposers import lookup_candidates, parse_draft
+from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates, parse_draft
 from rooflens.text import safe_name
 
 ARTIFACT_VERSION = 1
@@ -45,13 +45,13 @@ SIM_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 @dataclass(frozen=True)
 class TrainSettings:
-    draft: str = "head"
+    draft: str = "head+lookup"
     k: int = 4
     draft_vocab: int = 2048
     prompts: int = 16
     prompt_len: int = 64
     gen_len: int = 64
-    draft_epochs: int = 6
+    draft_epochs: int = 20
     predictor_epochs: int = 300
     predictor_hidden: int = 128
     seed: int = 0
@@ -261,12 +261,16 @@ def train_draft(
     epochs: int,
     seed: int,
     progress: Progress | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    train_layer: bool = True,
 ) -> DraftHead:
     emb, prev, target = pairs
     torch.manual_seed(seed)
     draft = DraftHead(LayerStack.of(model), vocab_ids)
     draft.train()
-    opt = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=3e-4, weight_decay=0.0)
+    draft.layer.requires_grad_(train_layer)
+    opt = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     n, T = target.shape
     pos = torch.arange(T, device=emb.device).view(1, -1)
     g = torch.Generator().manual_seed(seed)
@@ -362,7 +366,7 @@ def train(model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progr
     ranked = ranked_vocabulary(V, outputs, inputs)
 
     draft = None
-    if kind == "head":
+    if kind in ("head", "head+lookup"):
         vocab_ids = ranked[: settings.draft_vocab].clone()
         trim_index = torch.full((V,), -100, dtype=torch.long, device=seqs.device)
         trim_index[vocab_ids] = torch.arange(vocab_ids.numel(), device=seqs.device)
@@ -375,6 +379,9 @@ def train(model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progr
         report["draft_vocab_coverage"] = float((trim_index[outputs] >= 0).float().mean())
         draft = train_draft(model, vocab_ids, pairs, settings.draft_epochs, settings.seed, progress)
         cands = draft_candidates(draft, gp, settings.k)[:, P - 2 : T - 2].reshape(-1, settings.k)  # pair p-1 -> position p
+        if kind == "head+lookup":
+            best = cands.view(n, G, -1).tolist()
+            cands = torch.stack([mixed_candidates(seqs[i, : P + j], best[i][j], settings.k, ranked) for i in range(n) for j in range(G)])
     elif kind == "lookup":
         cands = torch.stack([lookup_candidates(seqs[i, : p + 1], settings.k, ranked) for i in range(n) for p in range(P - 1, T - 1)])
     else:
