@@ -251,3 +251,16 @@ def test_train_early_exit_caches_and_reports(tmp_path, monkeypatch):
         assert result.exit_code == 2 and says in result.output, result.output
     walk = runner.invoke(app, ["train", "early-exit", "shape:tiny-gpt2"])
     assert walk.exit_code == 2 and "cannot walk the layer stack of model type 'gpt2'" in walk.output
+
+
+def test_train_mixed_precision_tunes_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path))
+    args = ["train", "mixed-precision", "shape:tiny-llama", "--group-size", "32", "--prompts", "4", "--prompt-len", "6",
+            "--gen-len", "6", "--classifier-epochs", "3"]  # fmt: skip
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "tuned now" in first.output and "rouge_l_by_switch_8->4" in first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "cache " in again.output
+    bad = runner.invoke(app, args + ["--ladder", "4,8"])
+    assert bad.exit_code == 2 and "--ladder: ladder [4, 8]: bits must strictly decrease" in bad.output

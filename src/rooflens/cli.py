@@ -658,6 +658,65 @@ def train_early_exit(
     console.print(table)
 
 
+@train_app.command("mixed-precision")
+def train_mixed_precision(
+    model: str = typer.Argument(..., help="smollm2-135m (built-in), shape:<config> or hf:<id or path>"),
+    ladder: str = typer.Option("8,4", help="decode precisions, top first, e.g. 8,4 or 4,3,2"),
+    group_size: int = typer.Option(64, "--group-size"),
+    prefill_bits: str = typer.Option("", "--prefill-bits", help="bits >= the top rung, or 'original' (default: the top rung)"),
+    lm_head: bool = typer.Option(True, "--lm-head/--no-lm-head", help="quantize the LM head too"),
+    quality_budget: float = typer.Option(0.05, "--quality-budget", help="static: allowed mean ROUGE-L drop"),
+    prompts: int = typer.Option(12),
+    prompt_len: int = typer.Option(64, "--prompt-len"),
+    gen_len: int = typer.Option(64, "--gen-len"),
+    classifier_epochs: int = typer.Option(200, "--classifier-epochs"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N"),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (as the experiment will load it)"),
+) -> None:
+    """Tune the mixed_precision engine's static switch points and learned classifiers for MODEL, and cache them."""
+    from pydantic import ValidationError
+
+    from rooflens.config import EngineSpec, ModelSpec, parse_model_shorthand
+    from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
+    from rooflens.models.loader import TORCH_DTYPES, ModelLoadError, load_model, resolve_device
+
+    try:
+        rungs = [int(b) for b in ladder.split(",")]
+    except ValueError:
+        _fail(f"--ladder {ladder!r}: comma-separated bits, e.g. 8,4")
+    options = {"ladder": rungs, "group_size": group_size, "lm_head": lm_head, "quality_budget": quality_budget,
+               "train_prompts": prompts, "train_prompt_len": prompt_len, "train_gen_len": gen_len,
+               "classifier_epochs": classifier_epochs, "seed": seed}  # fmt: skip
+    if prefill_bits:
+        options["prefill_bits"] = prefill_bits if prefill_bits == "original" else int(prefill_bits) if prefill_bits.isdigit() else prefill_bits
+    spec = EngineSpec(name="mixed_precision", options=options)
+    problems = validate_engine_options(spec)
+    if problems:
+        _fail("; ".join("--" + p.removeprefix("options.").replace("_", "-") for p in problems))
+    if dtype not in TORCH_DTYPES:
+        _fail(f"--dtype {dtype!r}: allowed {', '.join(TORCH_DTYPES)}")
+    try:
+        loaded = load_model(ModelSpec(**parse_model_shorthand(model)), resolve_device(_device(device)), TORCH_DTYPES[dtype])
+    except (ModelLoadError, ValidationError, ValueError) as err:
+        _fail(f"model {model!r}: {err}")
+    engine = build_engine(spec, loaded)
+    if len(rungs) < 2:
+        _fail(f"--ladder {ladder}: one rung never switches; nothing to tune")
+    with console.status(f"tuning {model}: quantizing, then greedy runs at every switch point ..."):
+        try:
+            engine.prepare()
+        except (EngineUnavailable, ValueError) as err:
+            _fail(str(err))
+    console.print(engine.tuning_note)
+    table = Table(title=f"mixed precision, {loaded.info.label}, ladder {rungs}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in engine.tuning_report.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,26 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = PPL_WIND
 class Agreement:
     fraction: float  # matching tokens / all tokens
     first_divergence: int  # earliest position (0-based) where any row differs; gen_len if none
+
+
+def rouge_l(tokens: Sequence[int], reference: Sequence[int]) -> float:
+    """ROUGE-L F1 of two token sequences (Lin 2004, beta = 1): from their longest common subsequence.
+
+    PMPD's quality metric; unlike position-wise agreement, one early difference does not zero the rest.
+    """
+    if not tokens or not reference:
+        return 0.0
+    prev = [0] * (len(reference) + 1)
+    for t in tokens:
+        cur = [0]
+        for j, r in enumerate(reference):
+            cur.append(prev[j] + 1 if t == r else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(tokens), lcs / len(reference)
+    return 2 * p * r / (p + r)
 
 
 def agreement(tokens: torch.Tensor, reference: torch.Tensor) -> Agreement:

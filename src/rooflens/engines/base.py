@@ -15,16 +15,19 @@ import importlib.metadata
 import importlib.util
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from rooflens.results.stat import EngineStat
+from rooflens.roofline.hints import RooflineHints
+
 if TYPE_CHECKING:
     from rooflens.config import EngineSpec
     from rooflens.models.loader import LoadedModel
-    from rooflens.roofline.analytic import OpCost
+
+__all__ = ["Engine", "EngineOptions", "EngineStat", "EngineUnavailable", "RooflineHints", "TokenClock", "register"]
 
 ENTRY_POINT_GROUP = "rooflens.engines"
 
@@ -37,16 +40,6 @@ class EngineOptions(BaseModel):
     """Base of every engine's option schema: unknown options are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EngineStat(BaseModel):
-    """One engine statistic (acceptance rate, exit layer, bits per step, ...)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    value: float | int | str | list[float] | list[int]
-    unit: str = ""
-    description: str = ""
 
 
 def synchronize(device: torch.device) -> None:
@@ -88,25 +81,6 @@ class TokenClock:
     @property
     def n_tokens(self) -> int:
         return sum(n for _, n in self.events)
-
-
-@dataclass(frozen=True)
-class RooflineHints:
-    """How an engine changes the analytic cost of a token (None: as the plain model).
-
-    ``weight_bits``: bits per weight incl. scales/zeros; ``layers_executed``: mean decoder layers
-    run per token (early exit); ``tokens_per_pass``: tokens kept per target decode pass and
-    ``tokens_verified_per_pass``: tokens that pass processes (speculative verification: accepted+1
-    of gamma+1); ``extra_ops``: the engine's own work per decode pass (an early-exit draft head,
-    predictors), added to the pass's analytic cost; ``note``: what the analytic model leaves out.
-    """
-
-    weight_bits: float | None = None
-    layers_executed: float | None = None
-    tokens_per_pass: float | None = None
-    tokens_verified_per_pass: float | None = None
-    extra_ops: tuple["OpCost", ...] = ()
-    note: str = ""
 
 
 class Engine(ABC):
@@ -194,6 +168,7 @@ _BUILTIN_MODULES = (
     "rooflens.engines.speculative",
     "rooflens.engines.quantized",
     "rooflens.engines.early_exit",
+    "rooflens.engines.mixed_precision",
 )
 _ENTRY_POINT_ERRORS: dict[str, str] = {}
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rooflens.engines.base import EngineStat
+from rooflens.results.stat import EngineStat
 from rooflens.models.loader import ModelInfo
 
 SCHEMA_VERSION = 1
@@ -100,6 +100,7 @@ class PhasePosition(_Model):
     """
 
     phase: Literal["prefill", "decode"]
+    weight_bits: float | None = None  # bits per weight this phase's analytic bytes use
     flops: Quantity
     weight_bytes: Quantity
     kv_bytes: Quantity
@@ -124,7 +125,7 @@ class PhasePosition(_Model):
 
 class RooflineResult(_Model):
     analytic_model: str
-    weight_bits: float | None = None
+    weight_bits: float | None = None  # the decode phase's (each phase's own: prefill.weight_bits, decode.weight_bits)
     act_bits: float | None = None
     kv_bits: float | None = None
     decode_context: int | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rooflens.engines.base import RooflineHints
+from rooflens.roofline.hints import RooflineHints
 from rooflens.results.record import CeilingRef, PhasePosition, Quantity, RooflineResult
 from rooflens.roofline.analytic import ModelShape, PhaseCost, Precision, decode_cost, prefill_cost
 from rooflens.roofline.hardware import HardwareProfile
@@ -44,7 +44,7 @@ def ceilings_for(profile: HardwareProfile, dtype: str, probe: Any | None = None)
 
 
 def _position(phase: str, cost: PhaseCost, per: float, time_s: float, how_time: str,
-              ceilings: list[CeilingRef]) -> PhasePosition:  # fmt: skip
+              ceilings: list[CeilingRef], weight_bits: float) -> PhasePosition:  # fmt: skip
     """``cost`` divided by ``per`` (tokens per pass) is the work done in ``time_s``."""
     a = "analytic"
     flops, wb, kb, ab = cost.flops / per, cost.weight_bytes / per, cost.kv_bytes / per, cost.act_bytes / per
@@ -53,6 +53,7 @@ def _position(phase: str, cost: PhaseCost, per: float, time_s: float, how_time: 
     achieved_f, achieved_b = flops / time_s, total / time_s
     pos = PhasePosition(
         phase=phase,
+        weight_bits=weight_bits,
         flops=_q(flops, "FLOP", "modelled", a),
         weight_bytes=_q(wb, "B", "modelled", a),
         kv_bytes=_q(kb, "B", "modelled", a),
@@ -90,12 +91,13 @@ def roofline_position(
     except ValueError as err:
         return RooflineResult(analytic_model=ANALYTIC, reason=str(err))
     bits = DTYPE_BITS.get(dtype, 16.0)
-    precision = Precision(weight_bits=hints.weight_bits or bits, act_bits=bits, kv_bits=bits)
+    p_prefill = Precision(weight_bits=hints.bits_for("prefill") or bits, act_bits=bits, kv_bits=bits)
+    precision = Precision(weight_bits=hints.bits_for("decode") or bits, act_bits=bits, kv_bits=bits)
     k = hints.tokens_per_pass or 1.0  # tokens kept per decode pass
     verified = max(1, round(hints.tokens_verified_per_pass or k))  # tokens the pass processes (op shapes)
     context = prompt_len + gen_len // 2
     layers = hints.layers_executed
-    prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=precision)
+    prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=p_prefill)
     decode = decode_cost(shape, batch=batch, context_len=context, precision=precision,
                          new_tokens=verified, layers_executed=layers, extra_ops=hints.extra_ops)  # fmt: skip
     return RooflineResult(
@@ -108,6 +110,6 @@ def roofline_position(
         layers_executed=layers if layers is not None else float(shape.num_layers),
         engine_note=hints.note,
         ceilings=ceilings,
-        prefill=_position("prefill", prefill, 1.0, ttft_s, "median TTFT", ceilings),
-        decode=_position("decode", decode, k, tpot_s, "median TPOT", ceilings),
+        prefill=_position("prefill", prefill, 1.0, ttft_s, "median TTFT", ceilings, p_prefill.weight_bits),
+        decode=_position("decode", decode, k, tpot_s, "median TPOT", ceilings, precision.weight_bits),
     )

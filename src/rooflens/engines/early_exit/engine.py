@@ -528,6 +528,15 @@ class EarlyExitEngine(Engine):
                 description="derived: analytic decode bytes at full depth / at the oracle's mean layers (memory-bound "
                 "roofline; draft, predictors and exit checks free)",
             )
+        per_layer = c.time["layers"] / max(1, c.layers_run)
+        full_steps_all = c.steps - c.exits
+        head = c.time["final_head"] / full_steps_all if full_steps_all else (c.time["exit_head"] / c.exit_heads if c.exit_heads else 0.0)
+        if per_layer > 0:
+            out["oracle_speedup_bound_measured"] = EngineStat(
+                value=(L * per_layer + head) / (mean * per_layer + head),
+                description="derived: (L x measured time per layer + measured LM-head time) / (oracle mean layers x time per "
+                "layer + LM-head time): the oracle with this run's own layer and head times, draft and predictors free",
+            )
         self._audit_cache = (id(c.kept[-1]), out)
         return out
 

@@ -21,9 +21,6 @@ fingerprint of the model's weights and config, its dtype and every training sett
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,11 +29,12 @@ from typing import Any, Callable
 import torch
 
 from rooflens.bench.prompts import corpus_text
+from rooflens.engines.artifacts import artifact_path as _artifact_path
+from rooflens.engines.artifacts import cache_dir, save_atomic
 from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, greedy_config, mask_eos, new_cache
 from rooflens.engines.early_exit.draft_head import DraftHead
 from rooflens.engines.early_exit.predictors import ExitPredictors, exit_features, threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates, parse_draft
-from rooflens.text import safe_name
 
 ARTIFACT_VERSION = 1
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -76,28 +74,14 @@ class ExitArtifacts:
 
 
 def artifact_dir() -> Path:
-    return Path(os.environ.get("ROOFLENS_CACHE", Path.home() / ".cache" / "rooflens")) / "early-exit"
-
-
-def fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the config, every parameter's name, shape and dtype, and ~4k values sampled from each."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096]
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(sample.float().cpu().numpy().tobytes())
-    return h.hexdigest()
+    return cache_dir("early-exit")
 
 
 def artifact_path(model: torch.nn.Module, label: str, settings: TrainSettings) -> Path:
-    dtype = str(next(model.parameters()).dtype)
-    key = json.dumps({"v": ARTIFACT_VERSION, "model": fingerprint(model), "dtype": dtype, **asdict(settings)}, sort_keys=True)
-    return artifact_dir() / f"{safe_name(label)}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    return _artifact_path("early-exit", model, label, {"v": ARTIFACT_VERSION, **asdict(settings)})
 
 
 def save_artifacts(art: ExitArtifacts, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "version": ARTIFACT_VERSION,
         "settings": asdict(art.settings),
@@ -107,9 +91,7 @@ def save_artifacts(art: ExitArtifacts, path: Path) -> None:
         "exit_histogram": list(art.exit_histogram),
         "report": art.report,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+    save_atomic(blob, path)
 
 
 def load_artifacts(model: torch.nn.Module, path: Path) -> ExitArtifacts:

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from rooflens.kernels import LowBitLinear
 
 
 def _plain_bytes(t: torch.Tensor | None, seen: set) -> int:
@@ -103,11 +102,13 @@ def decode_read_bytes(model: nn.Module, quantized: dict[str, nn.Module], device:
     emb = model.get_input_embeddings()
     total = emb.weight.shape[1] * emb.weight.element_size()
     q_ids = {id(m) for m in quantized.values()}
+    inside = {id(sub) for m in quantized.values() for sub in m.modules() if sub is not m}  # counted by their layer
     for mod in model.modules():
-        if mod is emb:
+        if mod is emb or id(mod) in inside:
             continue
         if id(mod) in q_ids:
-            own = mod.read_bytes(device, act_dtype) if isinstance(mod, LowBitLinear) else layer_weight_bytes(mod, seen)
+            # rooflens layers (LowBitLinear, MultiPrecisionLinear at its active precision) know what their kernel reads
+            own = mod.read_bytes(device, act_dtype) if hasattr(mod, "read_bytes") else layer_weight_bytes(mod, seen)
             total += own + _tensor_bytes(mod._parameters.get("bias"), seen)
             continue
         for t in mod._parameters.values():

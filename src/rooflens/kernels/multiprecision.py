@@ -1,0 +1,117 @@
+"""One linear layer served at several precisions: the weight store of progressive mixed-precision decoding.
+
+:class:`MultiPrecisionLinear` holds one :class:`LowBitLinear` per rung of a ladder (e.g. 8 -> 4 bits),
+each quantized from the same original weight, and optionally the original layer itself; ``bits`` picks
+the one that runs (``None``: the original). Switching is an attribute set between steps, never a
+re-quantization. Each rung runs through the fast kernel of its own format (on the CPU: torch's int4
+kernel, 8-bit codes as two 4-bit halves; on CUDA: the Triton kernel), so every precision runs at its
+own speed.
+
+Storage: one packed copy per precision (what the kernels read: the CPU kernel wants its own int4 layout
+per rung and the Triton kernel the format as stored). Nested codes (Any-Precision's bit-planes) would
+save memory but no kernel here reads them; :attr:`MultiPrecisionLinear.storage_bytes` says what the
+copies cost, and a record carries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Optional
+
+import torch
+from torch import nn
+
+from rooflens.kernels.linear import LowBitLinear, _is_skipped
+from rooflens.kernels.lowbit import check_bits, check_group_size
+
+
+def check_ladder(ladder: Sequence[int]) -> tuple[int, ...]:
+    """A ladder of strictly decreasing supported bit widths; ValueError naming what is allowed."""
+    rungs = tuple(int(b) for b in ladder)
+    if not rungs:
+        raise ValueError("the ladder needs at least one rung (bits in 8, 4, 3, 2)")
+    for b in rungs:
+        check_bits(b)
+    if any(a <= b for a, b in zip(rungs, rungs[1:])):
+        raise ValueError(f"ladder {list(rungs)}: bits must strictly decrease (e.g. [8, 4] or [4, 3, 2])")
+    return rungs
+
+
+class MultiPrecisionLinear(nn.Module):
+    """``y = x W_b^T + bias`` with ``W_b`` the rung ``bits`` (or the original weight when ``bits`` is None)."""
+
+    def __init__(self, linear: nn.Linear, ladder: Sequence[int], group_size: int, symmetric: bool = True,
+                 kernel: str = "auto", keep_original: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.ladder = check_ladder(ladder)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.rungs = nn.ModuleDict(
+            {str(b): LowBitLinear.from_linear(linear, bits=b, group_size=group_size, symmetric=symmetric, kernel=kernel)
+             for b in self.ladder}  # fmt: skip
+        )
+        self.original = linear if keep_original else None
+        self.bits: Optional[int] = self.ladder[0]
+
+    def set_bits(self, bits: Optional[int]) -> None:
+        if bits is None and self.original is None:
+            raise ValueError("this layer keeps no original weight (built with keep_original=False)")
+        if bits is not None and bits not in self.ladder:
+            raise ValueError(f"{bits} bits is not a rung of this layer's ladder {list(self.ladder)}")
+        self.bits = bits
+
+    def active(self) -> nn.Module:
+        return self.original if self.bits is None else self.rungs[str(self.bits)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.active()(x)
+
+    def storage_bytes(self) -> dict[Optional[int], int]:
+        """Bytes held per precision (None: the original weight, when kept)."""
+        out: dict[Optional[int], int] = {b: self.rungs[str(b)].storage_bytes for b in self.ladder}
+        if self.original is not None:
+            out[None] = self.original.weight.numel() * self.original.weight.element_size()
+        return out
+
+    def read_bytes(self, device: torch.device, act_dtype: torch.dtype, rows: int = 1) -> int:
+        """Weight bytes one forward reads at the active precision (bias excluded)."""
+        if self.bits is None:
+            return self.original.weight.numel() * self.original.weight.element_size()
+        return self.rungs[str(self.bits)].read_bytes(device, act_dtype, rows)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, ladder={list(self.ladder)}, bits={self.bits}"
+
+
+@torch.no_grad()
+def quantize_multiprecision(model: nn.Module, ladder: Sequence[int], group_size: int, symmetric: bool = True,
+                            skip: Iterable[str] = ("lm_head",), kernel: str = "auto",
+                            keep_original: bool = False) -> tuple[dict[str, MultiPrecisionLinear], dict[str, str]]:  # fmt: skip
+    """Replace every ``nn.Linear`` of ``model`` in place by a :class:`MultiPrecisionLinear`.
+
+    Returns (the new layers by name, the layers left alone with the reason): a name matching ``skip``, or
+    an ``in_features`` that ``group_size`` does not divide.
+    """
+    check_group_size(group_size)
+    rungs = check_ladder(ladder)
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)
+    layers: dict[str, MultiPrecisionLinear] = {}
+    skipped: dict[str, str] = {}
+    for name, lin in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]:
+        hit = _is_skipped(name, skip)
+        if hit is not None:
+            skipped[name] = f"matches skip entry {hit!r}"
+            continue
+        if lin.in_features % group_size:
+            skipped[name] = f"in_features={lin.in_features} is not a multiple of group_size={group_size}"
+            continue
+        new = MultiPrecisionLinear(lin, rungs, group_size, symmetric, kernel=kernel, keep_original=keep_original)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+        layers[name] = new
+    return layers, skipped
+
+
+def set_precision(layers: Iterable[MultiPrecisionLinear], bits: Optional[int]) -> None:
+    """Switch every layer to ``bits`` (None: the original weights)."""
+    for layer in layers:
+        layer.set_bits(bits)
