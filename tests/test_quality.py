@@ -72,5 +72,6 @@ def test_quality_against_the_baseline_in_a_real_run(tmp_path, smollm2, monkeypat
     for r in records:
         q = r.quality
         assert q.agreement.value == 1.0 and q.first_divergence.value == 6  # same greedy tokens
+        assert q.rouge_l.value == 1.0 and q.rouge_l.source == "measured"
         assert 3 < q.perplexity.value < 60 and q.perplexity.source == "measured"
     assert records[0].quality.perplexity.value == pytest.approx(records[1].quality.perplexity.value)

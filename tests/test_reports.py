@@ -112,3 +112,21 @@ def test_report_renders_in_headless_chromium(records, tmp_path):
         assert errors == []
     finally:
         driver.quit()
+
+
+def test_quality_plot_uses_rouge_l_and_joins_uniform_cells():
+    from rooflens.reports.plots import quality_vs_speedup
+    from rooflens.results.record import Quantity
+    from rooflens.results.stat import EngineStat
+
+    recs = [make_record("hf", 1, 100.0, seed=1, agreement=1.0), make_record("u8", 1, 130.0, seed=2, agreement=0.1),
+            make_record("u4", 1, 180.0, seed=3, agreement=0.03), make_record("pmpd", 1, 160.0, seed=4, agreement=0.1)]  # fmt: skip
+    for r, rl, ladder in zip(recs, (1.0, 0.6, 0.3, 0.5), (None, [8], [4], [8, 4])):
+        r.quality.rouge_l = Quantity(value=rl, unit="fraction", source="measured", how="t")
+        if ladder:
+            r.cell.engine = "mixed_precision"
+            r.engine_stats["ladder"] = EngineStat(value=ladder)
+    ax = quality_vs_speedup(recs).axes[0]
+    assert "ROUGE-L" in ax.get_ylabel()
+    lines = [ln for ln in ax.get_lines() if ln.get_label() == "uniform quantization"]
+    assert len(lines) == 1 and list(lines[0].get_ydata()) == [60.0, 30.0]  # u8 then u4, by speedup

@@ -24,7 +24,7 @@ from rooflens.bench.environment import capture_environment, now_iso
 from rooflens.bench.memory import PeakMemory
 from rooflens.bench.preflight import cell_memory_need, check_context, memory_shortfall
 from rooflens.bench.prompts import make_prompts
-from rooflens.bench.quality import PPL_WINDOW, agreement, heldout_ids, perplexity
+from rooflens.bench.quality import PPL_WINDOW, agreement, heldout_ids, perplexity, rouge_l
 from rooflens.bench.stats import summarize
 from rooflens.bench.timing import RepTiming, rep_timing
 from rooflens.config import EngineSpec, Experiment, Repetitions, Workload
@@ -395,6 +395,10 @@ class ExperimentRunner:
                                         how="matching tokens / all generated tokens, position by position")  # fmt: skip
             result.first_divergence = Quantity(value=a.first_divergence, unit="token", source="measured",
                                                how=f"earliest position where any row differs ({cell.workload.gen_len} = never)")  # fmt: skip
+            scores = [rouge_l(row.tolist(), ref.tolist()) for row, ref in zip(tokens.cpu(), reference.cpu())]
+            result.rouge_l = Quantity(value=sum(scores) / len(scores), unit="fraction", source="measured",
+                                      how="ROUGE-L F1 (longest common subsequence) of the greedy tokens vs the "
+                                      "baseline's, mean over rows")  # fmt: skip
         return result
 
     def _run_cell(self, cell: Cell, model: LoadedModel, meter: EnergyMeter, engines: dict) -> Record:

@@ -113,14 +113,29 @@ def latency(records: list[Record]) -> Figure:
     return fig
 
 
+def _is_uniform(r: Record) -> bool:
+    """A uniformly quantized cell: the quantized engine, or mixed precision with a one-rung ladder."""
+    if r.cell.engine == "quantized":
+        return True
+    ladder = r.engine_stats.get("ladder")
+    return r.cell.engine == "mixed_precision" and ladder is not None and isinstance(ladder.value, list) and len(ladder.value) == 1
+
+
 def quality_vs_speedup(records: list[Record]) -> Figure:
-    """The Pareto view: decode speedup over the baseline against agreement with its greedy output."""
+    """The Pareto view: decode speedup over the baseline against output quality vs the baseline's greedy tokens.
+
+    Quality is ROUGE-L when every cell has it (one early difference does not zero the rest), else the
+    position-wise agreement. Uniformly quantized cells are joined by a line: mixed-precision points above
+    it reach what no uniform precision does.
+    """
+    ok = _ok(records)
+    use_rouge = bool(ok) and all(r.quality and r.quality.rouge_l for r in ok if r.quality and r.quality.agreement)
     points = []
-    for r in _ok(records):
+    for r in ok:
         s = speedup(r, records)
-        q = r.quality.agreement.value if r.quality and r.quality.agreement else None
-        if s is not None and q is not None:
-            points.append((r, s, q))
+        q = r.quality.rouge_l if use_rouge and r.quality else (r.quality.agreement if r.quality else None)
+        if s is not None and q is not None and q.value is not None:
+            points.append((r, s, q.value))
     if not points:
         return _message_figure(
             "quality vs speedup", "no cell has both a speedup over the baseline and a quality figure\n"
@@ -128,13 +143,19 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
         )  # fmt: skip
     colors = engine_colors([p[0] for p in points])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    uniform = sorted((s, q) for r, s, q in points if _is_uniform(r))
+    if len(uniform) >= 2:
+        ax.plot([u[0] for u in uniform], [100 * u[1] for u in uniform], color="gray", lw=1, ls=":",
+                label="uniform quantization")  # fmt: skip
+        ax.legend(fontsize=8, loc="lower left")
     for r, s, q in points:
         ax.scatter(s, 100 * q, color=colors[r.cell.engine_label], s=50)
         ax.annotate(f"{r.cell.engine_label} b{r.cell.batch_size}", (s, 100 * q), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")  # fmt: skip
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("decode speedup over the baseline (same run)")
-    ax.set_ylabel("greedy token agreement with the baseline (%)")
+    ax.set_ylabel("ROUGE-L vs the baseline's greedy tokens (%)" if use_rouge
+                  else "greedy token agreement with the baseline (%)")  # fmt: skip
     ax.set_title("quality vs speedup (up and right is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -77,6 +77,7 @@ class QualityResult(_Model):
     reference: str
     agreement: Quantity | None = None
     first_divergence: Quantity | None = None
+    rouge_l: Quantity | None = None
     perplexity: Quantity | None = None
     note: str | None = None
 
