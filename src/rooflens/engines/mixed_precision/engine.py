@@ -154,11 +154,6 @@ class MixedPrecisionEngine(Engine):
     # -- set-up
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device, model=None) -> str | None:
-        reason = super().unavailable_reason(device, model)
-        return reason
-
-    @classmethod
     def extra_weight_bytes(cls, options: MixedPrecisionOptions, model) -> tuple[int, str]:  # type: ignore[override]
         from rooflens.kernels.lowbit import format_bits_per_weight
 
