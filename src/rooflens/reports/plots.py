@@ -141,6 +141,12 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
             "quality vs speedup", "no cell has both a speedup over the baseline and a quality figure\n"
             "(random-weight models and runs without quality metrics have none)",
         )  # fmt: skip
+    # one point per engine and batch size: the mean over the run's workloads (prompts)
+    groups: dict[tuple[str, int], list[tuple[Record, float, float]]] = defaultdict(list)
+    for p in points:
+        groups[(p[0].cell.engine_label, p[0].cell.batch_size)].append(p)
+    n_workloads = max(len(g) for g in groups.values())
+    points = [(g[0][0], sum(p[1] for p in g) / len(g), sum(p[2] for p in g) / len(g)) for g in groups.values()]
     colors = engine_colors([p[0] for p in points])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     uniform = sorted((s, q) for r, s, q in points if _is_uniform(r))
@@ -156,7 +162,8 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
     ax.set_xlabel("decode speedup over the baseline (same run)")
     ax.set_ylabel("ROUGE-L vs the baseline's greedy tokens (%)" if use_rouge
                   else "greedy token agreement with the baseline (%)")  # fmt: skip
-    ax.set_title("quality vs speedup (up and right is better)")
+    mean = f", mean over {n_workloads} workloads" if n_workloads > 1 else ""
+    ax.set_title(f"quality vs speedup (up and right is better{mean})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
