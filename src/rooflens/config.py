@@ -175,6 +175,9 @@ class Experiment(_Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     energy: bool = True
     output: Output = Output()
+    executor: Literal["inline", "subprocess", "ray"] = Field(
+        default="inline", description="where the cells run: this process, a fresh process per engine, or Ray tasks"
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -224,8 +227,12 @@ class Experiment(_Strict):
         return self.baseline or self.engines[0].display
 
     def config_hash(self) -> str:
-        """Hash of the validated experiment (defaults filled in), stable across key order."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Hash of the validated experiment (defaults filled in), stable across key order.
+
+        ``executor`` says where cells run, not what is measured: it is left out, so runs of one
+        experiment under different executors (and records from before the field existed) compare.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude={"executor"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -10,12 +10,13 @@ sweep goes on.
 from __future__ import annotations
 
 import gc
+import os
 import secrets
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol, Sequence
 
 import torch
 
@@ -46,6 +47,9 @@ from rooflens.text import safe_name
 from rooflens.roofline.hardware import detect_hardware, resolve_profile
 from rooflens.roofline.position import ceilings_for, roofline_position
 from rooflens.roofline.probe import load_probe
+
+if TYPE_CHECKING:
+    from rooflens.bench.executors.base import Executor
 
 MAX_SAMPLES = 10000
 
@@ -84,6 +88,17 @@ def expand_cells(exp: Experiment) -> list[Cell]:
         for wi, workload in enumerate(exp.workloads)
         for b in workload.batch_sizes
     ]
+
+
+def cell_groups(cells: Sequence[Cell]) -> list[list[int]]:
+    """Indices of ``cells`` by engine, in order: one group = one engine prepared once (cells are sorted by engine)."""
+    groups: list[list[int]] = []
+    for i, cell in enumerate(cells):
+        if groups and cells[groups[-1][-1]].engine.display == cell.engine.display:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 class RunObserver(Protocol):
@@ -237,17 +252,24 @@ class ExperimentRunner:
         results_root: Path | None = None,
         observer: RunObserver | None = None,
         meter: EnergyMeter | None = None,
+        executor: "Executor | None" = None,
+        *,
+        run_id: str | None = None,
+        dtype_choice: DtypeChoice | None = None,
     ):
+        """``executor``: where the cells run (default: the one the experiment names, ``inline`` unless set).
+        ``run_id`` and ``dtype_choice`` are the driver's, handed to a worker that measures part of its run."""
         self.exp = exp
         self.source = source
         self.observer = observer or SilentObserver()
-        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        self.run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
         root = Path(results_root) if results_root is not None else Path(exp.output.results_dir)
         self.folder = root / safe_name(exp.name) / self.run_id
         self.device = resolve_device(exp.device)
-        self.dtype_choice = choose_dtype(exp.dtype, self.device)
+        self.dtype_choice = dtype_choice or choose_dtype(exp.dtype, self.device)
         self.dtype = self.dtype_choice.dtype
         self._meter = meter
+        self.executor = executor
         self.records: list[Record] = []  # written so far (an interrupted sweep reports them)
         self.total_cells = len(expand_cells(exp))
         self._reference_tokens: dict[tuple[int, int], torch.Tensor] = {}
@@ -273,6 +295,24 @@ class ExperimentRunner:
                 _remove_if_empty(self.folder)
 
     def _run(self) -> RunResult:
+        """The driver: hand the cells, by engine, to the executor; write and report each record as it arrives."""
+        from rooflens.bench.executors import make_executor
+
+        executor = self.executor or make_executor(self.exp.executor)
+        self.setup(executor.name)
+        cells = expand_cells(self.exp)
+        results = executor.run(self, cell_groups(cells))
+        try:
+            for i, record in results:
+                path = write_record(self.folder, record)
+                self.records.append(record)
+                self.observer.cell_finished(i, len(cells), record, path)
+        finally:
+            results.close()  # an executor stops its workers when the driver stops early
+        return RunResult(self.run_id, self.folder, self.records)
+
+    def setup(self, executor: str) -> None:
+        """Threads, hardware profile, probe and environment of the process that calls it (the worker's own in a worker)."""
         exp = self.exp
         if exp.threads:
             torch.set_num_threads(exp.threads)
@@ -281,6 +321,7 @@ class ExperimentRunner:
         self.profile = profile.profile
         self.probe = load_probe(profile.device_name) if profile.device_name else None
         self.env = capture_environment(detected.model_dump(mode="json"))
+        self.env["placement"] = {"executor": executor, "pid": os.getpid()}
         self.profile_info = {
             "name": profile.profile.name,
             "display_name": profile.profile.display_name,
@@ -288,31 +329,55 @@ class ExperimentRunner:
             "reason": profile.reason,
             "profile": profile.profile.model_dump(mode="json"),
         }
+
+    def measure_groups(self, groups: Sequence[Sequence[int]]) -> Generator[tuple[int, Record], None, None]:
+        """Measure the cells (indices into :func:`expand_cells`) of ``groups`` in this process, yielding each
+        record as its cell ends. The model is loaded once per dtype for all the groups; each group's engine is
+        prepared once and released after its last cell, before the next one is prepared."""
+        exp = self.exp
         if self._meter is not None:
             meter = self._meter
         elif exp.energy:
             meter = select_meter(str(self.device))
         else:
             meter = UnavailableMeter("energy measurement turned off in the experiment (energy: false)")
-        models: dict[torch.dtype, LoadedModel] = {}
-        check_context(exp, self._model_for(exp.engines[0], models).model.config, exp.model.label)
         cells = expand_cells(exp)
-        records = self.records
+        models: dict[torch.dtype, LoadedModel] = {}
+        if not groups:
+            return
+        first = cells[groups[0][0]].engine  # the baseline in a whole run; a worker loads only its group's dtype
+        check_context(exp, self._model_for(first, models).model.config, exp.model.label)
         engines: dict[str, Engine | ErrorInfo] = {}
-        last_cell = {cell.engine.display: i for i, cell in enumerate(cells)}
-        for i, cell in enumerate(cells):
-            self.observer.cell_started(i, len(cells), cell)
-            record = self._run_cell(cell, self._model_for(cell.engine, models), meter, engines)
-            path = write_record(self.folder, record)
-            records.append(record)
-            self.observer.cell_finished(i, len(cells), record, path)
-            if last_cell[cell.engine.display] == i and isinstance(engines.get(cell.engine.display), Engine):
+        for group in groups:
+            for i in group:
+                cell = cells[i]
+                self.observer.cell_started(i, len(cells), cell)
+                yield i, self._run_cell(cell, self._model_for(cell.engine, models), meter, engines)
+            label = cells[group[-1]].engine.display
+            if isinstance(engines.get(label), Engine):
                 # free the engine (and any model copy it made) before the next one is prepared
-                engines[cell.engine.display] = ErrorInfo(type="Released", message="engine released after its last cell")
+                engines[label] = ErrorInfo(type="Released", message="engine released after its last cell")
                 gc.collect()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-        return RunResult(self.run_id, self.folder, records)
+
+    def lost_record(self, index: int, reason: ErrorInfo, model: Any = None, environment: dict | None = None) -> Record:
+        """A ``failed`` record for a cell whose measuring process ended before it wrote one."""
+        cell = expand_cells(self.exp)[index]
+        return Record(status="failed", reason=reason, finished_at=now_iso(),
+                      **self._record_base(cell, model, environment or self.env))  # fmt: skip
+
+    def _record_base(self, cell: Cell, model: Any, environment: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "record_id": f"{self.run_id}/{safe_name(cell.engine.display)}/{safe_name(cell.workload.display)}/b{cell.batch_size}",
+            "experiment": self._experiment_info(),
+            "cell": cell.spec(),
+            "model": model,
+            "device": str(self.device),
+            "hardware_profile": self.profile_info,
+            "environment": environment,
+            "started_at": now_iso(),
+        }
 
     def _model_for(self, spec: EngineSpec, models: dict[torch.dtype, LoadedModel]) -> LoadedModel:
         """The model in this engine's dtype (its own ``dtype``, else the experiment's), loaded once per dtype."""
@@ -402,17 +467,7 @@ class ExperimentRunner:
         return result
 
     def _run_cell(self, cell: Cell, model: LoadedModel, meter: EnergyMeter, engines: dict) -> Record:
-        started = now_iso()
-        base: dict[str, Any] = {
-            "record_id": f"{self.run_id}/{safe_name(cell.engine.display)}/{safe_name(cell.workload.display)}/b{cell.batch_size}",
-            "experiment": self._experiment_info(),
-            "cell": cell.spec(),
-            "model": model.info,
-            "device": str(self.device),
-            "hardware_profile": self.profile_info,
-            "environment": self.env,
-            "started_at": started,
-        }
+        base = self._record_base(cell, model.info, self.env)
         short = self._memory_shortfall(cell, model, engines)
         if short is not None:
             return Record(status="unavailable", reason=ErrorInfo(type="InsufficientMemory", message=short),

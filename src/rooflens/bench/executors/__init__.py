@@ -1,0 +1,33 @@
+"""Executors: where an experiment's cells run.
+
+The runner (the driver) splits the cells into groups, one per engine (one model load and one
+engine ``prepare`` each), hands them to an executor and writes each record it gets back.
+
+- ``inline``: in the driver's own process (the default).
+- ``subprocess``: each group in a fresh worker process, one after another; a worker that dies
+  turns the cells it had not finished into ``failed`` records and the sweep goes on.
+- ``ray``: each group as a Ray task, on a local or an existing Ray cluster (optional extra).
+"""
+
+from __future__ import annotations
+
+from rooflens.bench.executors.base import EXECUTORS, Executor, ExecutorError
+
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "make_executor"]
+
+
+def make_executor(name: str, ray_address: str | None = None) -> Executor:
+    """The executor called ``name``; ``ray_address`` is for ``ray`` only (else ``RAY_ADDRESS`` or a local cluster)."""
+    if name == "inline":
+        from rooflens.bench.executors.inline import InlineExecutor
+
+        return InlineExecutor()
+    if name == "subprocess":
+        from rooflens.bench.executors.process import SubprocessExecutor
+
+        return SubprocessExecutor()
+    if name == "ray":
+        from rooflens.bench.executors.ray_tasks import RayExecutor
+
+        return RayExecutor(address=ray_address)
+    raise ExecutorError(f"unknown executor '{name}' (allowed: {', '.join(EXECUTORS)})")

@@ -1,0 +1,69 @@
+"""The executor interface, and how a worker's death becomes a reason in a record."""
+
+from __future__ import annotations
+
+import signal
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Generator, Sequence
+
+from rooflens.results.record import ErrorInfo, Record
+
+if TYPE_CHECKING:
+    from rooflens.bench.runner import ExperimentRunner
+
+EXECUTORS = ("inline", "subprocess", "ray")
+STDERR_TAIL_BYTES = 2048
+
+Results = Generator[tuple[int, Record], None, None]
+"""(cell index, record) pairs, in cell order, each as soon as its cell ends."""
+
+
+class ExecutorError(RuntimeError):
+    """An executor cannot be used here; the message says what to install or set."""
+
+
+class Executor(ABC):
+    """Runs groups of cells (each group: the cells of one engine) and yields their records.
+
+    The runner calls :meth:`run` after :meth:`ExperimentRunner.setup`; it writes each record
+    and tells its observer. Closing the generator early (an error while writing, Ctrl-C)
+    must stop whatever the executor started.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def run(self, runner: "ExperimentRunner", groups: Sequence[Sequence[int]]) -> Results:
+        """Measure ``groups`` (indices into the runner's cells) in order."""
+
+
+def describe_exit(returncode: int) -> str:
+    """``worker killed by signal 6 (SIGABRT)`` or ``worker exited with code 3``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        hint = "; the kernel's out-of-memory killer sends SIGKILL" if -returncode == signal.SIGKILL else ""
+        return f"worker killed by signal {-returncode} ({name}){hint}"
+    return f"worker exited with code {returncode}"
+
+
+def stderr_tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:
+    """The last ``limit`` characters of a worker's log (stderr and stdout), without the list of loaded
+    extension modules that Python's faulthandler prints after the stack (kilobytes of it with torch)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 32 * limit))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines(keepends=True) if not line.startswith("Extension modules:")]
+    return "".join(lines)[-limit:]
+
+
+def worker_died(message: str, tail: str) -> ErrorInfo:
+    """The reason recorded for every cell a dead worker had not finished."""
+    return ErrorInfo(type="WorkerDied", message=message, traceback=tail or None)
