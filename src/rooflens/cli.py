@@ -609,6 +609,46 @@ def _probe_size(sizes: dict[str, int], key: str) -> str:
     return f"n={n}" if n else "-"
 
 
+def _check_engine_options(engine: str, options: dict):
+    """The EngineSpec of ``options``, or exit 2 naming each bad one as its command-line flag."""
+    from rooflens.config import EngineSpec
+    from rooflens.engines.base import validate_engine_options
+
+    spec = EngineSpec(name=engine, options=options)
+    problems = []
+    for p in validate_engine_options(spec):
+        field, _, message = p.partition(": ")
+        name = field.removeprefix("options").removeprefix(".")
+        problems.append(f"--{name.replace('_', '-')}: {message}" if name else message)
+    if problems:
+        _fail("; ".join(problems))
+    return spec
+
+
+def _training_model(model: str, device: str, dtype: str):
+    """The model a `rooflens train` command works on, loaded as an experiment would load it, or exit 2."""
+    from pydantic import ValidationError
+
+    from rooflens.config import ModelSpec, parse_model_shorthand
+    from rooflens.models.loader import TORCH_DTYPES, ModelLoadError, load_model, resolve_device
+
+    if dtype not in TORCH_DTYPES:
+        _fail(f"--dtype {dtype!r}: allowed {', '.join(TORCH_DTYPES)}")
+    try:
+        return load_model(ModelSpec(**parse_model_shorthand(model)), resolve_device(_device(device)), TORCH_DTYPES[dtype])
+    except (ModelLoadError, ValidationError, ValueError) as err:
+        _fail(f"model {model!r}: {err}")
+
+
+def _figures_table(title: str, figures: dict) -> None:
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
 @train_app.command("early-exit")
 def train_early_exit(
     model: str = typer.Argument(..., help="smollm2-135m (built-in), shape:<config> or hf:<id or path>"),
@@ -630,28 +670,15 @@ def train_early_exit(
 
     The engine's prepare() finds them by model fingerprint and settings (the same defaults as its options).
     """
-    from pydantic import ValidationError
-
-    from rooflens.config import ModelSpec, parse_model_shorthand
     from rooflens.engines.early_exit.engine import EarlyExitOptions
-    from rooflens.engines.early_exit.training import artifact_path, load_or_train, train
-    from rooflens.models.loader import TORCH_DTYPES, ModelLoadError, load_model, resolve_device
+    from rooflens.engines.early_exit.training import artifact_path, load_or_train, save_artifacts, train
 
-    try:
-        opts = EarlyExitOptions(draft=draft, k=k, draft_vocab=draft_vocab, train_prompts=prompts,
-                                train_prompt_len=prompt_len, train_gen_len=gen_len, draft_epochs=draft_epochs,
-                                predictor_epochs=predictor_epochs, predictor_hidden=predictor_hidden, seed=seed)  # fmt: skip
-    except ValidationError as err:
-        _fail("; ".join(f"--{'-'.join(str(p) for p in e['loc']) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
-                        for e in err.errors()))  # fmt: skip
-    if dtype not in TORCH_DTYPES:
-        _fail(f"--dtype {dtype!r}: allowed {', '.join(TORCH_DTYPES)}")
-    try:
-        spec = ModelSpec(**parse_model_shorthand(model))
-        loaded = load_model(spec, resolve_device(_device(device)), TORCH_DTYPES[dtype])
-    except (ModelLoadError, ValidationError, ValueError) as err:
-        _fail(f"model {model!r}: {err}")
-    settings = opts.settings
+    options = {"draft": draft, "k": k, "draft_vocab": draft_vocab, "train_prompts": prompts,
+               "train_prompt_len": prompt_len, "train_gen_len": gen_len, "draft_epochs": draft_epochs,
+               "predictor_epochs": predictor_epochs, "predictor_hidden": predictor_hidden, "seed": seed}  # fmt: skip
+    _check_engine_options("early_exit", options)
+    loaded = _training_model(model, device, dtype)
+    settings = EarlyExitOptions.model_validate(options).settings
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)  # fmt: skip
     task = progress.add_task("starting", total=None)
@@ -662,8 +689,6 @@ def train_early_exit(
     try:
         with progress:
             if force:
-                from rooflens.engines.early_exit.training import save_artifacts
-
                 path = artifact_path(loaded.model, loaded.info.label, settings)
                 art, trained = train(loaded.model, loaded.tokenizer, settings, step), True
                 save_artifacts(art, path)
@@ -674,17 +699,14 @@ def train_early_exit(
     except OSError as err:
         _unwritable("early-exit cache", artifact_path(loaded.model, loaded.info.label, settings), err)
     console.print(f"{'trained and saved' if trained else 'already cached'}: {path}")
-    table = Table(title=f"early exit, {loaded.info.label}, draft {settings.draft}, k {settings.k}")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
+    rows: dict[str, object] = {}
     for key, value in art.report.items():
         if isinstance(value, dict):
-            for t, sim in value.items():
-                table.add_row(f"{key} @ threshold {t}", ", ".join(f"{a} {b:.3f}" for a, b in sim.items()))
+            rows.update({f"{key} @ threshold {t}": ", ".join(f"{a} {b:.3f}" for a, b in sim.items()) for t, sim in value.items()})
         else:
-            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    table.add_row("offline layers (0-based)", " ".join(map(str, art.offline_layers(max(1, round(len(art.exit_histogram) / 4))))))
-    console.print(table)
+            rows[key] = value
+    rows["offline layers (0-based)"] = " ".join(map(str, art.offline_layers(max(1, round(len(art.exit_histogram) / 4)))))
+    _figures_table(f"early exit, {loaded.info.label}, draft {settings.draft}, k {settings.k}", rows)
 
 
 @train_app.command("mixed-precision")
@@ -704,11 +726,7 @@ def train_mixed_precision(
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (as the experiment will load it)"),
 ) -> None:
     """Tune the mixed_precision engine's static switch points and learned classifiers for MODEL, and cache them."""
-    from pydantic import ValidationError
-
-    from rooflens.config import EngineSpec, ModelSpec, parse_model_shorthand
-    from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
-    from rooflens.models.loader import TORCH_DTYPES, ModelLoadError, load_model, resolve_device
+    from rooflens.engines.base import EngineUnavailable, build_engine
 
     try:
         rungs = [int(b) for b in ladder.split(",")]
@@ -719,16 +737,8 @@ def train_mixed_precision(
                "classifier_epochs": classifier_epochs, "seed": seed}  # fmt: skip
     if prefill_bits:
         options["prefill_bits"] = prefill_bits if prefill_bits == "original" else int(prefill_bits) if prefill_bits.isdigit() else prefill_bits
-    spec = EngineSpec(name="mixed_precision", options=options)
-    problems = validate_engine_options(spec)
-    if problems:
-        _fail("; ".join("--" + p.removeprefix("options.").replace("_", "-") for p in problems))
-    if dtype not in TORCH_DTYPES:
-        _fail(f"--dtype {dtype!r}: allowed {', '.join(TORCH_DTYPES)}")
-    try:
-        loaded = load_model(ModelSpec(**parse_model_shorthand(model)), resolve_device(_device(device)), TORCH_DTYPES[dtype])
-    except (ModelLoadError, ValidationError, ValueError) as err:
-        _fail(f"model {model!r}: {err}")
+    spec = _check_engine_options("mixed_precision", options)
+    loaded = _training_model(model, device, dtype)
     engine = build_engine(spec, loaded)
     if len(rungs) < 2:
         _fail(f"--ladder {ladder}: one rung never switches; nothing to tune")
@@ -738,12 +748,7 @@ def train_mixed_precision(
         except (EngineUnavailable, ValueError) as err:
             _fail(str(err))
     console.print(engine.tuning_note)
-    table = Table(title=f"mixed precision, {loaded.info.label}, ladder {rungs}")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key, value in engine.tuning_report.items():
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    console.print(table)
+    _figures_table(f"mixed precision, {loaded.info.label}, ladder {rungs}", engine.tuning_report)
 
 
 def main() -> None:  # pragma: no cover
