@@ -275,3 +275,8 @@ def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(abort_plugi
     assert {r.environment["placement"]["executor"] for r in ok} == {"ray"}
     assert os.getpid() not in {r.environment["placement"]["pid"] for r in ok}
     assert len(load_records(result.folder)) == 6
+    # the cells Ray measured have the statuses and record schema of the same cells run inline
+    inline = by_cell(ExperimentRunner(tiny(TWO_HF), results_root=tmp_path / "inline").run().records)
+    assert sorted(by_cell(ok)) == sorted(inline)
+    for cell, record in by_cell(ok).items():
+        assert inline[cell].status == "ok" and keys(record) == keys(inline[cell])
