@@ -10,7 +10,7 @@ import torch
 from rooflens.bench.stats import summarize
 from rooflens.config import Experiment, validate_experiment
 from rooflens.engines import base
-from rooflens.engines.base import Engine, EngineOptions
+from rooflens.engines.base import Engine, EngineOptions, TokenClock
 from rooflens.models.loader import ModelInfo
 from rooflens.results.record import (
     CellSpec, EnergyResult, ErrorInfo, MemoryResult, Metric, Quantity, QualityResult, Record, RepetitionInfo,
@@ -137,3 +137,12 @@ def test_engines(monkeypatch):
     base._load_all()
     for cls in (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine):
         monkeypatch.setitem(base._REGISTRY, cls.name, cls)
+
+
+def clocked_generate(engine, prompts: torch.Tensor, n: int) -> torch.Tensor:
+    """``engine.generate`` of ``n`` tokens on the CPU, with a started and stopped TokenClock."""
+    clock = TokenClock(torch.device("cpu"))
+    clock.start()
+    out = engine.generate(prompts, n, clock)
+    clock.stop()
+    return out

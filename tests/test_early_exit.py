@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from factories import clocked_generate
 
 from rooflens.bench.prompts import make_prompts
 from rooflens.config import EngineSpec, ModelSpec
-from rooflens.engines.base import EngineUnavailable, TokenClock, build_engine, validate_engine_options
+from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
 from rooflens.engines.decoding import LayerStack, forward_layers, new_cache, write_kv
 from rooflens.engines.early_exit import EarlyExitEngine, EarlyExitOptions
 from rooflens.engines.early_exit.draft_head import DraftHead
@@ -34,11 +35,7 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 def _generate(engine, prompts, n=6):
-    clock = TokenClock(CPU)
-    clock.start()
-    out = engine.generate(prompts, n, clock)
-    clock.stop()
-    return out
+    return clocked_generate(engine, prompts, n)
 
 
 # ---------------------------------------------------------------------------- toolkit: KV fill

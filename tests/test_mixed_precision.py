@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from factories import clocked_generate
 from torch import nn
 
 from rooflens.bench.prompts import make_prompts
 from rooflens.bench.quality import rouge_l
 from rooflens.config import EngineSpec
-from rooflens.engines.base import EngineUnavailable, TokenClock, build_engine, validate_engine_options
+from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
 from rooflens.engines.mixed_precision.schedulers import (
     ConfidenceScheduler,
     KVCacheClassifier,
@@ -17,7 +18,6 @@ from rooflens.engines.mixed_precision.schedulers import (
 from rooflens.kernels.linear import LowBitLinear
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, check_ladder
 
-CPU = torch.device("cpu")
 TINY = {"train_prompts": 4, "train_prompt_len": 6, "train_gen_len": 6, "classifier_epochs": 3, "group_size": 32}
 
 
@@ -27,11 +27,7 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 def _generate(engine, prompts, n=8):
-    clock = TokenClock(CPU)
-    clock.start()
-    out = engine.generate(prompts, n, clock)
-    clock.stop()
-    return out
+    return clocked_generate(engine, prompts, n)
 
 
 # ---------------------------------------------------------------------------- ROUGE-L
