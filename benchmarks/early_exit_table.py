@@ -25,8 +25,10 @@ def table(folder: str) -> str:
     records = [r for r in load_records(folder) if r.status == "ok"]
     base = next((r for r in records if r.cell.engine_label == r.experiment.get("baseline")), None)
     base_tps = base.metrics["decode_tok_s"].median if base else None
-    head = ("| cell | decode tok/s | speedup | agreement | first divergence | layers/token | exit rate | exit precision "
-            "| oracle layers | oracle bound (analytic / measured) | " + " | ".join(f"{p} %" for p in PHASES) + " |")  # fmt: skip
+    head = (
+        "| cell | decode tok/s | speedup | agreement | first divergence | layers/token | exit rate | exit precision "
+        "| oracle layers | oracle bound (analytic / measured) | " + " | ".join(f"{p} %" for p in PHASES) + " |"
+    )
     lines = [head, "|" + "---|" * (10 + len(PHASES))]
     for r in sorted(records, key=lambda r: r.cell.engine_label):
         tps = r.metrics["decode_tok_s"].median
@@ -37,7 +39,9 @@ def table(folder: str) -> str:
         lines.append(
             f"| {r.cell.engine_label} | {tps:.2f} | {tps / base_tps:.3f} | {agree} | {first} | "
             f"{_stat(r, 'layers_executed_per_token')} | {_stat(r, 'exit_rate')} | {_stat(r, 'audit_exit_precision')} | "
-            f"{_stat(r, 'oracle_mean_layers')} | {_stat(r, 'oracle_speedup_bound', '{:.3f}')} / {_stat(r, 'oracle_speedup_bound_measured', '{:.3f}')} | " + " | ".join(split) + " |"
+            f"{_stat(r, 'oracle_mean_layers')} | {_stat(r, 'oracle_speedup_bound', '{:.3f}')} / {_stat(r, 'oracle_speedup_bound_measured', '{:.3f}')} | "
+            + " | ".join(split)
+            + " |"
         )
     return "\n".join(lines)
 

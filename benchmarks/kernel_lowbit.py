@@ -28,6 +28,7 @@ Triton path against the torch reference in the Triton CPU interpreter.
 
     python benchmarks/kernel_lowbit.py --bits 4 8 --m 1 4 8 16 --group-size 128 [--calibrate]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,26 +56,39 @@ def parse_args(argv=None):
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--asymmetric", action="store_true", help="scale + zero point (default: symmetric)")
     p.add_argument("--m", type=int, nargs="+", default=[1, 4, 8, 16], help="rows of x (batch * new tokens)")
-    p.add_argument("--kinds", nargs="+", default=list(LOWBIT_KINDS), choices=LOWBIT_KINDS,
-                   help="low-bit paths to time (fp16 F.linear is always timed)")
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=list(LOWBIT_KINDS),
+        choices=LOWBIT_KINDS,
+        help="low-bit paths to time (fp16 F.linear is always timed)",
+    )
     p.add_argument("--reps", type=int, default=50, help="timed replays (median reported)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--split-k", default="auto", help="'auto' (launcher heuristic) or an int (gemv/flat)")
     p.add_argument("--no-autotune", action="store_true", help="use the fixed CUDA_DEFAULT_CONFIGS")
     p.add_argument("--no-graph", action="store_true", help="time eager calls instead of a CUDA graph")
-    p.add_argument("--rotate-mb", type=float, default=256.0,
-                   help="total weight bytes cycled through per timed pass (defeats L2 reuse)")
+    p.add_argument(
+        "--rotate-mb",
+        type=float,
+        default=256.0,
+        help="total weight bytes cycled through per timed pass (defeats L2 reuse)",
+    )
     p.add_argument("--shapes", nargs="+", default=None, help="subset of shape names to run")
-    p.add_argument("--calibrate", action="store_true",
-                   help="first measure and cache the gemv/flat/dense crossovers of these shapes (first --bits)")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="first measure and cache the gemv/flat/dense crossovers of these shapes (first --bits)",
+    )
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
     p.add_argument("--smoke", action="store_true", help="without CUDA: tiny interpreter correctness check")
     return p.parse_args(argv)
 
 
 @lru_cache(maxsize=1)  # the main loop asks for one weight set many times in a row
-def _weights(n: int, k: int, bits: Optional[int], group_size: int, symmetric: bool, rotate_mb: float,
-             device: str) -> list:
+def _weights(
+    n: int, k: int, bits: Optional[int], group_size: int, symmetric: bool, rotate_mb: float, device: str
+) -> list:
     """Copies of one random ``[N, K]`` weight, ``rotate_mb`` MiB in all: fp16 tensors (``bits=None``) or
     :class:`QuantizedWeight`."""
     from rooflens.kernels import quantize
@@ -93,10 +107,12 @@ def time_row(kind: str, m: int, n: int, k: int, args, bits: Optional[int] = None
     from rooflens.kernels.dispatch import time_ms
     from rooflens.kernels.triton_lowbit import lowbit_linear
 
-    weights = _weights(n, k, None if kind == "fp16" else bits, args.group_size, not args.asymmetric,
-                       args.rotate_mb, device)
+    weights = _weights(
+        n, k, None if kind == "fp16" else bits, args.group_size, not args.asymmetric, args.rotate_mb, device
+    )
     x = torch.randn(m, k, device=device, generator=torch.Generator(device=device).manual_seed(m)).half()
     if kind == "fp16":
+
         def call(w):
             return torch.nn.functional.linear(x, w)
 
@@ -117,8 +133,17 @@ def time_row(kind: str, m: int, n: int, k: int, args, bits: Optional[int] = None
             call(w)
 
     us = time_ms(one_pass, args.reps, args.warmup, graph=not args.no_graph) * 1e3 / len(weights)
-    return dict(kind=kind, N=n, K=k, M=m, bits=bits if kind != "fp16" else 16, bits_per_weight=bpw, us=us,
-                GBps=nbytes / (us * 1e-6) / 1e9, rel_err_vs_reference=rel)
+    return dict(
+        kind=kind,
+        N=n,
+        K=k,
+        M=m,
+        bits=bits if kind != "fp16" else 16,
+        bits_per_weight=bpw,
+        us=us,
+        GBps=nbytes / (us * 1e-6) / 1e9,
+        rel_err_vs_reference=rel,
+    )
 
 
 def _copy_bandwidth(device_name: str) -> Optional[float]:
@@ -143,19 +168,31 @@ def run_cuda(args) -> list[dict]:
     dev = torch.device("cuda", torch.cuda.current_device())
     shapes = [s for s in LLAMA2_7B_SHAPES if args.shapes is None or s[0] in args.shapes]
     props = torch.cuda.get_device_properties(dev)
-    print(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-          f"group_size={args.group_size}, {'asymmetric' if args.asymmetric else 'symmetric'}, "
-          f"split_k={args.split_k}, autotune={not args.no_autotune}, "
-          f"timing={'cuda-graph' if not args.no_graph else 'eager'} median of {args.reps}, "
-          f"rotating >= {args.rotate_mb:g} MiB of weights per pass")
+    print(
+        f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
+        f"group_size={args.group_size}, {'asymmetric' if args.asymmetric else 'symmetric'}, "
+        f"split_k={args.split_k}, autotune={not args.no_autotune}, "
+        f"timing={'cuda-graph' if not args.no_graph else 'eager'} median of {args.reps}, "
+        f"rotating >= {args.rotate_mb:g} MiB of weights per pass"
+    )
     copy_bw = _copy_bandwidth(props.name)
     if args.calibrate:
         print("calibrating the gemv / flat / dense crossovers (autotunes every path at every M: minutes) ...")
-        table = calibrate(dev, [(n, k) for _, n, k in shapes], bits=args.bits[0], group_size=args.group_size,
-                          symmetric=not args.asymmetric, reps=args.reps, warmup=args.warmup, rotate_mb=args.rotate_mb)
+        table = calibrate(
+            dev,
+            [(n, k) for _, n, k in shapes],
+            bits=args.bits[0],
+            group_size=args.group_size,
+            symmetric=not args.asymmetric,
+            reps=args.reps,
+            warmup=args.warmup,
+            rotate_mb=args.rotate_mb,
+        )
         for key, c in sorted(table.buckets.items()):
-            print(f"  bucket {key}: gemv for M <= {c.gemv_max_m}, flat for M <= {c.flat_max_m}, dense above "
-                  f"({c.source}, {c.format})")
+            print(
+                f"  bucket {key}: gemv for M <= {c.gemv_max_m}, flat for M <= {c.flat_max_m}, dense above "
+                f"({c.source}, {c.format})"
+            )
     rows = []
     for name, n, k in shapes:
         base = {m: time_row("fp16", m, n, k, args) for m in args.m}
@@ -164,8 +201,12 @@ def run_cuda(args) -> list[dict]:
             for m in args.m:
                 decision = decide(m, n, k, dev)
                 for kind in args.kinds:
-                    row = dict(shape=name, **time_row(kind, m, n, k, args, bits), chosen=kind == decision.path,
-                               choice_source=decision.source)
+                    row = dict(
+                        shape=name,
+                        **time_row(kind, m, n, k, args, bits),
+                        chosen=kind == decision.path,
+                        choice_source=decision.source,
+                    )
                     rows.append(_report(row, base[m], copy_bw))
         _weights.cache_clear()
         torch.cuda.empty_cache()
@@ -175,12 +216,17 @@ def run_cuda(args) -> list[dict]:
 
 def _report(row: dict, fp16_row: dict, copy_bw: Optional[float]) -> dict:
     """Add the speedup over fp16 and the fraction of the probed copy bandwidth; print the row."""
-    row.update(speedup_vs_fp16=fp16_row["us"] / row["us"],
-               copy_bw_frac=None if copy_bw is None else row["GBps"] * 1e9 / copy_bw)
+    row.update(
+        speedup_vs_fp16=fp16_row["us"] / row["us"],
+        copy_bw_frac=None if copy_bw is None else row["GBps"] * 1e9 / copy_bw,
+    )
     err = "" if row["rel_err_vs_reference"] is None else f" | rel err {row['rel_err_vs_reference']:.1e}"
-    print(f"{row['shape']:>13} N={row['N']:>5} K={row['K']:>5} M={row['M']:>2} {row['kind']:>5}"
-          f"{'*' if row.get('chosen') else ' '} {row['bits']:>2}b: {row['us']:8.1f} us {row['GBps']:6.0f} GB/s "
-          f"x{row['speedup_vs_fp16']:.2f}{err}", flush=True)
+    print(
+        f"{row['shape']:>13} N={row['N']:>5} K={row['K']:>5} M={row['M']:>2} {row['kind']:>5}"
+        f"{'*' if row.get('chosen') else ' '} {row['bits']:>2}b: {row['us']:8.1f} us {row['GBps']:6.0f} GB/s "
+        f"x{row['speedup_vs_fp16']:.2f}{err}",
+        flush=True,
+    )
     return row
 
 
@@ -188,11 +234,23 @@ def print_table(rows: list[dict]) -> None:
     if not rows:
         return
     head = ["shape", "N", "K", "M", "kind", "bits", "b/w", "us", "x fp16", "GB/s", "% copy", "rel err"]
-    body = [[r["shape"], r["N"], r["K"], r["M"], r["kind"] + ("*" if r.get("chosen") else ""), r["bits"],
-             f"{r['bits_per_weight']:.3f}", f"{r['us']:.1f}", f"{r['speedup_vs_fp16']:.2f}", f"{r['GBps']:.0f}",
-             "-" if r["copy_bw_frac"] is None else f"{100 * r['copy_bw_frac']:.0f}",
-             "-" if r["rel_err_vs_reference"] is None else f"{r['rel_err_vs_reference']:.1e}"]
-            for r in rows]
+    body = [
+        [
+            r["shape"],
+            r["N"],
+            r["K"],
+            r["M"],
+            r["kind"] + ("*" if r.get("chosen") else ""),
+            r["bits"],
+            f"{r['bits_per_weight']:.3f}",
+            f"{r['us']:.1f}",
+            f"{r['speedup_vs_fp16']:.2f}",
+            f"{r['GBps']:.0f}",
+            "-" if r["copy_bw_frac"] is None else f"{100 * r['copy_bw_frac']:.0f}",
+            "-" if r["rel_err_vs_reference"] is None else f"{r['rel_err_vs_reference']:.1e}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     line = " | ".join(h.rjust(w) for h, w in zip(head, widths))
     print("\n" + line + "\n" + "-" * len(line))
@@ -203,8 +261,9 @@ def print_table(rows: list[dict]) -> None:
 def smoke_interpreter() -> int:
     os.environ["TRITON_INTERPRET"] = "1"  # before the (lazy) kernel decoration
     try:
-        from rooflens.kernels.triton_lowbit import lowbit_linear
         import triton  # noqa: F401
+
+        from rooflens.kernels.triton_lowbit import lowbit_linear
     except Exception as exc:
         print(f"smoke check skipped: triton not importable ({exc!r})")
         return 0

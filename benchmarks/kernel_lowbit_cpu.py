@@ -118,8 +118,11 @@ def torch_int4pack(w: torch.Tensor, group: int):
     from rooflens.kernels.cpu_lowbit import plan_for
 
     plan = plan_for(quantize(w, bits=4, group_size=group, symmetric=True))
-    return (lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), plan.packed, group,
-                                                                  plan.scales_zeros)), plan.read_bytes  # fmt: skip
+    return (
+        lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(torch.bfloat16), plan.packed, group, plan.scales_zeros
+        )
+    ), plan.read_bytes
 
 
 def library_layer(w: torch.Tensor, backend: str, fmt: str):
@@ -150,8 +153,12 @@ def kinds(w: torch.Tensor, args) -> dict[str, Callable[[], tuple[Callable, int]]
     if not args.no_libraries:
         out["torch int8pack (per-channel)"] = lambda: torch_int8pack(w)
         out[f"torch int4pack g{g}"] = lambda: torch_int4pack(w, g)
-        for backend, fmt in (("torchao", "int8_weight_only"), ("torchao", "int8_dynamic"),
-                             ("bitsandbytes", "int8"), ("bitsandbytes", "nf4")):  # fmt: skip
+        for backend, fmt in (
+            ("torchao", "int8_weight_only"),
+            ("torchao", "int8_dynamic"),
+            ("bitsandbytes", "int8"),
+            ("bitsandbytes", "nf4"),
+        ):
             out[f"{backend} {fmt}"] = lambda backend=backend, fmt=fmt: library_layer(w, backend, fmt)
     return out
 
@@ -163,11 +170,15 @@ def kinds(w: torch.Tensor, args) -> dict[str, Callable[[], tuple[Callable, int]]
 def run(args) -> list[Row]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"cpu: {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"median of {args.reps} passes over >= {args.rotate_mb:g} MiB of weights")  # fmt: skip
+    print(
+        f"cpu: {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"median of {args.reps} passes over >= {args.rotate_mb:g} MiB of weights"
+    )
     rows: list[Row] = []
     gen = torch.Generator().manual_seed(0)
-    for model, name, n, k in (s for s in SHAPES if s[0] in args.models and (args.shapes is None or s[1] in args.shapes)):
+    for model, name, n, k in (
+        s for s in SHAPES if s[0] in args.models and (args.shapes is None or s[1] in args.shapes)
+    ):
         w = torch.randn(n, k, generator=gen) * 0.02
         for kind, build in kinds(w, args).items():
             try:
@@ -182,21 +193,39 @@ def run(args) -> list[Row]:
                 ref = x @ w.T
                 out = fn(x).float()
                 rel = float((out - ref).norm() / ref.norm())
-                t = median_s(lambda: [f(x) for f in fns], args.reps, args.warmup) / len(fns)
-                base = next((r.us for r in rows if r.N == n and r.K == k and r.M == m and r.kind == "fp32 F.linear"), None)
-                row = Row(model, name, n, k, m, kind, t * 1e6, read, read / t / 1e9,
-                          (base / (t * 1e6)) if base else 1.0, rel)  # fmt: skip
+                t = median_s(lambda: [f(x) for f in fns], args.reps, args.warmup) / len(fns)  # noqa: F821 (del below)
+                base = next(
+                    (r.us for r in rows if r.N == n and r.K == k and r.M == m and r.kind == "fp32 F.linear"), None
+                )
+                row = Row(
+                    model, name, n, k, m, kind, t * 1e6, read, read / t / 1e9, (base / (t * 1e6)) if base else 1.0, rel
+                )
                 rows.append(row)
-                print(f"{model:>12} {name:>13} M={m:<2} {kind:<28} {row.us:10.1f} us {row.GBps:7.1f} GB/s "
-                      f"x{row.speedup_vs_fp32:5.2f}  rel err {rel:.1e}", flush=True)
+                print(
+                    f"{model:>12} {name:>13} M={m:<2} {kind:<28} {row.us:10.1f} us {row.GBps:7.1f} GB/s "
+                    f"x{row.speedup_vs_fp32:5.2f}  rel err {rel:.1e}",
+                    flush=True,
+                )
             del fns
     return rows
 
 
 def print_table(rows: list[Row]) -> None:
     head = ["model", "shape", "N x K", "M", "kind", "us", "GB/s", "x fp32", "rel err"]
-    body = [[r.model, r.shape, f"{r.N}x{r.K}", r.M, r.kind, f"{r.us:.1f}", f"{r.GBps:.1f}", f"{r.speedup_vs_fp32:.2f}",
-             "-" if r.rel_err is None else f"{r.rel_err:.1e}"] for r in rows]  # fmt: skip
+    body = [
+        [
+            r.model,
+            r.shape,
+            f"{r.N}x{r.K}",
+            r.M,
+            r.kind,
+            f"{r.us:.1f}",
+            f"{r.GBps:.1f}",
+            f"{r.speedup_vs_fp32:.2f}",
+            "-" if r.rel_err is None else f"{r.rel_err:.1e}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     line = " | ".join(h.ljust(w) for h, w in zip(head, widths))
     print("\n" + line + "\n" + "-" * len(line))
@@ -228,7 +257,9 @@ def draw(rows: list[Row], path: str) -> None:
         ax.set_xticks(range(len(shapes)), shapes, fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("speedup over fp32 F.linear (log)")
-        ax.set_title(f"M = {m}: y = x @ W.T on {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
+        ax.set_title(
+            f"M = {m}: y = x @ W.T on {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+        )
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -32,8 +32,13 @@ def table(folder: str, top: str) -> str:
     baseline = records[0].experiment.get("baseline") if records else None
 
     def stat(rs, name):
-        return _mean([r.engine_stats[name].value for r in rs if name in r.engine_stats
-                      and isinstance(r.engine_stats[name].value, (int, float))])  # fmt: skip
+        return _mean(
+            [
+                r.engine_stats[name].value
+                for r in rs
+                if name in r.engine_stats and isinstance(r.engine_stats[name].value, (int, float))
+            ]
+        )
 
     rows = {}
     for label, rs in by_label.items():
@@ -45,8 +50,10 @@ def table(folder: str, top: str) -> str:
             "bits": stat(rs, "mean_decode_bits"),
             "switch": stat(rs, "mean_first_switch_step"),
         }
-    lines = [f"| cell | prompts | decode tok/s | speedup vs hf | speedup vs {top} | mean decode bits | agreement | ROUGE-L | first switch step |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"| cell | prompts | decode tok/s | speedup vs hf | speedup vs {top} | mean decode bits | agreement | ROUGE-L | first switch step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     base_tps = rows.get(baseline, {}).get("tps")
     top_tps = rows.get(top, {}).get("tps")
     for label, row in sorted(rows.items(), key=lambda kv: -(kv[1]["tps"] or 0)):

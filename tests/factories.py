@@ -13,11 +13,24 @@ from rooflens.engines import base
 from rooflens.engines.base import Engine, EngineOptions, TokenClock
 from rooflens.models.loader import ModelInfo
 from rooflens.results.record import (
-    CellSpec, EnergyResult, ErrorInfo, MemoryResult, Metric, Quantity, QualityResult, Record, RepetitionInfo,
-)  # fmt: skip
+    CellSpec,
+    EnergyResult,
+    ErrorInfo,
+    MemoryResult,
+    Metric,
+    QualityResult,
+    Quantity,
+    Record,
+    RepetitionInfo,
+)
 
-CPU_ENV = {"hardware": {"cpu_model": "Test CPU", "cpu_cores_logical": 2, "gpus": []}, "libraries": {"torch": "2.13.0"},
-           "rooflens_version": "0.1.0", "rooflens_git": {"commit": "abc", "dirty": False}, "torch_threads": 2}  # fmt: skip
+CPU_ENV = {
+    "hardware": {"cpu_model": "Test CPU", "cpu_cores_logical": 2, "gpus": []},
+    "libraries": {"torch": "2.13.0"},
+    "rooflens_version": "0.1.0",
+    "rooflens_git": {"commit": "abc", "dirty": False},
+    "torch_threads": 2,
+}
 
 
 def metric(samples, unit="tok/s", source="measured"):
@@ -30,46 +43,99 @@ def noisy(center: float, n: int, rel_sd: float, seed: int) -> list[float]:
 
 
 def make_record(
-    engine="hf", batch=1, decode=100.0, n=10, rel_sd=0.02, seed=0, run_id="run1", status="ok",
-    weights="real", baseline="hf", agreement=None, tok_per_j=None, env=None, experiment="exp", stats=None,
-) -> Record:  # fmt: skip
-    model = ModelInfo(source="builtin" if weights == "real" else "shape", id="m", label="m" if weights == "real" else "shape:m", weights=weights,
-                      weights_note="test", model_type="llama", architecture="LlamaForCausalLM", n_params=1000,
-                      param_bytes=4000, dtype="float32", num_layers=2, hidden_size=8, vocab_size=32,
-                      has_tokenizer=weights == "real")  # fmt: skip
+    engine="hf",
+    batch=1,
+    decode=100.0,
+    n=10,
+    rel_sd=0.02,
+    seed=0,
+    run_id="run1",
+    status="ok",
+    weights="real",
+    baseline="hf",
+    agreement=None,
+    tok_per_j=None,
+    env=None,
+    experiment="exp",
+    stats=None,
+) -> Record:
+    model = ModelInfo(
+        source="builtin" if weights == "real" else "shape",
+        id="m",
+        label="m" if weights == "real" else "shape:m",
+        weights=weights,
+        weights_note="test",
+        model_type="llama",
+        architecture="LlamaForCausalLM",
+        n_params=1000,
+        param_bytes=4000,
+        dtype="float32",
+        num_layers=2,
+        hidden_size=8,
+        vocab_size=32,
+        has_tokenizer=weights == "real",
+    )
     base = dict(
         record_id=f"{run_id}/{engine}/b{batch}",
         experiment={"name": experiment, "run_id": run_id, "baseline": baseline, "config_hash": "h"},
-        cell=CellSpec(engine=engine.split("-")[0], engine_label=engine, engine_options={}, workload="w",
-                      prompt_len=16, gen_len=8, batch_size=batch, prompt_source="synthetic"),
-        model=model, device="cpu", hardware_profile={"name": "cpu-generic", "display_name": "Test CPU", "reason": "test"},
-        environment=env or CPU_ENV, started_at=f"2026-01-01T00:00:{seed % 60:02d}", finished_at="2026-01-01T00:01:00",
-    )  # fmt: skip
+        cell=CellSpec(
+            engine=engine.split("-")[0],
+            engine_label=engine,
+            engine_options={},
+            workload="w",
+            prompt_len=16,
+            gen_len=8,
+            batch_size=batch,
+            prompt_source="synthetic",
+        ),
+        model=model,
+        device="cpu",
+        hardware_profile={"name": "cpu-generic", "display_name": "Test CPU", "reason": "test"},
+        environment=env or CPU_ENV,
+        started_at=f"2026-01-01T00:00:{seed % 60:02d}",
+        finished_at="2026-01-01T00:01:00",
+    )
     if status != "ok":
         return Record(status=status, reason=ErrorInfo(type="RuntimeError", message=f"{engine} broke"), **base)
     dec = noisy(decode, n, rel_sd, seed)
     ttft = noisy(0.05, n, rel_sd, seed + 1)
     tpot = [1.0 / d for d in dec]
     energy = (
-        EnergyResult(measured=True, meter="fake", tokens_per_joule=Quantity(value=tok_per_j, unit="tok/J", source="derived", how="t"))
-        if tok_per_j else EnergyResult(measured=False, meter="unavailable", reason="no counter on the test machine")
-    )  # fmt: skip
+        EnergyResult(
+            measured=True,
+            meter="fake",
+            tokens_per_joule=Quantity(value=tok_per_j, unit="tok/J", source="derived", how="t"),
+        )
+        if tok_per_j
+        else EnergyResult(measured=False, meter="unavailable", reason="no counter on the test machine")
+    )
     quality = None
     if agreement is not None:
-        quality = QualityResult(reference="baseline greedy", agreement=Quantity(value=agreement, unit="fraction", source="measured", how="t"))
+        quality = QualityResult(
+            reference="baseline greedy",
+            agreement=Quantity(value=agreement, unit="fraction", source="measured", how="t"),
+        )
     return Record(
         status="ok",
-        metrics={"decode_tok_s": metric(dec), "ttft_s": metric(ttft, "s"), "tpot_s": metric(tpot, "s", "derived"),
-                 "prefill_tok_s": metric([batch * 16 / t for t in ttft], source="derived"),
-                 "e2e_tok_s": metric([d * 0.9 for d in dec], source="derived")},
+        metrics={
+            "decode_tok_s": metric(dec),
+            "ttft_s": metric(ttft, "s"),
+            "tpot_s": metric(tpot, "s", "derived"),
+            "prefill_tok_s": metric([batch * 16 / t for t in ttft], source="derived"),
+            "e2e_tok_s": metric([d * 0.9 for d in dec], source="derived"),
+        },
         energy=energy,
-        memory=MemoryResult(kind="process_rss", peak_bytes=Quantity(value=2e8, unit="B", source="measured", how="t"),
-                            baseline_bytes=Quantity(value=1e8, unit="B", source="measured", how="t"), how="t"),
+        memory=MemoryResult(
+            kind="process_rss",
+            peak_bytes=Quantity(value=2e8, unit="B", source="measured", how="t"),
+            baseline_bytes=Quantity(value=1e8, unit="B", source="measured", how="t"),
+            how="t",
+        ),
         engine_stats=stats or {},
         quality=quality,
         repetitions=RepetitionInfo(warmup=1, measured=n, measured_seconds=1.0, stopped_by="min_reps_and_seconds"),
         **base,
-    )  # fmt: skip
+    )
 
 
 def tiny_experiment(engines, batch_sizes=(1, 2), **extra) -> Experiment:

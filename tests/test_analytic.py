@@ -28,17 +28,46 @@ from rooflens.roofline.hardware import get_profile
 SMALL = {"vocab_size": 256, "num_hidden_layers": 2, "hidden_size": 64, "max_position_embeddings": 256}
 CUSTOM = {
     # GQA 8 heads / 2 KV heads, with attention (q/k/v/o) and MLP biases
-    "gqa-llama": dict(model_type="llama", num_attention_heads=8, num_key_value_heads=2, intermediate_size=96,
-                      attention_bias=True, mlp_bias=True, **SMALL),
+    "gqa-llama": dict(
+        model_type="llama",
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        attention_bias=True,
+        mlp_bias=True,
+        **SMALL,
+    ),
     # qwen2: q/k/v bias (no o bias), MQA, tied embeddings
-    "qwen2-bias": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=1, intermediate_size=128,
-                       tie_word_embeddings=True, **SMALL),
+    "qwen2-bias": dict(
+        model_type="qwen2",
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        intermediate_size=128,
+        tie_word_embeddings=True,
+        **SMALL,
+    ),
     # mistral: head_dim != hidden / heads, sliding window shorter than the test prompt
-    "mistral-window": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                           intermediate_size=128, sliding_window=8, **SMALL),
-    "gpt2-inner": dict(model_type="gpt2", n_embd=48, n_head=3, n_layer=2, n_inner=80, n_positions=64,
-                       vocab_size=100, bos_token_id=0, eos_token_id=0),
-}  # fmt: skip
+    "mistral-window": dict(
+        model_type="mistral",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=128,
+        sliding_window=8,
+        **SMALL,
+    ),
+    "gpt2-inner": dict(
+        model_type="gpt2",
+        n_embd=48,
+        n_head=3,
+        n_layer=2,
+        n_inner=80,
+        n_positions=64,
+        vocab_size=100,
+        bos_token_id=0,
+        eos_token_id=0,
+    ),
+}
 REAL = ["tiny-llama", "tiny-gpt2", *CUSTOM]
 B, L = 2, 16
 
@@ -152,8 +181,18 @@ def test_matmul_flops_are_the_matmul_ops_only():
     shape = ModelShape.from_config(_config("qwen2-bias"))
     cost = prefill_cost(shape, batch=B, prompt_len=L)
     matmuls = {op.name for op in cost.ops if op.is_matmul}
-    assert matmuls == {"q_proj", "k_proj", "v_proj", "o_proj", "attn_scores", "attn_values",
-                       "gate_proj", "up_proj", "down_proj", "lm_head"}  # fmt: skip
+    assert matmuls == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "attn_scores",
+        "attn_values",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+    }
     # a bias add is a FLOP, but not a matmul FLOP
     q = cost.op("q_proj")
     assert q.flops - q.matmul_flops == B * L * shape.q_dim
@@ -168,8 +207,10 @@ def test_kv_cache_bytes_match_real_cache(name):
     model, ids = _model(name), _prompt(name)
     with torch.no_grad():
         cache = model(ids, use_cache=True).past_key_values
-    real = sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-               for layer in cache.layers)  # fmt: skip
+    real = sum(
+        layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+        for layer in cache.layers
+    )
     shape = ModelShape.from_config(_config(name))
     assert kv_cache_bytes(shape, batch=B, seq_len=L, precision=Precision(kv_bits=32)) == real
 

@@ -25,8 +25,15 @@ def smoke_run(tmp_path: Path, broken: str | None) -> Path:
     folder = tmp_path / "now"
     for r in load_records(ROOT / "benchmarks" / "baselines" / "ci-smoke"):
         if r.cell.engine_label == broken:
-            r = r.model_copy(update={"status": "failed", "metrics": {}, "roofline": None, "quality": None,
-                                     "reason": ErrorInfo(type="RuntimeError", message="static cache broke")})  # fmt: skip
+            r = r.model_copy(
+                update={
+                    "status": "failed",
+                    "metrics": {},
+                    "roofline": None,
+                    "quality": None,
+                    "reason": ErrorInfo(type="RuntimeError", message="static cache broke"),
+                }
+            )
         write_record(folder, r)
     return folder
 

@@ -5,9 +5,9 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
+from factories import test_engines  # noqa: F401 (fixture)
 from rooflens.cli import app
 from rooflens.results.store import load_records
-from factories import test_engines  # noqa: F401 (fixture)
 
 runner = CliRunner()
 
@@ -87,8 +87,26 @@ def test_roofline_what_if_json_and_png(tmp_path):
     import json
 
     png = tmp_path / "r.png"
-    r = runner.invoke(app, ["roofline", "llama-2-7b", "--hw", "a100-80g-sxm", "--batch", "1,8", "--prompt", "1",
-                            "--gen", "1", "--bits", "16,4", "--json", "--png", str(png)])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "roofline",
+            "llama-2-7b",
+            "--hw",
+            "a100-80g-sxm",
+            "--batch",
+            "1,8",
+            "--prompt",
+            "1",
+            "--gen",
+            "1",
+            "--bits",
+            "16,4",
+            "--json",
+            "--png",
+            str(png),
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
     assert data["hardware"] == "a100-80g-sxm" and len(data["projections"]) == 4
@@ -133,7 +151,9 @@ def scripted(tmp_path, options: str, name="s.yaml", extra=""):
 
 
 def test_run_exits_1_when_a_cell_failed_and_0_when_one_is_only_unavailable(test_engines, tmp_path):
-    r = runner.invoke(app, ["run", str(scripted(tmp_path, "{fail_on_batch: 2}")), "--results", str(tmp_path / "a"), "-q"])
+    r = runner.invoke(
+        app, ["run", str(scripted(tmp_path, "{fail_on_batch: 2}")), "--results", str(tmp_path / "a"), "-q"]
+    )
     assert r.exit_code == 1, r.output
     assert "1/2 cells ok" in r.output and "1 cell(s) failed: scripted p8-g4 b2" in r.output
     assert len(load_records(tmp_path / "a")) == 2  # the failure is on disk too
@@ -147,15 +167,25 @@ def test_run_exits_1_when_a_cell_failed_and_0_when_one_is_only_unavailable(test_
 def test_run_help_documents_the_exit_codes():
     r = runner.invoke(app, ["run", "--help"])
     assert r.exit_code == 0
-    for phrase in ("0 every cell ok or unavailable", "1 at least one cell failed", "2 the experiment could not start", "130"):
+    for phrase in (
+        "0 every cell ok or unavailable",
+        "1 at least one cell failed",
+        "2 the experiment could not start",
+        "130",
+    ):
         assert phrase in " ".join(r.output.split())
 
 
 def test_ctrl_c_says_what_was_kept(test_engines, tmp_path):
-    r = runner.invoke(app, ["run", str(scripted(tmp_path, "{interrupt_on_batch: 2}")), "--results", str(tmp_path / "r"), "-q"])
+    r = runner.invoke(
+        app, ["run", str(scripted(tmp_path, "{interrupt_on_batch: 2}")), "--results", str(tmp_path / "r"), "-q"]
+    )
     assert r.exit_code == 130
     out = " ".join(r.output.split())
-    assert "interrupted: the sweep stopped after 1 of 2 cell(s); their records are in" in out and str(tmp_path / "r") in out
+    assert (
+        "interrupted: the sweep stopped after 1 of 2 cell(s); their records are in" in out
+        and str(tmp_path / "r") in out
+    )
     assert "Traceback" not in r.output
 
 
@@ -176,13 +206,19 @@ def test_report_name_cannot_escape_the_reports_folder(test_engines, tmp_path):
         r = runner.invoke(app, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep"), "--name", bad])
         assert r.exit_code == 2 and "--name" in r.output, (bad, r.output)
     assert not list(tmp_path.glob("*.html")) and not (tmp_path / "rep").exists()
-    r = runner.invoke(app, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep"), "--markdown", str(tmp_path)])
+    r = runner.invoke(
+        app, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep"), "--markdown", str(tmp_path)]
+    )
     assert r.exit_code == 2 and "is a directory" in r.output
 
 
 def test_labels_with_math_text_render(test_engines, tmp_path):
     p = tmp_path / "m.yaml"
-    p.write_text(TINY.replace("engines: [{name: hf}]", "engines: [{name: hf, label: '$\\undefined$'}, {name: scripted, label: 'a$b'}]"))
+    p.write_text(
+        TINY.replace(
+            "engines: [{name: hf}]", "engines: [{name: hf, label: '$\\undefined$'}, {name: scripted, label: 'a$b'}]"
+        )
+    )
     r = runner.invoke(app, ["run", str(p), "--results", str(tmp_path / "res"), "-q"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")])
@@ -196,8 +232,11 @@ def test_a_broken_json_file_among_records_is_a_one_line_error(tmp_path):
 
     write_record(tmp_path / "res", make_record())
     (tmp_path / "res" / "latin1.json").write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
-    for args in (["show", str(tmp_path / "res")], ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")],
-                 ["compare", str(tmp_path / "res"), str(tmp_path / "res")]):  # fmt: skip
+    for args in (
+        ["show", str(tmp_path / "res")],
+        ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")],
+        ["compare", str(tmp_path / "res"), str(tmp_path / "res")],
+    ):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)  # compare: 2 (cannot compare), never 1 (a regression)
         assert "latin1.json: not readable JSON" in r.output and "Traceback" not in r.output
@@ -220,7 +259,9 @@ def test_roofline_kv_bits_follow_the_activations(tmp_path):
     import json
 
     def kv(*args):
-        r = runner.invoke(app, ["roofline", "llama-2-7b", "--hw", "a100-80g-sxm", "--prompt", "64", "--gen", "2", "--json", *args])
+        r = runner.invoke(
+            app, ["roofline", "llama-2-7b", "--hw", "a100-80g-sxm", "--prompt", "64", "--gen", "2", "--json", *args]
+        )
         return json.loads(r.stdout)["projections"][0]["decode"]["totals"]["kv_bytes"]
 
     assert kv("--bits", "32") == pytest.approx(2 * kv("--bits", "16"))
@@ -237,16 +278,34 @@ def test_hw_device_options_are_checked():
 
 def test_train_early_exit_caches_and_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path))
-    args = ["train", "early-exit", "shape:tiny-llama", "--prompts", "3", "--prompt-len", "6", "--gen-len", "4",
-            "--draft-vocab", "64", "--predictor-epochs", "5", "--draft-epochs", "1"]  # fmt: skip
+    args = [
+        "train",
+        "early-exit",
+        "shape:tiny-llama",
+        "--prompts",
+        "3",
+        "--prompt-len",
+        "6",
+        "--gen-len",
+        "4",
+        "--draft-vocab",
+        "64",
+        "--predictor-epochs",
+        "5",
+        "--draft-epochs",
+        "1",
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "trained and saved" in first.output and "candidate_hit_rate_validation" in first.output
     assert list((tmp_path / "early-exit").glob("shape-tiny-llama-*.pt"))
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already cached" in again.output
-    for bad, says in ((["--draft", "eagle"], "--draft: draft 'eagle' does not exist"), (["--k", "0"], "--k: Input should be"),
-                      (["--dtype", "int3"], "--dtype 'int3': allowed float32")):  # fmt: skip
+    for bad, says in (
+        (["--draft", "eagle"], "--draft: draft 'eagle' does not exist"),
+        (["--k", "0"], "--k: Input should be"),
+        (["--dtype", "int3"], "--dtype 'int3': allowed float32"),
+    ):
         result = runner.invoke(app, args + bad)
         assert result.exit_code == 2 and says in result.output, result.output
     walk = runner.invoke(app, ["train", "early-exit", "shape:tiny-gpt2"])
@@ -255,8 +314,21 @@ def test_train_early_exit_caches_and_reports(tmp_path, monkeypatch):
 
 def test_train_mixed_precision_tunes_once(tmp_path, monkeypatch):
     monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path))
-    args = ["train", "mixed-precision", "shape:tiny-llama", "--group-size", "32", "--prompts", "4", "--prompt-len", "6",
-            "--gen-len", "6", "--classifier-epochs", "3"]  # fmt: skip
+    args = [
+        "train",
+        "mixed-precision",
+        "shape:tiny-llama",
+        "--group-size",
+        "32",
+        "--prompts",
+        "4",
+        "--prompt-len",
+        "6",
+        "--gen-len",
+        "6",
+        "--classifier-epochs",
+        "3",
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "tuned now" in first.output and "rouge_l_by_switch_8->4" in first.output

@@ -10,8 +10,10 @@ from rooflens.results.store import write_record
 
 
 def run(engine_decode: dict, seed: int, run_id: str, rel_sd=0.02, n=10, **kw):
-    return [make_record(engine=e, decode=d, seed=seed + i, run_id=run_id, rel_sd=rel_sd, n=n, **kw)
-            for i, (e, d) in enumerate(engine_decode.items())]  # fmt: skip
+    return [
+        make_record(engine=e, decode=d, seed=seed + i, run_id=run_id, rel_sd=rel_sd, n=n, **kw)
+        for i, (e, d) in enumerate(engine_decode.items())
+    ]
 
 
 def verdicts(result, metric="decode_tok_s"):
@@ -76,10 +78,12 @@ def test_unusable_input():
 
 def test_cli_exit_codes(tmp_path):
     runner = CliRunner()
-    for folder, recs in (("base", run({"hf": 100.0, "fast": 150.0}, 0, "a")),
-                         ("slow", run({"hf": 100.0, "fast": 120.0}, 100, "b")),
-                         ("same", run({"hf": 100.0, "fast": 150.0}, 200, "c")),
-                         ("other", run({"x": 1.0}, 0, "d"))):  # fmt: skip
+    for folder, recs in (
+        ("base", run({"hf": 100.0, "fast": 150.0}, 0, "a")),
+        ("slow", run({"hf": 100.0, "fast": 120.0}, 100, "b")),
+        ("same", run({"hf": 100.0, "fast": 150.0}, 200, "c")),
+        ("other", run({"x": 1.0}, 0, "d")),
+    ):
         for r in recs:
             write_record(tmp_path / folder, r)
     r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "slow"), "--max-regression", "5%"])
@@ -97,22 +101,33 @@ def test_relative_metric_counts_the_baselines_own_noise():
     # the baseline engine is very noisy (30 %): a 13 % drop of the speedup cannot be told from its noise,
     # while the same drop with a quiet baseline is a clear regression
     noisy = compare_records(
-        [make_record("hf", decode=100.0, rel_sd=0.3, seed=1, run_id="a"), make_record("fast", decode=150.0, seed=2, run_id="a")],
-        [make_record("hf", decode=100.0, rel_sd=0.3, seed=3, run_id="b"), make_record("fast", decode=130.0, seed=4, run_id="b")],
-        metrics=("speedup:decode_tok_s",), alpha=0.01,
-    )  # fmt: skip
+        [
+            make_record("hf", decode=100.0, rel_sd=0.3, seed=1, run_id="a"),
+            make_record("fast", decode=150.0, seed=2, run_id="a"),
+        ],
+        [
+            make_record("hf", decode=100.0, rel_sd=0.3, seed=3, run_id="b"),
+            make_record("fast", decode=130.0, seed=4, run_id="b"),
+        ],
+        metrics=("speedup:decode_tok_s",),
+        alpha=0.01,
+    )
     quiet = compare_records(
         [make_record("hf", decode=100.0, seed=1, run_id="a"), make_record("fast", decode=150.0, seed=2, run_id="a")],
         [make_record("hf", decode=100.0, seed=3, run_id="b"), make_record("fast", decode=130.0, seed=4, run_id="b")],
-        metrics=("speedup:decode_tok_s",), alpha=0.01,
-    )  # fmt: skip
+        metrics=("speedup:decode_tok_s",),
+        alpha=0.01,
+    )
     assert [r.verdict for r in quiet.rows] == ["regression"]
     assert [r.verdict for r in noisy.rows] == ["unchanged"] and noisy.rows[0].p_value > 0.01
 
 
 def test_a_cell_that_broke_is_a_regression_with_its_reason(tmp_path):
     base = run({"hf": 100.0, "hf-static": 101.0}, seed=0, run_id="a")
-    broken = [make_record("hf", decode=100.0, seed=7, run_id="b"), make_record("hf-static", run_id="b", status="failed")]
+    broken = [
+        make_record("hf", decode=100.0, seed=7, run_id="b"),
+        make_record("hf-static", run_id="b", status="failed"),
+    ]
     res = compare_records(base, broken, metrics=("speedup:decode_tok_s",))
     assert [(x.cell, x.status, x.reason) for x in res.lost] == [("exp/m/hf-static/w/b1", "failed", "hf-static broke")]
     assert res.failed and not res.regressions  # no metric row can exist for it: the lost cell alone fails the gate
@@ -128,8 +143,18 @@ def test_a_cell_that_broke_is_a_regression_with_its_reason(tmp_path):
         for r in recs:
             write_record(tmp_path / folder, r)
     md = tmp_path / "gate.md"
-    r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "broken"), "--metric", "speedup:decode_tok_s",
-                            "--markdown", str(md)])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "compare",
+            str(tmp_path / "base"),
+            str(tmp_path / "broken"),
+            "--metric",
+            "speedup:decode_tok_s",
+            "--markdown",
+            str(md),
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "hf-static" in r.output and "failed" in r.output and "hf-static broke" in r.output
     assert "| exp/m/hf-static/w/b1 | failed | hf-static broke |" in md.read_text()

@@ -92,7 +92,10 @@ def test_engine_name_and_options_are_validated():
     assert msg.startswith("exp.yaml: engines[0].name: unknown engine 'warp-drive' (registered: ")
     assert "hf" in msg
     msg = error_of(with_(engines=[{"name": "hf", "options": {"cache": "static", "turbo": True}}]))
-    assert msg == "exp.yaml: engines[0].options.turbo: unknown option for engine 'hf' (allowed: cache, compile, compile_mode)"
+    assert (
+        msg
+        == "exp.yaml: engines[0].options.turbo: unknown option for engine 'hf' (allowed: cache, compile, compile_mode)"
+    )
     msg = error_of(with_(engines=[{"name": "hf", "options": {"compile": True}}]))
     assert "engines[0].options: compile: true needs cache: static" in msg
 
@@ -100,7 +103,12 @@ def test_engine_name_and_options_are_validated():
 def test_duplicate_labels_and_baseline():
     msg = error_of(with_(engines=[{"name": "hf"}, {"name": "hf"}]))
     assert "engine labels must be unique" in msg and "hf" in msg
-    exp = validate_experiment(with_(engines=[{"name": "hf"}, {"name": "hf", "label": "hf-static", "options": {"cache": "static"}}], baseline="hf-static"))
+    exp = validate_experiment(
+        with_(
+            engines=[{"name": "hf"}, {"name": "hf", "label": "hf-static", "options": {"cache": "static"}}],
+            baseline="hf-static",
+        )
+    )
     assert exp.baseline_label == "hf-static"
     assert "baseline 'nope' is not one of the engines' labels (hf)" in error_of(with_(baseline="nope"))
 
@@ -122,13 +130,15 @@ def test_file_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"list.yaml: the document must be a mapping"):
         load_experiment(listy)
     typo = tmp_path / "typo.yaml"
-    typo.write_text(textwrap.dedent("""
+    typo.write_text(
+        textwrap.dedent("""
         name: t
         model: shape:tiny-llama
         engines: [{name: hf}]
         workloads: [{prompt_len: 8, gen_len: 4}]
         repetitons: {warmup: 0}
-    """))
+    """)
+    )
     with pytest.raises(ConfigError, match=r"typo.yaml: repetitons: unknown key"):
         load_experiment(typo)
 
@@ -214,7 +224,9 @@ def test_huge_file(tmp_path):
 @pytest.mark.parametrize(("content", "column"), [("[" * 100_000, 33), ("a: " + "{a: " * 5000, 132)])
 def test_deep_brackets(tmp_path, content, column):
     msg = load_error(tmp_path, content)
-    assert msg.endswith(f"exp.yaml: not valid YAML at line 1, column {column}: brackets nested more than 32 levels deep")
+    assert msg.endswith(
+        f"exp.yaml: not valid YAML at line 1, column {column}: brackets nested more than 32 levels deep"
+    )
 
 
 def test_deep_indentation(tmp_path):
@@ -230,7 +242,9 @@ def test_integer_of_5000_digits(tmp_path):
 
 def test_impossible_date_and_python_tag(tmp_path):
     msg = load_error(tmp_path, BASE + "description: 2024-02-30\n")
-    assert "exp.yaml: not valid YAML at line 5, column 14: cannot read this value (day is out of range for month)" in msg
+    assert (
+        "exp.yaml: not valid YAML at line 5, column 14: cannot read this value (day is out of range for month)" in msg
+    )
     msg = load_error(tmp_path, BASE + "description: !!python/object/apply:os.system [echo pwned]\n")
     assert "exp.yaml: not valid YAML at line 5, column 14: could not determine a constructor for the tag" in msg
 
@@ -260,13 +274,19 @@ def test_duplicate_keys_are_an_error(tmp_path):
 
 def test_merge_keys_may_be_overridden(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text(BASE.replace("workloads: [{prompt_len: 8, gen_len: 4}]", "workloads: [{<<: {prompt_len: 8, gen_len: 4}, gen_len: 6}]"))
+    path.write_text(
+        BASE.replace(
+            "workloads: [{prompt_len: 8, gen_len: 4}]", "workloads: [{<<: {prompt_len: 8, gen_len: 4}, gen_len: 6}]"
+        )
+    )
     assert load_experiment(path).workloads[0].gen_len == 6
 
 
 def test_long_values_are_quoted_short(tmp_path):
     msg = load_error(tmp_path, BASE + "device: " + "y" * 5000 + "\n")
-    assert msg.endswith("exp.yaml: device: must be one of auto, cpu, cuda, cuda:N (N = 0, 1, ...) (got '" + "y" * 78 + "…)")
+    assert msg.endswith(
+        "exp.yaml: device: must be one of auto, cpu, cuda, cuda:N (N = 0, 1, ...) (got '" + "y" * 78 + "…)"
+    )
     msg = load_error(tmp_path, BASE.replace("name: t", "name: " + "x" * 5000))
     assert "name: String should have at most 100 characters (got 'xxx" in msg and len(msg) < 250
     msg = load_error(tmp_path, BASE + "? " + "k" * 5000 + "\n: 1\n")  # an explicit key may be that long
@@ -280,7 +300,9 @@ def test_many_problems_are_capped(tmp_path):
     assert msg.count("\n") == 20 and msg.endswith("exp.yaml: ... and 80 more problems")
 
 
-@pytest.mark.parametrize("device", ["cuda:\u00b2", "cuda:00", "cuda:01", "cuda:-1", "cuda:12345", "cuda: 1", "CPU", "cuda:1\n"])
+@pytest.mark.parametrize(
+    "device", ["cuda:\u00b2", "cuda:00", "cuda:01", "cuda:-1", "cuda:12345", "cuda: 1", "CPU", "cuda:1\n"]
+)
 def test_device_must_be_exact(device):
     assert "device: must be one of auto, cpu, cuda, cuda:N" in error_of(with_(device=device))
 
@@ -359,14 +381,22 @@ def test_workloads_that_share_a_record_file_name():
     assert "give each a distinct 'name' (duplicated: 'chat')" in msg
     msg = error_of(with_(workloads=[{**same, "name": "a b"}, {**same, "name": "a?b"}]))
     assert "'a b' and 'a?b' map to the same record file name part 'a-b'" in msg
-    named = validate_experiment(with_(workloads=[{**same, "name": "synthetic"}, {**same, "name": "corpus", "prompt": "corpus"}]))
+    named = validate_experiment(
+        with_(workloads=[{**same, "name": "synthetic"}, {**same, "name": "corpus", "prompt": "corpus"}])
+    )
     assert [w.display for w in named.workloads] == ["synthetic", "corpus"]
 
 
 @pytest.mark.parametrize(
     "data",
     [
-        None, [], "text", 3, 1e309, [GOOD], {1: 2, None: 3},
+        None,
+        [],
+        "text",
+        3,
+        1e309,
+        [GOOD],
+        {1: 2, None: 3},
         {"repetitions": {"min_seconds": float("nan")}},
         with_(model=None),
         with_(engines=[None]),
@@ -386,7 +416,9 @@ def test_any_parsed_value_gives_a_config_error(data):
 
 
 def test_nan_is_not_a_number_of_seconds():
-    assert "repetitions.min_seconds: Input should be a finite number (got nan)" in error_of(with_(repetitions={"min_seconds": float("nan")}))
+    assert "repetitions.min_seconds: Input should be a finite number (got nan)" in error_of(
+        with_(repetitions={"min_seconds": float("nan")})
+    )
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
@@ -397,8 +429,14 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     cases = {
         "latin1.yaml": ("name: caf\u00e9\n".encode("latin-1"), "latin1.yaml: not UTF-8 text (byte 0xe9 at offset 9)"),
         "deep.yaml": (b"- " * 10_000, "deep.yaml: not valid YAML: nested too deeply"),
-        "dup.yaml": ((BASE + "name: u\n").encode(), "dup.yaml: not valid YAML at line 5, column 1: duplicate key 'name'"),
-        "big.yaml": ((BASE + "seed: " + "9" * 5000).encode(), "big.yaml: not valid YAML at line 5, column 7: cannot read this value"),
+        "dup.yaml": (
+            (BASE + "name: u\n").encode(),
+            "dup.yaml: not valid YAML at line 5, column 1: duplicate key 'name'",
+        ),
+        "big.yaml": (
+            (BASE + "seed: " + "9" * 5000).encode(),
+            "big.yaml: not valid YAML at line 5, column 7: cannot read this value",
+        ),
     }
     for name, (content, line) in cases.items():
         (tmp_path / name).write_bytes(content)

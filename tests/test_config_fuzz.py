@@ -28,15 +28,76 @@ WALL_LIMIT_S = 120
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 EXTREME_VALUES = [
-    "9" * 5000, "-1", "0", "1e309", "-.inf", ".nan", '""', "~", "x" * 10_000, "[" * 3000, "{a: " * 1000,
-    "!!python/object/apply:os.system [echo pwned]", "!!python/name:os.system", "!!binary /w==", "!!set {a, b}",
-    "&a [*a]", "*nowhere", "&b x", "2024-02-30", "2024-01-01 10:00:00", '"\\xff\\0"', "cuda:\u00b2", "cuda:00", "..",
-    "a__b", "_a", "a/b", "\U0001f600" * 50, "'unterminated", "{", "]", "- x", "? [a]\n: b", "<<: *nowhere", "true",
-    "0x1F", "0o17", "1_000", "-0.0", "4294967296", "[1, 1]", "{}", "[]", "@", "`", "%TAG ! tag:x,2000:", "---", "...",
+    "9" * 5000,
+    "-1",
+    "0",
+    "1e309",
+    "-.inf",
+    ".nan",
+    '""',
+    "~",
+    "x" * 10_000,
+    "[" * 3000,
+    "{a: " * 1000,
+    "!!python/object/apply:os.system [echo pwned]",
+    "!!python/name:os.system",
+    "!!binary /w==",
+    "!!set {a, b}",
+    "&a [*a]",
+    "*nowhere",
+    "&b x",
+    "2024-02-30",
+    "2024-01-01 10:00:00",
+    '"\\xff\\0"',
+    "cuda:\u00b2",
+    "cuda:00",
+    "..",
+    "a__b",
+    "_a",
+    "a/b",
+    "\U0001f600" * 50,
+    "'unterminated",
+    "{",
+    "]",
+    "- x",
+    "? [a]\n: b",
+    "<<: *nowhere",
+    "true",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "-0.0",
+    "4294967296",
+    "[1, 1]",
+    "{}",
+    "[]",
+    "@",
+    "`",
+    "%TAG ! tag:x,2000:",
+    "---",
+    "...",
 ]
 TREE_VALUES: list[Any] = [
-    None, 0, -1, 2**64, 10**100, 1e308, float("inf"), float("nan"), "", "x" * 2000, True, [], {}, [1, 2, 2], {"a": {"b": []}},
-    "shape:../../x", "cuda:01", ".hidden", "a__b", "p8-g4",
+    None,
+    0,
+    -1,
+    2**64,
+    10**100,
+    1e308,
+    float("inf"),
+    float("nan"),
+    "",
+    "x" * 2000,
+    True,
+    [],
+    {},
+    [1, 2, 2],
+    {"a": {"b": []}},
+    "shape:../../x",
+    "cuda:01",
+    ".hidden",
+    "a__b",
+    "p8-g4",
 ]
 
 
@@ -104,8 +165,18 @@ def _anchor_and_alias(rng: random.Random, b: bytes) -> bytes:
 
 
 BYTE_MUTATIONS: list[Callable[[random.Random, bytes], bytes]] = [
-    _flip, _insert_bytes, _delete, _truncate, _insert_unicode, _insert_non_utf8, _duplicate_line, _swap_lines,
-    _extreme_value, _extreme_value, _extreme_value, _anchor_and_alias,
+    _flip,
+    _insert_bytes,
+    _delete,
+    _truncate,
+    _insert_unicode,
+    _insert_non_utf8,
+    _duplicate_line,
+    _swap_lines,
+    _extreme_value,
+    _extreme_value,
+    _extreme_value,
+    _anchor_and_alias,
 ]
 
 
@@ -191,7 +262,9 @@ def test_mutated_experiments_load_or_give_a_config_error(tmp_path):
                 refused += 1
                 assert str(err).startswith(str(path)), f"case {i} ({mutations}): message without the file: {err}"
             except (Exception, Hang) as err:  # noqa: BLE001 - the point of the test
-                raise AssertionError(f"case {i} ({mutations}): {type(err).__name__}: {err}\n{content[:2000]!r}") from err
+                raise AssertionError(
+                    f"case {i} ({mutations}): {type(err).__name__}: {err}\n{content[:2000]!r}"
+                ) from err
             path.unlink()
     finally:
         signal.alarm(0)

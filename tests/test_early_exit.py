@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from factories import clocked_generate
 
+from factories import clocked_generate
 from rooflens.bench.prompts import make_prompts
 from rooflens.config import EngineSpec, ModelSpec
 from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
@@ -25,8 +25,15 @@ from rooflens.models.loader import load_model
 from rooflens.roofline.analytic import ModelShape, OpCost, decode_cost
 
 CPU = torch.device("cpu")
-TINY = dict(train_prompts=3, train_prompt_len=6, train_gen_len=4, predictor_epochs=5, draft_vocab=64,
-            predictor_hidden=8, draft_epochs=1)  # fmt: skip
+TINY = dict(
+    train_prompts=3,
+    train_prompt_len=6,
+    train_gen_len=4,
+    predictor_epochs=5,
+    draft_vocab=64,
+    predictor_hidden=8,
+    draft_epochs=1,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +159,9 @@ def test_training_is_cached_by_model_and_settings(tiny_llama, tmp_path):
     other = load_model(ModelSpec(source="shape", id="tiny-llama"), CPU, torch.float32, seed=1)  # other weights
     assert artifact_path(other.model, "tiny", s) != path
     report = art.report
-    assert 0 <= report["candidate_hit_rate_train"] <= 1 and 1 <= report["oracle_mean_layers"] <= len(LayerStack.of(model).layers)
+    assert 0 <= report["candidate_hit_rate_train"] <= 1 and 1 <= report["oracle_mean_layers"] <= len(
+        LayerStack.of(model).layers
+    )
     path.write_bytes(b"not a checkpoint")  # a damaged file is replaced by a fresh training
     assert load_or_train(model, None, "tiny", s)[2] is True
     assert load_artifacts(model, path).settings == s
@@ -166,7 +175,9 @@ def test_threshold_one_never_exits_and_equals_hf(tiny_llama, skipped_kv):
     """No predictor can fire above 1: every step runs every layer, so the output is the baseline's."""
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=5)
     expected = _generate(build_engine(EngineSpec(name="hf"), tiny_llama), prompts, 8)
-    engine = build_engine(EngineSpec(name="early_exit", options={**TINY, "threshold": 1.0, "skipped_kv": skipped_kv}), tiny_llama)
+    engine = build_engine(
+        EngineSpec(name="early_exit", options={**TINY, "threshold": 1.0, "skipped_kv": skipped_kv}), tiny_llama
+    )
     engine.prepare()
     assert torch.equal(_generate(engine, prompts, 8), expected)
     stats = engine.stats()
@@ -177,8 +188,10 @@ def test_threshold_one_never_exits_and_equals_hf(tiny_llama, skipped_kv):
 
 
 def test_exits_are_counted_and_audited(tiny_llama):
-    engine = build_engine(EngineSpec(name="early_exit", options={**TINY, "draft": "self:1", "threshold": 0.0,
-                                                                  "schedule": "all"}), tiny_llama)  # fmt: skip
+    engine = build_engine(
+        EngineSpec(name="early_exit", options={**TINY, "draft": "self:1", "threshold": 0.0, "schedule": "all"}),
+        tiny_llama,
+    )
     engine.prepare()
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=2)
     _generate(engine, prompts, 12)
@@ -189,8 +202,15 @@ def test_exits_are_counted_and_audited(tiny_llama):
     assert s["exit_rate"] == pytest.approx(sum(s["layers_run_hist"][:L]) / 11)
     assert s["exit_rate"] > 0  # threshold 0: the first layer whose argmax is a candidate exits
     assert 0 <= s["audit_exit_precision"] <= 1 and 1 <= s["oracle_mean_layers"] <= L
-    assert s["predictor_calls_per_token"] >= s["predictor_fired_per_token"] >= s["exit_head_calls_per_token"] >= s["exit_rate"]
-    assert s["predictor_fired_per_token"] == pytest.approx(s["exit_head_calls_per_token"] + s["precheck_rejects_per_token"])
+    assert (
+        s["predictor_calls_per_token"]
+        >= s["predictor_fired_per_token"]
+        >= s["exit_head_calls_per_token"]
+        >= s["exit_rate"]
+    )
+    assert s["predictor_fired_per_token"] == pytest.approx(
+        s["exit_head_calls_per_token"] + s["precheck_rejects_per_token"]
+    )
     hints = engine.roofline_hints()
     assert {op.name for op in hints.extra_ops} >= {"draft_self_head", "exit_predictors"}
 
@@ -233,8 +253,10 @@ def test_model_dependent_problems_make_the_cell_unavailable(tiny_llama):
     assert reason and "cannot walk the layer stack of model type 'gpt2'" in reason and "supported: llama" in reason
     assert EarlyExitEngine.unavailable_reason(CPU, tiny_llama) is None
     L, V = tiny_llama.model.config.num_hidden_layers, tiny_llama.model.config.vocab_size
-    for options, message in (({"draft": f"self:{L}"}, f"options.draft: 'self:{L}' needs 1 <= k < {L}"),
-                             ({"draft_vocab": V + 1}, f"options.draft_vocab: {V + 1} exceeds the model's vocabulary")):  # fmt: skip
+    for options, message in (
+        ({"draft": f"self:{L}"}, f"options.draft: 'self:{L}' needs 1 <= k < {L}"),
+        ({"draft_vocab": V + 1}, f"options.draft_vocab: {V + 1} exceeds the model's vocabulary"),
+    ):
         engine = build_engine(EngineSpec(name="early_exit", options={**TINY, **options}), tiny_llama)
         with pytest.raises(EngineUnavailable, match=message.replace("+", "\\+")):
             engine.prepare()

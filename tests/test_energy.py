@@ -269,9 +269,7 @@ def test_select_cpu_on_fake_tree(monkeypatch: pytest.MonkeyPatch, rapl_tree: dic
     assert isinstance(meter, RaplMeter) and meter.available
 
 
-def test_select_cpu_without_tree_is_unavailable(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_select_cpu_without_tree_is_unavailable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(energy, "POWERCAP_ROOT", tmp_path / "does-not-exist")
     meter = select_meter("cpu")
     assert isinstance(meter, UnavailableMeter) and not meter.available
@@ -409,9 +407,7 @@ def test_window_stops_even_when_body_raises() -> None:
 
 
 def _reading(joules: float | None) -> EnergyReading:
-    return EnergyReading(
-        joules=joules, seconds=2.0, meter="rapl", domain="cpu package(s) 0", short_window=False
-    )
+    return EnergyReading(joules=joules, seconds=2.0, meter="rapl", domain="cpu package(s) 0", short_window=False)
 
 
 def test_tokens_per_joule() -> None:

@@ -8,15 +8,18 @@ import pytest
 import torch
 
 from rooflens.bench.prompts import make_prompts
+from rooflens.config import EngineSpec
 from rooflens.engines.base import TokenClock, build_engine, registered_engines
 from rooflens.engines.hf import HFEngine
-from rooflens.config import EngineSpec
 
 CPU = torch.device("cpu")
 N_NEW = 6
 
-CASES = [pytest.param(cls, opts, id=f"{name}-{i}") for name, cls in registered_engines().items()
-         for i, opts in enumerate(cls.examples)]  # fmt: skip
+CASES = [
+    pytest.param(cls, opts, id=f"{name}-{i}")
+    for name, cls in registered_engines().items()
+    for i, opts in enumerate(cls.examples)
+]
 
 
 def test_every_engine_declares_examples():
@@ -91,13 +94,15 @@ class StopsAtEos(HFEngine):
     name = "stops-at-eos"
 
     def generate(self, input_ids, max_new_tokens, clock):
-        out = self.module.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False)[:, input_ids.shape[1]:]
+        out = self.module.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False)[:, input_ids.shape[1] :]
         for _ in range(out.shape[1]):
             clock.tokens(1)
         return out
 
 
-@pytest.mark.parametrize("broken, message", [(LeavesAHook, "hooks were left"), (StopsAtEos, "EOS must not stop|not token-for-token equal")])
+@pytest.mark.parametrize(
+    "broken, message", [(LeavesAHook, "hooks were left"), (StopsAtEos, "EOS must not stop|not token-for-token equal")]
+)
 def test_the_contract_catches_a_broken_engine(broken, message, tiny_llama):
     hooks = {id(m): dict(m._forward_hooks) for m in tiny_llama.model.modules()}
     try:

@@ -7,10 +7,10 @@ import os
 import shutil
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from rooflens.bench.executors import Executor, ExecutorError, make_executor
@@ -48,8 +48,12 @@ TWO_HF = [{"name": "hf"}, {"name": "hf", "label": "hf-static", "options": {"cach
 def keys(record) -> dict[str, list[str]]:
     """The record's schema as its keys: top level, metrics, environment, repetitions."""
     d = record.model_dump(mode="json")
-    return {"top": sorted(d), "metrics": sorted(d["metrics"]), "environment": sorted(d["environment"]),
-            "repetitions": sorted(d["repetitions"] or {})}  # fmt: skip
+    return {
+        "top": sorted(d),
+        "metrics": sorted(d["metrics"]),
+        "environment": sorted(d["environment"]),
+        "repetitions": sorted(d["repetitions"] or {}),
+    }
 
 
 def by_cell(records) -> dict:
@@ -78,13 +82,15 @@ def test_missing_ray_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(ExecutorError, match=r"rooflens\[ray\]"):
         ExperimentRunner(tiny(TWO_HF, executor="ray"), results_root=tmp_path).run()
     yaml = tmp_path / "x.yaml"
-    yaml.write_text(textwrap.dedent("""
+    yaml.write_text(
+        textwrap.dedent("""
         name: x
         model: shape:tiny-llama
         engines: [{name: hf}]
         workloads: [{prompt_len: 8, gen_len: 4}]
         device: cpu
-    """))
+    """)
+    )
     r = CliRunner().invoke(app, ["run", str(yaml), "--executor", "ray", "--results", str(tmp_path)])
     assert r.exit_code == 2 and "pip install 'rooflens[ray]'" in r.output
     assert not list(tmp_path.rglob("*.json"))
@@ -92,7 +98,9 @@ def test_missing_ray_names_the_extra(monkeypatch, tmp_path):
 
 def test_cli_refuses_unknown_executors_and_a_stray_ray_address(tmp_path):
     yaml = tmp_path / "x.yaml"
-    yaml.write_text("name: x\nmodel: shape:tiny-llama\nengines: [{name: hf}]\nworkloads: [{prompt_len: 8, gen_len: 4}]\n")
+    yaml.write_text(
+        "name: x\nmodel: shape:tiny-llama\nengines: [{name: hf}]\nworkloads: [{prompt_len: 8, gen_len: 4}]\n"
+    )
     r = CliRunner().invoke(app, ["run", str(yaml), "--executor", "threads"])
     assert r.exit_code == 2 and "allowed inline, subprocess, ray" in r.output
     r = CliRunner().invoke(app, ["run", str(yaml), "--ray-address", "auto"])
@@ -124,19 +132,28 @@ def test_inline_and_subprocess_give_the_same_cells_statuses_and_schema(tmp_path)
     # where each cell ran: the driver for inline, a fresh worker process per engine for subprocess
     assert {r.environment["placement"]["pid"] for r in inline.records} == {os.getpid()}
     assert {r.environment["placement"]["executor"] for r in sub.records} == {"subprocess"}
-    pids = {label: {r.environment["placement"]["pid"] for r in sub.records if r.cell.engine_label == label}
-            for label in ("hf", "hf-static")}  # fmt: skip
+    pids = {
+        label: {r.environment["placement"]["pid"] for r in sub.records if r.cell.engine_label == label}
+        for label in ("hf", "hf-static")
+    }
     assert all(len(p) == 1 for p in pids.values()) and pids["hf"] != pids["hf-static"]
     assert os.getpid() not in pids["hf"] | pids["hf-static"]
 
 
 def test_a_run_stopping_error_in_a_worker_stops_the_driver(tmp_path):
     """A prompt longer than the context is found by the worker (it holds the model) and raised in the driver."""
-    exp = validate_experiment({
-        "name": "long", "model": "shape:tiny-llama", "engines": [{"name": "hf"}], "device": "cpu",
-        "workloads": [{"prompt_len": 1020, "gen_len": 8}],
-    })  # fmt: skip
-    with pytest.raises(PreflightError, match=r"exceed the context of shape:tiny-llama \(max_position_embeddings = 1024\)"):
+    exp = validate_experiment(
+        {
+            "name": "long",
+            "model": "shape:tiny-llama",
+            "engines": [{"name": "hf"}],
+            "device": "cpu",
+            "workloads": [{"prompt_len": 1020, "gen_len": 8}],
+        }
+    )
+    with pytest.raises(
+        PreflightError, match=r"exceed the context of shape:tiny-llama \(max_position_embeddings = 1024\)"
+    ):
         ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("subprocess")).run()
     assert not list(tmp_path.rglob("*.json"))
 
@@ -177,8 +194,10 @@ def abort_plugin(tmp_path, monkeypatch) -> None:
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    entry_points = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
-                           for group, eps in project["entry-points"].items())  # fmt: skip
+    entry_points = "".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
+        for group, eps in project["entry-points"].items()
+    )
     (info / "entry_points.txt").write_text(entry_points)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
 
@@ -200,14 +219,16 @@ def test_a_worker_killed_by_a_signal_fails_its_own_cells_and_the_sweep_goes_on(a
 
 def test_the_cli_runs_the_experiment_in_workers_when_asked(tmp_path):
     yaml = tmp_path / "x.yaml"
-    yaml.write_text(textwrap.dedent("""
+    yaml.write_text(
+        textwrap.dedent("""
         name: x
         model: shape:tiny-llama
         engines: [{name: hf}]
         workloads: [{prompt_len: 8, gen_len: 4}]
         repetitions: {warmup: 0, min_reps: 1, min_seconds: 0}
         device: cpu
-    """))
+    """)
+    )
     r = CliRunner().invoke(app, ["run", str(yaml), "--executor", "subprocess", "-q", "--results", str(tmp_path)])
     assert r.exit_code == 0, r.output
     (rec,) = load_records(tmp_path)
@@ -238,13 +259,22 @@ class InProcessWorkers(Executor):
 
 @pytest.mark.slow
 def test_quality_against_the_baseline_crosses_groups(smollm2, tmp_path, monkeypatch):
-    monkeypatch.setattr(ExperimentRunner, "_measure_perplexity", lambda self, engine, model: "not measured in this test")
+    monkeypatch.setattr(
+        ExperimentRunner, "_measure_perplexity", lambda self, engine, model: "not measured in this test"
+    )
     monkeypatch.setattr("rooflens.bench.runner.load_model", lambda *args, **kwargs: smollm2)  # loaded once per session
-    exp = validate_experiment({
-        "name": "q", "model": "smollm2-135m", "engines": TWO_HF, "dtype": "float32", "device": "cpu", "energy": False,
-        "workloads": [{"prompt_len": 8, "gen_len": 4, "batch_sizes": [1, 2]}],
-        "repetitions": {"warmup": 0, "min_reps": 1, "min_seconds": 0},
-    })  # fmt: skip
+    exp = validate_experiment(
+        {
+            "name": "q",
+            "model": "smollm2-135m",
+            "engines": TWO_HF,
+            "dtype": "float32",
+            "device": "cpu",
+            "energy": False,
+            "workloads": [{"prompt_len": 8, "gen_len": 4, "batch_sizes": [1, 2]}],
+            "repetitions": {"warmup": 0, "min_reps": 1, "min_seconds": 0},
+        }
+    )
     workers = InProcessWorkers()
     records = by_cell(ExperimentRunner(exp, results_root=tmp_path, executor=workers).run().records)
     assert workers.jobs[0]["references"] == {} and sorted(workers.jobs[1]["references"]) == ["0:1", "0:2"]
@@ -267,8 +297,13 @@ def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(abort_plugi
     finally:
         ray.shutdown()
     assert [(r.cell.engine_label, r.cell.batch_size, r.status) for r in result.records] == [
-        ("abort", 1, "failed"), ("abort", 2, "failed"),
-        ("hf", 1, "ok"), ("hf", 2, "ok"), ("hf-static", 1, "ok"), ("hf-static", 2, "ok")]  # fmt: skip
+        ("abort", 1, "failed"),
+        ("abort", 2, "failed"),
+        ("hf", 1, "ok"),
+        ("hf", 2, "ok"),
+        ("hf-static", 1, "ok"),
+        ("hf-static", 2, "ok"),
+    ]
     reason = result.records[0].reason
     assert reason.type == "WorkerDied" and reason.message.startswith("ray task failed: ")
     ok = [r for r in result.records if r.status == "ok"]

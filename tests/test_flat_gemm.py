@@ -1,6 +1,7 @@
 """The low-bit linear's three paths (GEMV, flat GEMM, dense) against the torch reference, and the heuristic
 dataflow that picks one (:mod:`rooflens.kernels.dispatch`).  Without a GPU the kernels run in the Triton
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1), on tiny shapes; nothing here is timed."""
+
 import json
 
 import pytest
@@ -53,8 +54,9 @@ def test_dense_path_matches_reference(bits, symmetric):
     qw, bias, g = _weights(bits, symmetric, group=128, seed=bits)
     assert torch.equal(lowbit_dequantize(qw, torch.float32), dequantize(qw))
     # within one bf16 step: the interpreter truncates fp32 -> bf16, a GPU rounds to nearest
-    torch.testing.assert_close(lowbit_dequantize(qw, torch.bfloat16), dequantize(qw, torch.bfloat16),
-                               rtol=2**-7, atol=0)
+    torch.testing.assert_close(
+        lowbit_dequantize(qw, torch.bfloat16), dequantize(qw, torch.bfloat16), rtol=2**-7, atol=0
+    )
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(2, 17, K, generator=g).to(DEVICE, dtype)
         got = lowbit_linear(x, qw, bias, path="dense")
@@ -108,9 +110,20 @@ def test_measured_cache_is_followed(home, monkeypatch):
     assert seen == ["gemv", "flat", "dense"]
 
 
-@pytest.mark.parametrize("text", ["{not json", json.dumps({"device_name": "d", "torch_version": "t",
-                                                           "triton_version": "t", "buckets": {
-                                                               "64x128": {"gemv_max_m": 9, "flat_max_m": 2}}})])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        json.dumps(
+            {
+                "device_name": "d",
+                "torch_version": "t",
+                "triton_version": "t",
+                "buckets": {"64x128": {"gemv_max_m": 9, "flat_max_m": 2}},
+            }
+        ),
+    ],
+)
 def test_corrupt_cache_is_ignored_with_a_warning(home, text):
     path = dispatch.cache_path("cpu")
     path.parent.mkdir(parents=True)

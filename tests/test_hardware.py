@@ -25,10 +25,23 @@ from rooflens.roofline.hardware import (
 )
 
 REQUIRED = {
-    "a100-40g-sxm", "a100-80g-sxm", "a100-40g-pcie", "a100-80g-pcie",
-    "h100-sxm", "h100-pcie", "h200", "l40s", "a10g", "l4", "t4",
-    "rtx-4090", "rtx-4080", "rtx-3090", "rtx-4060-ti", "cpu-generic",
-}  # fmt: skip
+    "a100-40g-sxm",
+    "a100-80g-sxm",
+    "a100-40g-pcie",
+    "a100-80g-pcie",
+    "h100-sxm",
+    "h100-pcie",
+    "h200",
+    "l40s",
+    "a10g",
+    "l4",
+    "t4",
+    "rtx-4090",
+    "rtx-4080",
+    "rtx-3090",
+    "rtx-4060-ti",
+    "cpu-generic",
+}
 
 GPU_PROFILES = [p for p in list_profiles() if p.kind == "gpu"]
 
@@ -100,8 +113,15 @@ def test_gpu_ceilings_plausible(profile):
 @pytest.mark.parametrize("profile", GPU_PROFILES, ids=_gpu_ids(GPU_PROFILES))
 def test_dtype_ordering(profile):
     p = profile.peak_flops_si
-    for low, high in [("fp32", "bf16"), ("fp32", "fp16"), ("fp32", "tf32"), ("fp16", "fp8"),
-                      ("bf16", "fp8"), ("fp16", "int8"), ("tf32", "fp16")]:  # fmt: skip
+    for low, high in [
+        ("fp32", "bf16"),
+        ("fp32", "fp16"),
+        ("fp32", "tf32"),
+        ("fp16", "fp8"),
+        ("bf16", "fp8"),
+        ("fp16", "int8"),
+        ("tf32", "fp16"),
+    ]:
         if p(low) is not None and p(high) is not None:
             assert p(high) >= p(low), (low, high)
     if p("fp16") is not None and p("bf16") is not None:
@@ -383,9 +403,14 @@ def test_detect_gpus_via_fake_nvml(monkeypatch):
 
 @pytest.mark.parametrize(
     ("env", "expected"),
-    [("2,0", ["NVIDIA L4", "NVIDIA H100 80GB HBM3"]), ("", []), ("-1", []),
-     ("GPU-0001", ["NVIDIA H100 PCIe"]), ("1,7,0", ["NVIDIA H100 PCIe"])],
-)  # fmt: skip
+    [
+        ("2,0", ["NVIDIA L4", "NVIDIA H100 80GB HBM3"]),
+        ("", []),
+        ("-1", []),
+        ("GPU-0001", ["NVIDIA H100 PCIe"]),
+        ("1,7,0", ["NVIDIA H100 PCIe"]),
+    ],
+)
 def test_cuda_visible_devices_respected(monkeypatch, env, expected):
     names = ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA L4"]
     monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml(names))
@@ -405,9 +430,7 @@ def _hw(*gpu_names: str) -> DetectedHardware:
         cpu_cores_physical=4,
         cpu_flags=["avx2"],
         memory_total_bytes=64 * 2**30,
-        gpus=[
-            GpuInfo(index=i, name=n, memory_total_bytes=24 * 2**30) for i, n in enumerate(gpu_names)
-        ],
+        gpus=[GpuInfo(index=i, name=n, memory_total_bytes=24 * 2**30) for i, n in enumerate(gpu_names)],
     )
 
 

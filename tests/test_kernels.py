@@ -5,6 +5,7 @@ kernel is decorated (``rooflens.kernels.triton_lowbit`` decorates lazily on firs
 if another module imported ``triton`` earlier).  On a CUDA machine the env var is left alone and the kernel
 tests run the compiled kernel on the GPU.
 """
+
 import os
 
 import torch
@@ -32,7 +33,7 @@ from rooflens.kernels import (  # noqa: E402
 try:
     import triton  # noqa: F401
 
-    from rooflens.kernels.triton_lowbit import interpreting, lowbit_linear
+    from rooflens.kernels.triton_lowbit import lowbit_linear
 
     _TRITON_SKIP = None
 except Exception as exc:  # pragma: no cover - depends on the environment
@@ -179,8 +180,9 @@ def test_kernel_tails_split_k_and_leading_dims():
     for bits, wide in ((3, True), (2, True), (4, False), (8, True)):
         x, qw, bias = _case(bits, False, 32, 4, 21, 160, torch.float32, 7)
         cfg = {"BLOCK_N": 16, "BLOCK_K": 128, "WIDE_LOAD": wide, "num_warps": 4}
-        torch.testing.assert_close(lowbit_linear(x, qw, bias, config=cfg), reference_linear(x, qw, bias),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            lowbit_linear(x, qw, bias, config=cfg), reference_linear(x, qw, bias), rtol=1e-5, atol=1e-5
+        )
     # GEMV through the tail path as well
     x, qw, _ = _case(4, True, 32, 1, 21, 160, torch.float32, 9)
     got = lowbit_linear(x, qw, config={"BLOCK_N": 16, "BLOCK_K": 128})
@@ -209,8 +211,15 @@ def test_kernel_tails_split_k_and_leading_dims():
 def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval()
 
@@ -225,7 +234,9 @@ def test_lowbit_linear_on_tiny_llama_8bit():
     projs = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert sorted(report.replaced_names) == sorted(
         f"model.layers.{i}.{'self_attn' if p.endswith(('q_proj', 'k_proj', 'v_proj', 'o_proj')) else 'mlp'}.{p}"
-        for i in range(2) for p in projs)
+        for i in range(2)
+        for p in projs
+    )
     assert list(report.skipped) == ["lm_head"] and isinstance(model.lm_head, nn.Linear)
     lowbit = {n: m for n, m in model.named_modules() if isinstance(m, LowBitLinear)}
     assert sorted(lowbit) == sorted(report.replaced_names)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from factories import clocked_generate
 from torch import nn
 
+from factories import clocked_generate
 from rooflens.bench.prompts import make_prompts
 from rooflens.bench.quality import rouge_l
 from rooflens.config import EngineSpec
@@ -47,7 +47,12 @@ def test_rouge_l_is_the_lcs_f1():
 
 def test_ladder_must_decrease_through_supported_bits():
     assert check_ladder([8, 4, 2]) == (8, 4, 2)
-    for bad, says in (([4, 8], "strictly decrease"), ([8, 8], "strictly decrease"), ([5], "bits"), ([], "at least one")):
+    for bad, says in (
+        ([4, 8], "strictly decrease"),
+        ([8, 8], "strictly decrease"),
+        ([5], "bits"),
+        ([], "at least one"),
+    ):
         with pytest.raises(ValueError, match=says):
             check_ladder(bad)
 
@@ -121,8 +126,10 @@ def test_learned_scheduler_maps_classes_to_switch_points(tiny_llama):
 def test_one_rung_equals_the_quantized_engine_token_for_token(tiny_llama):
     """Our loop over MultiPrecisionLinear at one rung = HF generate over the quantized engine's LowBitLinear."""
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=3)
-    quant = build_engine(EngineSpec(name="quantized", options={"backend": "rooflens", "bits": 4, "group_size": 32,
-                                                               "lm_head": True}), tiny_llama)  # fmt: skip
+    quant = build_engine(
+        EngineSpec(name="quantized", options={"backend": "rooflens", "bits": 4, "group_size": 32, "lm_head": True}),
+        tiny_llama,
+    )
     quant.prepare()
     mixed = build_engine(EngineSpec(name="mixed_precision", options={**TINY, "ladder": [4]}), tiny_llama)
     mixed.prepare()
@@ -132,7 +139,9 @@ def test_one_rung_equals_the_quantized_engine_token_for_token(tiny_llama):
 
 def test_switch_at_step_zero_is_uniform_low_bit_decode(tiny_llama):
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=1)
-    a = build_engine(EngineSpec(name="mixed_precision", options={**TINY, "ladder": [8, 2], "switch_steps": [0]}), tiny_llama)
+    a = build_engine(
+        EngineSpec(name="mixed_precision", options={**TINY, "ladder": [8, 2], "switch_steps": [0]}), tiny_llama
+    )
     b = build_engine(EngineSpec(name="mixed_precision", options={**TINY, "ladder": [2], "prefill_bits": 8}), tiny_llama)
     for e in (a, b):
         e.prepare()
@@ -142,7 +151,9 @@ def test_switch_at_step_zero_is_uniform_low_bit_decode(tiny_llama):
 
 
 def test_stats_count_tokens_per_rung(tiny_llama):
-    e = build_engine(EngineSpec(name="mixed_precision", options={**TINY, "ladder": [8, 4, 2], "switch_steps": [2, 5]}), tiny_llama)
+    e = build_engine(
+        EngineSpec(name="mixed_precision", options={**TINY, "ladder": [8, 4, 2], "switch_steps": [2, 5]}), tiny_llama
+    )
     e.prepare()
     _generate(e, make_prompts(tiny_llama, "synthetic", 1, 8, seed=1), n=10)
     s = {k: v.value for k, v in e.stats().items()}
@@ -155,13 +166,17 @@ def test_prefill_and_decode_roofline_use_their_own_bits(tiny_llama):
     from rooflens.roofline.analytic import ModelShape, Precision, decode_cost, prefill_cost
     from rooflens.roofline.position import roofline_position
 
-    e = build_engine(EngineSpec(name="mixed_precision", options={**TINY, "ladder": [8, 2], "switch_steps": [1]}), tiny_llama)
+    e = build_engine(
+        EngineSpec(name="mixed_precision", options={**TINY, "ladder": [8, 2], "switch_steps": [1]}), tiny_llama
+    )
     e.prepare()
     _generate(e, make_prompts(tiny_llama, "synthetic", 1, 8, seed=1), n=9)
     hints = e.roofline_hints()
     assert hints.prefill_weight_bits > hints.decode_weight_bits
     cfg = tiny_llama.model.config
-    r = roofline_position(cfg, "float32", batch=1, prompt_len=8, gen_len=9, ttft_s=0.01, tpot_s=0.001, hints=hints, ceilings=[])
+    r = roofline_position(
+        cfg, "float32", batch=1, prompt_len=8, gen_len=9, ttft_s=0.01, tpot_s=0.001, hints=hints, ceilings=[]
+    )
     assert r.prefill.weight_bits == pytest.approx(hints.prefill_weight_bits)
     assert r.decode.weight_bits == pytest.approx(hints.decode_weight_bits)
     shape = ModelShape.from_config(cfg)
@@ -191,7 +206,10 @@ def test_tuning_runs_once_and_is_cached(tiny_llama):
     [
         ({"ladder": [4, 8]}, "options.ladder: ladder [4, 8]: bits must strictly decrease"),
         ({"ladder": [6]}, "options.ladder:"),
-        ({"scheduler": "confidence", "switch_steps": [3]}, "switch_steps applies to scheduler 'static', not 'confidence'"),
+        (
+            {"scheduler": "confidence", "switch_steps": [3]},
+            "switch_steps applies to scheduler 'static', not 'confidence'",
+        ),
         ({"confidence_k": 2.0}, "confidence_k applies to scheduler 'confidence', not 'static'"),
         ({"ladder": [8, 4], "prefill_bits": 4}, "prefill_bits 4: allowed 8, 4, 3, 2 at or above the top rung (8)"),
         ({"ladder": [8, 4], "switch_steps": [1, 2]}, "switch_steps needs 1 value(s)"),
@@ -205,7 +223,14 @@ def test_bad_options_name_the_field(options, says):
 
 
 def test_learned_without_tuning_says_how_to_get_one(tiny_llama):
-    e = build_engine(EngineSpec(name="mixed_precision", options={**TINY, "ladder": [8, 4], "scheduler": "learned",
-                                                                  "train_if_missing": False}), tiny_llama)  # fmt: skip
-    with pytest.raises(EngineUnavailable, match="options.scheduler: 'learned' needs a tuning .*rooflens train mixed-precision"):
+    e = build_engine(
+        EngineSpec(
+            name="mixed_precision",
+            options={**TINY, "ladder": [8, 4], "scheduler": "learned", "train_if_missing": False},
+        ),
+        tiny_llama,
+    )
+    with pytest.raises(
+        EngineUnavailable, match="options.scheduler: 'learned' needs a tuning .*rooflens train mixed-precision"
+    ):
         e.prepare()

@@ -92,7 +92,7 @@ def test_builtin_smollm2_real_weights(smollm2):
     tok = smollm2.tokenizer
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     out = smollm2.model.generate(ids, max_new_tokens=3, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])  # real, trained weights
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])  # real, trained weights
 
 
 def test_auto_dtype_on_a_cpu_picks_bfloat16_only_when_native_and_faster(monkeypatch):
@@ -110,7 +110,11 @@ def test_auto_dtype_on_a_cpu_picks_bfloat16_only_when_native_and_faster(monkeypa
     cpu_with(["avx2", "avx512_bf16", "amx_bf16"])
     monkeypatch.setattr(loader, "_gemv_seconds", lambda dtype: 1e-4 if dtype == torch.bfloat16 else 3e-4)
     choice = choose_dtype("auto", CPU)
-    assert choice.dtype == torch.bfloat16 and "avx512_bf16, amx_bf16" in choice.reason and "100 us in bfloat16" in choice.reason
+    assert (
+        choice.dtype == torch.bfloat16
+        and "avx512_bf16, amx_bf16" in choice.reason
+        and "100 us in bfloat16" in choice.reason
+    )
     monkeypatch.setattr(loader, "_gemv_seconds", lambda dtype: 3e-4 if dtype == torch.bfloat16 else 1e-4)
     choice = choose_dtype("auto", CPU)
     assert choice.dtype == torch.float32 and "but a 1x2048" in choice.reason

@@ -13,8 +13,17 @@ SHAPE = ModelShape.from_config(CONFIG)
 
 
 def position(hints, dtype="bfloat16"):
-    return roofline_position(CONFIG, dtype, batch=1, prompt_len=100, gen_len=20, ttft_s=0.1, tpot_s=0.01,
-                             hints=hints, ceilings=ceilings_for(get_profile("h100-sxm"), dtype))  # fmt: skip
+    return roofline_position(
+        CONFIG,
+        dtype,
+        batch=1,
+        prompt_len=100,
+        gen_len=20,
+        ttft_s=0.1,
+        tpot_s=0.01,
+        hints=hints,
+        ceilings=ceilings_for(get_profile("h100-sxm"), dtype),
+    )
 
 
 def test_plain_decode_step():
@@ -36,7 +45,8 @@ def test_speculative_pass_verifies_more_than_it_keeps():
 def test_quantized_bits_and_early_exit():
     q = position(RooflineHints(weight_bits=4.5))
     assert q.decode.weight_bytes.value == pytest.approx(
-        decode_cost(SHAPE, batch=1, context_len=110, precision=Precision(4.5, 16, 16)).weight_bytes)
+        decode_cost(SHAPE, batch=1, context_len=110, precision=Precision(4.5, 16, 16)).weight_bytes
+    )
     e = position(RooflineHints(layers_executed=16))
     full = position(RooflineHints())
     assert e.decode.flops.value < 0.6 * full.decode.flops.value and e.layers_executed == 16
@@ -45,6 +55,15 @@ def test_quantized_bits_and_early_exit():
 def test_unsupported_architecture_gives_a_reason():
     from transformers import BertConfig
 
-    r = roofline_position(BertConfig(), "float32", batch=1, prompt_len=4, gen_len=2, ttft_s=1, tpot_s=1,
-                          hints=RooflineHints(), ceilings=[])  # fmt: skip
+    r = roofline_position(
+        BertConfig(),
+        "float32",
+        batch=1,
+        prompt_len=4,
+        gen_len=2,
+        ttft_s=1,
+        tpot_s=1,
+        hints=RooflineHints(),
+        ceilings=[],
+    )
     assert r.prefill is None and r.decode is None and "llama" in r.reason

@@ -227,9 +227,7 @@ def test_probe_path_uses_rooflens_home(monkeypatch, tmp_path):
     monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path))
     path = probe_path("NVIDIA H100 80GB HBM3")
     assert path == tmp_path / "probes" / "nvidia-h100-80gb-hbm3.json"
-    assert probe_path("Intel(R) Xeon(R) Processor", root=tmp_path / "x").name == (
-        "intel-r-xeon-r-processor.json"
-    )
+    assert probe_path("Intel(R) Xeon(R) Processor", root=tmp_path / "x").name == ("intel-r-xeon-r-processor.json")
     assert probe_path("???", root=tmp_path).name == "unknown-device.json"
     monkeypatch.delenv("ROOFLENS_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

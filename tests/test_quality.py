@@ -47,11 +47,16 @@ def test_smollm2_perplexity_is_that_of_a_trained_model(smollm2):
 
 
 def test_random_weight_records_carry_no_quality_and_real_ones_do(tmp_path, tiny_llama):
-    exp = validate_experiment({
-        "name": "q", "model": "shape:tiny-llama", "engines": [{"name": "hf"}],
-        "workloads": [{"prompt_len": 8, "gen_len": 4}], "repetitions": {"warmup": 0, "min_reps": 1, "min_seconds": 0},
-        "device": "cpu",
-    })  # fmt: skip
+    exp = validate_experiment(
+        {
+            "name": "q",
+            "model": "shape:tiny-llama",
+            "engines": [{"name": "hf"}],
+            "workloads": [{"prompt_len": 8, "gen_len": 4}],
+            "repetitions": {"warmup": 0, "min_reps": 1, "min_seconds": 0},
+            "device": "cpu",
+        }
+    )
     rec = ExperimentRunner(exp, results_root=tmp_path).run().records[0]
     assert rec.status == "ok" and rec.quality is None
 
@@ -61,12 +66,17 @@ def test_quality_against_the_baseline_in_a_real_run(tmp_path, smollm2, monkeypat
     import rooflens.bench.runner as runner_mod
 
     monkeypatch.setattr(runner_mod, "load_model", lambda *a, **k: smollm2)  # reuse the session's model
-    exp = validate_experiment({
-        "name": "q", "model": "smollm2-135m",
-        "engines": [{"name": "hf", "label": "static", "options": {"cache": "static"}}, {"name": "hf"}],
-        "baseline": "hf", "workloads": [{"prompt_len": 16, "gen_len": 6, "prompt": "corpus"}],
-        "repetitions": {"warmup": 0, "min_reps": 1, "min_seconds": 0}, "device": "cpu",
-    })  # fmt: skip
+    exp = validate_experiment(
+        {
+            "name": "q",
+            "model": "smollm2-135m",
+            "engines": [{"name": "hf", "label": "static", "options": {"cache": "static"}}, {"name": "hf"}],
+            "baseline": "hf",
+            "workloads": [{"prompt_len": 16, "gen_len": 6, "prompt": "corpus"}],
+            "repetitions": {"warmup": 0, "min_reps": 1, "min_seconds": 0},
+            "device": "cpu",
+        }
+    )
     records = ExperimentRunner(exp, results_root=tmp_path).run().records
     assert [r.cell.engine_label for r in records] == ["hf", "static"]  # the baseline runs first
     for r in records:

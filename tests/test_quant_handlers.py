@@ -41,8 +41,9 @@ def test_unavailable_says_why_or_returns_none():
 @torch.no_grad()
 def test_rooflens_handler_quantizes_from_a_spec_alone(tiny_llama):
     model = copy.deepcopy(tiny_llama.model)
-    spec = QuantSpec(backend="rooflens", format="groupwise", bits=8, group_size=32, symmetric=True, kernel="auto",
-                     skip=("lm_head",))  # fmt: skip
+    spec = QuantSpec(
+        backend="rooflens", format="groupwise", bits=8, group_size=32, symmetric=True, kernel="auto", skip=("lm_head",)
+    )
     handler = get_handler("rooflens")
     layers = handler.quantize(model, spec, CPU)
     assert len(layers) == 28 and all(isinstance(model.get_submodule(n), LowBitLinear) for n in layers)

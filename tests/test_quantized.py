@@ -6,15 +6,15 @@ import importlib.util
 import pytest
 import torch
 
+from factories import tiny_experiment
 from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner
-from rooflens.config import ConfigError, validate_experiment
+from rooflens.config import ConfigError
 from rooflens.engines.base import EngineUnavailable, TokenClock, get_engine
 from rooflens.engines.quant import copy_for_quantization
 from rooflens.engines.quantized import QuantizedEngine, QuantizedOptions, options_unavailable_reason
 from rooflens.kernels import format_bits_per_weight
 from rooflens.roofline.analytic import decode_weight_elements
-from factories import tiny_experiment
 
 CPU = torch.device("cpu")
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
@@ -120,7 +120,11 @@ def test_eight_bit_formats_stay_close_to_fp32(case, prepared, tiny_llama):
 
 @pytest.mark.parametrize(
     "case,bits,group,sym",
-    [("rooflens-4b-g32-sym", 4, 32, True), ("rooflens-3b-g64-asym", 3, 64, False), ("rooflens-2b-g32-sym", 2, 32, True)],
+    [
+        ("rooflens-4b-g32-sym", 4, 32, True),
+        ("rooflens-3b-g64-asym", 3, 64, False),
+        ("rooflens-2b-g32-sym", 2, 32, True),
+    ],
 )
 def test_rooflens_storage_matches_the_report_and_the_format(case, bits, group, sym, prepared, tiny_llama):
     engine = prepared(case)
@@ -211,8 +215,12 @@ def test_int4_weight_only_is_unavailable_on_cpu_with_the_reason(tiny_llama, tmp_
     assert "bfloat16" in options_unavailable_reason(o, torch.device("cuda"), "float32")
     with pytest.raises(EngineUnavailable, match="needs CUDA"):
         QuantizedEngine(o, tiny_llama).prepare()
-    exp = experiment([{"name": "hf"}, {"name": "quantized", "label": "int4",
-                                       "options": {"backend": "torchao", "format": "int4_weight_only"}}])  # fmt: skip
+    exp = experiment(
+        [
+            {"name": "hf"},
+            {"name": "quantized", "label": "int4", "options": {"backend": "torchao", "format": "int4_weight_only"}},
+        ]
+    )
     rec = {r.cell.engine_label: r for r in ExperimentRunner(exp, results_root=tmp_path).run().records}["int4"]
     assert rec.status == "unavailable" and rec.reason.type == "EngineUnavailable"
     assert "needs CUDA" in rec.reason.message
@@ -222,7 +230,9 @@ def test_missing_library_is_named_with_a_pip_hint(monkeypatch):
     import rooflens.engines.quant.base as q
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(q.importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        q.importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     reason = options_unavailable_reason(QuantizedOptions(backend="bitsandbytes"), CPU, "float32")
     assert reason == "backend 'bitsandbytes' needs the Python package bitsandbytes (pip install bitsandbytes)"
 
@@ -236,23 +246,37 @@ def test_triton_kernel_on_cpu_needs_the_interpreter(monkeypatch):
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"backend": "bitsandbytes", "format": "int4_weight_only"},
-         "format: 'int4_weight_only' is not a format of backend 'bitsandbytes' (allowed: int8, nf4); "
-         "it is a format of backend 'torchao'"),
-        ({"backend": "rooflens", "bits": 5}, "bits: 5 is not allowed for format 'groupwise' of backend 'rooflens' (allowed: 2, 3, 4, 8)"),
-        ({"backend": "rooflens", "group_size": 256},
-         "group_size: 256 is not allowed for format 'groupwise' of backend 'rooflens' (allowed: 32, 64, 128)"),
-        ({"backend": "torchao", "format": "int8_weight_only", "group_size": 64},
-         "group_size: does not apply to format 'int8_weight_only' of backend 'torchao'"),
-        ({"backend": "torchao", "format": "int8_dynamic", "bits": 4},
-         "bits: format 'int8_dynamic' of backend 'torchao' is 8-bit (got 4)"),
+        (
+            {"backend": "bitsandbytes", "format": "int4_weight_only"},
+            "format: 'int4_weight_only' is not a format of backend 'bitsandbytes' (allowed: int8, nf4); "
+            "it is a format of backend 'torchao'",
+        ),
+        (
+            {"backend": "rooflens", "bits": 5},
+            "bits: 5 is not allowed for format 'groupwise' of backend 'rooflens' (allowed: 2, 3, 4, 8)",
+        ),
+        (
+            {"backend": "rooflens", "group_size": 256},
+            "group_size: 256 is not allowed for format 'groupwise' of backend 'rooflens' (allowed: 32, 64, 128)",
+        ),
+        (
+            {"backend": "torchao", "format": "int8_weight_only", "group_size": 64},
+            "group_size: does not apply to format 'int8_weight_only' of backend 'torchao'",
+        ),
+        (
+            {"backend": "torchao", "format": "int8_dynamic", "bits": 4},
+            "bits: format 'int8_dynamic' of backend 'torchao' is 8-bit (got 4)",
+        ),
         ({"backend": "bitsandbytes", "format": "nf4", "symmetric": False}, "symmetric: does not apply to format 'nf4'"),
         ({"backend": "torchao", "kernel": "triton"}, "kernel: applies to backend 'rooflens' only"),
         ({"backend": "gptq"}, "options.backend: Input should be 'torchao', 'bitsandbytes' or 'rooflens'"),
-        ({"backend": "rooflens", "bit": 4}, "options.bit: unknown option for engine 'quantized' (allowed: cache, compile"),
+        (
+            {"backend": "rooflens", "bit": 4},
+            "options.bit: unknown option for engine 'quantized' (allowed: cache, compile",
+        ),
         ({"backend": "rooflens", "compile": True}, "compile: true needs cache: static"),
     ],
-)  # fmt: skip
+)
 def test_invalid_options_give_clear_errors(options, message):
     with pytest.raises(ConfigError) as err:
         experiment([{"name": "quantized", "options": options}])
@@ -274,10 +298,16 @@ experiment = functools.partial(tiny_experiment, batch_sizes=(1,))
 
 
 def test_runner_records_stats_and_roofline_bits(tmp_path):
-    exp = experiment([{"name": "hf"}, {"name": "quantized", "label": "q4",
-                                       "options": {"backend": "rooflens", "bits": 4, "group_size": 32}}],
-                     batch_sizes=(1, 2))  # fmt: skip
-    records = {(r.cell.engine_label, r.cell.batch_size): r for r in ExperimentRunner(exp, results_root=tmp_path).run().records}
+    exp = experiment(
+        [
+            {"name": "hf"},
+            {"name": "quantized", "label": "q4", "options": {"backend": "rooflens", "bits": 4, "group_size": 32}},
+        ],
+        batch_sizes=(1, 2),
+    )
+    records = {
+        (r.cell.engine_label, r.cell.batch_size): r for r in ExperimentRunner(exp, results_root=tmp_path).run().records
+    }
     base = records[("hf", 1)]
     assert base.roofline.weight_bits == 32.0
     for b in (1, 2):
@@ -291,7 +321,9 @@ def test_runner_records_stats_and_roofline_bits(tmp_path):
         # the record's decode weight bytes per step are the bytes the kernels read (batch 1; each further
         # sequence of the batch reads one more embedding row, which the analytic model prices at weight_bits)
         extra_rows = (b - 1) * 64 * rec.roofline.weight_bits / 8
-        assert rec.roofline.decode.weight_bytes.value == pytest.approx(st["weight_read_bytes_per_step"].value + extra_rows)
+        assert rec.roofline.decode.weight_bytes.value == pytest.approx(
+            st["weight_read_bytes_per_step"].value + extra_rows
+        )
         # fewer weight bytes per decode step than the fp32 baseline, in proportion to the bits
         ratio = rec.roofline.decode.weight_bytes.value / records[("hf", b)].roofline.decode.weight_bytes.value
         assert ratio == pytest.approx(rec.roofline.weight_bits / 32)
@@ -311,8 +343,9 @@ def test_rooflens_triton_kernel_matches_the_torch_reference(tiny_llama):
         engines[kernel].prepare()
     assert engines["triton"].stats()["kernel"].value.startswith("Triton dequant-matmul kernel")
     ids = make_prompts(tiny_llama, "synthetic", 1, 4, seed=5)
-    torch.testing.assert_close(_logits(engines["triton"].module, ids), _logits(engines["torch"].module, ids),
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        _logits(engines["triton"].module, ids), _logits(engines["torch"].module, ids), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("fmt", ["int8_weight_only", "int8_dynamic", "int4_weight_only"])

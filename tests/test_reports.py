@@ -16,8 +16,9 @@ def records():
     return [
         make_record("hf", 1, 100.0, seed=1, agreement=1.0),
         make_record("hf", 4, 300.0, seed=2, agreement=1.0),
-        make_record("fast", 1, 160.0, seed=3, agreement=0.9,
-                    stats={"acceptance_rate": EngineStat(value=0.7, description="t")}),
+        make_record(
+            "fast", 1, 160.0, seed=3, agreement=0.9, stats={"acceptance_rate": EngineStat(value=0.7, description="t")}
+        ),
         make_record("fast", 4, 0.0, status="failed"),
         make_record("cuda-only", 1, 0.0, status="unavailable"),
         make_record("hf", 1, 50.0, seed=5, weights="random", run_id="run2", experiment="shape-run"),
@@ -74,8 +75,10 @@ def test_markdown_summary(records):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None or shutil.which("chromedriver") is None,
-                    reason="Chromium/chromedriver not installed (Debian packages chromium, chromium-driver; .ci/run installs them)")
+@pytest.mark.skipif(
+    CHROMIUM is None or shutil.which("chromedriver") is None,
+    reason="Chromium/chromedriver not installed (Debian packages chromium, chromium-driver; .ci/run installs them)",
+)
 def test_report_renders_in_headless_chromium(records, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
     from selenium.webdriver.chrome.service import Service
@@ -83,9 +86,17 @@ def test_report_renders_in_headless_chromium(records, tmp_path):
     path = render_html(records, tmp_path, "demo")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
@@ -119,8 +130,12 @@ def test_quality_plot_uses_rouge_l_and_joins_uniform_cells():
     from rooflens.results.record import Quantity
     from rooflens.results.stat import EngineStat
 
-    recs = [make_record("hf", 1, 100.0, seed=1, agreement=1.0), make_record("u8", 1, 130.0, seed=2, agreement=0.1),
-            make_record("u4", 1, 180.0, seed=3, agreement=0.03), make_record("pmpd", 1, 160.0, seed=4, agreement=0.1)]  # fmt: skip
+    recs = [
+        make_record("hf", 1, 100.0, seed=1, agreement=1.0),
+        make_record("u8", 1, 130.0, seed=2, agreement=0.1),
+        make_record("u4", 1, 180.0, seed=3, agreement=0.03),
+        make_record("pmpd", 1, 160.0, seed=4, agreement=0.1),
+    ]
     for r, rl, ladder in zip(recs, (1.0, 0.6, 0.3, 0.5), (None, [8], [4], [8, 4])):
         r.quality.rouge_l = Quantity(value=rl, unit="fraction", source="measured", how="t")
         if ladder:

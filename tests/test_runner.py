@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from factories import ScriptedEngine, test_engines, tiny_experiment  # noqa: F401 (fixture)
 from rooflens.bench.energy import EnergyMeter, NvmlEnergyCounterMeter, UnavailableMeter
 from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner, FixedLengthError, measure, run_once
@@ -12,7 +13,6 @@ from rooflens.config import Repetitions, validate_experiment
 from rooflens.engines.base import TokenClock
 from rooflens.engines.hf import HFEngine, HFOptions
 from rooflens.results.store import load_records, records_dataframe
-from factories import ScriptedEngine, tiny_experiment, test_engines  # noqa: F401 (fixture)
 
 CPU = torch.device("cpu")
 
@@ -107,7 +107,15 @@ def test_repetitions_stop_when_both_minima_are_met(test_engines, tiny_llama):
     m = measure(engine, prompts, 3, Repetitions(warmup=0, min_reps=4, min_seconds=0.5), meter, CPU, now=FakeClock(2.0))
     assert len(m.timings) == 4
     # max_reps caps
-    m = measure(engine, prompts, 3, Repetitions(warmup=0, min_reps=1, min_seconds=100, max_reps=5), meter, CPU, now=FakeClock(1.0))
+    m = measure(
+        engine,
+        prompts,
+        3,
+        Repetitions(warmup=0, min_reps=1, min_seconds=100, max_reps=5),
+        meter,
+        CPU,
+        now=FakeClock(1.0),
+    )
     assert len(m.timings) == 5 and m.stopped_by == "max_reps"
 
 
@@ -115,8 +123,15 @@ def test_energy_window_is_lengthened_to_the_meter_resolution(test_engines, tiny_
     engine = ScriptedEngine(ScriptedEngine.Options(), tiny_llama)
     counter = iter(range(0, 10**9, 500))  # +0.5 J per read
     meter = NvmlEnergyCounterMeter(0, read_mj=lambda: next(counter), min_window_s=3.0)
-    m = measure(engine, torch.zeros(1, 4, dtype=torch.long), 3, Repetitions(warmup=0, min_reps=1, min_seconds=0.0),
-                meter, CPU, now=FakeClock(1.0))  # fmt: skip
+    m = measure(
+        engine,
+        torch.zeros(1, 4, dtype=torch.long),
+        3,
+        Repetitions(warmup=0, min_reps=1, min_seconds=0.0),
+        meter,
+        CPU,
+        now=FakeClock(1.0),
+    )
     assert len(m.timings) == 3  # 1 s per rep, the meter wants 3 s
 
 
@@ -171,8 +186,10 @@ def test_sweep_writes_every_cell_and_survives_a_failing_cell(test_engines, tmp_p
 
 
 def test_unavailable_and_unprepared_engines_are_recorded(test_engines, tmp_path):
-    exp = experiment([{"name": "cuda-only"}, {"name": "broken-prepare"}, {"name": "scripted"},
-                      {"name": "option-unavailable"}], batch_sizes=(1,))  # fmt: skip
+    exp = experiment(
+        [{"name": "cuda-only"}, {"name": "broken-prepare"}, {"name": "scripted"}, {"name": "option-unavailable"}],
+        batch_sizes=(1,),
+    )
     records = ExperimentRunner(exp, results_root=tmp_path).run().records
     by = {r.cell.engine_label: r for r in records}
     assert by["option-unavailable"].status == "unavailable"
@@ -260,16 +277,22 @@ def test_the_timed_path_starts_no_thread(test_engines, tiny_llama):
 
     before = {t.ident for t in threading.enumerate()}
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=0)
-    m = measure(Watching(Watching.Options(), tiny_llama), prompts, 4, Repetitions(warmup=1, min_reps=3, min_seconds=0),
-                UnavailableMeter("none"), CPU)  # fmt: skip
+    m = measure(
+        Watching(Watching.Options(), tiny_llama),
+        prompts,
+        4,
+        Repetitions(warmup=1, min_reps=3, min_seconds=0),
+        UnavailableMeter("none"),
+        CPU,
+    )
     assert len(seen) == 4 and all(s == before for s in seen)
     assert m.memory.kind == "process_rss" and m.memory.peak_bytes >= m.memory.baseline_bytes > 0
 
 
 def test_cpu_peak_memory_sees_an_allocation_made_and_freed_inside_the_window():
-    from rooflens.bench.memory import PeakMemory
-
     import mmap
+
+    from rooflens.bench.memory import PeakMemory
 
     with PeakMemory(CPU) as mem:
         # 64 MiB of fresh pages (an allocator could reuse resident memory it keeps), touched, then freed
@@ -305,14 +328,25 @@ def test_an_unwritable_results_folder_is_found_before_the_model_loads(test_engin
 def test_a_prompt_longer_than_the_context_is_refused_before_measuring(test_engines, tmp_path):
     from rooflens.bench.preflight import PreflightError
 
-    exp = validate_experiment({"name": "long", "model": "shape:tiny-llama", "engines": [{"name": "scripted"}], "device": "cpu",
-                               "workloads": [{"name": "ok", "prompt_len": 8, "gen_len": 4},
-                                             {"name": "huge", "prompt_len": 1020, "gen_len": 8}]})  # fmt: skip
+    exp = validate_experiment(
+        {
+            "name": "long",
+            "model": "shape:tiny-llama",
+            "engines": [{"name": "scripted"}],
+            "device": "cpu",
+            "workloads": [
+                {"name": "ok", "prompt_len": 8, "gen_len": 4},
+                {"name": "huge", "prompt_len": 1020, "gen_len": 8},
+            ],
+        }
+    )
     runner = ExperimentRunner(exp, results_root=tmp_path)
     with pytest.raises(PreflightError) as err:
         runner.run()
-    assert str(err.value) == ("workloads[1] (huge): prompt_len 1020 + gen_len 8 = 1028 tokens exceed the context of "
-                              "shape:tiny-llama (max_position_embeddings = 1024); allowed: prompt_len + gen_len <= 1024")  # fmt: skip
+    assert str(err.value) == (
+        "workloads[1] (huge): prompt_len 1020 + gen_len 8 = 1028 tokens exceed the context of "
+        "shape:tiny-llama (max_position_embeddings = 1024); allowed: prompt_len + gen_len <= 1024"
+    )
     assert not list(tmp_path.rglob("*.json")) and not runner.folder.exists()  # nothing measured, no empty run folder
 
 
@@ -335,16 +369,26 @@ def test_a_draft_model_counts_in_the_memory_check(tmp_path, monkeypatch):
     from rooflens.bench import preflight
 
     monkeypatch.setattr(preflight, "free_memory", lambda device: (400_000_000, "available RAM"))
-    exp = experiment([{"name": "hf"}, {"name": "speculative", "label": "big-draft",
-                                       "options": {"draft": "shape:smollm2-135m", "gamma": 2}}], batch_sizes=(1,))  # fmt: skip
+    exp = experiment(
+        [
+            {"name": "hf"},
+            {"name": "speculative", "label": "big-draft", "options": {"draft": "shape:smollm2-135m", "gamma": 2}},
+        ],
+        batch_sizes=(1,),
+    )
     by = {r.cell.engine_label: r for r in ExperimentRunner(exp, results_root=tmp_path).run().records}
     assert by["hf"].status == "ok"
     draft = by["big-draft"]
-    assert draft.status == "unavailable" and "draft model shape:smollm2-135m (134.5 M params) 0.54 GB" in draft.reason.message
+    assert (
+        draft.status == "unavailable"
+        and "draft model shape:smollm2-135m (134.5 M params) 0.54 GB" in draft.reason.message
+    )
 
 
 def test_an_engine_can_run_in_its_own_dtype(test_engines, tmp_path):
-    exp = experiment([{"name": "hf"}, {"name": "hf", "label": "hf-bf16", "dtype": "bfloat16"}], batch_sizes=(1,), dtype="float32")
+    exp = experiment(
+        [{"name": "hf"}, {"name": "hf", "label": "hf-bf16", "dtype": "bfloat16"}], batch_sizes=(1,), dtype="float32"
+    )
     by = {r.cell.engine_label: r for r in ExperimentRunner(exp, results_root=tmp_path).run().records}
     assert by["hf"].status == by["hf-bf16"].status == "ok"
     assert (by["hf"].model.dtype, by["hf-bf16"].model.dtype) == ("float32", "bfloat16")

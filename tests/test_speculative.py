@@ -63,10 +63,22 @@ def values(engine) -> dict:
 
 def loaded(model, label="test") -> LoadedModel:
     cfg = model.config
-    info = ModelInfo(source="shape", id=label, label=label, weights="random", weights_note="test",
-                     model_type=cfg.model_type, architecture=type(model).__name__, n_params=1, param_bytes=4,
-                     dtype="float32", num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
-                     vocab_size=cfg.vocab_size, has_tokenizer=False)  # fmt: skip
+    info = ModelInfo(
+        source="shape",
+        id=label,
+        label=label,
+        weights="random",
+        weights_note="test",
+        model_type=cfg.model_type,
+        architecture=type(model).__name__,
+        n_params=1,
+        param_bytes=4,
+        dtype="float32",
+        num_layers=cfg.num_hidden_layers,
+        hidden_size=cfg.hidden_size,
+        vocab_size=cfg.vocab_size,
+        has_tokenizer=False,
+    )
     return LoadedModel(model=model.eval(), tokenizer=None, info=info, device=CPU)
 
 
@@ -124,8 +136,18 @@ def test_registered_and_batch_one_only(tiny_llama):
 def test_bad_drafts_fail_at_prepare_with_the_reason(tiny_llama):
     with pytest.raises(ValueError, match="k must be in 1..3"):
         spec(tiny_llama, draft="self:4")
-    v16 = loaded(LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                              num_attention_heads=2, num_key_value_heads=1)))  # fmt: skip
+    v16 = loaded(
+        LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=16,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+            )
+        )
+    )
     with pytest.raises(ValueError, match="vocab size 512, the target has 16"):
         spec(v16, draft="shape:tiny-llama")
 
@@ -252,9 +274,13 @@ def test_eos_never_stops_the_run(tiny_llama, exact_rig, proposer):
 
 def test_statistics_add_up(tiny_llama, exact_rig):
     p = make_prompts(tiny_llama, "synthetic", 1, 12, seed=5)
-    for lm, opts in ((tiny_llama, PROPOSERS["self2"]), (exact_rig, PROPOSERS["self2"]),
-                     (tiny_llama, PROPOSERS["lookup"]), (exact_rig, PROPOSERS["hf-early-exit"]),
-                     (tiny_llama, PROPOSERS["hf-lookup"])):  # fmt: skip
+    for lm, opts in (
+        (tiny_llama, PROPOSERS["self2"]),
+        (exact_rig, PROPOSERS["self2"]),
+        (tiny_llama, PROPOSERS["lookup"]),
+        (exact_rig, PROPOSERS["hf-early-exit"]),
+        (tiny_llama, PROPOSERS["hf-lookup"]),
+    ):
         engine = spec(lm, gamma=3, **opts)
         run(engine, p, 9)  # forgotten by reset_stats
         engine.reset_stats()
@@ -287,14 +313,23 @@ def test_statistics_add_up(tiny_llama, exact_rig):
 
 
 def test_runner_records_stats_and_refuses_batch_two(tmp_path):
-    exp = validate_experiment({
-        "name": "spec", "model": "shape:tiny-llama", "device": "cpu", "energy": False,
-        "engines": [{"name": "hf"}, {"name": "speculative", "label": "spec-self2-g3",
-                                      "options": {"draft": "self:2", "gamma": 3}}],
-        "workloads": [{"prompt_len": 8, "gen_len": 6, "batch_sizes": [1, 2]}],
-        "repetitions": {"warmup": 1, "min_reps": 2, "min_seconds": 0.0},
-    })  # fmt: skip
-    records = {(r.cell.engine_label, r.cell.batch_size): r for r in ExperimentRunner(exp, results_root=tmp_path).run().records}
+    exp = validate_experiment(
+        {
+            "name": "spec",
+            "model": "shape:tiny-llama",
+            "device": "cpu",
+            "energy": False,
+            "engines": [
+                {"name": "hf"},
+                {"name": "speculative", "label": "spec-self2-g3", "options": {"draft": "self:2", "gamma": 3}},
+            ],
+            "workloads": [{"prompt_len": 8, "gen_len": 6, "batch_sizes": [1, 2]}],
+            "repetitions": {"warmup": 1, "min_reps": 2, "min_seconds": 0.0},
+        }
+    )
+    records = {
+        (r.cell.engine_label, r.cell.batch_size): r for r in ExperimentRunner(exp, results_root=tmp_path).run().records
+    }
     assert records[("spec-self2-g3", 2)].status == "unavailable"
     assert "batch size 1 only" in records[("spec-self2-g3", 2)].reason.message
     ok = records[("spec-self2-g3", 1)]
@@ -313,9 +348,20 @@ def test_measure_collects_stats_after_warmup(exact_rig):
 
 
 def _v16(seed: int) -> LlamaForCausalLM:
-    cfg = LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=64, initializer_range=0.12,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=16,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        initializer_range=0.12,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
 
@@ -343,6 +389,7 @@ def test_speculative_sampling_preserves_the_target_distribution():
     T = 1.3
     prompt = torch.tensor([[3, 5, 7, 3, 5, 7, 3, 5]])  # repeats, so prompt lookup proposes (a point-mass q)
     with torch.no_grad():
+
         def dist(model, seqs):
             return torch.softmax(model(seqs).logits[:, -1].float() / T, dim=-1)
 
@@ -382,10 +429,14 @@ def test_speculative_sampling_preserves_the_target_distribution():
 def test_greedy_is_lossless_on_smollm2(smollm2):
     hf = {"proposer": "hf_assisted"}
     cases = {  # prompt seed -> (options, gamma): every proposer once, gamma 1..8 across them
-        0: [({"draft": "self:8"}, 1), ({"proposer": "prompt_lookup"}, 8), ({**hf, "hf_mode": "draft_model", "draft": "self:8"}, 4),
-            ({**hf, "hf_mode": "early_exit", "draft": "self:16"}, 2)],
+        0: [
+            ({"draft": "self:8"}, 1),
+            ({"proposer": "prompt_lookup"}, 8),
+            ({**hf, "hf_mode": "draft_model", "draft": "self:8"}, 4),
+            ({**hf, "hf_mode": "early_exit", "draft": "self:16"}, 2),
+        ],
         1: [({"draft": "self:16"}, 4), ({"proposer": "prompt_lookup"}, 2), ({**hf, "hf_mode": "prompt_lookup"}, 8)],
-    }  # fmt: skip
+    }
     for seed, runs in cases.items():
         p = make_prompts(smollm2, "corpus", 1, 48, seed)
         ref = hf_reference(smollm2, p, 24)

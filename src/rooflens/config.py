@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from yaml.constructor import ConstructorError
 from yaml.scanner import ScannerError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
 from rooflens.text import quote, safe_name, shorten
@@ -44,7 +44,9 @@ class _Strict(BaseModel):
 
 def _no_separator(v: str) -> str:
     if "__" in v or v.startswith("_") or v.endswith("_"):
-        raise ValueError("must not contain '__' or start or end with '_' ('__' separates the parts of record file names)")
+        raise ValueError(
+            "must not contain '__' or start or end with '_' ('__' separates the parts of record file names)"
+        )
     return v
 
 
@@ -81,7 +83,7 @@ class ModelSpec(_Strict):
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
-    def _hf_only_options(self) -> "ModelSpec":
+    def _hf_only_options(self) -> ModelSpec:
         if self.source != "hf" and (self.revision is not None or self.trust_remote_code):
             raise ValueError("revision and trust_remote_code apply to source 'hf' only")
         return self
@@ -147,7 +149,7 @@ class Repetitions(_Strict):
     max_reps: int = Field(default=100, ge=1, le=100000)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Repetitions":
+    def _ordered(self) -> Repetitions:
         if self.max_reps < self.min_reps:
             raise ValueError(f"max_reps ({self.max_reps}) must be >= min_reps ({self.min_reps})")
         return self
@@ -216,7 +218,7 @@ class Experiment(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _baseline_is_an_engine(self) -> "Experiment":
+    def _baseline_is_an_engine(self) -> Experiment:
         labels = [e.display for e in self.engines]
         if self.baseline is not None and self.baseline not in labels:
             raise ValueError(f"baseline {quote(self.baseline)} is not one of the engines' labels ({', '.join(labels)})")
@@ -329,7 +331,6 @@ def validate_experiment(data: Any, source: str = "<experiment>") -> Experiment:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
     from rooflens.engines.base import validate_engine_options  # engines register their own option schemas
-
     from rooflens.roofline.hardware import list_profiles
 
     problems = []
@@ -342,7 +343,9 @@ def validate_experiment(data: Any, source: str = "<experiment>") -> Experiment:
             )
     profiles = [p.name for p in list_profiles()]
     if exp.hardware != "auto" and exp.hardware not in profiles:
-        problems.append(f"{source}: hardware: unknown profile {quote(exp.hardware)} (allowed: auto, {', '.join(profiles)})")
+        problems.append(
+            f"{source}: hardware: unknown profile {quote(exp.hardware)} (allowed: auto, {', '.join(profiles)})"
+        )
     for i, spec in enumerate(exp.engines):
         problems += [f"{source}: engines[{i}].{p}" for p in validate_engine_options(spec)]
     if problems:

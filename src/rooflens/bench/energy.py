@@ -349,9 +349,7 @@ class PowerSamplingMeter(EnergyMeter):
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
-        super().__init__(
-            name=name, domain=domain, min_window_s=min_window_s, clock=clock, warnings=warnings
-        )
+        super().__init__(name=name, domain=domain, min_window_s=min_window_s, clock=clock, warnings=warnings)
         self.interval_s = float(interval_s)
         self._read_power_w = read_power_w
         self._lock = threading.Lock()
@@ -403,9 +401,7 @@ class PowerSamplingMeter(EnergyMeter):
             self._thread = None
         self._sample()
         with self._lock:
-            n_ok, n_failed, energy, err = (
-                self._n_ok, self._n_failed, self._energy_j, self._last_error
-            )
+            n_ok, n_failed, energy, err = (self._n_ok, self._n_failed, self._energy_j, self._last_error)
         if n_failed:
             warnings.append(f"{n_failed} of {n_ok + n_failed} power samples failed ({err})")
         if n_ok < 2:
@@ -469,9 +465,7 @@ def _discover_rapl(root: Path) -> tuple[list[_RaplZone], str | None]:
             zone = _RaplZone(path=path, label="", max_range_uj=max_range)
             zone.read_uj()
         except PermissionError as exc:
-            problems.append(
-                f"{path.name}: {_describe(exc)} (energy_uj is root-only since Linux 5.10)"
-            )
+            problems.append(f"{path.name}: {_describe(exc)} (energy_uj is root-only since Linux 5.10)")
             continue
         except (OSError, ValueError) as exc:
             problems.append(f"{path.name}: {_describe(exc)}")
@@ -586,15 +580,12 @@ class RaplMeter(EnergyMeter):
         if end_error is not None:
             return _Measured(None, reason=f"RAPL read failed at stop: {end_error}")
         with self._lock:
-            acc_uj, wraps, failures, err = (
-                self._acc_uj, self._wraps, self._read_failures, self._last_error
-            )
+            acc_uj, wraps, failures, err = (self._acc_uj, self._wraps, self._read_failures, self._last_error)
         if wraps:
             warnings.append(f"RAPL counter wrapped {wraps} time(s); corrected")
         if failures:
             warnings.append(
-                f"{failures} RAPL poll read(s) failed mid-window ({err}); a wrap during the gap "
-                "would be missed"
+                f"{failures} RAPL poll read(s) failed mid-window ({err}); a wrap during the gap would be missed"
             )
         return _Measured(acc_uj / 1e6, warnings=tuple(warnings))
 
@@ -624,9 +615,7 @@ def _cuda_to_nvml_index(cuda_index: int) -> tuple[int, tuple[str, ...]]:
     entries = [e.strip() for e in visible.split(",") if e.strip()]
     if entries and all(re.fullmatch(r"\d+", e) for e in entries):
         if cuda_index >= len(entries):
-            raise MeterUnavailableError(
-                f"cuda:{cuda_index} is not in CUDA_VISIBLE_DEVICES={visible!r}"
-            )
+            raise MeterUnavailableError(f"cuda:{cuda_index} is not in CUDA_VISIBLE_DEVICES={visible!r}")
         return int(entries[cuda_index]), ()
     return cuda_index, (
         f"CUDA_VISIBLE_DEVICES={visible!r} is not a list of integers; assuming NVML index "

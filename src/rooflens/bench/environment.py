@@ -17,9 +17,21 @@ import torch
 import rooflens
 
 LIBRARIES = (
-    "torch", "transformers", "accelerate", "gguf", "safetensors", "tokenizers", "triton", "torchao",
-    "optimum-quanto", "bitsandbytes", "numpy", "pandas", "pydantic", "nvidia-ml-py",
-)  # fmt: skip
+    "torch",
+    "transformers",
+    "accelerate",
+    "gguf",
+    "safetensors",
+    "tokenizers",
+    "triton",
+    "torchao",
+    "optimum-quanto",
+    "bitsandbytes",
+    "numpy",
+    "pandas",
+    "pydantic",
+    "nvidia-ml-py",
+)
 
 
 def library_versions() -> dict[str, str | None]:

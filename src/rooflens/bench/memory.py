@@ -55,7 +55,7 @@ class PeakMemory:
         self._proc = psutil.Process()
         self._hwm = False
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

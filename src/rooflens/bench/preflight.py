@@ -65,8 +65,11 @@ class MemoryNeed:
         return self.engine_weights + self.kv_cache + self.activations + self.logits
 
     def describe(self, batch: int, prompt_len: int, gen_len: int) -> str:
-        parts = [f"KV cache {_gb(self.kv_cache)} for batch {batch} x (prompt {prompt_len} + gen {gen_len}) tokens",
-                 f"activations {_gb(self.activations)}", f"logits {_gb(self.logits)}"]  # fmt: skip
+        parts = [
+            f"KV cache {_gb(self.kv_cache)} for batch {batch} x (prompt {prompt_len} + gen {gen_len}) tokens",
+            f"activations {_gb(self.activations)}",
+            f"logits {_gb(self.logits)}",
+        ]
         if self.engine_weights:
             parts.insert(0, f"{self.engine_weights_what} {_gb(self.engine_weights)}")
         return ", ".join(parts)
@@ -77,9 +80,15 @@ def _gb(n: float) -> str:
 
 
 def cell_memory_need(
-    config: Any, dtype: torch.dtype, *, batch: int, prompt_len: int, gen_len: int, real_weights: bool,
+    config: Any,
+    dtype: torch.dtype,
+    *,
+    batch: int,
+    prompt_len: int,
+    gen_len: int,
+    real_weights: bool,
     engine_weights: tuple[int, str] = (0, ""),
-) -> MemoryNeed:  # fmt: skip
+) -> MemoryNeed:
     """Estimate what one cell allocates (engine weights only, for a model type the analytic model does not know)."""
     elem = torch.empty((), dtype=dtype).element_size()
     try:
@@ -102,7 +111,9 @@ def free_memory(device: torch.device) -> tuple[int, str]:
     return int(psutil.virtual_memory().available), "available RAM"
 
 
-def memory_shortfall(need: MemoryNeed, device: torch.device, *, batch: int, prompt_len: int, gen_len: int) -> str | None:
+def memory_shortfall(
+    need: MemoryNeed, device: torch.device, *, batch: int, prompt_len: int, gen_len: int
+) -> str | None:
     """Why the cell would not fit (None when it does), with the numbers."""
     have, where = free_memory(device)
     if need.total <= HEADROOM * have:

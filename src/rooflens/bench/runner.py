@@ -14,9 +14,10 @@ import os
 import secrets
 import time
 import traceback
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -43,10 +44,10 @@ from rooflens.results.record import (
     RepetitionInfo,
 )
 from rooflens.results.store import ensure_writable, write_record
-from rooflens.text import safe_name
 from rooflens.roofline.hardware import detect_hardware, resolve_profile
 from rooflens.roofline.position import ceilings_for, roofline_position
 from rooflens.roofline.probe import load_probe
+from rooflens.text import safe_name
 
 if TYPE_CHECKING:
     from rooflens.bench.executors.base import Executor
@@ -181,13 +182,17 @@ def measure(
 
 
 def _metric(values: list[float], unit: str, source: str, how: str) -> Metric:
-    return Metric(unit=unit, source=source, how=how, samples=[float(v) for v in values[:MAX_SAMPLES]], **summarize(values))
+    return Metric(
+        unit=unit, source=source, how=how, samples=[float(v) for v in values[:MAX_SAMPLES]], **summarize(values)
+    )
 
 
 def metrics_of(timings: list[RepTiming]) -> dict[str, Metric]:
     t = timings
     return {
-        "ttft_s": _metric([x.ttft_s for x in t], "s", "measured", "generate start -> first new token (includes prefill)"),
+        "ttft_s": _metric(
+            [x.ttft_s for x in t], "s", "measured", "generate start -> first new token (includes prefill)"
+        ),
         "tpot_s": _metric([x.tpot_s for x in t], "s", "derived", "(e2e - TTFT) / tokens after the first emission"),
         "e2e_s": _metric([x.e2e_s for x in t], "s", "measured", "generate start -> last new token"),
         "itl_s": _metric(
@@ -252,7 +257,7 @@ class ExperimentRunner:
         results_root: Path | None = None,
         observer: RunObserver | None = None,
         meter: EnergyMeter | None = None,
-        executor: "Executor | None" = None,
+        executor: Executor | None = None,
         *,
         run_id: str | None = None,
         dtype_choice: DtypeChoice | None = None,
@@ -364,8 +369,12 @@ class ExperimentRunner:
     def lost_record(self, index: int, reason: ErrorInfo, model: Any = None, environment: dict | None = None) -> Record:
         """A ``failed`` record for a cell whose measuring process ended before it wrote one."""
         cell = expand_cells(self.exp)[index]
-        return Record(status="failed", reason=reason, finished_at=now_iso(),
-                      **self._record_base(cell, model, environment or self.env))  # fmt: skip
+        return Record(
+            status="failed",
+            reason=reason,
+            finished_at=now_iso(),
+            **self._record_base(cell, model, environment or self.env),
+        )
 
     def _record_base(self, cell: Cell, model: Any, environment: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -381,12 +390,16 @@ class ExperimentRunner:
 
     def _model_for(self, spec: EngineSpec, models: dict[torch.dtype, LoadedModel]) -> LoadedModel:
         """The model in this engine's dtype (its own ``dtype``, else the experiment's), loaded once per dtype."""
-        choice = (DtypeChoice(TORCH_DTYPES[spec.dtype], f"{spec.dtype}, set for engine '{spec.display}'")
-                  if spec.dtype else self.dtype_choice)  # fmt: skip
+        choice = (
+            DtypeChoice(TORCH_DTYPES[spec.dtype], f"{spec.dtype}, set for engine '{spec.display}'")
+            if spec.dtype
+            else self.dtype_choice
+        )
         if choice.dtype not in models:
             self.observer.model_loading(f"{self.exp.model.label} ({str(choice.dtype).removeprefix('torch.')})")
-            models[choice.dtype] = load_model(self.exp.model, self.device, choice.dtype, seed=self.exp.seed,
-                                              dtype_reason=choice.reason)  # fmt: skip
+            models[choice.dtype] = load_model(
+                self.exp.model, self.device, choice.dtype, seed=self.exp.seed, dtype_reason=choice.reason
+            )
         return models[choice.dtype]
 
     def _engine_for(self, spec: EngineSpec, model: LoadedModel, engines: dict) -> Engine | ErrorInfo:
@@ -419,8 +432,15 @@ class ExperimentRunner:
             cls = get_engine(cell.engine.name)
             extra = cls.extra_weight_bytes(cls.Options.model_validate(cell.engine.options), model)
         w = cell.workload
-        need = cell_memory_need(model.model.config, model.model.dtype, batch=cell.batch_size, prompt_len=w.prompt_len,
-                                gen_len=w.gen_len, real_weights=model.info.weights == "real", engine_weights=extra)  # fmt: skip
+        need = cell_memory_need(
+            model.model.config,
+            model.model.dtype,
+            batch=cell.batch_size,
+            prompt_len=w.prompt_len,
+            gen_len=w.gen_len,
+            real_weights=model.info.weights == "real",
+            engine_weights=extra,
+        )
         return memory_shortfall(need, self.device, batch=cell.batch_size, prompt_len=w.prompt_len, gen_len=w.gen_len)
 
     def _measure_perplexity(self, engine: Engine, model: LoadedModel) -> Quantity | str:
@@ -431,8 +451,12 @@ class ExperimentRunner:
         if scorer is None:
             return f"engine '{engine.name}' has no single scoring model"
         ppl, count = perplexity(scorer, heldout_ids(model.tokenizer))
-        return Quantity(value=ppl, unit="", source="measured",
-                        how=f"exp(mean NLL) over {count} tokens of the shipped held-out text, windows of {PPL_WINDOW}")  # fmt: skip
+        return Quantity(
+            value=ppl,
+            unit="",
+            source="measured",
+            how=f"exp(mean NLL) over {count} tokens of the shipped held-out text, windows of {PPL_WINDOW}",
+        )
 
     def _quality(self, cell: Cell, model: LoadedModel, tokens: torch.Tensor) -> QualityResult | None:
         """Agreement with the baseline engine's greedy tokens on the same prompts, and perplexity."""
@@ -456,22 +480,37 @@ class ExperimentRunner:
         )
         if reference is not None:
             a = agreement(tokens, reference)
-            result.agreement = Quantity(value=a.fraction, unit="fraction", source="measured",
-                                        how="matching tokens / all generated tokens, position by position")  # fmt: skip
-            result.first_divergence = Quantity(value=a.first_divergence, unit="token", source="measured",
-                                               how=f"earliest position where any row differs ({cell.workload.gen_len} = never)")  # fmt: skip
+            result.agreement = Quantity(
+                value=a.fraction,
+                unit="fraction",
+                source="measured",
+                how="matching tokens / all generated tokens, position by position",
+            )
+            result.first_divergence = Quantity(
+                value=a.first_divergence,
+                unit="token",
+                source="measured",
+                how=f"earliest position where any row differs ({cell.workload.gen_len} = never)",
+            )
             scores = [rouge_l(row.tolist(), ref.tolist()) for row, ref in zip(tokens.cpu(), reference.cpu())]
-            result.rouge_l = Quantity(value=sum(scores) / len(scores), unit="fraction", source="measured",
-                                      how="ROUGE-L F1 (longest common subsequence) of the greedy tokens vs the "
-                                      "baseline's, mean over rows")  # fmt: skip
+            result.rouge_l = Quantity(
+                value=sum(scores) / len(scores),
+                unit="fraction",
+                source="measured",
+                how="ROUGE-L F1 (longest common subsequence) of the greedy tokens vs the baseline's, mean over rows",
+            )
         return result
 
     def _run_cell(self, cell: Cell, model: LoadedModel, meter: EnergyMeter, engines: dict) -> Record:
         base = self._record_base(cell, model.info, self.env)
         short = self._memory_shortfall(cell, model, engines)
         if short is not None:
-            return Record(status="unavailable", reason=ErrorInfo(type="InsufficientMemory", message=short),
-                          finished_at=now_iso(), **base)  # fmt: skip
+            return Record(
+                status="unavailable",
+                reason=ErrorInfo(type="InsufficientMemory", message=short),
+                finished_at=now_iso(),
+                **base,
+            )
         engine = self._engine_for(cell.engine, model, engines)
         if isinstance(engine, ErrorInfo):
             status = "unavailable" if engine.type == "EngineUnavailable" else "failed"
@@ -481,7 +520,9 @@ class ExperimentRunner:
             reason = ErrorInfo(type="EngineUnavailable", message=f"engine '{engine.name}' supports batch size 1 only")
             return Record(status="unavailable", reason=reason, finished_at=now_iso(), **base)
         try:
-            prompts = make_prompts(model, w.prompt, cell.batch_size, w.prompt_len, self.exp.seed + 1000 * cell.workload_index)
+            prompts = make_prompts(
+                model, w.prompt, cell.batch_size, w.prompt_len, self.exp.seed + 1000 * cell.workload_index
+            )
             m = measure(
                 engine,
                 prompts,
@@ -495,9 +536,13 @@ class ExperimentRunner:
             # keep a trace of the interrupted cell, then stop the sweep; finished cells are on disk
             write_record(
                 self.folder,
-                Record(status="failed", reason=ErrorInfo(type="KeyboardInterrupt", message="interrupted by the user"),
-                       finished_at=now_iso(), **base),
-            )  # fmt: skip
+                Record(
+                    status="failed",
+                    reason=ErrorInfo(type="KeyboardInterrupt", message="interrupted by the user"),
+                    finished_at=now_iso(),
+                    **base,
+                ),
+            )
             raise
         except Exception as err:
             if self.device.type == "cuda":

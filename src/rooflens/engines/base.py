@@ -15,7 +15,8 @@ import importlib.metadata
 import importlib.util
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -104,12 +105,12 @@ class Engine(ABC):
     # option sets that run on a CPU with a tiny random-weight model: the engine contract test runs each
     examples: ClassVar[tuple[dict[str, Any], ...]] = ()
 
-    def __init__(self, options: EngineOptions, model: "LoadedModel"):
+    def __init__(self, options: EngineOptions, model: LoadedModel):
         self.options = options
         self.model = model
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device, model: "LoadedModel | None" = None) -> str | None:
+    def unavailable_reason(cls, device: torch.device, model: LoadedModel | None = None) -> str | None:
         """Why this engine cannot run on ``device`` (None when it can)."""
         if device.type not in cls.devices:
             return f"engine '{cls.name}' runs on {', '.join(cls.devices)}, not {device.type}"
@@ -121,7 +122,7 @@ class Engine(ABC):
         return None
 
     @classmethod
-    def extra_weight_bytes(cls, options: EngineOptions, model: "LoadedModel") -> tuple[int, str]:
+    def extra_weight_bytes(cls, options: EngineOptions, model: LoadedModel) -> tuple[int, str]:
         """Bytes of weights ``prepare`` will allocate beside ``model`` (a draft, a quantized copy) and what they are.
 
         Called before ``prepare`` by the runner's memory pre-check; estimate from configs, load nothing.
@@ -213,7 +214,7 @@ def get_engine(name: str) -> type[Engine]:
     return engines[name]
 
 
-def validate_engine_options(spec: "EngineSpec") -> list[str]:
+def validate_engine_options(spec: EngineSpec) -> list[str]:
     """Problems with an engine entry, as ``field: message`` strings (empty when valid)."""
     try:
         cls = get_engine(spec.name)
@@ -234,7 +235,7 @@ def validate_engine_options(spec: "EngineSpec") -> list[str]:
     return []
 
 
-def build_engine(spec: "EngineSpec", model: "LoadedModel") -> Engine:
+def build_engine(spec: EngineSpec, model: LoadedModel) -> Engine:
     cls = get_engine(spec.name)
     return cls(cls.Options.model_validate(spec.options), model)
 

@@ -11,9 +11,10 @@ calling back after each layer (and stopping there when the callback says so).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -160,7 +161,7 @@ class LayerStack:
     lm_head: torch.nn.Module
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> "LayerStack":
+    def of(cls, model: torch.nn.Module) -> LayerStack:
         """The stack of ``model``; ValueError for a model type whose stack this cannot walk."""
         model_type = getattr(model.config, "model_type", None)
         base = getattr(model, "model", None)

@@ -23,7 +23,7 @@ class HFOptions(EngineOptions):
     )
 
     @model_validator(mode="after")
-    def _compile_needs_static(self) -> "HFOptions":
+    def _compile_needs_static(self) -> HFOptions:
         if self.compile and self.cache != "static":
             raise ValueError("compile: true needs cache: static (a dynamic cache recompiles every step)")
         return self

@@ -105,7 +105,7 @@ class QuantizedOptions(HFOptions):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "QuantizedOptions":
+    def _consistent(self) -> QuantizedOptions:
         b, formats = self.backend, HANDLERS[self.backend].formats
         if self.format is not None and self.format not in formats:
             where = [k for k, h in HANDLERS.items() if self.format in h.formats]
@@ -234,7 +234,7 @@ class QuantizedEngine(HFEngine):
     lossless = False
     examples = ({"bits": 4, "group_size": 32}, {"bits": 8, "group_size": 32, "lm_head": True, "kernel": "torch"})
 
-    def __init__(self, options: QuantizedOptions, model: "LoadedModel"):
+    def __init__(self, options: QuantizedOptions, model: LoadedModel):
         super().__init__(options, model)
         self.spec = options.spec()
         self.handler = get_handler(options.backend)
@@ -246,7 +246,7 @@ class QuantizedEngine(HFEngine):
     # -- availability
 
     @classmethod
-    def extra_weight_bytes(cls, options: QuantizedOptions, model: "LoadedModel") -> tuple[int, str]:  # type: ignore[override]
+    def extra_weight_bytes(cls, options: QuantizedOptions, model: LoadedModel) -> tuple[int, str]:  # type: ignore[override]
         """The quantized copy: every weight not quantized is copied, the quantized ones take their codes (at
         least a byte each below 8 bits where emulated) plus a quarter for scales, zero points, and the CPU
         kernel's own layout beside rooflens's format; an estimate for the memory pre-check."""
@@ -292,8 +292,11 @@ class QuantizedEngine(HFEngine):
         dup.eval()
         self._smoke(dup)
         targets = dict(linear_targets(original, spec.skip))
-        skipped = {name: f"matches skip entry {s!r}" for name, mod in original.named_modules()
-                   if isinstance(mod, nn.Linear) and (s := skip_entry(name, spec.skip)) is not None}  # fmt: skip
+        skipped = {
+            name: f"matches skip entry {s!r}"
+            for name, mod in original.named_modules()
+            if isinstance(mod, nn.Linear) and (s := skip_entry(name, spec.skip)) is not None
+        }
         skipped.update({n: "left in the model dtype by the quantizer" for n in targets if n not in layers})
         if isinstance(self.handler, RooflensHandler):
             self.report = self.handler.report
@@ -332,9 +335,10 @@ class QuantizedEngine(HFEngine):
             "format": EngineStat(value=o.describe(), description="backend, format, bits, group size, symmetry"),
             "library": EngineStat(value=self.handler.library(), description="the quantization library and its version"),
             "weight_storage_bytes": EngineStat(
-                value=s.total_bytes, unit="B",
+                value=s.total_bytes,
+                unit="B",
                 description=f"all weights after quantization (dense parameters + quantized layers' storage); quantized layers: {how}",
-            ),  # fmt: skip
+            ),
             "quantized_weight_bytes": EngineStat(
                 value=s.quantized_bytes, unit="B", description=f"weights of the quantized layers only; {how}"
             ),
@@ -342,52 +346,68 @@ class QuantizedEngine(HFEngine):
                 value=s.original_bytes, unit="B", description="all parameters of the unquantized model"
             ),
             "compression": EngineStat(
-                value=s.original_bytes / s.total_bytes, unit="x",
+                value=s.original_bytes / s.total_bytes,
+                unit="x",
                 description="original weight bytes / weight bytes after quantization",
-            ),  # fmt: skip
+            ),
             "bits_per_weight_quantized": EngineStat(
-                value=s.bits_quantized, unit="bit",
+                value=s.bits_quantized,
+                unit="bit",
                 description="quantized layers' weight storage x 8 / their weight elements (scales and zero points included)",
-            ),  # fmt: skip
+            ),
             "bits_per_weight_model": EngineStat(
-                value=s.bits_model, unit="bit",
+                value=s.bits_model,
+                unit="bit",
                 description="all weight storage x 8 / all parameters (embeddings, norms and LM head stay in the model dtype)",
-            ),  # fmt: skip
-            "quantized_layers": EngineStat(value=s.quantized_layers, unit="layers", description="Linear layers quantized"),
+            ),
+            "quantized_layers": EngineStat(
+                value=s.quantized_layers, unit="layers", description="Linear layers quantized"
+            ),
             "skipped_layers": EngineStat(
-                value=len(s.skipped), unit="layers",
-                description="Linear layers left in the model dtype: " + "; ".join(f"{k}: {v}" for k, v in s.skipped.items()),
-            ),  # fmt: skip
+                value=len(s.skipped),
+                unit="layers",
+                description="Linear layers left in the model dtype: "
+                + "; ".join(f"{k}: {v}" for k, v in s.skipped.items()),
+            ),
             "quantize_time_s": EngineStat(
-                value=s.quantize_s, unit="s",
+                value=s.quantize_s,
+                unit="s",
                 description="quantizing the copied model (device synchronised); a backend's lazy work at the "
                 "first forward (bitsandbytes' NF4 repack for its CPU kernel) is not included",
-            ),  # fmt: skip
+            ),
             "copy_time_s": EngineStat(
-                value=s.copy_s, unit="s",
+                value=s.copy_s,
+                unit="s",
                 description="deep copy of the shared model (the Linear weights to quantize are read, not copied)",
-            ),  # fmt: skip
+            ),
         }
         nominal = o.resolved_bits
         out["nominal_bits"] = EngineStat(value=nominal, unit="bit", description="bits of a weight code in the format")
         if o.emulated:
-            desc = (f"accuracy emulation: torchao IntxUnpackedToInt8Tensor keeps each int{nominal} code in an int8, "
-                    f"so memory and bytes moved are those of int8 (+ scales and zero points), not {nominal}-bit; "
-                    f"the roofline uses the real storage")  # fmt: skip
+            desc = (
+                f"accuracy emulation: torchao IntxUnpackedToInt8Tensor keeps each int{nominal} code in an int8, "
+                f"so memory and bytes moved are those of int8 (+ scales and zero points), not {nominal}-bit; "
+                f"the roofline uses the real storage"
+            )
         else:
             desc = "the codes are stored at their nominal width (weight storage reflects the format)"
         out["emulated"] = EngineStat(value="true" if o.emulated else "false", description=desc)
         notes = self.handler.notes(self.spec, self.module, self.model.device, self.model.info.dtype, compiled=o.compile)
         if notes:
-            out["backend_notes"] = EngineStat(value="; ".join(notes), description="what the backend does here beyond its format")
+            out["backend_notes"] = EngineStat(
+                value="; ".join(notes), description="what the backend does here beyond its format"
+            )
         if isinstance(self.handler, RooflensHandler):
-            out["kernel"] = EngineStat(value=kernel_path(self._layers, self.model.device), description="LowBitLinear forward path")
+            out["kernel"] = EngineStat(
+                value=kernel_path(self._layers, self.model.device), description="LowBitLinear forward path"
+            )
         read = self._read_bytes()
         out["weight_read_bytes_per_step"] = EngineStat(
-            value=read, unit="B",
+            value=read,
+            unit="B",
             description="weight bytes one decode step reads (batch 1): what each quantized layer's kernel reads "
             "(rooflens: its kernel's own layout, padding included), every other weight once, one embedding row",
-        )  # fmt: skip
+        )
         return out
 
     def _read_bytes(self) -> int:
@@ -402,7 +422,9 @@ class QuantizedEngine(HFEngine):
         try:
             elements = decode_weight_elements(self.model.model.config)
         except ValueError:  # a model type the analytic model does not know: it places no roofline point either
-            return RooflineHints(weight_bits=s.bits_model, note=f"{o.describe()}: weight_bits = weight storage x 8 / parameters")
+            return RooflineHints(
+                weight_bits=s.bits_model, note=f"{o.describe()}: weight_bits = weight storage x 8 / parameters"
+            )
         note = (
             f"{o.describe()}: weight_bits = weight bytes a decode step reads ({read / 1e6:.2f} MB: each quantized "
             f"layer's kernel's reads, every other weight once, one embedding row) x 8 / weight elements the analytic "
@@ -410,6 +432,8 @@ class QuantizedEngine(HFEngine):
             f"{s.bits_quantized:.3g} bits/weight stored on the {s.quantized_layers} quantized layers incl. scales"
         )
         if o.emulated:
-            note += (f"; emulation: int{o.resolved_bits} codes are stored in int8, so the bytes are int8's, "
-                     f"not {o.resolved_bits}-bit")  # fmt: skip
+            note += (
+                f"; emulation: int{o.resolved_bits} codes are stored in int8, so the bytes are int8's, "
+                f"not {o.resolved_bits}-bit"
+            )
         return RooflineHints(weight_bits=read * 8 / elements, note=note)

@@ -102,7 +102,9 @@ class SpeculativeOptions(EngineOptions):
     )
     max_ngram: int = Field(default=3, ge=1, le=16, description="prompt lookup: longest n-gram matched")
     min_ngram: int = Field(default=1, ge=1, le=16, description="prompt lookup: shortest n-gram matched (HF: always 1)")
-    do_sample: bool = Field(default=False, description="speculative sampling (lossless in distribution) instead of greedy")
+    do_sample: bool = Field(
+        default=False, description="speculative sampling (lossless in distribution) instead of greedy"
+    )
     temperature: float = Field(default=1.0, gt=0.0, le=100.0, description="sampling temperature (do_sample only)")
     seed: int = Field(default=0, ge=0, description="seed of the sampling RNG and of a shape: draft's random weights")
     confidence_threshold: float = Field(
@@ -113,7 +115,7 @@ class SpeculativeOptions(EngineOptions):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SpeculativeOptions":
+    def _consistent(self) -> SpeculativeOptions:
         if self.proposer == "hf_assisted":
             if self.hf_mode is None:
                 raise ValueError("proposer 'hf_assisted' needs hf_mode: draft_model, prompt_lookup or early_exit")
@@ -131,8 +133,10 @@ class SpeculativeOptions(EngineOptions):
             if self.draft.startswith("self:") and (m is None or int(m.group(1)) < 1):
                 raise ValueError(f"draft {quote(self.draft)}: write self:<k> with an integer k >= 1")
             if self.draft.startswith(_SHAPE_PREFIX) and self.draft[len(_SHAPE_PREFIX) :] not in shipped_config_names():
-                raise ValueError(f"draft {quote(self.draft)}: a shape: draft names a shipped config "
-                                 f"(allowed: {', '.join('shape:' + n for n in shipped_config_names())})")  # fmt: skip
+                raise ValueError(
+                    f"draft {quote(self.draft)}: a shape: draft names a shipped config "
+                    f"(allowed: {', '.join('shape:' + n for n in shipped_config_names())})"
+                )
         elif self.draft is not None:
             raise ValueError(f"'draft' does not apply to prompt lookup (got {quote(self.draft)})")
         if self.min_ngram > self.max_ngram:
@@ -263,7 +267,8 @@ def _stats(c: _Counters, hf: bool) -> dict[str, EngineStat]:
         "generated_tokens": EngineStat(value=c.generated, unit="tok", description="new tokens over those calls"),
         "target_passes": EngineStat(value=c.target_passes, description=pass_def),
         "draft_passes": EngineStat(
-            value=c.draft_passes, description="draft-model forward passes incl. the draft's prefill (0 for prompt lookup)"
+            value=c.draft_passes,
+            description="draft-model forward passes incl. the draft's prefill (0 for prompt lookup)",
         ),
         "drafted_tokens": EngineStat(value=c.drafted, unit="tok", description="draft tokens sent to verification"),
         "accepted_tokens": EngineStat(
@@ -364,7 +369,11 @@ class SpeculativeEngine(Engine):
         from rooflens.models.loader import shipped_config
 
         try:
-            config = shipped_config(spec[len(_SHAPE_PREFIX) :])[0] if spec.startswith(_SHAPE_PREFIX) else AutoConfig.from_pretrained(spec)
+            config = (
+                shipped_config(spec[len(_SHAPE_PREFIX) :])[0]
+                if spec.startswith(_SHAPE_PREFIX)
+                else AutoConfig.from_pretrained(spec)
+            )
             with torch.device("meta"):
                 n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
         except Exception:  # noqa: BLE001 - an unreadable draft is reported by prepare(), with its own reason
@@ -382,7 +391,9 @@ class SpeculativeEngine(Engine):
             k = int(_SELF_RE.match(opts.draft).group(1))  # type: ignore[union-attr]
             base, attr, layers = decoder_layers(target)
             if not 1 <= k < len(layers):
-                raise ValueError(f"draft 'self:{k}': the target has {len(layers)} layers; k must be in 1..{len(layers) - 1}")
+                raise ValueError(
+                    f"draft 'self:{k}': the target has {len(layers)} layers; k must be in 1..{len(layers) - 1}"
+                )
             src = inspect.getsource(type(base).forward)
             if f"self.{attr}[: self.config.num_hidden_layers]" not in src:
                 raise ValueError(
@@ -401,7 +412,9 @@ class SpeculativeEngine(Engine):
             self._prepared = True
         tv, dv = int(self.model.model.config.vocab_size), int(draft.config.vocab_size)
         if tv != dv:
-            raise ValueError(f"the draft has vocab size {dv}, the target has {tv}: a draft must share the target's vocab")
+            raise ValueError(
+                f"the draft has vocab size {dv}, the target has {tv}: a draft must share the target's vocab"
+            )
         self.draft, self.draft_note = draft.eval(), note
 
     def _ensure_prepared(self) -> None:

@@ -9,6 +9,7 @@
 * :mod:`rooflens.kernels.linear` — ``LowBitLinear`` (picks Triton, the CPU kernel or the reference) and
   ``quantize_linear_layers``.
 """
+
 from rooflens.kernels.linear import LowBitLinear, QuantizationReport, quantize_linear_layers
 from rooflens.kernels.lowbit import (
     ALLOWED_BITS,

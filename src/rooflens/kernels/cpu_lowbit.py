@@ -41,8 +41,9 @@ def cpu_kernel_unavailable() -> str | None:
     """Why this torch build cannot run the CPU int4 kernel (None when it can): tried once on a tiny weight."""
     try:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.zeros(16, 32, dtype=torch.int32), 1)
-        torch.ops.aten._weight_int4pack_mm_for_cpu(torch.zeros(1, 32, dtype=COMPUTE_DTYPE), packed, 32,
-                                                   torch.zeros(1, 16, 2, dtype=COMPUTE_DTYPE))  # fmt: skip
+        torch.ops.aten._weight_int4pack_mm_for_cpu(
+            torch.zeros(1, 32, dtype=COMPUTE_DTYPE), packed, 32, torch.zeros(1, 16, 2, dtype=COMPUTE_DTYPE)
+        )
     except (AttributeError, RuntimeError, NotImplementedError) as err:
         return f"torch {torch.__version__} has no usable aten._weight_int4pack_mm_for_cpu ({type(err).__name__}: {err})"
     return None
@@ -61,7 +62,10 @@ class CpuLowBitPlan:
     @property
     def read_bytes(self) -> int:
         """Bytes of weight data one call reads: the packed codes and the scale/zero pairs (padding included)."""
-        return self.packed.numel() * self.packed.element_size() + self.scales_zeros.numel() * self.scales_zeros.element_size()
+        return (
+            self.packed.numel() * self.packed.element_size()
+            + self.scales_zeros.numel() * self.scales_zeros.element_size()
+        )
 
     @property
     def bits_read(self) -> float:

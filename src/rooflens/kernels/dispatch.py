@@ -24,6 +24,7 @@ name, the torch and the triton versions (:func:`cache_path`); contents: :class:`
 is ignored with a warning (the defaults apply).  Every :class:`Decision` says where it came from
 (``"default"`` or ``"measured at <UTC time>"``), so a record can carry it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -151,7 +152,7 @@ def _normalize(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
-@lru_cache(maxsize=None)
+@cache
 def _identity(dev: torch.device) -> tuple[str, str]:
     """(device name, file slug of device name + torch + triton versions) -- looked up once per device."""
     name = device_display_name(dev)
@@ -176,8 +177,12 @@ def _read(path: str, mtime_ns: int) -> Optional[DispatchTable]:
     try:
         return DispatchTable.model_validate_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        warnings.warn(f"{path}: ignoring the low-bit dispatch cache ({first_line(exc)}); the default crossovers "
-                      "apply until rooflens.kernels.dispatch.calibrate rewrites it", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: ignoring the low-bit dispatch cache ({first_line(exc)}); the default crossovers "
+            "apply until rooflens.kernels.dispatch.calibrate rewrites it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
 
 
@@ -272,8 +277,9 @@ def weight_copies(qw: QuantizedWeight, min_bytes: float) -> list[QuantizedWeight
     every call read its weight from memory rather than from the L2 cache."""
     count = max(2, math.ceil(min_bytes / qw.storage_bytes))
     return [qw] + [
-        dataclasses.replace(qw, packed=qw.packed.clone(), scales=qw.scales.clone(),
-                            zeros=None if qw.zeros is None else qw.zeros.clone())
+        dataclasses.replace(
+            qw, packed=qw.packed.clone(), scales=qw.scales.clone(), zeros=None if qw.zeros is None else qw.zeros.clone()
+        )
         for _ in range(count - 1)
     ]
 
@@ -299,30 +305,44 @@ def calibrate(
         raise CalibrationError(
             f"crossovers are only measured on a CUDA GPU with compiled Triton kernels (device={dev}, CUDA "
             f"available={torch.cuda.is_available()}, TRITON_INTERPRET={int(interpreting())}); until then "
-            "choose_path uses the defaults: gemv for M == 1, flat for M 2..16, dense above")
+            "choose_path uses the defaults: gemv for M == 1, flat for M 2..16, dense above"
+        )
     dev = _normalize(dev)
     ms = sorted(set(ms))
     cached = load_table(dev)  # shared with decide(): measure into a copy
-    table = cached.model_copy(deep=True) if cached is not None else DispatchTable(
-        device_name=_identity(dev)[0], torch_version=torch.__version__, triton_version=_triton_version())
+    table = (
+        cached.model_copy(deep=True)
+        if cached is not None
+        else DispatchTable(
+            device_name=_identity(dev)[0], torch_version=torch.__version__, triton_version=_triton_version()
+        )
+    )
     fmt = f"{bits}-bit g{group_size} {'sym' if symmetric else 'asym'}, {str(dtype).removeprefix('torch.')} x"
     gen = torch.Generator(device=dev).manual_seed(0)
     for n, k in shapes:
-        qws = weight_copies(quantize(torch.randn(n, k, device=dev, generator=gen) * 0.02, bits, group_size,
-                                     symmetric), rotate_mb * 2**20)
+        qws = weight_copies(
+            quantize(torch.randn(n, k, device=dev, generator=gen) * 0.02, bits, group_size, symmetric),
+            rotate_mb * 2**20,
+        )
         us: dict[str, list[float]] = {p: [] for p in PATHS}
         for m in ms:
             x = torch.randn(m, k, device=dev, generator=gen).to(dtype)
             for p in PATHS:
+
                 def one_pass(p: str = p, x: torch.Tensor = x) -> None:
-                    for q in qws:
+                    for q in qws:  # noqa: F821 (del below)
                         lowbit_linear(x, q, path=p)
 
                 us[p].append(time_ms(one_pass, reps, warmup) * 1e3 / len(qws))
         gemv_max_m, flat_max_m = fit_crossover(ms, us)
         table.buckets[bucket(n, k)] = Crossover(
-            gemv_max_m=gemv_max_m, flat_max_m=flat_max_m, format=fmt, ms=ms, us=us,
-            measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            gemv_max_m=gemv_max_m,
+            flat_max_m=flat_max_m,
+            format=fmt,
+            ms=ms,
+            us=us,
+            measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         del qws
         torch.cuda.empty_cache()
     _save(table, cache_path(dev))

@@ -1,8 +1,10 @@
 """``LowBitLinear`` (an ``nn.Linear`` replacement holding a :class:`QuantizedWeight`) and a model-wide swap."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -57,8 +59,9 @@ class LowBitLinear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = True,
-                    kernel: str = "auto") -> "LowBitLinear":
+    def from_linear(
+        cls, linear: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = True, kernel: str = "auto"
+    ) -> LowBitLinear:
         qw = quantize(linear.weight.detach(), bits=bits, group_size=group_size, symmetric=symmetric)
         return cls(qw, linear.bias, kernel=kernel)
 
@@ -70,7 +73,9 @@ class LowBitLinear(nn.Module):
             scales=self.scales.view(torch.float16),
             zeros=None if self.zeros is None else self.zeros.view(torch.float16),
             bits=self.bits,
-            group_size=self.group_size, symmetric=self.symmetric, shape=(self.out_features, self.in_features),
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            shape=(self.out_features, self.in_features),
         )
 
     @property
@@ -127,9 +132,11 @@ class LowBitLinear(nn.Module):
         return reference_linear(x, self.qweight, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, symmetric={self.symmetric}, bias={self.bias is not None}, "
-                f"bits_per_weight={format_bits_per_weight(self.bits, self.group_size, self.symmetric):g}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, symmetric={self.symmetric}, bias={self.bias is not None}, "
+            f"bits_per_weight={format_bits_per_weight(self.bits, self.group_size, self.symmetric):g}"
+        )
 
 
 @dataclass
@@ -228,12 +235,14 @@ def quantize_linear_layers(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
-        report.replaced.append(LayerQuantReport(
-            name=name,
-            in_features=lin.in_features,
-            out_features=lin.out_features,
-            storage_bytes=new.storage_bytes,
-            original_bytes=lin.weight.numel() * lin.weight.element_size(),
-            bits_per_weight=new.bits_per_weight,
-        ))
+        report.replaced.append(
+            LayerQuantReport(
+                name=name,
+                in_features=lin.in_features,
+                out_features=lin.out_features,
+                storage_bytes=new.storage_bytes,
+                original_bytes=lin.weight.numel() * lin.weight.element_size(),
+                bits_per_weight=new.bits_per_weight,
+            )
+        )
     return report

@@ -47,6 +47,7 @@ Storage, exactly (``QuantizedWeight.storage_bytes``; ``bits_per_weight = storage
 
 (A bias, if any, stays in the layer's dtype and is not part of ``QuantizedWeight``.)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -173,7 +174,7 @@ class QuantizedWeight:
     def bits_per_weight(self) -> float:
         return self.storage_bytes * 8 / self.numel
 
-    def to(self, device) -> "QuantizedWeight":
+    def to(self, device) -> QuantizedWeight:
         return QuantizedWeight(
             packed=self.packed.to(device),
             scales=self.scales.to(device),

@@ -40,14 +40,25 @@ def check_ladder(ladder: Sequence[int]) -> tuple[int, ...]:
 class MultiPrecisionLinear(nn.Module):
     """``y = x W_b^T + bias`` with ``W_b`` the rung ``bits`` (or the original weight when ``bits`` is None)."""
 
-    def __init__(self, linear: nn.Linear, ladder: Sequence[int], group_size: int, symmetric: bool = True,
-                 kernel: str = "auto", keep_original: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        linear: nn.Linear,
+        ladder: Sequence[int],
+        group_size: int,
+        symmetric: bool = True,
+        kernel: str = "auto",
+        keep_original: bool = False,
+    ) -> None:
         super().__init__()
         self.ladder = check_ladder(ladder)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.rungs = nn.ModuleDict(
-            {str(b): LowBitLinear.from_linear(linear, bits=b, group_size=group_size, symmetric=symmetric, kernel=kernel)
-             for b in self.ladder}  # fmt: skip
+            {
+                str(b): LowBitLinear.from_linear(
+                    linear, bits=b, group_size=group_size, symmetric=symmetric, kernel=kernel
+                )
+                for b in self.ladder
+            }
         )
         self.original = linear if keep_original else None
         self.bits: Optional[int] = self.ladder[0]
@@ -83,9 +94,15 @@ class MultiPrecisionLinear(nn.Module):
 
 
 @torch.no_grad()
-def quantize_multiprecision(model: nn.Module, ladder: Sequence[int], group_size: int, symmetric: bool = True,
-                            skip: Iterable[str] = ("lm_head",), kernel: str = "auto",
-                            keep_original: bool = False) -> tuple[dict[str, MultiPrecisionLinear], dict[str, str]]:  # fmt: skip
+def quantize_multiprecision(
+    model: nn.Module,
+    ladder: Sequence[int],
+    group_size: int,
+    symmetric: bool = True,
+    skip: Iterable[str] = ("lm_head",),
+    kernel: str = "auto",
+    keep_original: bool = False,
+) -> tuple[dict[str, MultiPrecisionLinear], dict[str, str]]:
     """Replace every ``nn.Linear`` of ``model`` in place by a :class:`MultiPrecisionLinear`.
 
     Returns (the new layers by name, the layers left alone with the reason): a name matching ``skip``, or

@@ -41,6 +41,7 @@ All variants are cached per mode, so setting the env var at any time before the 
 correctness-only (the interpreter is NumPy, timings are meaningless); loaded bf16/fp16 values are always
 upcast to fp32 before arithmetic (interpreted bf16 arithmetic is wrong).
 """
+
 from __future__ import annotations
 
 import os
@@ -216,8 +217,9 @@ def _lowbit_linear_kernel(
             # load the tile's words contiguously ([BLOCK_N, BLOCK_K / CPW], vectorisable), then expand each
             # word into its CPW codes with a broadcast shift and flatten (code c of word w -> k = w*CPW + c)
             offs_w = it * WORDS_PER_TILE + tl.arange(0, WORDS_PER_TILE)
-            words = tl.load(row_ptr + offs_w[None, :], mask=mask_n[:, None] & (offs_w < WORDS_PER_ROW)[None, :],
-                            other=0)
+            words = tl.load(
+                row_ptr + offs_w[None, :], mask=mask_n[:, None] & (offs_w < WORDS_PER_ROW)[None, :], other=0
+            )
             shifts = tl.arange(0, CPW) * BITS
             q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & CODE_MASK, (BLOCK_N, BLOCK_K))
         else:
@@ -255,8 +257,11 @@ def _lowbit_linear_kernel(
                 wf = (qf - z) * s
 
         if DEQUANT:
-            tl.store(out_ptr + offs_k[None, :] * stride_om + offs_n[:, None] * stride_on,
-                     wf.to(out_ptr.dtype.element_ty), mask=wmask)
+            tl.store(
+                out_ptr + offs_k[None, :] * stride_om + offs_n[:, None] * stride_on,
+                wf.to(out_ptr.dtype.element_ty),
+                mask=wmask,
+            )
         else:  # --- multiply-accumulate
             xt = tl.load(
                 x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
@@ -295,9 +300,13 @@ def _prune_configs(configs, named_args, **kwargs):
     n = named_args["N"]
     k = named_args["K"]
     bits = named_args.get("BITS", kwargs.get("BITS"))
-    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(n))
-            and c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))
-            and (c.kwargs["WIDE_LOAD"] or bits is None or 32 % bits == 0)]  # 3-bit: WIDE_LOAD is moot
+    kept = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(n))
+        and c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))
+        and (c.kwargs["WIDE_LOAD"] or bits is None or 32 % bits == 0)
+    ]  # 3-bit: WIDE_LOAD is moot
     return kept or configs[:1]
 
 
@@ -362,7 +371,8 @@ def _fixed_config(config: Optional[dict], path: str, interp: bool) -> dict:
     cfg = dict(config) if config is not None else dict(INTERPRET_CONFIG if interp else CUDA_DEFAULT_CONFIGS[path])
     if set(cfg) - _CONFIG_KEYS or not {"BLOCK_N", "BLOCK_K"} <= set(cfg):
         raise ValueError(
-            f"config needs BLOCK_N and BLOCK_K (optional WIDE_LOAD, num_warps, num_stages), got {sorted(cfg)}")
+            f"config needs BLOCK_N and BLOCK_K (optional WIDE_LOAD, num_warps, num_stages), got {sorted(cfg)}"
+        )
     cfg["WIDE_LOAD"] = bool(cfg.get("WIDE_LOAD", True))
     for name in ("BLOCK_N", "BLOCK_K"):
         v = cfg[name]
@@ -385,8 +395,9 @@ def _check_device(device: torch.device) -> None:
         )
 
 
-def lowbit_dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float16, *,
-                      config: Optional[dict] = None) -> torch.Tensor:
+def lowbit_dequantize(
+    qw: QuantizedWeight, dtype: torch.dtype = torch.float16, *, config: Optional[dict] = None
+) -> torch.Tensor:
     """Dense ``[N, K]`` weight in ``dtype``, computed by the kernel (``DEQUANT``) in fp32; equals
     :func:`rooflens.kernels.lowbit.dequantize`.  One ``BLOCK_N x BLOCK_K`` tile per program; ``config`` as in
     :func:`lowbit_linear` (default: ``CUDA_DEFAULT_CONFIGS["dense"]``, or :data:`INTERPRET_CONFIG`)."""
@@ -399,11 +410,31 @@ def lowbit_dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float16, *
     bn, tiles = cfg.pop("BLOCK_N"), triton.cdiv(k, cfg["BLOCK_K"])
     wt = w.t()  # the kernel writes W^T [K, N] (the output for x = identity); x and bias: dummies, never read
     kernel[(triton.cdiv(n, bn), 1, tiles)](
-        scales, packed, scales, zeros, scales, wt,
-        k, n, k,
-        0, 0, packed.stride(0), scales.stride(0), wt.stride(0), wt.stride(1),
-        BITS=qw.bits, GROUP_SIZE=qw.group_size, SYMMETRIC=qw.symmetric, HAS_BIAS=False, SPLIT_K=tiles,
-        DOT_F32=True, BLOCK_M=1, DEQUANT=True, BLOCK_N=bn, **cfg,
+        scales,
+        packed,
+        scales,
+        zeros,
+        scales,
+        wt,
+        k,
+        n,
+        k,
+        0,
+        0,
+        packed.stride(0),
+        scales.stride(0),
+        wt.stride(0),
+        wt.stride(1),
+        BITS=qw.bits,
+        GROUP_SIZE=qw.group_size,
+        SYMMETRIC=qw.symmetric,
+        HAS_BIAS=False,
+        SPLIT_K=tiles,
+        DOT_F32=True,
+        BLOCK_M=1,
+        DEQUANT=True,
+        BLOCK_N=bn,
+        **cfg,
     )
     return w
 
@@ -486,9 +517,21 @@ def lowbit_linear(
     packed, scales, zeros = _weight_args(qw)
     bias_arg = bias if bias is not None else scales  # dummy pointer when no bias (never read)
     args = (
-        x2, packed, scales, zeros, bias_arg, target,
-        m, n, k,
-        x2.stride(0), x2.stride(1), packed.stride(0), scales.stride(0), target.stride(0), target.stride(1),
+        x2,
+        packed,
+        scales,
+        zeros,
+        bias_arg,
+        target,
+        m,
+        n,
+        k,
+        x2.stride(0),
+        x2.stride(1),
+        packed.stride(0),
+        scales.stride(0),
+        target.stride(0),
+        target.stride(1),
     )
     meta = dict(
         BITS=qw.bits,

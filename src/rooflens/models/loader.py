@@ -221,8 +221,9 @@ def _count_params(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
 
-def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0,
-               dtype_reason: str | None = None) -> LoadedModel:  # fmt: skip
+def load_model(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0, dtype_reason: str | None = None
+) -> LoadedModel:
     """Load ``spec`` onto ``device`` in ``dtype``, in eval mode; ``dtype_reason`` (why this dtype) goes into its info."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

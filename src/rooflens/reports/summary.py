@@ -20,7 +20,9 @@ def summary_table(records: Iterable[Record], title: str = "rooflens results") ->
     for row in rows:
         table.add_row(*(format_value(c, row[c.key]) for c in cols))
     table.caption = "\n".join(
-        ["medians over the measured repetitions; CV of decode tok/s; speedup = decode tok/s over the baseline engine of the same run",
-         *energy_notes(records)]
-    )  # fmt: skip
+        [
+            "medians over the measured repetitions; CV of decode tok/s; speedup = decode tok/s over the baseline engine of the same run",
+            *energy_notes(records),
+        ]
+    )
     return table

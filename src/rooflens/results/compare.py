@@ -131,8 +131,9 @@ def _relative(r: Record, records: list[Record], metric: str) -> tuple[list[float
     return (xs, bs) if xs and bs else None
 
 
-def _bootstrap_p(base: tuple[list[float], list[float]], cur: tuple[list[float], list[float]],
-                 better: str) -> tuple[float, float]:  # fmt: skip
+def _bootstrap_p(
+    base: tuple[list[float], list[float]], cur: tuple[list[float], list[float]], better: str
+) -> tuple[float, float]:
     """One-sided bootstrap p-values (worse, better) of the change of a ratio of medians."""
     rng = np.random.default_rng(0)
 
@@ -175,8 +176,13 @@ def compare_records(
     c = {k: r for k, r in every.items() if r.status == "ok"}
     common = [k for k in b if k in c]
     notes = []
-    mismatched = sorted({f"{_hardware_id(b[k])}  vs  {_hardware_id(every[k])}"
-                         for k in b if k in every and _hardware_id(b[k]) != _hardware_id(every[k])})  # fmt: skip
+    mismatched = sorted(
+        {
+            f"{_hardware_id(b[k])}  vs  {_hardware_id(every[k])}"
+            for k in b
+            if k in every and _hardware_id(b[k]) != _hardware_id(every[k])
+        }
+    )
     if mismatched:
         if not allow_hardware_mismatch:
             raise CompareInputError("different hardware: " + "; ".join(mismatched) + " (use --allow-hardware-mismatch)")
@@ -245,6 +251,8 @@ def to_markdown(result: CompareResult, threshold: float, alpha: float) -> str:
     ]
     for r in result.rows:
         p = "-" if r.p_value is None else f"{r.p_value:.3g}"
-        lines.append(f"| {r.cell} | {r.metric} | {r.base_median:.4g} | {r.current_median:.4g} | {r.change:+.1%} | {p} | {r.verdict} |")
+        lines.append(
+            f"| {r.cell} | {r.metric} | {r.base_median:.4g} | {r.current_median:.4g} | {r.change:+.1%} | {p} | {r.verdict} |"
+        )
     lines += [f"_{n}_" for n in result.notes]
     return "\n".join(lines) + "\n"

@@ -11,8 +11,17 @@ def cell_key(r: Record) -> tuple:
     """Identifies a cell across runs: experiment, model, engine, workload, batch, hardware."""
     c = r.cell
     model = r.model.label if r.model else None
-    return (r.experiment.get("name"), model, c.engine_label, c.workload, c.prompt_len, c.gen_len, c.batch_size,
-            r.hardware_profile.get("name"), r.device)  # fmt: skip
+    return (
+        r.experiment.get("name"),
+        model,
+        c.engine_label,
+        c.workload,
+        c.prompt_len,
+        c.gen_len,
+        c.batch_size,
+        r.hardware_profile.get("name"),
+        r.device,
+    )
 
 
 def baseline_of(r: Record, records: Iterable[Record]) -> Record | None:

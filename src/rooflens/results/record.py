@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rooflens.results.stat import EngineStat
 from rooflens.models.loader import ModelInfo
+from rooflens.results.stat import EngineStat
 
 SCHEMA_VERSION = 1
 Provenance = Literal["measured", "derived", "datasheet", "modelled"]

@@ -98,7 +98,9 @@ def load_records(folder: str | Path) -> list[Record]:
         if not isinstance(data, dict) or "schema_version" not in data or "cell" not in data:
             continue
         if data["schema_version"] != SCHEMA_VERSION:
-            raise RecordLoadError(f"{p}: schema_version {quote(data['schema_version'])} (this rooflens reads {SCHEMA_VERSION})")
+            raise RecordLoadError(
+                f"{p}: schema_version {quote(data['schema_version'])} (this rooflens reads {SCHEMA_VERSION})"
+            )
         try:
             out.append(Record.model_validate(data))
         except ValidationError as err:

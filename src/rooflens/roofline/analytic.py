@@ -403,9 +403,7 @@ def _check_ceilings(bandwidth: float, peak_flops: float) -> None:
 # --------------------------------------------------------------------------- op builders
 
 
-def _linear(
-    name: str, rows: int, d_in: int, d_out: int, bias: bool, p: Precision, *, out_to_kv: float = 0.0
-) -> OpCost:
+def _linear(name: str, rows: int, d_in: int, d_out: int, bias: bool, p: Precision, *, out_to_kv: float = 0.0) -> OpCost:
     """``rows × d_in`` times ``d_in × d_out`` (+ bias); ``out_to_kv`` of the output goes to the KV cache."""
     w, a, kv = p.weight_bits / 8, p.act_bits / 8, p.kv_bits / 8
     mm = 2.0 * rows * d_in * d_out
@@ -506,9 +504,7 @@ def _model_ops(shape: ModelShape, batch: int, q_len: int, logit_rows: int, p: Pr
     else:
         norm = _elementwise("final_norm", "model", n * h, RMSNORM_FLOPS, 1, 1, p, weight_elements=h)
     mm = 2.0 * logit_rows * h * shape.vocab
-    head = OpCost(
-        "lm_head", "model", mm, shape.vocab * h * w, (logit_rows * h + logit_rows * shape.vocab) * a, 0.0, mm
-    )
+    head = OpCost("lm_head", "model", mm, shape.vocab * h * w, (logit_rows * h + logit_rows * shape.vocab) * a, 0.0, mm)
     return [*ops, norm, head]
 
 

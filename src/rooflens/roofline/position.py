@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rooflens.roofline.hints import RooflineHints
 from rooflens.results.record import CeilingRef, PhasePosition, Quantity, RooflineResult
 from rooflens.roofline.analytic import ModelShape, PhaseCost, Precision, decode_cost, prefill_cost
 from rooflens.roofline.hardware import HardwareProfile
+from rooflens.roofline.hints import RooflineHints
 
 ANALYTIC = "rooflens.roofline.analytic (per-op FLOPs and bytes from the model config; eager attention)"
 DTYPE_KEYS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -29,22 +29,37 @@ def ceilings_for(profile: HardwareProfile, dtype: str, probe: Any | None = None)
     out = []
     bw, peak = profile.bandwidth_si(), profile.peak_flops_si(key)
     if bw and peak:
-        out.append(CeilingRef(
-            source="datasheet", ref=f"hardware profile {profile.name}", dtype=key,
-            bandwidth=_q(bw, "B/s", "datasheet", profile.memory_bandwidth.source),
-            peak_flops=_q(peak, "FLOP/s", "datasheet", profile.peak_flops[key].source),
-        ))  # fmt: skip
+        out.append(
+            CeilingRef(
+                source="datasheet",
+                ref=f"hardware profile {profile.name}",
+                dtype=key,
+                bandwidth=_q(bw, "B/s", "datasheet", profile.memory_bandwidth.source),
+                peak_flops=_q(peak, "FLOP/s", "datasheet", profile.peak_flops[key].source),
+            )
+        )
     if probe is not None and key in probe.gemm:
-        out.append(CeilingRef(
-            source="measured", ref=f"rooflens hw probe, {probe.measured_at}", dtype=key,
-            bandwidth=_q(probe.bandwidth.max, "B/s", "measured", probe.bandwidth.how),
-            peak_flops=_q(probe.gemm[key].max, "FLOP/s", "measured", probe.gemm[key].how),
-        ))  # fmt: skip
+        out.append(
+            CeilingRef(
+                source="measured",
+                ref=f"rooflens hw probe, {probe.measured_at}",
+                dtype=key,
+                bandwidth=_q(probe.bandwidth.max, "B/s", "measured", probe.bandwidth.how),
+                peak_flops=_q(probe.gemm[key].max, "FLOP/s", "measured", probe.gemm[key].how),
+            )
+        )
     return out
 
 
-def _position(phase: str, cost: PhaseCost, per: float, time_s: float, how_time: str,
-              ceilings: list[CeilingRef], weight_bits: float) -> PhasePosition:  # fmt: skip
+def _position(
+    phase: str,
+    cost: PhaseCost,
+    per: float,
+    time_s: float,
+    how_time: str,
+    ceilings: list[CeilingRef],
+    weight_bits: float,
+) -> PhasePosition:
     """``cost`` divided by ``per`` (tokens per pass) is the work done in ``time_s``."""
     a = "analytic"
     flops, wb, kb, ab = cost.flops / per, cost.weight_bytes / per, cost.kv_bytes / per, cost.act_bytes / per
@@ -67,7 +82,9 @@ def _position(phase: str, cost: PhaseCost, per: float, time_s: float, how_time: 
     for c in ceilings:
         bw, peak = c.bandwidth.value, c.peak_flops.value
         attainable = min(peak, intensity * bw)
-        pos.attainable_flops[c.source] = _q(attainable, "FLOP/s", "derived", f"min(peak, intensity x bandwidth), {c.ref}")
+        pos.attainable_flops[c.source] = _q(
+            attainable, "FLOP/s", "derived", f"min(peak, intensity x bandwidth), {c.ref}"
+        )
         pos.efficiency[c.source] = _q(achieved_f / attainable, "fraction", "derived", "achieved / attainable FLOP/s")
         pos.bound[c.source] = "memory" if intensity * bw < peak else "compute"
     return pos
@@ -98,8 +115,15 @@ def roofline_position(
     context = prompt_len + gen_len // 2
     layers = hints.layers_executed
     prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=p_prefill)
-    decode = decode_cost(shape, batch=batch, context_len=context, precision=precision,
-                         new_tokens=verified, layers_executed=layers, extra_ops=hints.extra_ops)  # fmt: skip
+    decode = decode_cost(
+        shape,
+        batch=batch,
+        context_len=context,
+        precision=precision,
+        new_tokens=verified,
+        layers_executed=layers,
+        extra_ops=hints.extra_ops,
+    )
     return RooflineResult(
         analytic_model=ANALYTIC,
         weight_bits=precision.weight_bits,

@@ -150,9 +150,7 @@ class ProbeResult(BaseModel):
         """Measured memory bandwidth in bytes/s."""
         return self.bandwidth.value(stat)
 
-    def peak_flops_si(
-        self, dtype: str, stat: Literal["max", "median"] = "max"
-    ) -> float | None:
+    def peak_flops_si(self, dtype: str, stat: Literal["max", "median"] = "max") -> float | None:
         """Measured GEMM FLOP/s (OP/s for int8) for ``dtype``; ``None`` if not measured."""
         found = self.gemm.get(_normalize_dtype(dtype))
         return found.value(stat) if found is not None else None
@@ -306,8 +304,12 @@ def first_line(exc: BaseException) -> str:
 
 
 def _probe_bandwidth(
-    dev: Any, size: int, timer: Timer, timer_name: str,
-    warmup: int, reps: int,
+    dev: Any,
+    size: int,
+    timer: Timer,
+    timer_name: str,
+    warmup: int,
+    reps: int,
 ) -> tuple[ProbeStat, int]:
     import torch
 
@@ -316,7 +318,7 @@ def _probe_bandwidth(
     src.fill_(1.5)  # touch every page (an untouched buffer would read the shared zero page)
     dst = torch.empty_like(src)
     nbytes = numel * 4
-    rates = _rates(lambda: dst.copy_(src), 2.0 * nbytes, timer, warmup, reps)
+    rates = _rates(lambda: dst.copy_(src), 2.0 * nbytes, timer, warmup, reps)  # noqa: F821 (del below)
     del src, dst
     how = (
         f"copy of {nbytes / 1e9:.3g} GB ({_fmt_bytes(nbytes)}) fp32 tensor on {dev}, "
@@ -346,9 +348,7 @@ def _gemm_call(dtype: str, n: int, dev: Any, gen: Any) -> Callable[[], object]:
         a = randn(torch.float32).to(fp8)
         b = randn(torch.float32).to(fp8).t()  # column-major second operand, as cuBLASLt wants
         scale = torch.ones((), device=dev, dtype=torch.float32)
-        return lambda: torch._scaled_mm(
-            a, b, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16
-        )
+        return lambda: torch._scaled_mm(a, b, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16)
     if dtype == "int8":
         if not hasattr(torch, "_int_mm"):
             raise RuntimeError("this torch has no torch._int_mm")
@@ -358,9 +358,7 @@ def _gemm_call(dtype: str, n: int, dev: Any, gen: Any) -> Callable[[], object]:
     raise ValueError(f"unknown GEMM dtype {dtype!r}")
 
 
-def _precheck_rate(
-    fn: Callable[[], object], flops: float, timer: Timer, slow: Callable[[float], bool]
-) -> float:
+def _precheck_rate(fn: Callable[[], object], flops: float, timer: Timer, slow: Callable[[float], bool]) -> float:
     """Best rate of up to :data:`_PRECHECK_TRIES` calls of ``fn``.
 
     The first call may include one-off setup (JIT, packing) and any call a preemption by
@@ -379,8 +377,13 @@ def _precheck_rate(
 
 
 def _reduced_n(
-    dtype: str, n: int, dev: Any, gen: Any, timer: Timer,
-    calls: int, budget_s: float,
+    dtype: str,
+    n: int,
+    dev: Any,
+    gen: Any,
+    timer: Timer,
+    calls: int,
+    budget_s: float,
 ) -> tuple[int, str | None]:
     """CPU pre-check: the n to measure at (``n`` or smaller) and why it was reduced.
 
@@ -421,8 +424,15 @@ def _set_fp32_precision(value: str) -> None:
 
 
 def _probe_gemm(
-    dtype: str, n: int, dev: Any, gen: Any, timer: Timer,
-    timer_name: str, warmup: int, reps: int, budget_s: float,
+    dtype: str,
+    n: int,
+    dev: Any,
+    gen: Any,
+    timer: Timer,
+    timer_name: str,
+    warmup: int,
+    reps: int,
+    budget_s: float,
 ) -> tuple[ProbeStat, int]:
     import torch
 
@@ -439,10 +449,7 @@ def _probe_gemm(
     unit = "OP/s" if dtype == "int8" else "FLOP/s"
     rates = _rates(fn, 2.0 * n**3, timer, warmup, reps)
     threads = f", {torch.get_num_threads()} threads" if dev.type == "cpu" else ""
-    how = (
-        f"{what} of {matrices} on {dev}, 2n^3 / time, "
-        f"{reps} reps after {warmup} warm-up, {timer_name}{threads}"
-    )
+    how = f"{what} of {matrices} on {dev}, 2n^3 / time, {reps} reps after {warmup} warm-up, {timer_name}{threads}"
     if note:
         how += f"; {note}"
     return ProbeStat.from_samples(rates, unit, how), n
@@ -522,23 +529,17 @@ def probe(
     try:
         for dtype in wanted:
             if dtype == "tf32" and dev.type != "cuda":
-                skipped[dtype] = (
-                    f"TensorFloat-32 is a CUDA tensor-core mode; not applicable on {dev}"
-                )
+                skipped[dtype] = f"TensorFloat-32 is a CUDA tensor-core mode; not applicable on {dev}"
                 continue
             if dtype in ("fp32", "tf32"):
                 _set_fp32_precision("high" if dtype == "tf32" else "highest")
             say(f"gemm {dtype}: n={n}, {n_reps} reps")
             try:
-                stat, n_used = _probe_gemm(
-                    dtype, n, dev, gen, timer, timer_name, warmup, n_reps, budget
-                )
+                stat, n_used = _probe_gemm(dtype, n, dev, gen, timer, timer_name, warmup, n_reps, budget)
             except (RuntimeError, NotImplementedError) as exc:
                 if isinstance(exc, ProbeError):
                     raise
-                skipped[dtype] = (
-                    f"not supported by torch {torch.__version__} on {dev}: {first_line(exc)}"
-                )
+                skipped[dtype] = f"not supported by torch {torch.__version__} on {dev}: {first_line(exc)}"
                 say(f"gemm {dtype}: skipped ({skipped[dtype]})")
                 continue
             finally:
@@ -548,10 +549,7 @@ def probe(
             gemm[dtype] = stat
             sizes[f"gemm_n.{dtype}"] = n_used
             unit = "GOP/s" if dtype == "int8" else "GFLOP/s"
-            say(
-                f"gemm {dtype}: {stat.max / 1e9:.1f} {unit} best, {stat.median / 1e9:.1f} "
-                f"median (n={n_used})"
-            )
+            say(f"gemm {dtype}: {stat.max / 1e9:.1f} {unit} best, {stat.median / 1e9:.1f} median (n={n_used})")
     finally:
         _set_fp32_precision(saved_precision)
 

@@ -8,8 +8,15 @@ from typing import Any
 from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
 from rooflens.models.loader import ModelLoadError, shipped_config
 from rooflens.roofline.analytic import (
-    ModelShape, PhaseCost, Precision, Projection, bits_per_weight, decode_cost, prefill_cost, project,
-)  # fmt: skip
+    ModelShape,
+    PhaseCost,
+    Precision,
+    Projection,
+    bits_per_weight,
+    decode_cost,
+    prefill_cost,
+    project,
+)
 from rooflens.roofline.hardware import HardwareProfile, resolve_profile
 from rooflens.roofline.probe import load_probe
 
@@ -65,8 +72,12 @@ def ceilings(hw: str, compute_dtypes: tuple[str, ...]) -> tuple[HardwareProfile,
         if bw and peak:
             return profile, Ceilings(bw, peak, "datasheet", f"{profile.display_name} datasheet, {dtype} dense peak")
         if probe is not None and dtype in probe.gemm:
-            return profile, Ceilings(probe.bandwidth.max, probe.gemm[dtype].max, "measured",
-                                     f"{resolved.device_name}, {dtype}, measured by rooflens hw probe at {probe.measured_at}")  # fmt: skip
+            return profile, Ceilings(
+                probe.bandwidth.max,
+                probe.gemm[dtype].max,
+                "measured",
+                f"{resolved.device_name}, {dtype}, measured by rooflens hw probe at {probe.measured_at}",
+            )
     raise NoCeilingsError(
         f"no {'/'.join(compute_dtypes)} ceilings for '{profile.name}' ({resolved.reason}); run `rooflens hw probe` "
         "on this machine or pass --hw <profile> (see `rooflens hw list`)"
@@ -83,7 +94,9 @@ def precision_for(bits: int, group_size: int, kv_bits: int | None = None) -> Pre
         raise WhatIfError(f"--bits {bits}: allowed 32, 16, 8, 4, 3, 2")
     weight_bits = float(bits) if bits >= 16 else bits_per_weight(bits, group_size)
     act_bits = 32.0 if bits == 32 else 16.0
-    return Precision(weight_bits=weight_bits, act_bits=act_bits, kv_bits=act_bits if kv_bits is None else float(kv_bits))
+    return Precision(
+        weight_bits=weight_bits, act_bits=act_bits, kv_bits=act_bits if kv_bits is None else float(kv_bits)
+    )
 
 
 def _shape(config: Any) -> ModelShape:
@@ -93,24 +106,59 @@ def _shape(config: Any) -> ModelShape:
         raise WhatIfError(str(err)) from None
 
 
-def phase_costs(config: Any, *, batches: list[int], bits: list[int], prompt_len: int, gen_len: int,
-                group_size: int = 128, kv_bits: int | None = None) -> list[tuple[int, int, PhaseCost, PhaseCost]]:  # fmt: skip
+def phase_costs(
+    config: Any,
+    *,
+    batches: list[int],
+    bits: list[int],
+    prompt_len: int,
+    gen_len: int,
+    group_size: int = 128,
+    kv_bits: int | None = None,
+) -> list[tuple[int, int, PhaseCost, PhaseCost]]:
     """FLOPs and bytes of the prefill pass and of a decode step at the mean context: no ceilings needed."""
     shape = _shape(config)
     out = []
     for b in batches:
         for w in bits:
             p = precision_for(w, group_size, kv_bits)
-            out.append((b, w, prefill_cost(shape, batch=b, prompt_len=prompt_len, precision=p),
-                        decode_cost(shape, batch=b, context_len=prompt_len + gen_len // 2, precision=p)))  # fmt: skip
+            out.append(
+                (
+                    b,
+                    w,
+                    prefill_cost(shape, batch=b, prompt_len=prompt_len, precision=p),
+                    decode_cost(shape, batch=b, context_len=prompt_len + gen_len // 2, precision=p),
+                )
+            )
     return out
 
 
-def projections(config: Any, c: Ceilings, *, batches: list[int], bits: list[int], prompt_len: int, gen_len: int,
-                group_size: int = 128, kv_bits: int | None = None) -> list[tuple[int, int, Projection]]:  # fmt: skip
+def projections(
+    config: Any,
+    c: Ceilings,
+    *,
+    batches: list[int],
+    bits: list[int],
+    prompt_len: int,
+    gen_len: int,
+    group_size: int = 128,
+    kv_bits: int | None = None,
+) -> list[tuple[int, int, Projection]]:
     shape = _shape(config)
     return [
-        (b, w, project(shape, batch=b, prompt_len=prompt_len, gen_len=gen_len, precision=precision_for(w, group_size, kv_bits),
-                       bandwidth=c.bandwidth, peak_flops=c.peak_flops))
-        for b in batches for w in bits
-    ]  # fmt: skip
+        (
+            b,
+            w,
+            project(
+                shape,
+                batch=b,
+                prompt_len=prompt_len,
+                gen_len=gen_len,
+                precision=precision_for(w, group_size, kv_bits),
+                bandwidth=c.bandwidth,
+                peak_flops=c.peak_flops,
+            ),
+        )
+        for b in batches
+        for w in bits
+    ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
+from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Generator, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from rooflens.results.record import ErrorInfo, Record
 
@@ -34,7 +35,7 @@ class Executor(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def run(self, runner: "ExperimentRunner", groups: Sequence[Sequence[int]]) -> Results:
+    def run(self, runner: ExperimentRunner, groups: Sequence[Sequence[int]]) -> Results:
         """Measure ``groups`` (indices into the runner's cells) in order."""
 
 

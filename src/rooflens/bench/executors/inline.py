@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rooflens.bench.executors.base import Executor, Results
 
@@ -13,5 +14,5 @@ if TYPE_CHECKING:
 class InlineExecutor(Executor):
     name = "inline"
 
-    def run(self, runner: "ExperimentRunner", groups: Sequence[Sequence[int]]) -> Results:
+    def run(self, runner: ExperimentRunner, groups: Sequence[Sequence[int]]) -> Results:
         yield from runner.measure_groups(groups)

@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from rooflens.bench.executors.base import Executor, Results, describe_exit, stderr_tail, worker_died
 from rooflens.bench.executors.remote import GroupDriver, References
@@ -31,7 +32,7 @@ class SubprocessExecutor(Executor):
     def __init__(self, python: str = sys.executable):
         self.python = python
 
-    def run(self, runner: "ExperimentRunner", groups: Sequence[Sequence[int]]) -> Results:
+    def run(self, runner: ExperimentRunner, groups: Sequence[Sequence[int]]) -> Results:
         references: References = {}  # the baseline group's tokens, sent to every later group
         for group in groups:
             yield from self._run_group(GroupDriver(runner, group, references))
@@ -45,8 +46,11 @@ class SubprocessExecutor(Executor):
                 with open(log_path, "wb") as log:
                     proc = subprocess.Popen(
                         [self.python, "-m", WORKER_MODULE, str(job_path), str(write_fd)],
-                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_fd,),
-                    )  # fmt: skip
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                        pass_fds=(write_fd,),
+                    )
             except BaseException:
                 os.close(read_fd)
                 raise

@@ -9,7 +9,8 @@ finished, as under ``subprocess``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rooflens.bench.executors.base import Executor, ExecutorError, Results, worker_died
 from rooflens.bench.executors.remote import GroupDriver, References
@@ -51,7 +52,7 @@ class RayExecutor(Executor):
             # address None: RAY_ADDRESS if set, else a new local cluster
             self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
 
-    def _task(self, runner: "ExperimentRunner") -> Any:
+    def _task(self, runner: ExperimentRunner) -> Any:
         exp = runner.exp
         gpus = exp.device.startswith("cuda") or (
             exp.device == "auto" and self.ray.cluster_resources().get("GPU", 0) > 0
@@ -65,7 +66,7 @@ class RayExecutor(Executor):
             num_returns="streaming",
         )(_group_task)
 
-    def run(self, runner: "ExperimentRunner", groups: Sequence[Sequence[int]]) -> Results:
+    def run(self, runner: ExperimentRunner, groups: Sequence[Sequence[int]]) -> Results:
         self._init()
         task = self._task(runner)
         references: References = {}

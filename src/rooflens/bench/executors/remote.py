@@ -8,7 +8,8 @@ baseline reference for the groups that follow.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rooflens.bench.preflight import PreflightError
 from rooflens.models.loader import ModelLoadError, dtype_name
@@ -33,7 +34,7 @@ class GroupDriver:
     """Follows one group measured elsewhere: relays progress to the runner's observer, turns record
     messages into records, keeps baseline references, and accounts for the cells never reported."""
 
-    def __init__(self, runner: "ExperimentRunner", group: Sequence[int], references: References):
+    def __init__(self, runner: ExperimentRunner, group: Sequence[int], references: References):
         from rooflens.bench.runner import expand_cells
 
         self.runner = runner
@@ -98,4 +99,6 @@ class GroupDriver:
         """Ctrl-C: keep a trace of the cell in progress, as the inline runner does, before the sweep stops."""
         if self.started is not None and self.started not in self.done:
             reason = ErrorInfo(type="KeyboardInterrupt", message="interrupted by the user")
-            write_record(self.runner.folder, self.runner.lost_record(self.started, reason, self.model, self.environment))
+            write_record(
+                self.runner.folder, self.runner.lost_record(self.started, reason, self.model, self.environment)
+            )

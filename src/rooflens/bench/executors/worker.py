@@ -18,8 +18,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -58,9 +59,13 @@ def run_job(job: dict[str, Any], emit: Emit = lambda msg: None) -> Iterator[dict
     exp = Experiment.model_validate(job["experiment"])
     dtype = job.get("dtype")
     runner = ExperimentRunner(
-        exp, source=job["source"], results_root=Path(job["results_root"]), observer=_EmitObserver(emit),
-        run_id=job["run_id"], dtype_choice=DtypeChoice(TORCH_DTYPES[dtype["name"]], dtype["reason"]) if dtype else None,
-    )  # fmt: skip
+        exp,
+        source=job["source"],
+        results_root=Path(job["results_root"]),
+        observer=_EmitObserver(emit),
+        run_id=job["run_id"],
+        dtype_choice=DtypeChoice(TORCH_DTYPES[dtype["name"]], dtype["reason"]) if dtype else None,
+    )
     for key, tokens in job["references"].items():
         wi, b = (int(x) for x in key.split(":"))
         runner._reference_tokens[(wi, b)] = torch.tensor(tokens, dtype=torch.long)

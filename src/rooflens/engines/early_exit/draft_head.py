@@ -45,7 +45,7 @@ class DraftHead(nn.Module):
         self.register_buffer("head_rows", torch.empty(0), persistent=False)
         self.bind(stack)
 
-    def bind(self, stack: LayerStack) -> "DraftHead":
+    def bind(self, stack: LayerStack) -> DraftHead:
         self.head_rows = stack.lm_head.weight.detach()[self.vocab_ids].float().contiguous()
         return self
 
@@ -77,6 +77,9 @@ class DraftHead(nn.Module):
 
     def weight_elements(self) -> int:
         """Weights one draft step reads: fc, the decoder layer, the norm and the trimmed LM-head rows."""
-        return sum(p.numel() for p in self.fc.parameters()) + sum(p.numel() for p in self.layer.parameters()) + int(
-            self.head_rows.numel()
-        ) + sum(p.numel() for p in self.norm.parameters())
+        return (
+            sum(p.numel() for p in self.fc.parameters())
+            + sum(p.numel() for p in self.layer.parameters())
+            + int(self.head_rows.numel())
+            + sum(p.numel() for p in self.norm.parameters())
+        )

@@ -73,7 +73,10 @@ class EarlyExitOptions(EngineOptions):
         default="two_level", description="layers that run a predictor: two_level (offline + online) or all"
     )
     offline_layers: int | None = Field(
-        default=None, ge=1, le=1024, description="offline layers: where exits concentrate in training (default layers/4)"
+        default=None,
+        ge=1,
+        le=1024,
+        description="offline layers: where exits concentrate in training (default layers/4)",
     )
     online_window: int = Field(default=5, ge=0, le=1024, description="online: recent tokens whose exit layers are used")
     online_radius: int = Field(default=2, ge=0, le=1024, description="online: layers within this distance of them")
@@ -102,19 +105,28 @@ class EarlyExitOptions(EngineOptions):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "EarlyExitOptions":
+    def _consistent(self) -> EarlyExitOptions:
         kind, _ = parse_draft(self.draft)
         if kind in ("head", "head+lookup") and self.k > self.draft_vocab:
-            raise ValueError(f"k ({self.k}) is larger than the draft head's trimmed vocabulary (draft_vocab {self.draft_vocab})")
+            raise ValueError(
+                f"k ({self.k}) is larger than the draft head's trimmed vocabulary (draft_vocab {self.draft_vocab})"
+            )
         return self
 
     @property
     def settings(self) -> TrainSettings:
         return TrainSettings(
-            draft=self.draft, k=self.k, draft_vocab=self.draft_vocab, prompts=self.train_prompts,
-            prompt_len=self.train_prompt_len, gen_len=self.train_gen_len, draft_epochs=self.draft_epochs,
-            predictor_epochs=self.predictor_epochs, predictor_hidden=self.predictor_hidden, seed=self.seed,
-        )  # fmt: skip
+            draft=self.draft,
+            k=self.k,
+            draft_vocab=self.draft_vocab,
+            prompts=self.train_prompts,
+            prompt_len=self.train_prompt_len,
+            gen_len=self.train_gen_len,
+            draft_epochs=self.draft_epochs,
+            predictor_epochs=self.predictor_epochs,
+            predictor_hidden=self.predictor_hidden,
+            seed=self.seed,
+        )
 
 
 @dataclass
@@ -166,8 +178,15 @@ class EarlyExitEngine(Engine):
     Options = EarlyExitOptions
     supports_batch = False
     lossless = False
-    _tiny = {"train_prompts": 3, "train_prompt_len": 6, "train_gen_len": 4, "predictor_epochs": 5, "draft_vocab": 64,
-             "predictor_hidden": 8, "draft_epochs": 1}  # fmt: skip
+    _tiny = {
+        "train_prompts": 3,
+        "train_prompt_len": 6,
+        "train_gen_len": 4,
+        "predictor_epochs": 5,
+        "draft_vocab": 64,
+        "predictor_hidden": 8,
+        "draft_epochs": 1,
+    }
     examples = (
         {"k": 3, "threshold": 0.0, **_tiny},  # threshold 0: every scheduled layer tries to exit
         {"draft": "lookup", "k": 2, "schedule": "all", "skipped_kv": "unwritten", **_tiny},
@@ -303,7 +322,12 @@ class EarlyExitEngine(Engine):
         if draft is not None:
             dcache = draft.new_cache()
             if P >= 2:
-                draft(stack.embed_tokens(input_ids[:, 1:]), hn_all[:, :-1], torch.arange(P - 1, device=device).view(1, -1), dcache)
+                draft(
+                    stack.embed_tokens(input_ids[:, 1:]),
+                    hn_all[:, :-1],
+                    torch.arange(P - 1, device=device).view(1, -1),
+                    dcache,
+                )
         lap("prefill")
         c.prefill_time += prefill_times["prefill"]
         clock.tokens(1)
@@ -324,8 +348,15 @@ class EarlyExitEngine(Engine):
                 cand = lookup_candidates(seq[0, :cur], opts.k, art.ranked_vocab)
             lap("draft")
             checked = self._scheduled(recent)
-            st: dict[str, Any] = {"cand": cand, "rows": None if cand is None else head_w[cand], "last": None,
-                                  "exit": None, "tok": None, "hn": None, "calls": []}  # fmt: skip
+            st: dict[str, Any] = {
+                "cand": cand,
+                "rows": None if cand is None else head_w[cand],
+                "last": None,
+                "exit": None,
+                "tok": None,
+                "hn": None,
+                "calls": [],
+            }
             if cand is not None:
                 cand_list = cand.tolist()
                 st["set"] = set(cand_list)
@@ -412,18 +443,28 @@ class EarlyExitEngine(Engine):
         s: dict[str, EngineStat] = {
             "generations": EngineStat(value=c.generations, description="generate() calls since reset_stats"),
             "decode_steps": EngineStat(value=c.steps, description="decode steps (the prefill's first token excluded)"),
-            "exit_rate": EngineStat(value=c.exits / steps, description="decode steps that exited before the last layer"),
+            "exit_rate": EngineStat(
+                value=c.exits / steps, description="decode steps that exited before the last layer"
+            ),
             "layers_executed_per_token": EngineStat(
-                value=c.layers_run / steps, unit="layers", description=f"mean decoder layers run per decode step (of {L})"
+                value=c.layers_run / steps,
+                unit="layers",
+                description=f"mean decoder layers run per decode step (of {L})",
             ),
             "mean_exit_layer": EngineStat(
                 value=(sum(i * n for i, n in enumerate(c.layers_hist[:L])) / c.exits) if c.exits else "n/a",
                 unit="layers",
                 description="mean layers run by the steps that exited (1-based: exit after layer i runs i + 1)",
             ),
-            "layers_run_hist": EngineStat(value=list(c.layers_hist), description="[n] = decode steps that ran n layers"),
-            "predictor_calls_per_token": EngineStat(value=c.predictor_calls / steps, description="predictor MLPs run per decode step"),
-            "predictor_fired_per_token": EngineStat(value=c.fired / steps, description="predictor calls above the threshold per decode step"),
+            "layers_run_hist": EngineStat(
+                value=list(c.layers_hist), description="[n] = decode steps that ran n layers"
+            ),
+            "predictor_calls_per_token": EngineStat(
+                value=c.predictor_calls / steps, description="predictor MLPs run per decode step"
+            ),
+            "predictor_fired_per_token": EngineStat(
+                value=c.fired / steps, description="predictor calls above the threshold per decode step"
+            ),
             "precheck_rejects_per_token": EngineStat(
                 value=c.precheck_rejects / steps,
                 description="firing predictors rejected by the trimmed-vocabulary pre-check (no full LM head) per decode step",
@@ -435,30 +476,45 @@ class EarlyExitEngine(Engine):
                 value=c.exits / c.fired if c.fired else "n/a",
                 description="firing predictors whose layer argmax was among the candidates (exits / fired)",
             ),
-            "skipped_kv": EngineStat(value=self.options.skipped_kv, description="KV policy for the layers after an exit"),
+            "skipped_kv": EngineStat(
+                value=self.options.skipped_kv, description="KV policy for the layers after an exit"
+            ),
             "draft": EngineStat(value=self.options.draft, description="candidate source"),
-            "predictors_source": EngineStat(value=self.source, description="where the draft head and predictors came from"),
-            "prefill_time_s": EngineStat(value=c.prefill_time, unit="s", description="full-depth prefill + draft head over the prompt"),
+            "predictors_source": EngineStat(
+                value=self.source, description="where the draft head and predictors came from"
+            ),
+            "prefill_time_s": EngineStat(
+                value=c.prefill_time, unit="s", description="full-depth prefill + draft head over the prompt"
+            ),
             "layer_time_per_layer_s": EngineStat(
-                value=layers_time / max(1, c.layers_run), unit="s", description="decode layer time / layers run (incl. KV writes)"
+                value=layers_time / max(1, c.layers_run),
+                unit="s",
+                description="decode layer time / layers run (incl. KV writes)",
             ),
         }
         for phase in PHASES:
             s[f"time_{phase}_s"] = EngineStat(
-                value=c.time[phase], unit="s",
+                value=c.time[phase],
+                unit="s",
                 description=f"decode steps, {phase}: sum of time.perf_counter laps (device synchronised on CUDA)",
-            )  # fmt: skip
-            s[f"time_{phase}_fraction"] = EngineStat(value=c.time[phase] / total if total else 0.0, description=f"time_{phase}_s / decode time")
+            )
+            s[f"time_{phase}_fraction"] = EngineStat(
+                value=c.time[phase] / total if total else 0.0, description=f"time_{phase}_s / decode time"
+            )
         for key, value in (self.art.report if self.art else {}).items():
             if isinstance(value, (int, float, str)):
-                s[f"train_{key}"] = EngineStat(value=value, description="from training (validation: held-out sequences)")
+                s[f"train_{key}"] = EngineStat(
+                    value=value, description="from training (validation: held-out sequences)"
+                )
             elif key == "simulated_validation":
                 s["train_simulated_validation"] = EngineStat(
-                    value="; ".join(f"t{t}: token accuracy {v['token_accuracy']:.3f}, layers {v['mean_layers']:.2f}"
-                                    for t, v in value.items()),
+                    value="; ".join(
+                        f"t{t}: token accuracy {v['token_accuracy']:.3f}, layers {v['mean_layers']:.2f}"
+                        for t, v in value.items()
+                    ),
                     description="threshold -> per-token accuracy and mean layers of the exit rule on held-out training "
                     "positions, every layer checked, teacher-forced (no divergence)",
-                )  # fmt: skip
+                )
         if self.options.audit:
             s.update(self._audit())
         return dict(sorted(s.items()))
@@ -497,7 +553,8 @@ class EarlyExitEngine(Engine):
                 description="exits whose token equals the full-depth model's on the same prefix (teacher-forced audit)",
             ),
             "audit_predictor_precision": EngineStat(
-                value=tp / fired if fired else "n/a", description="predictor calls that fired and whose layer argmax was the full-depth token"
+                value=tp / fired if fired else "n/a",
+                description="predictor calls that fired and whose layer argmax was the full-depth token",
             ),
             "audit_predictor_recall": EngineStat(
                 value=tp / positives if positives else "n/a",
@@ -507,19 +564,22 @@ class EarlyExitEngine(Engine):
         }
         if oracle_own:
             out["oracle_mean_layers_own_text"] = EngineStat(
-                value=sum(oracle_own) / len(oracle_own), unit="layers",
+                value=sum(oracle_own) / len(oracle_own),
+                unit="layers",
                 description="earliest layer whose argmax is the full-depth token, on the engine's own output (teacher-forced)",
-            )  # fmt: skip
+            )
         prompts = {tuple(g.prompt.tolist()): g for g in c.kept}
         first = next(iter(prompts.values()))
         orc = oracle_exits(model, first.prompt.to(device).view(1, -1), first.tokens.numel())
         mean = sum(orc.layers_needed[1:]) / max(1, len(orc.layers_needed) - 1)
         out["oracle_mean_layers"] = EngineStat(
-            value=mean, unit="layers",
+            value=mean,
+            unit="layers",
             description=f"exit oracle on the baseline's own full-depth decode of the first prompt (decode steps; of {L})",
-        )  # fmt: skip
+        )
         out["oracle_layers_hist"] = EngineStat(
-            value=[orc.layers_needed[1:].count(n) for n in range(L + 1)], description="[n] = oracle decode steps needing n layers"
+            value=[orc.layers_needed[1:].count(n) for n in range(L + 1)],
+            description="[n] = oracle decode steps needing n layers",
         )
         bound = self._roofline_bound(mean, first.prompt.numel(), first.tokens.numel())
         if bound is not None:
@@ -530,7 +590,11 @@ class EarlyExitEngine(Engine):
             )
         per_layer = c.time["layers"] / max(1, c.layers_run)
         full_steps_all = c.steps - c.exits
-        head = c.time["final_head"] / full_steps_all if full_steps_all else (c.time["exit_head"] / c.exit_heads if c.exit_heads else 0.0)
+        head = (
+            c.time["final_head"] / full_steps_all
+            if full_steps_all
+            else (c.time["exit_head"] / c.exit_heads if c.exit_heads else 0.0)
+        )
         if per_layer > 0:
             out["oracle_speedup_bound_measured"] = EngineStat(
                 value=(L * per_layer + head) / (mean * per_layer + head),
@@ -575,14 +639,33 @@ class EarlyExitEngine(Engine):
         calls = c.predictor_calls / steps
         per_call = self.art.predictors.weight_elements()
         k = self.options.k
-        ops.append(OpCost("exit_predictors", "model", calls * 2.0 * (per_call + k * H), calls * (4.0 * per_call + elem * k * H),
-                          0.0, 0.0, calls * 2.0 * (per_call + k * H)))  # fmt: skip
+        ops.append(
+            OpCost(
+                "exit_predictors",
+                "model",
+                calls * 2.0 * (per_call + k * H),
+                calls * (4.0 * per_call + elem * k * H),
+                0.0,
+                0.0,
+                calls * 2.0 * (per_call + k * H),
+            )
+        )
         if self._pre_rows is not None and c.fired:
             n = (c.fired / steps) * self._pre_rows.numel()
             ops.append(OpCost("exit_precheck", "model", 2.0 * n, 4.0 * n, 0.0, 0.0, 2.0 * n))
         failed = (c.exit_heads - c.exits) / steps  # a passing exit head replaces the final one
         if failed > 0:
-            ops.append(OpCost("failed_exit_heads", "model", failed * 2.0 * head, failed * elem * head, 0.0, 0.0, failed * 2.0 * head))
+            ops.append(
+                OpCost(
+                    "failed_exit_heads",
+                    "model",
+                    failed * 2.0 * head,
+                    failed * elem * head,
+                    0.0,
+                    0.0,
+                    failed * 2.0 * head,
+                )
+            )
         return RooflineHints(
             layers_executed=c.layers_run / steps,
             extra_ops=tuple(ops),

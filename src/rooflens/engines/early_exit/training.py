@@ -22,9 +22,10 @@ fingerprint of the model's weights and config, its dtype and every training sett
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -212,7 +213,11 @@ def teacher_forced(
         if progress:
             progress("teacher-forced pass", b + 1, -(-n // batch))
     return TeacherForced(
-        torch.cat(normed, 1), torch.cat(argmax, 1), torch.cat(topk) if topk else None, torch.cat(f_normed), torch.cat(f_tokens)
+        torch.cat(normed, 1),
+        torch.cat(argmax, 1),
+        torch.cat(topk) if topk else None,
+        torch.cat(f_normed),
+        torch.cat(f_tokens),
     )
 
 
@@ -227,8 +232,13 @@ def ranked_vocabulary(vocab_size: int, outputs: torch.Tensor, inputs: torch.Tens
 # ---------------------------------------------------------------------------- training
 
 
-def _draft_pairs(model: torch.nn.Module, final_normed: torch.Tensor, final_tokens: torch.Tensor, seqs: torch.Tensor,
-                 trim_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def _draft_pairs(
+    model: torch.nn.Module,
+    final_normed: torch.Tensor,
+    final_tokens: torch.Tensor,
+    seqs: torch.Tensor,
+    trim_index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(embeddings of x_1..x_{T-1}, normed hidden of 0..T-2, trimmed index of the model's token at 1..T-1)."""
     stack = LayerStack.of(model)
     with torch.no_grad():
@@ -262,8 +272,9 @@ def train_draft(
         for _ in range(epochs):
             for idx in torch.randperm(n, generator=g).split(8):
                 logits = draft(emb[idx], prev[idx], pos)
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[idx].reshape(-1),
-                                                         ignore_index=-100)  # fmt: skip
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target[idx].reshape(-1), ignore_index=-100
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -282,8 +293,9 @@ def draft_candidates(draft: DraftHead, pairs: tuple[torch.Tensor, torch.Tensor, 
     return draft.vocab_ids[torch.cat(out)]
 
 
-def train_predictors(features: torch.Tensor, labels: torch.Tensor, settings: TrainSettings,
-                     progress: Progress | None = None) -> ExitPredictors:  # fmt: skip
+def train_predictors(
+    features: torch.Tensor, labels: torch.Tensor, settings: TrainSettings, progress: Progress | None = None
+) -> ExitPredictors:
     L = features.shape[0]
     torch.manual_seed(settings.seed)
     pred = ExitPredictors(L, settings.k, settings.predictor_hidden).to(features.device)
@@ -314,7 +326,9 @@ def simulate_exits(
     return float(correct.float().mean()), float((first + 1).float().mean())
 
 
-def train(model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progress: Progress | None = None) -> ExitArtifacts:
+def train(
+    model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progress: Progress | None = None
+) -> ExitArtifacts:
     t0 = time.perf_counter()
     kind, self_k = parse_draft(settings.draft)
     stack = LayerStack.of(model)
@@ -331,7 +345,9 @@ def train(model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progr
     if progress:
         progress("greedy decoding of training prompts", 1, 1)
     P, T = settings.prompt_len, seqs.shape[1]
-    tf = teacher_forced(model, seqs, P - 1, topk_layer=(self_k - 1) if self_k else None, k=settings.k, progress=progress)
+    tf = teacher_forced(
+        model, seqs, P - 1, topk_layer=(self_k - 1) if self_k else None, k=settings.k, progress=progress
+    )
     n, G = seqs.shape[0], T - P  # positions P-1 .. T-2 of each sequence: G per sequence
     final = tf.layer_argmax[-1]
     labels = tf.layer_argmax == final  # [L, N]
@@ -360,12 +376,18 @@ def train(model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progr
         pairs = tuple(torch.cat([p[j] for p in parts]) for j in range(3))
         report["draft_vocab_coverage"] = float((trim_index[outputs] >= 0).float().mean())
         draft = train_draft(model, vocab_ids, pairs, settings.draft_epochs, settings.seed, progress)
-        cands = draft_candidates(draft, gp, settings.k)[:, P - 2 : T - 2].reshape(-1, settings.k)  # pair p-1 -> position p
+        cands = draft_candidates(draft, gp, settings.k)[:, P - 2 : T - 2].reshape(
+            -1, settings.k
+        )  # pair p-1 -> position p
         if kind == "head+lookup":
             best = cands.view(n, G, -1).tolist()
-            cands = torch.stack([mixed_candidates(seqs[i, : P + j], best[i][j], settings.k, ranked) for i in range(n) for j in range(G)])
+            cands = torch.stack(
+                [mixed_candidates(seqs[i, : P + j], best[i][j], settings.k, ranked) for i in range(n) for j in range(G)]
+            )
     elif kind == "lookup":
-        cands = torch.stack([lookup_candidates(seqs[i, : p + 1], settings.k, ranked) for i in range(n) for p in range(P - 1, T - 1)])
+        cands = torch.stack(
+            [lookup_candidates(seqs[i, : p + 1], settings.k, ranked) for i in range(n) for p in range(P - 1, T - 1)]
+        )
     else:
         cands = tf.layer_topk
     hit = (cands == final.unsqueeze(1)).any(1)
@@ -397,8 +419,12 @@ def train(model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progr
     report["predictor_recall_validation"] = float(tp / labels[:, vmask].sum().clamp_min(1))
     first_layer = self_k or 0
     report["simulated_validation"] = {
-        str(t): dict(zip(("token_accuracy", "mean_layers"), simulate_exits(
-            logits[:, vmask], labels[:, vmask], verified[:, vmask], t, first_layer)))  # fmt: skip
+        str(t): dict(
+            zip(
+                ("token_accuracy", "mean_layers"),
+                simulate_exits(logits[:, vmask], labels[:, vmask], verified[:, vmask], t, first_layer),
+            )
+        )
         for t in SIM_THRESHOLDS
     }
     report["seconds"] = time.perf_counter() - t0

@@ -7,8 +7,9 @@ every decode step the scheduler names the rung, and a switch is one attribute se
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 

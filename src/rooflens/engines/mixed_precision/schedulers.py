@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,7 +102,9 @@ class KVCacheClassifier(nn.Module):
         super().__init__()
         self.query = nn.Parameter(torch.randn(kv_heads, head_dim) / math.sqrt(head_dim))
         self.norm = nn.LayerNorm(kv_heads * head_dim)
-        self.mlp = nn.Sequential(nn.Linear(kv_heads * head_dim, hidden), nn.ReLU(), nn.Linear(hidden, len(SWITCH_FRACTIONS)))
+        self.mlp = nn.Sequential(
+            nn.Linear(kv_heads * head_dim, hidden), nn.ReLU(), nn.Linear(hidden, len(SWITCH_FRACTIONS))
+        )
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """keys / values ``[B, kv_heads, T, D]`` -> class logits ``[B, 4]``."""

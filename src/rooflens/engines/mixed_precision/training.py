@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
 from rooflens.bench.quality import rouge_l
 from rooflens.engines.artifacts import artifact_path, save_atomic
-from rooflens.engines.decoding import decode_n_tokens, eos_token_ids, last_logits, mask_eos, new_cache, prefill
 from rooflens.engines.base import TokenClock
+from rooflens.engines.decoding import decode_n_tokens, eos_token_ids, last_logits, mask_eos, new_cache, prefill
 from rooflens.engines.early_exit.training import training_prompts
 from rooflens.engines.mixed_precision.schedulers import SWITCH_FRACTIONS, KVCacheClassifier, last_layer_kv, switch_step
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, set_precision
@@ -67,9 +68,17 @@ def scheduler_path(model: torch.nn.Module, label: str, s: TuneSettings) -> Path:
 
 
 def save(art: SchedulerArtifacts, path: Path) -> None:
-    save_atomic({"version": ARTIFACT_VERSION, "settings": asdict(art.settings), "static_steps": art.static_steps,
-                 "static_fractions": art.static_fractions, "classifiers": [c.state_dict() for c in art.classifiers],
-                 "report": art.report}, path)  # fmt: skip
+    save_atomic(
+        {
+            "version": ARTIFACT_VERSION,
+            "settings": asdict(art.settings),
+            "static_steps": art.static_steps,
+            "static_fractions": art.static_fractions,
+            "classifiers": [c.state_dict() for c in art.classifiers],
+            "report": art.report,
+        },
+        path,
+    )
 
 
 def load(path: Path, kv_heads: int, head_dim: int) -> SchedulerArtifacts:
@@ -116,8 +125,14 @@ def _two_rung_runs(module, layers, prompt, n, prefill_bits, high, low, eos) -> t
     return runs, kv  # type: ignore[return-value]
 
 
-def tune(module: torch.nn.Module, layers: list[MultiPrecisionLinear], reference_model: torch.nn.Module, tokenizer: Any,
-         s: TuneSettings, progress: Progress | None = None) -> SchedulerArtifacts:  # fmt: skip
+def tune(
+    module: torch.nn.Module,
+    layers: list[MultiPrecisionLinear],
+    reference_model: torch.nn.Module,
+    tokenizer: Any,
+    s: TuneSettings,
+    progress: Progress | None = None,
+) -> SchedulerArtifacts:
     t0 = time.perf_counter()
     eos = eos_token_ids(reference_model)
     prompts = training_prompts(reference_model, tokenizer, s.prompts, s.prompt_len, s.seed + 1)  # not early exit's
@@ -152,8 +167,11 @@ def tune(module: torch.nn.Module, layers: list[MultiPrecisionLinear], reference_
         classifiers.append(clf)
         tag = f"{high}->{low}"
         report[f"rouge_l_by_switch_{tag}"] = ", ".join(
-            f"{'never' if f is None else f'{f:.2f}T'}: {float(m):.3f}" for f, m in zip(SWITCH_FRACTIONS, mean))
-        report[f"static_switch_{tag}"] = "never" if SWITCH_FRACTIONS[best] is None else f"{SWITCH_FRACTIONS[best]:.3f} T"
+            f"{'never' if f is None else f'{f:.2f}T'}: {float(m):.3f}" for f, m in zip(SWITCH_FRACTIONS, mean)
+        )
+        report[f"static_switch_{tag}"] = (
+            "never" if SWITCH_FRACTIONS[best] is None else f"{SWITCH_FRACTIONS[best]:.3f} T"
+        )
         report[f"label_counts_{tag}"] = ", ".join(str(int((labels == c).sum())) for c in range(len(SWITCH_FRACTIONS)))
         report[f"classifier_accuracy_train_{tag}"] = acc[0]
         report[f"classifier_accuracy_validation_{tag}"] = acc[1]
@@ -161,8 +179,9 @@ def tune(module: torch.nn.Module, layers: list[MultiPrecisionLinear], reference_
     return SchedulerArtifacts(s, static_steps, static_fractions, classifiers, report)
 
 
-def _train_classifier(feats: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor, n_val: int,
-                      s: TuneSettings) -> tuple[KVCacheClassifier, tuple[float, float]]:  # fmt: skip
+def _train_classifier(
+    feats: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor, n_val: int, s: TuneSettings
+) -> tuple[KVCacheClassifier, tuple[float, float]]:
     keys0 = feats[0][0]
     torch.manual_seed(s.seed)
     clf = KVCacheClassifier(keys0.shape[1], keys0.shape[-1])
@@ -170,8 +189,10 @@ def _train_classifier(feats: list[tuple[torch.Tensor, torch.Tensor]], labels: to
     n_train = len(feats) - n_val
     with torch.enable_grad():
         for _ in range(s.classifier_epochs):
-            loss = sum(torch.nn.functional.cross_entropy(clf(k, v), labels[i : i + 1])
-                       for i, (k, v) in enumerate(feats[:n_train])) / max(1, n_train)  # fmt: skip
+            loss = sum(
+                torch.nn.functional.cross_entropy(clf(k, v), labels[i : i + 1])
+                for i, (k, v) in enumerate(feats[:n_train])
+            ) / max(1, n_train)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             opt.step()

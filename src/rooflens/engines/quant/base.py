@@ -68,8 +68,9 @@ class QuantHandler(ABC):
     def storage_note(self, spec: QuantSpec) -> str:
         """How the storage bytes of the quantized layers are counted (for the record)."""
 
-    def notes(self, spec: QuantSpec, model: nn.Module, device: torch.device, dtype: str,
-              compiled: bool = False) -> list[str]:  # fmt: skip
+    def notes(
+        self, spec: QuantSpec, model: nn.Module, device: torch.device, dtype: str, compiled: bool = False
+    ) -> list[str]:
         """What the backend does here beyond its format, on the quantized ``model`` (``compiled``: torch.compile'd)."""
         return []
 
@@ -102,8 +103,11 @@ def skip_entry(name: str, skip: tuple[str, ...]) -> str | None:
 
 def linear_targets(model: nn.Module, skip: tuple[str, ...] = SKIP) -> list[tuple[str, nn.Linear]]:
     """The nn.Linear layers to quantize (all but those named in ``skip``, by default the LM head)."""
-    return [(name, mod) for name, mod in model.named_modules()
-            if isinstance(mod, nn.Linear) and skip_entry(name, skip) is None]  # fmt: skip
+    return [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and skip_entry(name, skip) is None
+    ]
 
 
 def set_child(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -35,14 +35,23 @@ def _bnb_layer(lin: nn.Linear, fmt: str, group_size: int | None, device: torch.d
     w = lin.weight.detach().to("cpu", copy=True)
     has_bias = lin.bias is not None
     if fmt == "int8":
-        new = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=has_bias, has_fp16_weights=False,
-                                  threshold=6.0, device="meta")  # fmt: skip
+        new = bnb.nn.Linear8bitLt(
+            lin.in_features, lin.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0, device="meta"
+        )
         new.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
     else:
-        new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=has_bias, compute_dtype=lin.weight.dtype,
-                                compress_statistics=False, quant_type="nf4", device="meta")  # fmt: skip
-        new.weight = bnb.nn.Params4bit(w, requires_grad=False, blocksize=group_size,
-                                       compress_statistics=False, quant_type="nf4", module=new)  # fmt: skip
+        new = bnb.nn.Linear4bit(
+            lin.in_features,
+            lin.out_features,
+            bias=has_bias,
+            compute_dtype=lin.weight.dtype,
+            compress_statistics=False,
+            quant_type="nf4",
+            device="meta",
+        )
+        new.weight = bnb.nn.Params4bit(
+            w, requires_grad=False, blocksize=group_size, compress_statistics=False, quant_type="nf4", module=new
+        )
     if has_bias:
         new.bias = nn.Parameter(lin.bias.detach().to("cpu", copy=True), requires_grad=False)
     return new.to(device)
@@ -122,18 +131,23 @@ class BitsandbytesHandler(QuantHandler):
         return out
 
     def storage_note(self, spec: QuantSpec) -> str:
-        return ("bitsandbytes: int8 data + fp32 row scales (SCB) for int8; packed uint8 data + quant_state "
-                "(absmax, code, nested state) for nf4; measured after one forward, since bitsandbytes "
-                "repacks 4-bit weights for its CPU kernel at the first call (absmax becomes bf16)")  # fmt: skip
+        return (
+            "bitsandbytes: int8 data + fp32 row scales (SCB) for int8; packed uint8 data + quant_state "
+            "(absmax, code, nested state) for nf4; measured after one forward, since bitsandbytes "
+            "repacks 4-bit weights for its CPU kernel at the first call (absmax becomes bf16)"
+        )
 
-    def notes(self, spec: QuantSpec, model: nn.Module, device: torch.device, dtype: str,
-              compiled: bool = False) -> list[str]:  # fmt: skip
+    def notes(
+        self, spec: QuantSpec, model: nn.Module, device: torch.device, dtype: str, compiled: bool = False
+    ) -> list[str]:
         notes = []
         if spec.format == "int8" and dtype != "float16":
             notes.append(f"LLM.int8 casts {dtype} weights (before quantizing) and activations to float16")
         if spec.format == "nf4" and device.type == "cpu":
             layer = next((m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")), None)
             if layer is not None and layer.support_avx512bf16_for_cpu:
-                notes.append("this CPU has AVX512-BF16: bitsandbytes repacks NF4 weights for its CPU kernel (absmax in "
-                             "bf16) and runs single-row matmuls with bf16 activations")  # fmt: skip
+                notes.append(
+                    "this CPU has AVX512-BF16: bitsandbytes repacks NF4 weights for its CPU kernel (absmax in "
+                    "bf16) and runs single-row matmuls with bf16 activations"
+                )
         return notes

@@ -63,12 +63,14 @@ class RooflensHandler(QuantHandler):
         return None
 
     def quantize(self, model: nn.Module, spec: QuantSpec, device: torch.device) -> dict[str, nn.Module]:
-        self.report = quantize_linear_layers(model, spec.bits, spec.group_size, bool(spec.symmetric),
-                                             skip=spec.skip, kernel=spec.kernel)  # fmt: skip
+        self.report = quantize_linear_layers(
+            model, spec.bits, spec.group_size, bool(spec.symmetric), skip=spec.skip, kernel=spec.kernel
+        )
         layers = {name: model.get_submodule(name) for name in self.report.replaced_names}
         assert all(isinstance(m, LowBitLinear) for m in layers.values())
         return layers
 
     def storage_note(self, spec: QuantSpec) -> str:
-        return ("exact: QuantizedWeight.storage_bytes (packed int32 codes + fp16 scales, + fp16 zero points if "
-                "asymmetric)")  # fmt: skip
+        return (
+            "exact: QuantizedWeight.storage_bytes (packed int32 codes + fp16 scales, + fp16 zero points if asymmetric)"
+        )

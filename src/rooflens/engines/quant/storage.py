@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 
-
 def _plain_bytes(t: torch.Tensor | None, seen: set) -> int:
     """Bytes held by a tensor; tensor subclasses (torchao) are summed over their inner tensors.
 
@@ -93,8 +92,9 @@ def model_weight_bytes(model: nn.Module, quantized: dict[str, nn.Module]) -> tup
     return q_total + rest, q_total
 
 
-def decode_read_bytes(model: nn.Module, quantized: dict[str, nn.Module], device: torch.device,
-                      act_dtype: torch.dtype) -> int:  # fmt: skip
+def decode_read_bytes(
+    model: nn.Module, quantized: dict[str, nn.Module], device: torch.device, act_dtype: torch.dtype
+) -> int:
     """Weight bytes one decode step (batch 1) reads, by the analytic model's convention: every weight once,
     but one row of the input embedding. A rooflens layer counts what its kernel reads
     (:meth:`LowBitLinear.read_bytes`), any other quantized layer its storage."""

@@ -101,14 +101,19 @@ class TorchaoHandler(QuantHandler):
         }
 
     def storage_note(self, spec: QuantSpec) -> str:
-        return ("exact: bytes of the inner tensors of torchao's tensor subclasses (__tensor_flatten__: qdata, "
-                "scale, zero_point, ...)")  # fmt: skip
+        return (
+            "exact: bytes of the inner tensors of torchao's tensor subclasses (__tensor_flatten__: qdata, "
+            "scale, zero_point, ...)"
+        )
 
-    def notes(self, spec: QuantSpec, model: nn.Module, device: torch.device, dtype: str,
-              compiled: bool = False) -> list[str]:  # fmt: skip
+    def notes(
+        self, spec: QuantSpec, model: nn.Module, device: torch.device, dtype: str, compiled: bool = False
+    ) -> list[str]:
         if device.type != "cpu" or compiled:
             return []
         if spec.format == "int8_dynamic":
             return ["activations are quantized per token at every call, then aten::_int_mm (int8 GEMM)"]
-        return ["eager torchao weight-only on CPU dequantizes the weight on every call, then runs a dense matmul "
-                "(torch.profiler: the dequantization takes most of each call)"]  # fmt: skip
+        return [
+            "eager torchao weight-only on CPU dequantizes the weight on every call, then runs a dense matmul "
+            "(torch.profiler: the dequantization takes most of each call)"
+        ]
