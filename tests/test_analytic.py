@@ -330,3 +330,15 @@ def test_int4_linear_weight_bytes_scale_with_bits_per_weight():
     assert lin4 / lin16 == pytest.approx(4.5 / 16)
     assert int4.kv_bytes == fp16.kv_bytes and int4.flops == fp16.flops
     assert weight_storage_bytes(shape, Precision(weight_bits=4.5)) == pytest.approx(shape.param_count() * 4.5 / 8)
+
+
+@pytest.mark.parametrize("name", shipped_config_names())
+def test_plain_json_config_gives_the_same_shape_and_costs_as_transformers(name):
+    """`rooflens roofline` reads shipped configs as plain JSON (no transformers import); the analytic model's
+    fallbacks for fields a file leaves out must equal transformers' class defaults."""
+    from rooflens.models.catalog import config_view, shipped_config_data
+
+    plain = ModelShape.from_config(config_view(shipped_config_data(name)[0]))
+    reference = ModelShape.from_config(shipped_config(name)[0])
+    assert plain == reference
+    assert decode_cost(plain, batch=2, context_len=700) == decode_cost(reference, batch=2, context_len=700)

@@ -1,5 +1,6 @@
 """The engine registry: built-ins, third-party entry points, and broken plug-ins."""
 
+import importlib
 import importlib.metadata
 
 import pytest
@@ -68,3 +69,17 @@ def test_unavailable_reasons():
 
     assert GpuOnly.unavailable_reason(torch.device("cpu")) == "engine 'gpu-only' runs on cuda, not cpu"
     assert PluginEngine.unavailable_reason(torch.device("cpu")) is None
+
+
+def test_torch_free_option_schemas_are_the_engines_own():
+    """`validate` checks built-in engines against engines.options without loading them: the same classes."""
+    from rooflens.engines.options import BUILTIN_OPTIONS, options_class
+
+    builtin = {}  # from the modules themselves: other tests may leave test engines in the registry
+    for module in base._BUILTIN_MODULES:
+        for obj in vars(importlib.import_module(module)).values():
+            if isinstance(obj, type) and issubclass(obj, base.Engine) and obj.__module__.startswith(module):
+                builtin[obj.name] = obj
+    assert set(BUILTIN_OPTIONS) == set(builtin)
+    for name, cls in builtin.items():
+        assert options_class(name) is cls.Options

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 
+from rooflens.engines.options import EngineOptions, validate_engine_options  # noqa: F401 (re-exported)
 from rooflens.results.stat import EngineStat
 from rooflens.roofline.hints import RooflineHints
 
@@ -28,19 +28,22 @@ if TYPE_CHECKING:
     from rooflens.config import EngineSpec
     from rooflens.models.loader import LoadedModel
 
-__all__ = ["Engine", "EngineOptions", "EngineStat", "EngineUnavailable", "RooflineHints", "TokenClock", "register"]
+__all__ = [
+    "Engine",
+    "EngineOptions",
+    "EngineStat",
+    "EngineUnavailable",
+    "RooflineHints",
+    "TokenClock",
+    "register",
+    "validate_engine_options",
+]
 
 ENTRY_POINT_GROUP = "rooflens.engines"
 
 
 class EngineUnavailable(RuntimeError):
     """The engine cannot run here (device, missing library, unsupported model); the message says why."""
-
-
-class EngineOptions(BaseModel):
-    """Base of every engine's option schema: unknown options are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def synchronize(device: torch.device) -> None:
@@ -212,27 +215,6 @@ def get_engine(name: str) -> type[Engine]:
     if name not in engines:
         raise KeyError(f"unknown engine '{name}' (registered: {', '.join(engines) or 'none'})")
     return engines[name]
-
-
-def validate_engine_options(spec: EngineSpec) -> list[str]:
-    """Problems with an engine entry, as ``field: message`` strings (empty when valid)."""
-    try:
-        cls = get_engine(spec.name)
-    except KeyError as err:
-        return [f"name: {err.args[0]}"]
-    try:
-        cls.Options.model_validate(spec.options)
-    except ValidationError as err:
-        allowed = ", ".join(cls.Options.model_fields) or "none"
-        out = []
-        for e in err.errors():
-            where = ".".join(str(p) for p in ("options", *e["loc"]))
-            if e["type"] == "extra_forbidden":
-                out.append(f"{where}: unknown option for engine '{spec.name}' (allowed: {allowed})")
-            else:
-                out.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-        return out
-    return []
 
 
 def build_engine(spec: EngineSpec, model: LoadedModel) -> Engine:

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, model_validator
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import CompileConfig
 
-from rooflens.engines.base import Engine, EngineOptions, TokenClock, register
+from rooflens.engines.base import Engine, TokenClock, register
 from rooflens.engines.decoding import ClockStreamer, greedy_config
-
-
-class HFOptions(EngineOptions):
-    cache: Literal["dynamic", "static"] = Field(
-        default="dynamic", description="KV cache: dynamic (default) or static (pre-allocated)"
-    )
-    compile: bool = Field(default=False, description="torch.compile the forward pass (needs cache: static)")
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
-        default="reduce-overhead", description="torch.compile mode when compile is on"
-    )
-
-    @model_validator(mode="after")
-    def _compile_needs_static(self) -> HFOptions:
-        if self.compile and self.cache != "static":
-            raise ValueError("compile: true needs cache: static (a dynamic cache recompiles every step)")
-        return self
+from rooflens.engines.options.hf import HFOptions
 
 
 @register

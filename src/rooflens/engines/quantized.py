@@ -40,19 +40,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from rooflens.engines.base import EngineStat, EngineUnavailable, RooflineHints, register, synchronize
-from rooflens.engines.hf import HFEngine, HFOptions
+from rooflens.engines.hf import HFEngine
+from rooflens.engines.options.quantized import QuantizedOptions
 from rooflens.engines.quant import (
-    HANDLERS,
-    SKIP,
-    FormatSpec,
-    QuantSpec,
     RooflensHandler,
     copy_for_quantization,
     decode_read_bytes,
@@ -61,135 +57,13 @@ from rooflens.engines.quant import (
     model_weight_bytes,
     untie_from,
 )
-from rooflens.engines.quant.base import join, skip_entry
+from rooflens.engines.quant.base import skip_entry
 from rooflens.engines.quant.rooflens import kernel_path
 from rooflens.roofline.analytic import decode_weight_elements
-from rooflens.text import quote
 
 if TYPE_CHECKING:
     from rooflens.kernels import QuantizationReport
     from rooflens.models.loader import LoadedModel
-
-Backend = Literal["torchao", "bitsandbytes", "rooflens"]  # the keys of HANDLERS
-
-
-# ---------------------------------------------------------------------------- options
-
-
-class QuantizedOptions(HFOptions):
-    backend: Backend = Field(default="rooflens", description="torchao, bitsandbytes or rooflens (our own format)")
-    format: str | None = Field(
-        default=None,
-        description="torchao: int8_weight_only, int8_dynamic, int4_weight_only (CUDA+bf16), intx_weight_only "
-        "(accuracy emulation, int8 storage); bitsandbytes: int8, nf4; rooflens: groupwise (default: the first)",
-    )
-    bits: int | None = Field(
-        default=None, description="rooflens: 8/4/3/2 (default 4); torchao intx_weight_only: 2-8 (default 4)"
-    )
-    group_size: int | None = Field(
-        default=None,
-        description="rooflens: 32/64/128 (default 128); torchao intx: 32-256 (default 32); torchao int4: "
-        "32-256 (default 128); bitsandbytes nf4: 64/128 (default 64)",
-    )
-    symmetric: bool | None = Field(
-        default=None, description="rooflens and torchao intx: symmetric (default) or asymmetric with zero points"
-    )
-    kernel: Literal["auto", "triton", "cpu", "torch"] | None = Field(
-        default=None,
-        description="rooflens only: auto (Triton on CUDA, torch's int4 CPU kernel on CPU), triton (on CPU needs "
-        "TRITON_INTERPRET=1), cpu (torch's int4 CPU kernel), torch (the reference everywhere)",
-    )
-    lm_head: bool = Field(
-        default=False,
-        description="quantize the LM head too (a tied embedding is untied: the embedding keeps its dense table)",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> QuantizedOptions:
-        b, formats = self.backend, HANDLERS[self.backend].formats
-        if self.format is not None and self.format not in formats:
-            where = [k for k, h in HANDLERS.items() if self.format in h.formats]
-            hint = f"; it is a format of backend '{where[0]}'" if where else ""
-            raise ValueError(
-                f"format: {quote(self.format)} is not a format of backend '{b}' (allowed: {join(formats)}){hint}"
-            )
-        fmt = self.resolved_format
-        spec = formats[fmt]
-        what = f"format '{fmt}' of backend '{b}'"
-        if self.bits is not None and self.bits not in spec.bits:
-            if len(spec.bits) == 1:
-                raise ValueError(f"bits: {what} is {spec.bits[0]}-bit (got {self.bits}); leave bits out")
-            raise ValueError(f"bits: {self.bits} is not allowed for {what} (allowed: {join(sorted(spec.bits))})")
-        if self.group_size is not None:
-            if not spec.group_sizes:
-                raise ValueError(f"group_size: does not apply to {what} ({spec.why_no_group})")
-            if self.group_size not in spec.group_sizes:
-                raise ValueError(
-                    f"group_size: {self.group_size} is not allowed for {what} (allowed: {join(spec.group_sizes)})"
-                )
-        if self.symmetric is not None and not spec.symmetric:
-            raise ValueError(
-                f"symmetric: does not apply to {what} (applies to rooflens groupwise and torchao intx_weight_only)"
-            )
-        if self.kernel is not None and b != "rooflens":
-            raise ValueError(f"kernel: applies to backend 'rooflens' only (backend is '{b}')")
-        return self
-
-    @property
-    def skip(self) -> tuple[str, ...]:
-        """Linear layers left in the model dtype."""
-        return () if self.lm_head else SKIP
-
-    # resolved values (defaults filled in per format)
-    @property
-    def resolved_format(self) -> str:
-        return self.format or next(iter(HANDLERS[self.backend].formats))
-
-    @property
-    def format_spec(self) -> FormatSpec:
-        return HANDLERS[self.backend].formats[self.resolved_format]
-
-    @property
-    def resolved_bits(self) -> int:
-        return self.bits if self.bits is not None else self.format_spec.bits[0]
-
-    @property
-    def resolved_group_size(self) -> int | None:
-        return self.group_size if self.group_size is not None else self.format_spec.default_group
-
-    @property
-    def resolved_symmetric(self) -> bool | None:
-        if not self.format_spec.symmetric:
-            return None
-        return True if self.symmetric is None else self.symmetric
-
-    @property
-    def emulated(self) -> bool:
-        """Codes stored wider than their nominal bits (torchao intx below 8 bits: one code per int8)."""
-        return self.backend == "torchao" and self.resolved_format == "intx_weight_only" and self.resolved_bits < 8
-
-    def spec(self) -> QuantSpec:
-        """These options as the handler's plain, resolved :class:`QuantSpec`."""
-        return QuantSpec(
-            backend=self.backend,
-            format=self.resolved_format,
-            bits=self.resolved_bits,
-            group_size=self.resolved_group_size,
-            symmetric=self.resolved_symmetric,
-            kernel=self.kernel or "auto",
-            skip=self.skip,
-        )
-
-    def describe(self) -> str:
-        parts = [f"{self.backend} {self.resolved_format}"]
-        if len(self.format_spec.bits) > 1:
-            parts.append(f"{self.resolved_bits}-bit")
-        if self.resolved_group_size is not None:
-            parts.append(f"g{self.resolved_group_size}")
-        if self.resolved_symmetric is not None:
-            parts.append("sym" if self.resolved_symmetric else "asym")
-        return " ".join(parts)
-
 
 # ---------------------------------------------------------------------------- the engine
 

@@ -55,8 +55,8 @@ from typing import Optional
 
 import torch
 
-ALLOWED_BITS: tuple[int, ...] = (8, 4, 3, 2)
-ALLOWED_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
+from rooflens.lowbit_rules import ALLOWED_BITS, ALLOWED_GROUP_SIZES, check_bits, check_group_size
+
 WORD_BITS = 32
 SCALE_DTYPE = torch.float16
 
@@ -77,25 +77,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------- checks
-
-
-def check_bits(bits) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ALLOWED_BITS:
-        raise ValueError(f"bits={bits!r} is not supported; allowed bit widths: {sorted(ALLOWED_BITS)}")
-    return bits
-
-
-def check_group_size(group_size, k: Optional[int] = None) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size not in ALLOWED_GROUP_SIZES:
-        raise ValueError(
-            f"group_size={group_size!r} is not supported; allowed group sizes: {list(ALLOWED_GROUP_SIZES)}"
-        )
-    if k is not None and k % group_size != 0:
-        raise ValueError(
-            f"group_size={group_size} does not divide the input dimension K={k}; K must be a multiple of "
-            f"group_size (allowed group sizes: {list(ALLOWED_GROUP_SIZES)})"
-        )
-    return group_size
 
 
 def format_bits_per_weight(bits: int, group_size: int, symmetric: bool) -> float:

@@ -22,19 +22,7 @@ import torch
 from torch import nn
 
 from rooflens.kernels.linear import LowBitLinear, _is_skipped
-from rooflens.kernels.lowbit import check_bits, check_group_size
-
-
-def check_ladder(ladder: Sequence[int]) -> tuple[int, ...]:
-    """A ladder of strictly decreasing supported bit widths; ValueError naming what is allowed."""
-    rungs = tuple(int(b) for b in ladder)
-    if not rungs:
-        raise ValueError("the ladder needs at least one rung (bits in 8, 4, 3, 2)")
-    for b in rungs:
-        check_bits(b)
-    if any(a <= b for a, b in zip(rungs, rungs[1:])):
-        raise ValueError(f"ladder {list(rungs)}: bits must strictly decrease (e.g. [8, 4] or [4, 3, 2])")
-    return rungs
+from rooflens.lowbit_rules import check_group_size, check_ladder
 
 
 class MultiPrecisionLinear(nn.Module):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from importlib import resources
+from types import SimpleNamespace
+from typing import Any
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = {
@@ -27,3 +30,23 @@ def _config_names() -> tuple[str, ...]:
 def shipped_config_names() -> list[str]:
     """Names of the model configs shipped in ``rooflens/models/configs`` (the ids of source ``shape``)."""
     return list(_config_names())
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says what to do."""
+
+
+def shipped_config_data(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON of a shipped config and its ``_rooflens`` metadata (plain dicts)."""
+    if name not in _config_names():  # a name, never a path: 'shape:../../x' reads nothing
+        raise ModelLoadError(f"unknown shape config '{name}' (shipped: {', '.join(_config_names())})")
+    data = json.loads((resources.files("rooflens") / "models" / "configs" / f"{name}.json").read_text())
+    meta = data.pop("_rooflens", {})
+    return data, meta
+
+
+def config_view(data: dict[str, Any]) -> SimpleNamespace:
+    """A config.json as attributes, for the analytic model: what it reads without transformers (seconds to
+    import). Fields the file leaves out are absent, not transformers' class defaults; the analytic model's
+    fallbacks match those defaults for every shipped config (tests/test_analytic.py checks it)."""
+    return SimpleNamespace(**data)

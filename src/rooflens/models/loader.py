@@ -5,47 +5,21 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 import torch
-from pydantic import BaseModel
 
 from rooflens.config import ModelSpec
-from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
+from rooflens.models.catalog import BUILTIN_MODELS, ModelLoadError, shipped_config_data
+from rooflens.results.record import ModelInfo
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded; the message says what to do."""
-
-
-class ModelInfo(BaseModel):
-    """What a record says about the model it measured."""
-
-    source: Literal["builtin", "hf", "shape"]
-    id: str
-    label: str
-    weights: Literal["real", "random"]
-    weights_note: str
-    model_type: str
-    architecture: str
-    n_params: int
-    param_bytes: int
-    dtype: str
-    dtype_reason: str | None = None
-    num_layers: int | None
-    hidden_size: int | None
-    vocab_size: int | None
-    has_tokenizer: bool
 
 
 @dataclass
@@ -141,10 +115,7 @@ def shipped_config(name: str) -> tuple[Any, dict[str, Any]]:
     """A transformers config built from a shipped JSON, and the file's ``_rooflens`` metadata."""
     from transformers import AutoConfig
 
-    if name not in shipped_config_names():  # a name, never a path: 'shape:../../x' reads nothing
-        raise ModelLoadError(f"unknown shape config '{name}' (shipped: {', '.join(shipped_config_names())})")
-    data = json.loads((resources.files("rooflens") / "models" / "configs" / f"{name}.json").read_text())
-    meta = data.pop("_rooflens", {})
+    data, meta = shipped_config_data(name)
     return AutoConfig.for_model(**data), meta
 
 

@@ -11,12 +11,31 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rooflens.models.loader import ModelInfo
 from rooflens.results.stat import EngineStat
 
 SCHEMA_VERSION = 1
 Provenance = Literal["measured", "derived", "datasheet", "modelled"]
 Status = Literal["ok", "failed", "unavailable"]
+
+
+class ModelInfo(BaseModel):
+    """What a record says about the model it measured."""
+
+    source: Literal["builtin", "hf", "shape"]
+    id: str
+    label: str
+    weights: Literal["real", "random"]
+    weights_note: str
+    model_type: str
+    architecture: str
+    n_params: int
+    param_bytes: int
+    dtype: str
+    dtype_reason: str | None = None
+    num_layers: int | None
+    hidden_size: int | None
+    vocab_size: int | None
+    has_tokenizer: bool
 
 
 class _Model(BaseModel):

@@ -185,7 +185,7 @@ class ModelShape:
 
 def _sliding_window(config: Any) -> int | None:
     window = getattr(config, "sliding_window", None)
-    if window is None:
+    if window is None or getattr(config, "use_sliding_window", True) is False:  # Qwen2: a window that is off
         return None
     types = set(getattr(config, "layer_types", None) or [])
     if types and types != {"sliding_attention"}:

@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
-from rooflens.models.loader import ModelLoadError, shipped_config
+from rooflens.models.catalog import (
+    BUILTIN_MODELS,
+    ModelLoadError,
+    config_view,
+    shipped_config_data,
+    shipped_config_names,
+)
 from rooflens.roofline.analytic import (
     ModelShape,
     PhaseCost,
@@ -30,8 +35,10 @@ class NoCeilingsError(WhatIfError):
 
 
 def model_config(name: str) -> Any:
-    """A transformers config from a shipped config name (``llama-2-7b``, ``shape:...``, a built-in
-    model name) or ``hf:<id or local path>`` (needs only its config.json)."""
+    """The config of a shipped config name (``llama-2-7b``, ``shape:...``, a built-in model name) or of
+    ``hf:<id or local path>`` (needs only its config.json). Shipped configs are read as plain JSON (no
+    transformers import: `rooflens roofline` answers at once); an hf: config goes through transformers,
+    whose per-architecture attribute maps and defaults the analytic model may need."""
     source, sep, rest = name.partition(":")
     if sep and source == "hf":
         from transformers import AutoConfig
@@ -42,7 +49,7 @@ def model_config(name: str) -> Any:
             raise WhatIfError(f"cannot read the config of '{rest}': {err}") from None
     key = rest if sep and source in ("shape", "builtin") else name
     try:
-        return shipped_config(key)[0]
+        return config_view(shipped_config_data(key)[0])
     except ModelLoadError:
         known = ", ".join(sorted(set(shipped_config_names()) | set(BUILTIN_MODELS)))
         raise WhatIfError(f"unknown model '{name}' (shipped configs: {known}; or hf:<id or path>)") from None

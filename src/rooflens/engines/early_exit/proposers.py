@@ -12,22 +12,9 @@ Every proposer gives exactly ``k`` distinct ids, so the predictors' features alw
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-DRAFTS = ("head", "lookup", "head+lookup", "self:<k>")
-_SELF_RE = re.compile(r"^self:(\d+)$")
-
-
-def parse_draft(spec: str) -> tuple[str, int | None]:
-    """``(kind, None)`` for head / lookup / head+lookup, ``("self", k)``; ValueError naming what is allowed."""
-    if spec in ("head", "lookup", "head+lookup"):
-        return spec, None
-    m = _SELF_RE.match(spec)
-    if m and int(m.group(1)) >= 1:
-        return "self", int(m.group(1))
-    raise ValueError(f"draft {spec!r} does not exist (allowed: {', '.join(DRAFTS)} with an integer k >= 1)")
+from rooflens.engines.options.early_exit import DRAFTS, parse_draft  # noqa: F401 (re-exported)
 
 
 def fill_candidates(found: list[int], k: int, ranked: torch.Tensor) -> torch.Tensor:

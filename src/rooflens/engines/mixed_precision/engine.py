@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from rooflens.engines.base import Engine, EngineOptions, EngineStat, EngineUnavailable, RooflineHints, TokenClock, register
+from rooflens.engines.base import (
+    Engine,
+    EngineStat,
+    EngineUnavailable,
+    RooflineHints,
+    TokenClock,
+    register,
+)
 from rooflens.engines.decoding import eos_token_ids
 from rooflens.engines.mixed_precision.loop import MixedRun, mixed_decode
 from rooflens.engines.mixed_precision.schedulers import (
@@ -30,95 +36,13 @@ from rooflens.engines.mixed_precision.schedulers import (
     StaticScheduler,
     switch_step,
 )
-from rooflens.engines.mixed_precision.training import TuneSettings, load, save, scheduler_path, tune
+from rooflens.engines.mixed_precision.training import load, save, scheduler_path, tune
+from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
 from rooflens.engines.quant.base import copy_for_quantization, untie_from
 from rooflens.kernels.cpu_lowbit import cpu_kernel_unavailable
-from rooflens.kernels.multiprecision import MultiPrecisionLinear, check_ladder, quantize_multiprecision, set_precision
+from rooflens.kernels.multiprecision import MultiPrecisionLinear, quantize_multiprecision, set_precision
 
 log = logging.getLogger(__name__)
-
-_CONFIDENCE = ("confidence_k", "confidence_warmup", "confidence_window")
-
-
-class MixedPrecisionOptions(EngineOptions):
-    ladder: list[int] = Field(default=[8, 4], description="decode precisions, strictly decreasing, each of 8, 4, 3, 2")
-    group_size: Literal[32, 64, 128] = Field(default=64, description="rooflens format group size")
-    symmetric: bool = Field(default=True, description="symmetric codes (no zero points)")
-    lm_head: bool = Field(default=True, description="quantize the LM head too (a tied embedding keeps its own table)")
-    prefill_bits: int | Literal["original"] | None = Field(
-        default=None, description="prefill precision: bits >= the top rung, or 'original' (unquantized); default the top rung"
-    )
-    scheduler: Literal["static", "confidence", "learned"] = Field(default="static", description="when to step down")
-    switch_steps: list[int] | None = Field(
-        default=None,
-        description="static: decode step of each step-down (cumulative); default: found offline (rooflens train mixed-precision)",
-    )
-    quality_budget: float | None = Field(
-        default=None, ge=0.0, le=1.0,
-        description="static search: allowed mean ROUGE-L drop below the all-top-rung run (default 0.05)",
-    )  # fmt: skip
-    confidence_k: float | None = Field(default=None, ge=0.0, le=10.0, description="confidence: mean + k*std (default 1)")
-    confidence_warmup: int | None = Field(default=None, ge=1, le=10_000, description="confidence: scores before a switch (default 10)")
-    confidence_window: int | None = Field(default=None, ge=1, le=1000, description="confidence: consecutive high scores (default 1)")
-    train_prompts: int = Field(default=12, ge=2, le=4096, description="offline tuning: corpus prompts")
-    train_prompt_len: int = Field(default=64, ge=2, le=8192, description="offline tuning: prompt tokens")
-    train_gen_len: int = Field(default=64, ge=3, le=8192, description="offline tuning: tokens per run")
-    classifier_epochs: int = Field(default=200, ge=1, le=100_000, description="learned: classifier epochs")
-    train_if_missing: bool = Field(default=True, description="tune in prepare() when the cache has nothing for these settings")
-    seed: int = Field(default=0, ge=0)
-    kernel: Literal["auto", "cpu", "triton", "torch"] = Field(default="auto", description="LowBitLinear forward path")
-
-    @field_validator("ladder")
-    @classmethod
-    def _ladder(cls, value: list[int]) -> list[int]:
-        return list(check_ladder(value))
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "MixedPrecisionOptions":
-        top = self.ladder[0]
-        if isinstance(self.prefill_bits, int) and (self.prefill_bits not in (8, 4, 3, 2) or self.prefill_bits < top):
-            raise ValueError(f"prefill_bits {self.prefill_bits}: allowed 8, 4, 3, 2 at or above the top rung ({top}), or 'original'")
-        if self.scheduler != "static":
-            for name in ("switch_steps", "quality_budget"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} applies to scheduler 'static', not '{self.scheduler}'")
-        if self.scheduler != "confidence":
-            for name in _CONFIDENCE:
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} applies to scheduler 'confidence', not '{self.scheduler}'")
-        if self.switch_steps is not None:
-            if len(self.switch_steps) != len(self.ladder) - 1:
-                raise ValueError(f"switch_steps needs {len(self.ladder) - 1} value(s) (one per step-down of {self.ladder})")
-            if any(s < 0 for s in self.switch_steps) or self.switch_steps != sorted(self.switch_steps):
-                raise ValueError(f"switch_steps {self.switch_steps}: non-negative and non-decreasing")
-        if len(self.ladder) == 1 and self.scheduler != "static":
-            raise ValueError(f"a one-rung ladder never switches: scheduler '{self.scheduler}' needs two rungs or more")
-        return self
-
-    @property
-    def resolved_prefill_bits(self) -> Optional[int]:
-        if self.prefill_bits == "original":
-            return None
-        return self.ladder[0] if self.prefill_bits is None else int(self.prefill_bits)
-
-    @property
-    def precisions(self) -> tuple[int, ...]:
-        """Every quantized precision the layers hold: the ladder and a prefill rung above it."""
-        extra = {self.resolved_prefill_bits} - {None}
-        return tuple(sorted(set(self.ladder) | extra, reverse=True))  # type: ignore[arg-type]
-
-    @property
-    def needs_tuning(self) -> bool:
-        return len(self.ladder) > 1 and (self.scheduler == "learned" or (self.scheduler == "static" and self.switch_steps is None))
-
-    def tune_settings(self) -> TuneSettings:
-        return TuneSettings(
-            ladder=tuple(self.ladder), group_size=self.group_size, symmetric=self.symmetric, lm_head=self.lm_head,
-            prefill_bits=self.resolved_prefill_bits,
-            quality_budget=0.05 if self.quality_budget is None else self.quality_budget, prompts=self.train_prompts,
-            prompt_len=self.train_prompt_len, gen_len=self.train_gen_len, classifier_epochs=self.classifier_epochs,
-            seed=self.seed,
-        )  # fmt: skip
 
 
 @register
@@ -157,10 +81,15 @@ class MixedPrecisionEngine(Engine):
     def extra_weight_bytes(cls, options: MixedPrecisionOptions, model) -> tuple[int, str]:  # type: ignore[override]
         from rooflens.kernels.lowbit import format_bits_per_weight
 
-        n = sum(m.weight.numel() for _, m in model.model.named_modules()
-                if isinstance(m, nn.Linear) and (options.lm_head or not _.endswith("lm_head")))  # fmt: skip
+        n = sum(
+            m.weight.numel()
+            for _, m in model.model.named_modules()
+            if isinstance(m, nn.Linear) and (options.lm_head or not _.endswith("lm_head"))
+        )
         bits = sum(format_bits_per_weight(b, options.group_size, options.symmetric) for b in options.precisions)
-        return int(n * bits / 8), f"one rooflens copy per precision of {list(options.precisions)} ({bits:.1f} bits per weight in all)"
+        return int(
+            n * bits / 8
+        ), f"one rooflens copy per precision of {list(options.precisions)} ({bits:.1f} bits per weight in all)"
 
     def prepare(self) -> None:
         if self.module is not None:
@@ -168,18 +97,23 @@ class MixedPrecisionEngine(Engine):
         opts = self.options
         device = self.model.device
         if opts.kernel == "cpu" and (device.type != "cpu" or cpu_kernel_unavailable()):
-            raise EngineUnavailable(f"options.kernel: 'cpu' cannot run here ({cpu_kernel_unavailable() or device.type})")
+            raise EngineUnavailable(
+                f"options.kernel: 'cpu' cannot run here ({cpu_kernel_unavailable() or device.type})"
+            )
         original = self.model.model
         skip: tuple[str, ...] = () if opts.lm_head else ("lm_head",)
         t0 = time.perf_counter()
         dup = copy_for_quantization(original, skip)
         keep = opts.resolved_prefill_bits is None
-        self.layers, self.skipped = quantize_multiprecision(dup, opts.precisions, opts.group_size, opts.symmetric,
-                                                            skip=skip, kernel=opts.kernel, keep_original=keep)  # fmt: skip
+        self.layers, self.skipped = quantize_multiprecision(
+            dup, opts.precisions, opts.group_size, opts.symmetric, skip=skip, kernel=opts.kernel, keep_original=keep
+        )
         if not self.layers:
             raise EngineUnavailable(f"options.group_size: {opts.group_size} divides no Linear layer's in_features here")
         kept = {name: layer.original for name, layer in self.layers.items()}
-        for layer in self.layers.values():  # the kept originals share the model's weights (read only): do not clone them
+        for (
+            layer
+        ) in self.layers.values():  # the kept originals share the model's weights (read only): do not clone them
             layer.original = None
         untie_from(dup, original)
         for name, layer in self.layers.items():
@@ -194,8 +128,12 @@ class MixedPrecisionEngine(Engine):
         opts = self.options
         ladder = opts.ladder
         if opts.scheduler == "confidence":
-            return ConfidenceScheduler(ladder, k=1.0 if opts.confidence_k is None else opts.confidence_k,
-                                       warmup=opts.confidence_warmup or 10, window=opts.confidence_window or 1)  # fmt: skip
+            return ConfidenceScheduler(
+                ladder,
+                k=1.0 if opts.confidence_k is None else opts.confidence_k,
+                warmup=opts.confidence_warmup or 10,
+                window=opts.confidence_window or 1,
+            )
         if not opts.needs_tuning:
             self.tuning_note = "switch_steps from the options" if len(ladder) > 1 else "uniform: one rung"
             return StaticScheduler(ladder, opts.switch_steps or [])
@@ -252,8 +190,16 @@ class MixedPrecisionEngine(Engine):
         assert sched is not None and self.module is not None
         if isinstance(sched, StaticScheduler) and not isinstance(sched, LearnedScheduler) and self.options.needs_tuning:
             sched.switch_steps = [switch_step(f, max_new_tokens) for f in self._static_fractions]
-        run = mixed_decode(self.module, self.layers.values(), input_ids, max_new_tokens, self.options.resolved_prefill_bits,
-                           sched, self._eos, clock)  # fmt: skip
+        run = mixed_decode(
+            self.module,
+            self.layers.values(),
+            input_ids,
+            max_new_tokens,
+            self.options.resolved_prefill_bits,
+            sched,
+            self._eos,
+            clock,
+        )
         self._runs.append(run)
         return run.tokens
 
@@ -262,6 +208,15 @@ class MixedPrecisionEngine(Engine):
     def _decode_bits(self) -> float | None:
         bits = [b for r in self._runs for b in r.bits[1:]]
         return sum(bits) / len(bits) if bits else None
+
+    def _bits_by_step(self) -> list[float]:
+        """[i] = mean rung bits at decode step i over the generations that reached it (the report's precision panel)."""
+        steps = max((len(r.bits) - 1 for r in self._runs), default=0)
+        out = []
+        for i in range(steps):
+            at = [r.bits[i + 1] for r in self._runs if len(r.bits) > i + 1]
+            out.append(round(sum(at) / len(at), 4))
+        return out
 
     def stats(self) -> dict[str, EngineStat]:
         if not self._runs or self.module is None:
@@ -282,41 +237,78 @@ class MixedPrecisionEngine(Engine):
                 storage["original" if b is None else str(b)] = storage.get("original" if b is None else str(b), 0) + n
         s: dict[str, EngineStat] = {
             "ladder": EngineStat(value=list(opts.ladder), unit="bit", description="decode precisions, top first"),
-            "prefill_bits": EngineStat(value="original" if prefill is None else prefill, description="prefill precision"),
+            "prefill_bits": EngineStat(
+                value="original" if prefill is None else prefill, description="prefill precision"
+            ),
             "scheduler": EngineStat(value=opts.scheduler, description="precision scheduler"),
-            "scheduler_source": EngineStat(value=self.tuning_note or "options", description="where its switch points came from"),
-            "mean_decode_bits": EngineStat(value=self._decode_bits(), unit="bit",
-                                           description="rung bits averaged over the decode steps run (the prefill's token excluded)"),  # fmt: skip
-            "decode_tokens_per_bits": EngineStat(value=str(dict(sorted(counts.items(), reverse=True))),
-                                                 description="decode steps run at each rung (all generations)"),  # fmt: skip
-            "switch_steps": EngineStat(value=[r.switches for r in self._runs][-1] if self._runs else [],
-                                       description="decode steps of the step-downs in the last generation"),  # fmt: skip
+            "scheduler_source": EngineStat(
+                value=self.tuning_note or "options", description="where its switch points came from"
+            ),
+            "mean_decode_bits": EngineStat(
+                value=self._decode_bits(),
+                unit="bit",
+                description="rung bits averaged over the decode steps run (the prefill's token excluded)",
+            ),
+            "bits_by_step": EngineStat(
+                value=self._bits_by_step(),
+                unit="bit",
+                description="[i] = rung bits at decode step i (step 0 makes the second token), mean over the "
+                "generations measured",
+            ),
+            "decode_tokens_per_bits": EngineStat(
+                value=str(dict(sorted(counts.items(), reverse=True))),
+                description="decode steps run at each rung (all generations)",
+            ),
+            "switch_steps": EngineStat(
+                value=[r.switches for r in self._runs][-1] if self._runs else [],
+                description="decode steps of the step-downs in the last generation",
+            ),
             "mean_first_switch_step": EngineStat(
                 value=(sum(r.switches[0] for r in self._runs if r.switches) / sum(1 for r in self._runs if r.switches))
-                if any(r.switches for r in self._runs) else "never",
+                if any(r.switches for r in self._runs)
+                else "never",
                 description="decode step of the first step-down, mean over the generations that switched",
-            ),  # fmt: skip
-            "weight_storage_bytes_per_rung": EngineStat(value=str(storage),
-                                                        description="bytes held by the quantized layers per precision (one copy each)"),  # fmt: skip
-            "weight_storage_bytes": EngineStat(value=sum(storage.values()), unit="B",
-                                               description="all precisions' copies of the quantized layers together (original: shared, not copied)"),  # fmt: skip
-            "quantized_layers": EngineStat(value=len(self.layers), unit="layers", description="Linear layers served at every rung"),
-            "skipped_layers": EngineStat(value=len(self.skipped), unit="layers",
-                                         description="; ".join(f"{k}: {v}" for k, v in self.skipped.items()) or "none"),  # fmt: skip
-            "quantize_time_s": EngineStat(value=self.quantize_s, unit="s", description="copy + quantization at every rung"),
+            ),
+            "weight_storage_bytes_per_rung": EngineStat(
+                value=str(storage), description="bytes held by the quantized layers per precision (one copy each)"
+            ),
+            "weight_storage_bytes": EngineStat(
+                value=sum(storage.values()),
+                unit="B",
+                description="all precisions' copies of the quantized layers together (original: shared, not copied)",
+            ),
+            "quantized_layers": EngineStat(
+                value=len(self.layers), unit="layers", description="Linear layers served at every rung"
+            ),
+            "skipped_layers": EngineStat(
+                value=len(self.skipped),
+                unit="layers",
+                description="; ".join(f"{k}: {v}" for k, v in self.skipped.items()) or "none",
+            ),
+            "quantize_time_s": EngineStat(
+                value=self.quantize_s, unit="s", description="copy + quantization at every rung"
+            ),
         }
         for b, t in times.items():
             n = counts.get(str(b), 0)
             s[f"decode_time_per_token_{b}bit_s"] = EngineStat(
-                value=t / n if n else 0.0, unit="s", description=f"decode seconds per step at {b} bits (perf_counter, synchronised)"
+                value=t / n if n else 0.0,
+                unit="s",
+                description=f"decode seconds per step at {b} bits (perf_counter, synchronised)",
             )
         if isinstance(self.scheduler, LearnedScheduler):
-            s["learned_choices"] = EngineStat(value=list(self.scheduler.choices),
-                                              description="class per step-down in the last generation: 0, T/3, 2T/3, never")  # fmt: skip
+            s["learned_choices"] = EngineStat(
+                value=list(self.scheduler.choices),
+                description="class per step-down in the last generation: 0, T/3, 2T/3, never",
+            )
         for key, value in self.tuning_report.items():
-            s[f"tuning_{key}"] = EngineStat(value=value, description="offline tuning on corpus prompts (ROUGE-L vs the original model)")
+            s[f"tuning_{key}"] = EngineStat(
+                value=value, description="offline tuning on corpus prompts (ROUGE-L vs the original model)"
+            )
         for rung, ppl in self._rung_perplexity().items():
-            s[f"perplexity_{rung}"] = EngineStat(value=ppl, description="held-out perplexity with every layer at this precision")
+            s[f"perplexity_{rung}"] = EngineStat(
+                value=ppl, description="held-out perplexity with every layer at this precision"
+            )
         return dict(sorted(s.items()))
 
     def _rung_perplexity(self) -> dict[str, float]:

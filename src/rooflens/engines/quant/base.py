@@ -10,26 +10,15 @@ import copy
 import importlib.metadata
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-SKIP = ("lm_head",)  # Linear layers left in the model dtype (embeddings are not Linear: never touched)
+from rooflens.engines.options.quantized import SKIP, FormatSpec
+
 Kernel = Literal["auto", "triton", "cpu", "torch"]
-
-
-@dataclass(frozen=True)
-class FormatSpec:
-    """What a (backend, format) accepts: allowed/default bits and group sizes, symmetric or not."""
-
-    bits: tuple[int, ...]  # allowed bit widths (first = default)
-    group_sizes: tuple[int, ...] = ()  # () -> group_size does not apply
-    default_group: int | None = None
-    symmetric: bool = False  # whether the symmetric option applies
-    why_no_group: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,10 +79,6 @@ def missing_package(package: str, what: str) -> str | None:
     if importlib.util.find_spec(package) is None:
         return f"{what} needs the Python package {package} (pip install {package})"
     return None
-
-
-def join(values: Iterable[Any]) -> str:
-    return ", ".join(str(v) for v in values)
 
 
 def skip_entry(name: str, skip: tuple[str, ...]) -> str | None:

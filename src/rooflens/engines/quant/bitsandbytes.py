@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from rooflens.engines.base import EngineUnavailable
+from rooflens.engines.options.quantized import FORMATS, join
 from rooflens.engines.quant.base import (
-    FormatSpec,
     QuantHandler,
     QuantSpec,
-    join,
     lib_version,
     linear_targets,
     missing_package,
@@ -76,10 +75,7 @@ _BNB_PROBE: dict[tuple[str, str, torch.dtype], str | None] = {}
 
 class BitsandbytesHandler(QuantHandler):
     name = "bitsandbytes"
-    formats = {
-        "int8": FormatSpec((8,), why_no_group="per-output-channel scales (LLM.int8)"),
-        "nf4": FormatSpec((4,), (64, 128), 64),
-    }
+    formats = FORMATS["bitsandbytes"]
 
     def unavailable(self, spec: QuantSpec, device: torch.device, dtype: str | None = None) -> str | None:
         return missing_package("bitsandbytes", "backend 'bitsandbytes'") or self.probe(

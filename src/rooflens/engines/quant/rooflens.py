@@ -18,7 +18,8 @@ import os
 import torch
 from torch import nn
 
-from rooflens.engines.quant.base import FormatSpec, QuantHandler, QuantSpec, missing_package
+from rooflens.engines.options.quantized import FORMATS
+from rooflens.engines.quant.base import QuantHandler, QuantSpec, missing_package
 from rooflens.kernels import LowBitLinear, QuantizationReport, quantize_linear_layers
 from rooflens.kernels.cpu_lowbit import cpu_kernel_unavailable
 
@@ -41,7 +42,7 @@ class RooflensHandler(QuantHandler):
     """The rooflens backend; :attr:`report` is the :class:`QuantizationReport` of the last :meth:`quantize`."""
 
     name = "rooflens"
-    formats = {"groupwise": FormatSpec((4, 8, 3, 2), (32, 64, 128), 128, symmetric=True)}
+    formats = FORMATS["rooflens"]
 
     def __init__(self) -> None:
         self.report: QuantizationReport | None = None

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rooflens.engines.options.quantized import FORMATS
 from rooflens.engines.quant.base import (
-    FormatSpec,
     QuantHandler,
     QuantSpec,
     lib_version,
@@ -63,12 +63,7 @@ def _is_torchao_weight(t: Any) -> bool:
 
 class TorchaoHandler(QuantHandler):
     name = "torchao"
-    formats = {
-        "int8_weight_only": FormatSpec((8,), why_no_group="per-output-channel scales"),
-        "int8_dynamic": FormatSpec((8,), why_no_group="per-output-channel scales"),
-        "int4_weight_only": FormatSpec((4,), (32, 64, 128, 256), 128),
-        "intx_weight_only": FormatSpec((4, 2, 3, 5, 6, 7, 8), (32, 64, 128, 256), 32, symmetric=True),
-    }
+    formats = FORMATS["torchao"]
 
     def unavailable(self, spec: QuantSpec, device: torch.device, dtype: str | None = None) -> str | None:
         missing = missing_package("torchao", "backend 'torchao'")

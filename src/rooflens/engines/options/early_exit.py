@@ -1,0 +1,91 @@
+"""Options of the ``early_exit`` engine (SpecEE-style), and the draft sources it accepts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rooflens.engines.options import EngineOptions
+from rooflens.engines.options.speculative import SELF_RE
+
+if TYPE_CHECKING:
+    from rooflens.engines.early_exit.training import TrainSettings
+
+DRAFTS = ("head", "lookup", "head+lookup", "self:<k>")
+
+
+def parse_draft(spec: str) -> tuple[str, int | None]:
+    """``(kind, None)`` for head / lookup / head+lookup, ``("self", k)``; ValueError naming what is allowed."""
+    if spec in ("head", "lookup", "head+lookup"):
+        return spec, None
+    m = SELF_RE.match(spec)
+    if m and int(m.group(1)) >= 1:
+        return "self", int(m.group(1))
+    raise ValueError(f"draft {spec!r} does not exist (allowed: {', '.join(DRAFTS)} with an integer k >= 1)")
+
+
+class EarlyExitOptions(EngineOptions):
+    draft: str = Field(default="head+lookup", description=f"where the k candidates come from: {', '.join(DRAFTS)}")
+    k: int = Field(default=4, ge=1, le=64, description="candidate tokens per step (SpecEE: 4)")
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="exit when predictor probability > threshold")
+    schedule: Literal["two_level", "all"] = Field(
+        default="two_level", description="layers that run a predictor: two_level (offline + online) or all"
+    )
+    offline_layers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="offline layers: where exits concentrate in training (default layers/4)",
+    )
+    online_window: int = Field(default=5, ge=0, le=1024, description="online: recent tokens whose exit layers are used")
+    online_radius: int = Field(default=2, ge=0, le=1024, description="online: layers within this distance of them")
+    skipped_kv: Literal["fill", "unwritten"] = Field(
+        default="fill", description="KV of skipped layers: fill (from the exit hidden state) or unwritten (SpecEE)"
+    )
+    draft_vocab: int = Field(default=2048, ge=1, le=1_000_000, description="draft head's trimmed vocabulary")
+    train_prompts: int = Field(default=16, ge=2, le=4096, description="training: prompts cut from the corpus")
+    train_prompt_len: int = Field(default=64, ge=2, le=8192, description="training: prompt tokens")
+    train_gen_len: int = Field(default=64, ge=1, le=8192, description="training: greedy tokens per prompt")
+    draft_epochs: int = Field(default=20, ge=0, le=10_000, description="training: draft-head epochs")
+    predictor_epochs: int = Field(default=300, ge=1, le=100_000, description="training: predictor epochs (full batch)")
+    predictor_hidden: int = Field(default=128, ge=1, le=8192, description="predictor MLP width (SpecEE: 512)")
+    seed: int = Field(default=0, ge=0, description="training seed")
+    precheck: bool = Field(
+        default=True,
+        description="before a full LM head, check over the trimmed vocabulary (+ candidates) whether a candidate can be "
+        "the full argmax at all; exact up to rounding in near ties",
+    )
+    audit: bool = Field(default=True, description="stats(): audit exits against the full-depth model, run the oracle")
+
+    @field_validator("draft")
+    @classmethod
+    def _known_draft(cls, value: str) -> str:
+        parse_draft(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EarlyExitOptions:
+        kind, _ = parse_draft(self.draft)
+        if kind in ("head", "head+lookup") and self.k > self.draft_vocab:
+            raise ValueError(
+                f"k ({self.k}) is larger than the draft head's trimmed vocabulary (draft_vocab {self.draft_vocab})"
+            )
+        return self
+
+    @property
+    def settings(self) -> TrainSettings:
+        from rooflens.engines.early_exit.training import TrainSettings
+
+        return TrainSettings(
+            draft=self.draft,
+            k=self.k,
+            draft_vocab=self.draft_vocab,
+            prompts=self.train_prompts,
+            prompt_len=self.train_prompt_len,
+            gen_len=self.train_gen_len,
+            draft_epochs=self.draft_epochs,
+            predictor_epochs=self.predictor_epochs,
+            predictor_hidden=self.predictor_hidden,
+            seed=self.seed,
+        )
