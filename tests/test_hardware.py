@@ -107,7 +107,8 @@ def test_gpu_ceilings_plausible(profile):
     assert fp32 is not None and 1e12 <= fp32 <= 100e12
     for ceiling in profile.peak_flops.values():
         assert ceiling.source.strip()
-    assert profile.match, "a GPU profile needs at least one match pattern"
+    # an edge module's CUDA name can be ambiguous ("Orin" is every Orin module): no pattern beats a wrong one
+    assert profile.match or profile.category == "edge", "a GPU profile needs at least one match pattern"
 
 
 @pytest.mark.parametrize("profile", GPU_PROFILES, ids=_gpu_ids(GPU_PROFILES))
@@ -484,3 +485,103 @@ def test_resolve_explicit_name():
 def test_resolve_bad_device():
     with pytest.raises(ValueError, match="unknown device"):
         resolve_profile("auto", "tpu:0", hardware=_hw())
+
+
+# --------------------------------------------------------------------------- CPUs and edge SoCs
+
+CPU_EDGE = [p for p in list_profiles() if p.category in ("cpu", "edge") and p.name != "cpu-generic"]
+
+
+def test_enough_profiles_in_every_class():
+    profiles = list_profiles()
+    assert len(profiles) >= 20
+    by_category = {c: [p.name for p in profiles if p.category == c] for c in ("cloud_gpu", "pc_gpu", "cpu", "edge")}
+    assert all(by_category.values()), by_category
+    assert len(by_category["cpu"]) + len(by_category["edge"]) >= 8
+
+
+@pytest.mark.parametrize("profile", CPU_EDGE, ids=_gpu_ids(CPU_EDGE))
+def test_cpu_and_edge_ceilings_plausible(profile):
+    bw = profile.bandwidth_si()
+    assert bw is not None and 50e9 <= bw <= 1e12, bw
+    assert profile.memory_bandwidth.source.strip()
+    if profile.tdp is not None:
+        assert 10 <= profile.tdp.si <= 500
+    if profile.kind == "cpu":
+        # no vendor FLOP/s figure for these CPUs/SoCs: none is invented
+        assert profile.peak_flops == {}
+    if profile.category == "cpu":
+        assert profile.memory_capacity is None  # depends on the installed DIMMs
+    # a bandwidth not printed on the datasheet is marked as derived, with its arithmetic
+    if "derived" in profile.memory_bandwidth.source:
+        assert " x " in profile.memory_bandwidth.source and "8 bytes" in profile.memory_bandwidth.source
+
+
+def test_specific_cpu_and_edge_values():
+    assert get_profile("ryzen-9-7950x").bandwidth_si() == pytest.approx(2 * 5200e6 * 8)
+    assert get_profile("core-i9-14900k").bandwidth_si() == pytest.approx(89.6e9)
+    assert get_profile("epyc-9654").bandwidth_si() == pytest.approx(12 * 4800e6 * 8)
+    assert get_profile("xeon-platinum-8480plus").bandwidth_si() == pytest.approx(8 * 4800e6 * 8)
+    assert get_profile("apple-m2-ultra").bandwidth_si() == pytest.approx(800e9)
+    assert get_profile("apple-m3").tdp is None and get_profile("snapdragon-x-elite").tdp is None
+    orin = get_profile("jetson-agx-orin-64g")
+    assert orin.kind == "gpu" and orin.category == "edge" and orin.match == []
+    assert orin.peak_flops_si("int8") == pytest.approx(85e12)  # 170 sparse / 2
+    assert get_profile("apple-m3").kind == "cpu" and get_profile("apple-m3").category == "edge"
+
+
+CPUINFO_NAMES = {
+    "AMD Ryzen 9 7950X 16-Core Processor": "ryzen-9-7950x",
+    "Intel(R) Core(TM) i9-14900K": "core-i9-14900k",
+    "Intel(R) Core(TM) i9-14900KF": "core-i9-14900k",
+    "AMD EPYC 9654 96-Core Processor": "epyc-9654",
+    "AMD EPYC 9654P 96-Core Processor": "epyc-9654",
+    "Intel(R) Xeon(R) Platinum 8480+": "xeon-platinum-8480plus",
+    "Apple M3": "apple-m3",
+    "Apple M2 Ultra": "apple-m2-ultra",
+    "Snapdragon(R) X Elite - X1E78100 - Qualcomm(R) Oryon(TM) CPU": "snapdragon-x-elite",
+}
+
+
+@pytest.mark.parametrize(("cpu_model", "expected"), sorted(CPUINFO_NAMES.items()))
+def test_match_profile_cpu_model_names(cpu_model, expected):
+    found = match_profile(cpu_model)
+    assert found is not None and found.name == expected
+
+
+@pytest.mark.parametrize(
+    "cpu_model",
+    [
+        "AMD Ryzen 9 7950X3D 16-Core Processor",
+        "Intel(R) Core(TM) i9-14900KS",
+        "Apple M3 Pro",
+        "Apple M3 Max",  # two variants (300 and 400 GB/s) share the name: no pattern
+        "Apple M2",
+        "Intel(R) Xeon(R) Platinum 8480C",
+        "AMD EPYC 9554 64-Core Processor",
+        "Orin",  # every Orin module's CUDA name
+    ],
+)
+def test_match_profile_rejects_other_cpus(cpu_model):
+    assert match_profile(cpu_model) is None
+
+
+def test_resolve_auto_cpu_with_a_profile():
+    hw = _hw().model_copy(update={"cpu_model": "AMD Ryzen 9 7950X 16-Core Processor"})
+    resolved = resolve_profile("auto", "cpu", hardware=hw)
+    assert resolved.profile.name == "ryzen-9-7950x" and resolved.matched
+    assert resolved.reason == "detected CPU 'AMD Ryzen 9 7950X 16-Core Processor' -> ryzen-9-7950x"
+    assert resolved.device_name == "AMD Ryzen 9 7950X 16-Core Processor"
+    # no GPU at all: the CPU profile too, saying that the GPU was missing
+    cuda = resolve_profile("auto", "cuda", hardware=hw)
+    assert cuda.profile.name == "ryzen-9-7950x" and "no GPU detected" in cuda.reason
+
+
+def test_edge_category_takes_either_kind_but_cpu_stays_cpu(tmp_path):
+    soc = _GOOD.replace("category: cloud_gpu", "category: edge")
+    assert load_profile_file(_write(tmp_path, "test-gpu.yaml", soc)).category == "edge"
+    as_cpu = soc.replace("kind: gpu", "kind: cpu")
+    assert load_profile_file(_write(tmp_path, "test-gpu.yaml", as_cpu)).kind == "cpu"
+    wrong = _GOOD.replace("category: cloud_gpu", "category: cpu")
+    with pytest.raises(HardwareProfileError, match="does not fit category"):
+        load_profile_file(_write(tmp_path, "test-gpu.yaml", wrong))
