@@ -6,9 +6,12 @@ import pytest
 from PIL import Image
 
 from factories import make_record
-from rooflens.engines.base import EngineStat
 from rooflens.reports import plots
+from rooflens.reports.changes import changes
+from rooflens.reports.changes_page import render_changes_html
 from rooflens.reports.html import render_html, render_markdown
+from rooflens.results.stat import EngineStat
+from test_report_changes import two_runs
 
 
 @pytest.fixture
@@ -17,7 +20,15 @@ def records():
         make_record("hf", 1, 100.0, seed=1, agreement=1.0),
         make_record("hf", 4, 300.0, seed=2, agreement=1.0),
         make_record(
-            "fast", 1, 160.0, seed=3, agreement=0.9, stats={"acceptance_rate": EngineStat(value=0.7, description="t")}
+            "fast",
+            1,
+            160.0,
+            seed=3,
+            agreement=0.9,
+            stats={
+                "acceptance_rate": EngineStat(value=0.7, description="t"),
+                "accepted_length_hist": EngineStat(value=[3, 4, 3], description="t"),
+            },
         ),
         make_record("fast", 4, 0.0, status="failed"),
         make_record("cuda-only", 1, 0.0, status="unavailable"),
@@ -51,13 +62,13 @@ def test_html_report_is_self_contained_and_lists_problems(records, tmp_path):
     path = render_html(records, tmp_path, "demo")
     html = path.read_text()
     assert path == tmp_path / "demo.html"
-    for name in ("throughput", "energy", "latency", "roofline", "quality_vs_speedup", "engine_stats"):
+    for name in ("throughput", "energy", "latency", "roofline", "quality_vs_speedup", "engine_panels", "engine_stats"):
         png = tmp_path / "demo" / f"{name}.png"
         assert png.stat().st_size > 5000
         w, h = Image.open(png).size
         assert w > 300 and h > 150
         assert f'id="fig-{name}"' in html
-    assert html.count("data:image/png;base64,") == 6
+    assert html.count("data:image/png;base64,") == 7
     assert "http://" not in html and "https://" not in html  # opens from disk with no network
     assert "fast broke" in html and "cuda-only broke" in html  # failed and unavailable cells are listed
     assert "m on Test CPU" in html and "random weights" in html
@@ -107,7 +118,7 @@ def test_report_renders_in_headless_chromium(records, tmp_path):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
         )
-        assert len(images) == 6 and all(ok and w > 300 and h > 150 for ok, w, h in images)
+        assert len(images) == 7 and all(ok and w > 300 and h > 150 for ok, w, h in images)
         # sorting by a numeric column works (click the decode header twice: descending)
         header = driver.execute_script(
             "return Array.from(document.querySelectorAll('table.summary th')).findIndex(t => t.textContent.startsWith('decode'))"
@@ -121,6 +132,16 @@ def test_report_renders_in_headless_chromium(records, tmp_path):
         assert first == "300.0" or float(first) >= 160.0
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
+        # the two-folder page: one row per cell and metric, sortable by the change
+        driver.get(render_changes_html(changes(*two_runs()), tmp_path, "a-vs-b").as_uri())
+        assert driver.execute_script("return document.querySelectorAll('#changes tbody tr.regression').length") == 3
+        col = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#changes th')).findIndex(t => t.textContent === 'change %')"
+        )
+        driver.find_elements("css selector", "#changes th")[col].click()  # ascending: the largest drop first
+        first = driver.execute_script(f"return document.querySelector('#changes tbody tr').cells[{col}].textContent")
+        assert first == "-18.8%"
+        assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
     finally:
         driver.quit()
 
@@ -128,7 +149,6 @@ def test_report_renders_in_headless_chromium(records, tmp_path):
 def test_quality_plot_uses_rouge_l_and_joins_uniform_cells():
     from rooflens.reports.plots import quality_vs_speedup
     from rooflens.results.record import Quantity
-    from rooflens.results.stat import EngineStat
 
     recs = [
         make_record("hf", 1, 100.0, seed=1, agreement=1.0),

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 import rooflens
-from rooflens.reports import plots, roofline_chart
+from rooflens.reports import engine_panels, plots, roofline_chart
+from rooflens.reports.story import story
 from rooflens.reports.table import cell_row, energy_notes, format_value, header, visible_columns
 from rooflens.results.record import Record
 from rooflens.results.store import write_atomic
@@ -32,9 +33,25 @@ PLOTS = (
     PlotSpec("throughput", "Decode and prefill tokens/s per engine and batch (error bars: p10-p90)", plots.throughput),
     PlotSpec("energy", "Tokens per joule per engine", plots.energy),
     PlotSpec("latency", "TTFT and TPOT distributions over repetitions", plots.latency),
-    PlotSpec("roofline", "Roofline: every run per phase (square: prefill, circle: decode), coloured by engine",
-             roofline_chart.records_chart),
-    PlotSpec("quality_vs_speedup", "Quality against speedup (Pareto view)", plots.quality_vs_speedup),
+    PlotSpec(
+        "roofline",
+        "Roofline, one panel per workload and batch: every run per phase (square: prefill, circle: decode), "
+        "coloured by engine; arrows show where each technique moved the baseline's decode step "
+        "(right: fewer bytes per FLOP, up: more FLOP/s), and the legend says why",
+        roofline_chart.records_chart,
+    ),
+    PlotSpec(
+        "quality_vs_speedup",
+        "Quality against speedup: the Pareto frontier (no other engine is both faster and better) is joined "
+        "and outlined; dominated engines are faded",
+        plots.quality_vs_speedup,
+    ),
+    PlotSpec(
+        "engine_panels",
+        "Per-engine distributions: draft tokens accepted per verify pass, layers run per decode step, "
+        "weight precision over the decode steps",
+        engine_panels.engine_panels,
+    ),
     PlotSpec("engine_stats", "Engine statistics (acceptance, exits, precision)", plots.engine_statistics),
 )
 
@@ -53,21 +70,39 @@ def _environment(records: list[Record]) -> list[tuple[str, str]]:
     model = records[0].model
     return [
         ("device", records[0].device),
-        ("CPU", f"{hw.get('cpu_model')} ({hw.get('cpu_cores_logical')} logical cores), torch threads {env.get('torch_threads')}"),
+        (
+            "CPU",
+            f"{hw.get('cpu_model')} ({hw.get('cpu_cores_logical')} logical cores), torch threads {env.get('torch_threads')}",
+        ),
         ("GPU", gpus),
         ("hardware profile", f"{records[0].hardware_profile.get('name')}: {records[0].hardware_profile.get('reason')}"),
         ("roofline ceilings", _ceiling_sources(records)),
-        ("model", f"{model.label}: {model.weights} weights, {model.n_params / 1e6:.1f} M params, {model.dtype} ({model.weights_note})"
-         if model else "?"),
+        (
+            "model",
+            f"{model.label}: {model.weights} weights, {model.n_params / 1e6:.1f} M params, {model.dtype} ({model.weights_note})"
+            if model
+            else "?",
+        ),
         ("libraries", ", ".join(f"{k} {v}" for k, v in libs.items() if v)),
-        ("rooflens", f"{env.get('rooflens_version')} commit {(git.get('commit') or 'unknown')[:12]}{' (dirty)' if git.get('dirty') else ''}"),
+        (
+            "rooflens",
+            f"{env.get('rooflens_version')} commit {(git.get('commit') or 'unknown')[:12]}{' (dirty)' if git.get('dirty') else ''}",
+        ),
         ("load average at start", str(env.get("loadavg_1m_at_start"))),
-    ]  # fmt: skip
+    ]
 
 
 def _ceiling_sources(records: list[Record]) -> str:
     refs = sorted({f"{c.source}: {c.ref}" for r in records if r.roofline for c in r.roofline.ceilings})
     return "; ".join(refs) or "none (no datasheet numbers for this device and no `rooflens hw probe` result)"
+
+
+def jinja_env() -> jinja2.Environment:
+    """The package's templates, HTML-escaped (engine labels and error messages are user text)."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("rooflens", "reports/templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+    )
 
 
 def _render_figure(fig: Figure, path: Path) -> str:
@@ -101,19 +136,31 @@ def _groups(records: list[Record]) -> list[dict]:
     for (model, hardware), recs in grouped.items():
         rows = [cell_row(r, records) for r in recs]
         cols = visible_columns(rows)
-        groups.append({
-            "model": model,
-            "hardware": hardware,
-            "environment": _environment(recs),
-            "columns": [{"header": header(c), "numeric": c.numeric} for c in cols],
-            "rows": [{
-                "status_class": r.status,
-                "cells": [{"text": format_value(c, row[c.key]), "cls": "" if c.numeric else "text",
-                           "sort": "" if row[c.key] is None else row[c.key]} for c in cols],
-            } for r, row in zip(recs, rows)],
-            "baselines": sorted({str(r.experiment.get("baseline")) for r in recs}),
-            "notes": energy_notes(recs),
-        })  # fmt: skip
+        groups.append(
+            {
+                "model": model,
+                "hardware": hardware,
+                "environment": _environment(recs),
+                "columns": [{"header": header(c), "numeric": c.numeric} for c in cols],
+                "rows": [
+                    {
+                        "status_class": r.status,
+                        "cells": [
+                            {
+                                "text": format_value(c, row[c.key]),
+                                "cls": "" if c.numeric else "text",
+                                "sort": "" if row[c.key] is None else row[c.key],
+                            }
+                            for c in cols
+                        ],
+                    }
+                    for r, row in zip(recs, rows)
+                ],
+                "baselines": sorted({str(r.experiment.get("baseline")) for r in recs}),
+                "notes": energy_notes(recs),
+                "story": story(recs),
+            }
+        )
     return groups
 
 
@@ -124,14 +171,18 @@ def render_html(records: list[Record], out_dir: Path, name: str) -> Path:
     out_dir = Path(out_dir)
     name = safe_name(name)
     figures = write_figures(records, out_dir / name)
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("rooflens", "reports/templates"), autoescape=jinja2.select_autoescape(["html", "j2"])
-    )
+    env = jinja_env()
     problems = [
-        {"engine": r.cell.engine_label, "batch": r.cell.batch_size, "workload": r.cell.workload, "status": r.status,
-         "reason": r.reason.message if r.reason else ""}
-        for r in records if r.status != "ok"
-    ]  # fmt: skip
+        {
+            "engine": r.cell.engine_label,
+            "batch": r.cell.batch_size,
+            "workload": r.cell.workload,
+            "status": r.status,
+            "reason": r.reason.message if r.reason else "",
+        }
+        for r in records
+        if r.status != "ok"
+    ]
     html = env.get_template("report.html.j2").render(
         title=name,
         records_count=len(records),
@@ -162,6 +213,7 @@ def render_markdown(records: list[Record]) -> str:
         for row in rows:
             lines.append("| " + " | ".join(format_value(c, row[c.key]).replace("|", "\\|") for c in cols) + " |")
         lines.append("")
-        lines += [f"_{n}_" for n in energy_notes(recs)]
+        lines += [f"- {line}" for line in story(recs)]
+        lines += ["", *(f"_{n}_" for n in energy_notes(recs))]
         lines.append("")
     return "\n".join(lines)

@@ -8,8 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from rooflens.reports.pareto import pareto_frontier  # noqa: E402
 from rooflens.results.derived import speedup  # noqa: E402
 from rooflens.results.record import Record  # noqa: E402
 
@@ -49,7 +51,10 @@ def throughput(records: list[Record]) -> Figure:
     engines = list(colors)
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(cells) * 2), 4.2))
     width = 0.8 / len(engines)
-    for ax, metric, title in ((axes[0], "decode_tok_s", "decode tokens/s"), (axes[1], "prefill_tok_s", "prefill tokens/s")):
+    for ax, metric, title in (
+        (axes[0], "decode_tok_s", "decode tokens/s"),
+        (axes[1], "prefill_tok_s", "prefill tokens/s"),
+    ):
         for j, eng in enumerate(engines):
             xs, ys, lo, hi = [], [], [], []
             for r in ok:
@@ -81,8 +86,11 @@ def energy(records: list[Record]) -> Figure:
     colors = engine_colors(measured)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(measured)), 4))
     names = [f"{r.cell.engine_label}\n{_cell_name(r)}" for r in measured]
-    ax.bar(range(len(measured)), [r.energy.tokens_per_joule.value for r in measured],
-           color=[colors[r.cell.engine_label] for r in measured])  # fmt: skip
+    ax.bar(
+        range(len(measured)),
+        [r.energy.tokens_per_joule.value for r in measured],
+        color=[colors[r.cell.engine_label] for r in measured],
+    )
     ax.set_xticks(range(len(measured)), names, fontsize=8)
     ax.set_ylabel("generated tokens / J")
     ax.set_title("energy efficiency (" + ", ".join(sorted({r.energy.meter for r in measured})) + ")")
@@ -118,15 +126,45 @@ def _is_uniform(r: Record) -> bool:
     if r.cell.engine == "quantized":
         return True
     ladder = r.engine_stats.get("ladder")
-    return r.cell.engine == "mixed_precision" and ladder is not None and isinstance(ladder.value, list) and len(ladder.value) == 1
+    return (
+        r.cell.engine == "mixed_precision"
+        and ladder is not None
+        and isinstance(ladder.value, list)
+        and len(ladder.value) == 1
+    )
+
+
+FRONTIER_STYLES = ("-", "--", "-.", (0, (1, 1)))
+
+
+def _draw_frontiers(ax: Axes, points: list[tuple[Record, float, float]]) -> set[int]:
+    """Join each batch size's Pareto frontier (speedups are over the same batch's baseline); return its members."""
+    batches = sorted({r.cell.batch_size for r, _, _ in points})
+    members: set[int] = set()
+    for k, batch in enumerate(batches):
+        idx = [i for i, (r, _, _) in enumerate(points) if r.cell.batch_size == batch]
+        front = [idx[j] for j in pareto_frontier([(points[i][1], points[i][2]) for i in idx])]
+        members.update(front)
+        ax.plot(
+            [points[i][1] for i in front],
+            [100 * points[i][2] for i in front],
+            color="black",
+            lw=1.2,
+            ls=FRONTIER_STYLES[k % len(FRONTIER_STYLES)],
+            alpha=0.7,
+            zorder=2,
+            label="Pareto frontier" + (f" b{batch}" if len(batches) > 1 else ""),
+        )
+    return members
 
 
 def quality_vs_speedup(records: list[Record]) -> Figure:
     """The Pareto view: decode speedup over the baseline against output quality vs the baseline's greedy tokens.
 
     Quality is ROUGE-L when every cell has it (one early difference does not zero the rest), else the
-    position-wise agreement. Uniformly quantized cells are joined by a line: mixed-precision points above
-    it reach what no uniform precision does.
+    position-wise agreement. Each batch size's Pareto frontier (no other engine both faster and better) is
+    joined and its points outlined; dominated points are faded. Uniformly quantized cells are joined by a
+    dotted line: mixed-precision points above it reach what no uniform precision does.
     """
     ok = _ok(records)
     use_rouge = bool(ok) and all(r.quality and r.quality.rouge_l for r in ok if r.quality and r.quality.agreement)
@@ -138,9 +176,10 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
             points.append((r, s, q.value))
     if not points:
         return _message_figure(
-            "quality vs speedup", "no cell has both a speedup over the baseline and a quality figure\n"
+            "quality vs speedup",
+            "no cell has both a speedup over the baseline and a quality figure\n"
             "(random-weight models and runs without quality metrics have none)",
-        )  # fmt: skip
+        )
     # one point per engine and batch size: the mean over the run's workloads (prompts)
     groups: dict[tuple[str, int], list[tuple[Record, float, float]]] = defaultdict(list)
     for p in points:
@@ -148,22 +187,48 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
     n_workloads = max(len(g) for g in groups.values())
     points = [(g[0][0], sum(p[1] for p in g) / len(g), sum(p[2] for p in g) / len(g)) for g in groups.values()]
     colors = engine_colors([p[0] for p in points])
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     uniform = sorted((s, q) for r, s, q in points if _is_uniform(r))
     if len(uniform) >= 2:
-        ax.plot([u[0] for u in uniform], [100 * u[1] for u in uniform], color="gray", lw=1, ls=":",
-                label="uniform quantization")  # fmt: skip
+        ax.plot(
+            [u[0] for u in uniform],
+            [100 * u[1] for u in uniform],
+            color="gray",
+            lw=1,
+            ls=":",
+            label="uniform quantization",
+        )
+    on_frontier = _draw_frontiers(ax, points)
+    for i, (r, s, q) in enumerate(points):
+        best = i in on_frontier
+        ax.scatter(
+            s,
+            100 * q,
+            color=colors[r.cell.engine_label],
+            s=70 if best else 40,
+            alpha=1.0 if best else 0.3,
+            edgecolor="black" if best else "none",
+            linewidth=0.8,
+            zorder=3 if best else 2,
+            gid="frontier" if best else "dominated",
+        )
+        ax.annotate(
+            f"{r.cell.engine_label} b{r.cell.batch_size}",
+            (s, 100 * q),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+            color="black" if best else "gray",
+        )
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower left")
-    for r, s, q in points:
-        ax.scatter(s, 100 * q, color=colors[r.cell.engine_label], s=50)
-        ax.annotate(f"{r.cell.engine_label} b{r.cell.batch_size}", (s, 100 * q), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("decode speedup over the baseline (same run)")
-    ax.set_ylabel("ROUGE-L vs the baseline's greedy tokens (%)" if use_rouge
-                  else "greedy token agreement with the baseline (%)")  # fmt: skip
+    ax.set_ylabel(
+        "ROUGE-L vs the baseline's greedy tokens (%)" if use_rouge else "greedy token agreement with the baseline (%)"
+    )
     mean = f", mean over {n_workloads} workloads" if n_workloads > 1 else ""
-    ax.set_title(f"quality vs speedup (up and right is better{mean})")
+    ax.set_title(f"quality vs speedup (up and right is better; faded: dominated{mean})", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
