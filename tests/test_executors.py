@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -184,11 +185,9 @@ def test_ctrl_c_stops_the_worker_and_records_the_cell_in_progress(tmp_path):
         os.kill(worker, 0)  # stopped and reaped
 
 
-@pytest.fixture
-def abort_plugin(tmp_path, monkeypatch) -> None:
-    """The abort engine as an installed distribution with an entry point, visible to worker processes only:
-    its package and a ``.dist-info`` (from its pyproject.toml) in a folder on the workers' PYTHONPATH."""
-    site = tmp_path / "site"
+def install_abort_plugin(site: Path) -> None:
+    """The abort engine as an installed distribution with an entry point, in ``site``: its package and a
+    ``.dist-info`` (from its pyproject.toml). Only processes with ``site`` on their PYTHONPATH see it."""
     shutil.copytree(PLUGIN / "rooflens_abort_engine", site / "rooflens_abort_engine")
     project = tomllib.loads((PLUGIN / "pyproject.toml").read_text())["project"]
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
@@ -199,7 +198,17 @@ def abort_plugin(tmp_path, monkeypatch) -> None:
         for group, eps in project["entry-points"].items()
     )
     (info / "entry_points.txt").write_text(entry_points)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+
+
+def with_site(site: Path) -> str:
+    return os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+
+
+@pytest.fixture
+def abort_plugin(tmp_path, monkeypatch) -> None:
+    """The abort engine, visible to worker processes only (on their PYTHONPATH)."""
+    install_abort_plugin(tmp_path / "site")
+    monkeypatch.setenv("PYTHONPATH", with_site(tmp_path / "site"))
 
 
 def test_a_worker_killed_by_a_signal_fails_its_own_cells_and_the_sweep_goes_on(abort_plugin, tmp_path):
@@ -288,14 +297,43 @@ def test_quality_against_the_baseline_crosses_groups(smollm2, tmp_path, monkeypa
 # ---------------------------------------------------------------------------- ray
 
 
-def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(abort_plugin, tmp_path):
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """One local Ray cluster of 2 CPUs for the module's tests; its workers see the abort plug-in."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'rooflens[ray]')")
-    # the local cluster's workers inherit PYTHONPATH, so they see the abort plug-in
-    exp = tiny([{"name": "abort"}, *TWO_HF], validate=False, baseline="abort")
+    site = tmp_path_factory.mktemp("ray-site")
+    install_abort_plugin(site)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", with_site(site))  # the cluster's workers inherit the driver's environment at init
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("ray")).run()
+        yield ray
     finally:
         ray.shutdown()
+
+
+def task_spans(records) -> dict[tuple[str, str], tuple[datetime, datetime]]:
+    """When each group's Ray task was at work: from its worker's setup (``environment.captured_at``, before
+    the model load) to the end of its last cell, by (experiment, engine label)."""
+    spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+    for r in records:
+        key = (r.experiment["name"], r.cell.engine_label)
+        start = datetime.fromisoformat(r.environment["captured_at"])
+        end = datetime.fromisoformat(r.finished_at)
+        if key in spans:
+            start, end = min(start, spans[key][0]), max(end, spans[key][1])
+        spans[key] = (start, end)
+    return spans
+
+
+def overlap(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool:
+    return max(a[0], b[0]) < min(a[1], b[1])
+
+
+def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(ray_cluster, tmp_path):
+    # the local cluster's workers see the abort plug-in (on their PYTHONPATH)
+    exp = tiny([{"name": "abort"}, *TWO_HF], validate=False, baseline="abort")
+    result = ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("ray")).run()
     assert [(r.cell.engine_label, r.cell.batch_size, r.status) for r in result.records] == [
         ("abort", 1, "failed"),
         ("abort", 2, "failed"),
@@ -310,8 +348,91 @@ def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(abort_plugi
     assert {r.environment["placement"]["executor"] for r in ok} == {"ray"}
     assert os.getpid() not in {r.environment["placement"]["pid"] for r in ok}
     assert len(load_records(result.folder)) == 6
+    # threads unset: each task asks for a whole node (2 CPUs) and runs that many torch threads, so the two
+    # groups submitted together after the baseline's ran one after the other, never side by side
+    for r in ok:
+        assert r.environment["placement"]["resources"]["CPU"] == 2 and r.environment["torch_threads"] == 2
+    spans = task_spans(ok)
+    assert not overlap(spans[("x", "hf")], spans[("x", "hf-static")])
     # the cells Ray measured have the statuses and record schema of the same cells run inline
     inline = by_cell(ExperimentRunner(tiny(TWO_HF), results_root=tmp_path / "inline").run().records)
     assert sorted(by_cell(ok)) == sorted(inline)
     for cell, record in by_cell(ok).items():
         assert inline[cell].status == "ok" and keys(record) == keys(inline[cell])
+
+
+def test_ray_places_tasks_by_their_requests_and_refuses_what_no_node_has(ray_cluster, tmp_path):
+    ray_exec = make_executor("ray")
+    assert ray_exec.resources(tiny(TWO_HF)) == {"CPU": 2}  # threads unset: the smallest node, whole
+    assert ray_exec.resources(tiny(TWO_HF, threads=1)) == {"CPU": 1}
+    with pytest.raises(ExecutorError, match=r"asks Ray for 64 CPU, which no node of the cluster has \(nodes: 2 CPU"):
+        ExperimentRunner(tiny(TWO_HF, threads=64), results_root=tmp_path, executor=ray_exec).run()
+    assert not list(tmp_path.rglob("*.json"))  # refused before anything was submitted, not left waiting
+    with pytest.raises(ExecutorError, match="use device 'cuda', not 'cuda:1'"):
+        ray_exec.resources(tiny(TWO_HF, device="cuda:1"))
+
+
+TWO_FILES = {
+    # the groups after the baseline's ask for 1 CPU each: side by side on the 2-CPU cluster. Its cells take
+    # 0.5 s or more, so its baseline group outlasts solo's and both CPUs are free when the other two start.
+    "par": "engines: [{name: hf}, {name: hf, label: hf-static, options: {cache: static}}, {name: hf, label: hf-again}]\n"
+    "workloads: [{prompt_len: 8, gen_len: 4, batch_sizes: [1, 2]}]\n"
+    "repetitions: {warmup: 0, min_reps: 1, min_seconds: 0.5}\n",
+    "solo": "engines: [{name: hf}]\nworkloads: [{prompt_len: 8, gen_len: 4}]\n"
+    "repetitions: {warmup: 0, min_reps: 1, min_seconds: 0}\n",
+}
+
+
+def test_two_experiment_files_in_one_ray_call(ray_cluster, tmp_path):
+    files = []
+    for name, lines in TWO_FILES.items():
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text(f"name: {name}\nmodel: shape:tiny-llama\n{lines}threads: 1\ndevice: cpu\nenergy: false\n")
+    res = tmp_path / "res"
+    r = CliRunner().invoke(app, ["run", *map(str, files), "--executor", "ray", "-q", "--results", str(res)])
+    assert r.exit_code == 0, r.output
+    assert "6/6 cells ok; records in" in r.output and "1/1 cells ok; records in" in r.output
+    # each experiment in its own folder, with its own run id
+    par, solo = (load_records(res / name) for name in TWO_FILES)
+    assert sorted((x.cell.engine_label, x.cell.batch_size, x.status) for x in par) == [
+        (label, b, "ok") for label in ("hf", "hf-again", "hf-static") for b in (1, 2)
+    ]
+    assert [(x.cell.engine_label, x.status) for x in solo] == [("hf", "ok")]
+    (par_run,) = {x.experiment["run_id"] for x in par}
+    (solo_run,) = {x.experiment["run_id"] for x in solo}
+    assert par_run != solo_run and [p.name for p in (res / "par").iterdir()] == [par_run]
+    # where each ran: a fresh Ray worker per group, given 1 CPU, running 1 torch thread
+    for x in par + solo:
+        placement = x.environment["placement"]
+        assert placement["executor"] == "ray" and placement["pid"] != os.getpid()
+        assert placement["node_id"] and placement["node_ip"] and len(placement["hostname_hash"]) == 12
+        assert placement["gpu_ids"] == []
+        assert placement["resources"]["CPU"] == 1 and x.environment["torch_threads"] == 1
+    assert len({x.environment["placement"]["pid"] for x in par + solo}) == 4
+    spans = task_spans(par + solo)
+    # both baselines at once; then par's two other groups, side by side
+    assert overlap(spans[("par", "hf")], spans[("solo", "hf")])
+    assert spans[("par", "hf")][1] < min(spans[("par", "hf-static")][0], spans[("par", "hf-again")][0])
+    assert overlap(spans[("par", "hf-static")], spans[("par", "hf-again")])
+
+
+def test_several_files_inline_run_one_after_another_and_exit_with_the_worst(tmp_path):
+    ok, long, other = tmp_path / "ok.yaml", tmp_path / "long.yaml", tmp_path / "other.yaml"
+    body = "model: shape:tiny-llama\nengines: [{name: hf}]\ndevice: cpu\nenergy: false\n"
+    body += "repetitions: {warmup: 0, min_reps: 1, min_seconds: 0}\n"
+    ok.write_text(f"name: ok\n{body}workloads: [{{prompt_len: 8, gen_len: 4, batch_sizes: [1, 2]}}]\n")
+    long.write_text(f"name: long\n{body}workloads: [{{prompt_len: 1020, gen_len: 8}}]\n")  # past the context
+    res = tmp_path / "res"
+    r = CliRunner().invoke(app, ["run", str(long), str(ok), "-q", "--results", str(res)])
+    assert r.exit_code == 2, r.output  # the worst: one experiment could not start
+    out = " ".join(r.output.split())
+    assert f"{long}: " in out and "exceed the context of shape:tiny-llama" in out
+    assert "2/2 cells ok; records in" in out  # the other experiment ran all the same
+    records = load_records(res)
+    assert {x.experiment["name"] for x in records} == {"ok"} and not list((res / "long").rglob("*.json"))
+    assert {x.environment["placement"]["pid"] for x in records} == {os.getpid()}  # inline: in the driver
+    other.write_text(f"name: other\nexecutor: subprocess\n{body}workloads: [{{prompt_len: 8, gen_len: 4}}]\n")
+    r = CliRunner().invoke(app, ["run", str(ok), str(other), "-q", "--results", str(res)])
+    assert (
+        r.exit_code == 2 and "name different executors" in r.output and "pick one for all with --executor" in r.output
+    )

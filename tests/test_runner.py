@@ -395,3 +395,46 @@ def test_an_engine_can_run_in_its_own_dtype(test_engines, tmp_path):
     assert by["hf"].model.dtype_reason == "float32, as the experiment says"
     assert by["hf-bf16"].model.dtype_reason == "bfloat16, set for engine 'hf-bf16'"
     assert by["hf-bf16"].roofline.weight_bits == 16 and by["hf"].roofline.weight_bits == 32
+
+
+# ---------------------------------------------------------------------------- probe: auto
+
+
+class _Notes:
+    def __init__(self):
+        self.lines = []
+
+    def model_loading(self, label): ...
+    def note(self, text):
+        self.lines.append(text)
+
+    def cell_started(self, *a): ...
+    def repetition_done(self, *a): ...
+    def cell_finished(self, *a): ...
+
+
+@pytest.mark.parametrize("mode", ["auto", "never"])
+def test_probe_auto_measures_missing_ceilings_once_and_says_so(mode, tmp_path, monkeypatch):
+    from rooflens.roofline import probe as probe_module
+
+    monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path / "home"))  # no saved probe for this CPU
+    calls = []
+    real = probe_module.probe
+
+    def small_probe(device, **kw):  # the real probe at tiny sizes: seconds matter in a unit test
+        calls.append(kw)
+        return real(device, quick=True, copy_bytes=1 << 22, gemm_n=64, reps=2, dtypes=["fp32"])
+
+    monkeypatch.setattr(probe_module, "probe", small_probe)
+    exp = tiny_experiment([{"name": "hf"}], batch_sizes=(1,), dtype="float32", probe=mode)
+    notes = _Notes()
+    first = ExperimentRunner(exp, results_root=tmp_path / "r1", observer=notes).run().records
+    second = ExperimentRunner(exp, results_root=tmp_path / "r2", observer=_Notes()).run().records
+    sources = {c.source for r in first + second for c in r.roofline.ceilings}
+    if mode == "never":
+        assert calls == [] and notes.lines == [] and sources == set()
+        return
+    assert len(calls) == 1, "the saved probe is reused by the second run"
+    assert "measuring them once" in notes.lines[0] and "saved to" in notes.lines[-1]
+    assert sources == {"measured"}
+    assert all(r.roofline.decode.efficiency_pct() is not None for r in first + second)

@@ -180,6 +180,11 @@ class Experiment(_Strict):
     executor: Literal["inline", "subprocess", "ray"] = Field(
         default="inline", description="where the cells run: this process, a fresh process per engine, or Ray tasks"
     )
+    probe: Literal["never", "auto"] = Field(
+        default="never",
+        description="auto: on a device with neither datasheet ceilings nor a saved probe, measure them first "
+        "(`rooflens hw probe --quick`, seconds; saved and reused), so every record has a roofline efficiency",
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -231,10 +236,13 @@ class Experiment(_Strict):
     def config_hash(self) -> str:
         """Hash of the validated experiment (defaults filled in), stable across key order.
 
-        ``executor`` says where cells run, not what is measured: it is left out, so runs of one
-        experiment under different executors (and records from before the field existed) compare.
+        ``executor`` says where cells run and ``probe`` whether missing ceilings are measured first, not
+        what is measured: both are left out, so runs of one experiment under different executors (and
+        records from before the fields existed) compare.
         """
-        blob = json.dumps(self.model_dump(mode="json", exclude={"executor"}), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(
+            self.model_dump(mode="json", exclude={"executor", "probe"}), sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -330,7 +338,7 @@ def validate_experiment(data: Any, source: str = "<experiment>") -> Experiment:
         exp = Experiment.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
-    from rooflens.engines.base import validate_engine_options  # engines register their own option schemas
+    from rooflens.engines.options import validate_engine_options  # torch-free schemas of the built-in engines
     from rooflens.roofline.hardware import list_profiles
 
     problems = []

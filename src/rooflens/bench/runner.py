@@ -9,6 +9,7 @@ sweep goes on.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import os
 import secrets
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from rooflens.bench.cells import Cell, cell_groups, expand_cells
 from rooflens.bench.energy import EnergyMeter, EnergyReading, UnavailableMeter, select_meter
 from rooflens.bench.environment import capture_environment, now_iso
 from rooflens.bench.memory import PeakMemory
@@ -29,11 +31,10 @@ from rooflens.bench.prompts import make_prompts
 from rooflens.bench.quality import PPL_WINDOW, agreement, heldout_ids, perplexity, rouge_l
 from rooflens.bench.stats import summarize
 from rooflens.bench.timing import RepTiming, rep_timing
-from rooflens.config import EngineSpec, Experiment, Repetitions, Workload
+from rooflens.config import EngineSpec, Experiment, Repetitions
 from rooflens.engines.base import Engine, EngineUnavailable, TokenClock, build_engine, get_engine
 from rooflens.models.loader import TORCH_DTYPES, DtypeChoice, LoadedModel, choose_dtype, load_model, resolve_device
 from rooflens.results.record import (
-    CellSpec,
     EnergyResult,
     ErrorInfo,
     MemoryResult,
@@ -46,7 +47,7 @@ from rooflens.results.record import (
 from rooflens.results.store import ensure_writable, write_record
 from rooflens.roofline.hardware import detect_hardware, resolve_profile
 from rooflens.roofline.position import ceilings_for, roofline_position
-from rooflens.roofline.probe import load_probe
+from rooflens.roofline.probe import ProbeResult, load_probe
 from rooflens.text import safe_name
 
 if TYPE_CHECKING:
@@ -59,51 +60,9 @@ class FixedLengthError(RuntimeError):
     """An engine returned a different number of tokens than requested."""
 
 
-@dataclass(frozen=True)
-class Cell:
-    engine: EngineSpec
-    workload: Workload
-    workload_index: int
-    batch_size: int
-
-    def spec(self) -> CellSpec:
-        w = self.workload
-        return CellSpec(
-            engine=self.engine.name,
-            engine_label=self.engine.display,
-            engine_options=self.engine.options,
-            workload=w.display,
-            prompt_len=w.prompt_len,
-            gen_len=w.gen_len,
-            batch_size=self.batch_size,
-            prompt_source=w.prompt,
-        )
-
-
-def expand_cells(exp: Experiment) -> list[Cell]:
-    """All cells, the baseline engine's first (its greedy tokens are the quality reference)."""
-    engines = sorted(exp.engines, key=lambda e: e.display != exp.baseline_label)
-    return [
-        Cell(engine, workload, wi, b)
-        for engine in engines
-        for wi, workload in enumerate(exp.workloads)
-        for b in workload.batch_sizes
-    ]
-
-
-def cell_groups(cells: Sequence[Cell]) -> list[list[int]]:
-    """Indices of ``cells`` by engine, in order: one group = one engine prepared once (cells are sorted by engine)."""
-    groups: list[list[int]] = []
-    for i, cell in enumerate(cells):
-        if groups and cells[groups[-1][-1]].engine.display == cell.engine.display:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
 class RunObserver(Protocol):
     def model_loading(self, label: str) -> None: ...
+    def note(self, text: str) -> None: ...
     def cell_started(self, index: int, total: int, cell: Cell) -> None: ...
     def repetition_done(self, cell: Cell, measured: int, warmup: bool) -> None: ...
     def cell_finished(self, index: int, total: int, record: Record, path: Path) -> None: ...
@@ -111,6 +70,7 @@ class RunObserver(Protocol):
 
 class SilentObserver:
     def model_loading(self, label: str) -> None: ...
+    def note(self, text: str) -> None: ...
     def cell_started(self, index: int, total: int, cell: Cell) -> None: ...
     def repetition_done(self, cell: Cell, measured: int, warmup: bool) -> None: ...
     def cell_finished(self, index: int, total: int, record: Record, path: Path) -> None: ...
@@ -276,6 +236,7 @@ class ExperimentRunner:
         self._meter = meter
         self.executor = executor
         self.records: list[Record] = []  # written so far (an interrupted sweep reports them)
+        self._indices: list[int] = []  # the cell index of each of ``records``
         self.total_cells = len(expand_cells(exp))
         self._reference_tokens: dict[tuple[int, int], torch.Tensor] = {}
         self._perplexity: dict[str, Quantity | str] = {}
@@ -309,12 +270,20 @@ class ExperimentRunner:
         results = executor.run(self, cell_groups(cells))
         try:
             for i, record in results:
-                path = write_record(self.folder, record)
-                self.records.append(record)
-                self.observer.cell_finished(i, len(cells), record, path)
+                self.keep(i, record)
         finally:
             results.close()  # an executor stops its workers when the driver stops early
         return RunResult(self.run_id, self.folder, self.records)
+
+    def keep(self, index: int, record: Record) -> Path:
+        """Write the record of cell ``index`` atomically and tell the observer. Groups measured at the same
+        time (``ray``) deliver records interleaved; ``records`` stays in cell order all the same."""
+        path = write_record(self.folder, record)
+        at = bisect.bisect(self._indices, index)
+        self._indices.insert(at, index)
+        self.records.insert(at, record)
+        self.observer.cell_finished(index, self.total_cells, record, path)
+        return path
 
     def setup(self, executor: str) -> None:
         """Threads, hardware profile, probe and environment of the process that calls it (the worker's own in a worker)."""
@@ -325,6 +294,9 @@ class ExperimentRunner:
         profile = resolve_profile(exp.hardware, str(self.device), hardware=detected)
         self.profile = profile.profile
         self.probe = load_probe(profile.device_name) if profile.device_name else None
+        dtype = str(self.dtype).removeprefix("torch.")
+        if exp.probe == "auto" and profile.device_name and not ceilings_for(self.profile, dtype, self.probe):
+            self.probe = self._first_probe(profile.device_name) or self.probe
         self.env = capture_environment(detected.model_dump(mode="json"))
         self.env["placement"] = {"executor": executor, "pid": os.getpid()}
         self.profile_info = {
@@ -334,6 +306,29 @@ class ExperimentRunner:
             "reason": profile.reason,
             "profile": profile.profile.model_dump(mode="json"),
         }
+
+    def _first_probe(self, device_name: str) -> ProbeResult | None:
+        """``probe: auto`` on a device with no ceilings: measure them once (quick sizes) and save them for later
+        runs, so that every record of this one has a roofline efficiency. Said on the console, never silent."""
+        from rooflens.roofline.probe import ProbeError, probe, save_probe
+
+        self.observer.note(
+            f"no ceilings for {device_name}: measuring them once (`rooflens hw probe --quick`, about 10 s; "
+            "saved and reused by later runs; `rooflens hw probe` measures them longer)"
+        )
+        try:
+            result = probe(str(self.device), quick=True)
+        except (ProbeError, ValueError, RuntimeError) as err:
+            self.observer.note(f"the probe failed ({err}): records will have no roofline efficiency")
+            return None
+        self.observer.note(
+            f"measured ceilings: {result.bandwidth.max / 1e9:.1f} GB/s, "
+            + ", ".join(
+                f"{k} {v.max / 1e12:.3g} {'TOP/s' if k == 'int8' else 'TFLOP/s'}" for k, v in result.gemm.items()
+            )
+            + f"; saved to {save_probe(result)}"
+        )
+        return result
 
     def measure_groups(self, groups: Sequence[Sequence[int]]) -> Generator[tuple[int, Record], None, None]:
         """Measure the cells (indices into :func:`expand_cells`) of ``groups`` in this process, yielding each

@@ -17,11 +17,27 @@ EXECUTORS = ("inline", "subprocess", "ray")
 STDERR_TAIL_BYTES = 2048
 
 Results = Generator[tuple[int, Record], None, None]
-"""(cell index, record) pairs, in cell order, each as soon as its cell ends."""
+"""(cell index, record) pairs, each as soon as its cell ends. Within a group, in cell order; groups that
+run at the same time (``ray``, after the baseline's group) interleave, so the index, not the position,
+says which cell a record is for."""
+
+Run = tuple["ExperimentRunner", Sequence[Sequence[int]]]
+"""One experiment to measure: its runner and its groups (the baseline's first)."""
+
+Outcomes = Generator[tuple[int, "tuple[int, Record] | Exception"], None, None]
+"""``(run index, item)``: an item is a ``(cell index, record)`` pair, or the error that stopped that run
+(nothing more of that run follows); records of different runs may interleave."""
 
 
 class ExecutorError(RuntimeError):
     """An executor cannot be used here; the message says what to install or set."""
+
+
+def run_stopping_errors() -> tuple[type[Exception], ...]:
+    """Errors that stop one experiment (the CLI exits 2 for it) but not the others measured beside it."""
+    from rooflens.bench.executors.remote import FATAL_ERRORS  # imports torch: not at this module's import
+
+    return (*FATAL_ERRORS.values(), ExecutorError)
 
 
 class Executor(ABC):
@@ -36,7 +52,26 @@ class Executor(ABC):
 
     @abstractmethod
     def run(self, runner: ExperimentRunner, groups: Sequence[Sequence[int]]) -> Results:
-        """Measure ``groups`` (indices into the runner's cells) in order."""
+        """Measure ``groups`` (indices into the runner's cells), the first (the baseline's) before the others."""
+
+    def run_many(self, runs: Sequence[Run]) -> Outcomes:
+        """Measure several experiments with this one executor, setting up each runner before it runs.
+
+        Here one after another, each set up just before its first group: an ``inline`` run's threads and
+        environment are the driver process's own, so they must be the current experiment's. An executor
+        that can measure experiments at the same time overrides this.
+        """
+        for k, (runner, groups) in enumerate(runs):
+            try:
+                runner.setup(self.name)
+                results = self.run(runner, groups)
+                try:
+                    for item in results:
+                        yield k, item
+                finally:
+                    results.close()
+            except run_stopping_errors() as err:
+                yield k, err
 
 
 def describe_exit(returncode: int) -> str:

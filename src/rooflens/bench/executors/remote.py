@@ -69,6 +69,8 @@ class GroupDriver:
         kind = msg.get("event")
         if kind == "loading":
             obs.model_loading(msg["label"])
+        elif kind == "note":
+            obs.note(msg["text"])
         elif kind == "ready":
             self.environment = msg["environment"]
         elif kind == "started":

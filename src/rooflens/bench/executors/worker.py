@@ -43,6 +43,9 @@ class _EmitObserver:
     def model_loading(self, label: str) -> None:
         self.emit({"event": "loading", "label": label})
 
+    def note(self, text: str) -> None:
+        self.emit({"event": "note", "text": text})
+
     def cell_started(self, index: int, total: int, cell: Cell) -> None:
         self.emit({"event": "started", "index": index})
         self._index = index
@@ -53,9 +56,12 @@ class _EmitObserver:
     def cell_finished(self, index: int, total: int, record: Record, path: Path) -> None: ...
 
 
-def run_job(job: dict[str, Any], emit: Emit = lambda msg: None) -> Iterator[dict[str, Any]]:
+def run_job(
+    job: dict[str, Any], emit: Emit = lambda msg: None, placement: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
     """Measure the job's group in this process. Progress goes to ``emit`` as it happens; the
-    ``ready``, ``record`` and ``fatal`` messages are yielded, each as soon as it exists."""
+    ``ready``, ``record`` and ``fatal`` messages are yielded, each as soon as it exists.
+    ``placement`` adds to the records' ``environment.placement`` where the process runs (a Ray node, its GPUs)."""
     exp = Experiment.model_validate(job["experiment"])
     dtype = job.get("dtype")
     runner = ExperimentRunner(
@@ -70,6 +76,7 @@ def run_job(job: dict[str, Any], emit: Emit = lambda msg: None) -> Iterator[dict
         wi, b = (int(x) for x in key.split(":"))
         runner._reference_tokens[(wi, b)] = torch.tensor(tokens, dtype=torch.long)
     runner.setup(job["executor"])
+    runner.env["placement"].update(placement or {})
     yield {"event": "ready", "environment": runner.env}
     cells = expand_cells(exp)
     try:
