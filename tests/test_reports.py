@@ -53,6 +53,8 @@ def test_plots_have_the_expected_axes(records):
     assert "no counter on the test machine" in fig.axes[0].texts[0].get_text()
     fig = plots.energy([make_record("hf", 1, 100.0, tok_per_j=12.5)])
     assert fig.axes[0].get_ylabel() == "generated tokens / J" and fig.axes[0].patches[0].get_height() == 12.5
+    ok = next(r for r in records if r.status == "ok" and "acceptance_rate" in r.engine_stats)
+    ok.engine_stats["draft_passes"] = EngineStat(value=12)  # a count, not a headline: no panel of its own
     fig = plots.engine_statistics(records)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["acceptance_rate"]
     assert plots.engine_statistics([records[0]]) is None
@@ -163,5 +165,16 @@ def test_quality_plot_uses_rouge_l_and_joins_uniform_cells():
             r.engine_stats["ladder"] = EngineStat(value=ladder)
     ax = quality_vs_speedup(recs).axes[0]
     assert "ROUGE-L" in ax.get_ylabel()
-    lines = [ln for ln in ax.get_lines() if ln.get_label() == "uniform quantization"]
+    lines = [ln for ln in ax.get_lines() if ln.get_label() == "uniform quantization (per batch size)"]
     assert len(lines) == 1 and list(lines[0].get_ydata()) == [60.0, 30.0]  # u8 then u4, by speedup
+    # a uniform cell at another batch size is joined with its own batch's cells only
+    b4 = [make_record("hf", 4, 200.0, seed=5, agreement=1.0), make_record("u8", 4, 300.0, seed=6, agreement=0.1)]
+    b4.append(make_record("u4", 4, 380.0, seed=7, agreement=0.03))
+    for r, rl, ladder in zip(b4, (1.0, 0.7, 0.2), (None, [8], [4])):
+        r.quality.rouge_l = Quantity(value=rl, unit="fraction", source="measured", how="t")
+        if ladder:
+            r.cell.engine = "mixed_precision"
+            r.engine_stats["ladder"] = EngineStat(value=ladder)
+    ax = quality_vs_speedup(recs + b4).axes[0]
+    dotted = sorted(list(ln.get_ydata()) for ln in ax.get_lines() if ln.get_linestyle() == ":")
+    assert dotted == [[60.0, 30.0], [70.0, 20.0]]

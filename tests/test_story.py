@@ -41,11 +41,18 @@ def test_best_quality_for_its_speed_prefers_the_lossless_faster_engine():
     lines = story(_run())
     # spec (1.8x, agreement 100%) and int4 (2.5x, 60%) are both on the frontier; ee is slower than hf
     assert (
-        "Best quality for its speed: spec at batch 1 keeps token agreement 100% of the baseline's output at 1.80x."
+        "Best quality for its speed: spec at batch 1, 1.80x with token agreement 100% against the baseline's output."
         in lines
     )
     assert "Going faster costs quality: int4 reaches 2.50x with token agreement 60%." in lines
     assert not any("ee" in s.split(":")[1][:4] for s in lines if s.startswith("Best"))
+
+
+def test_a_speedup_within_the_spread_is_no_winner():
+    records = [make_record("hf", 1, 100.0, rel_sd=0.05), make_record("static", 1, 102.0, rel_sd=0.05)]
+    line = story(records)[0]
+    assert line.startswith("No clear winner at batch 1: the best, static, is 1.0")
+    assert "within the run-to-run spread (CV " in line
 
 
 def test_what_could_not_be_measured_says_why():

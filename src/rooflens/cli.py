@@ -189,6 +189,7 @@ def run(
     from rooflens.bench.preflight import PreflightError
     from rooflens.bench.runner import ExperimentRunner
     from rooflens.models.loader import ModelLoadError
+    from rooflens.reports.story import story
     from rooflens.reports.summary import summary_table
     from rooflens.results.store import OutputError, RecordExistsError, ensure_writable
 
@@ -249,6 +250,8 @@ def run(
             )
         elif not runner.profile_info["matched"]:
             console.print(f"[dim]hardware: {runner.profile_info['reason']}[/]")
+        for line in story(result.records):
+            console.print(f"- {escape(line)}", highlight=False)
         if report:
             _render_report(result.records, Path(exp.output.reports_dir), exp.name)
         failed = [r for r in result.records if r.status == "failed"]
@@ -410,11 +413,16 @@ def models() -> None:
 
 @app.command()
 def show(folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)")) -> None:
-    """Print the summary table of the records in a folder."""
+    """Print the summary table of the records in a folder, and what they say in a few sentences."""
+    from rich.markup import escape
+
+    from rooflens.reports.story import story
     from rooflens.reports.summary import summary_table
 
     records = _records(folder)
     console.print(summary_table(records, title=str(folder)))
+    for line in story(records):
+        console.print(f"- {escape(line)}", highlight=False)
 
 
 @app.command()

@@ -240,6 +240,7 @@ class ExperimentRunner:
         self.total_cells = len(expand_cells(exp))
         self._reference_tokens: dict[tuple[int, int], torch.Tensor] = {}
         self._perplexity: dict[str, Quantity | str] = {}
+        self._shared_perplexity: dict[torch.nn.Module, Quantity] = {}  # by loaded model (one per dtype)
 
     def _experiment_info(self) -> dict[str, Any]:
         return {
@@ -445,13 +446,18 @@ class ExperimentRunner:
         scorer = engine.scoring_model()
         if scorer is None:
             return f"engine '{engine.name}' has no single scoring model"
+        if scorer is model.model and model.model in self._shared_perplexity:
+            return self._shared_perplexity[model.model]  # lossless engines score the loaded model itself: once
         ppl, count = perplexity(scorer, heldout_ids(model.tokenizer))
-        return Quantity(
+        result = Quantity(
             value=ppl,
             unit="",
             source="measured",
             how=f"exp(mean NLL) over {count} tokens of the shipped held-out text, windows of {PPL_WINDOW}",
         )
+        if scorer is model.model:
+            self._shared_perplexity[model.model] = result
+        return result
 
     def _quality(self, cell: Cell, model: LoadedModel, tokens: torch.Tensor) -> QualityResult | None:
         """Agreement with the baseline engine's greedy tokens on the same prompts, and perplexity."""
@@ -512,7 +518,10 @@ class ExperimentRunner:
             return Record(status=status, reason=engine, finished_at=now_iso(), **base)
         w = cell.workload
         if cell.batch_size > 1 and not engine.supports_batch:
-            reason = ErrorInfo(type="EngineUnavailable", message=f"engine '{engine.name}' supports batch size 1 only")
+            # the record names the engine: one message for every engine, so a summary can group them
+            reason = ErrorInfo(
+                type="EngineUnavailable", message="the engine decodes one sequence at a time (batch size 1 only)"
+            )
             return Record(status="unavailable", reason=reason, finished_at=now_iso(), **base)
         try:
             prompts = make_prompts(

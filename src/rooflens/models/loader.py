@@ -139,7 +139,7 @@ def _builtin_dir(name: str) -> Path:
     return folder
 
 
-def _converted_builtin(name: str) -> Path:
+def converted_builtin(name: str) -> Path:
     """Path of the builtin model converted once from GGUF to safetensors (GGUF dequant takes ~15 s)."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -215,7 +215,7 @@ def load_model(
         if spec.source == "builtin":
             if spec.id not in BUILTIN_MODELS:
                 raise ModelLoadError(f"unknown built-in model '{spec.id}' (built-in: {', '.join(BUILTIN_MODELS)})")
-            path, kwargs = str(_converted_builtin(spec.id)), {}
+            path, kwargs = str(converted_builtin(spec.id)), {}
             note = BUILTIN_MODELS[spec.id]["note"]
         else:
             path = spec.id

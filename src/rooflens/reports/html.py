@@ -52,7 +52,11 @@ PLOTS = (
         "weight precision over the decode steps",
         engine_panels.engine_panels,
     ),
-    PlotSpec("engine_stats", "Engine statistics (acceptance, exits, precision)", plots.engine_statistics),
+    PlotSpec(
+        "engine_stats",
+        "Headline engine statistics (acceptance, layers per token, bits, compression); all of them are in the records",
+        plots.engine_statistics,
+    ),
 )
 
 

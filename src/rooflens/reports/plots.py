@@ -188,16 +188,19 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
     points = [(g[0][0], sum(p[1] for p in g) / len(g), sum(p[2] for p in g) / len(g)) for g in groups.values()]
     colors = engine_colors([p[0] for p in points])
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    uniform = sorted((s, q) for r, s, q in points if _is_uniform(r))
-    if len(uniform) >= 2:
-        ax.plot(
-            [u[0] for u in uniform],
-            [100 * u[1] for u in uniform],
-            color="gray",
-            lw=1,
-            ls=":",
-            label="uniform quantization",
-        )
+    labelled = False
+    for batch in sorted({r.cell.batch_size for r, _, _ in points}):  # speedups compare within a batch size only
+        uniform = sorted((s, q) for r, s, q in points if _is_uniform(r) and r.cell.batch_size == batch)
+        if len(uniform) >= 2:
+            ax.plot(
+                [u[0] for u in uniform],
+                [100 * u[1] for u in uniform],
+                color="gray",
+                lw=1,
+                ls=":",
+                label=None if labelled else "uniform quantization (per batch size)",
+            )
+            labelled = True
     on_frontier = _draw_frontiers(ax, points)
     for i, (r, s, q) in enumerate(points):
         best = i in on_frontier
@@ -234,12 +237,35 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
     return fig
 
 
+HEADLINE_STATS = (
+    # speculative
+    "acceptance_rate",
+    "tokens_per_target_pass",
+    "draft_time_fraction",
+    # early exit
+    "layers_executed_per_token",
+    "exit_rate",
+    "audit_exit_precision",
+    "oracle_speedup_bound",
+    "time_layers_fraction",
+    # mixed precision
+    "mean_decode_bits",
+    "mean_first_switch_step",
+    # quantized
+    "bits_per_weight_quantized",
+    "compression",
+    "weight_read_bytes_per_step",
+)
+"""The statistics that explain an engine's speed, drawn side by side; every other one is in the records."""
+
+
 def engine_statistics(records: list[Record]) -> Figure | None:
-    """Numeric engine statistics (acceptance, exits, bits per step, ...), one panel per statistic."""
+    """The headline engine statistics (:data:`HEADLINE_STATS`), one panel per statistic. A run of five
+    engines carries some eighty numeric statistics: one panel each would bury the ones that explain."""
     by_stat: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for r in _ok(records):
         for name, s in r.engine_stats.items():
-            if isinstance(s.value, (int, float)):
+            if name in HEADLINE_STATS and isinstance(s.value, (int, float)) and not isinstance(s.value, bool):
                 by_stat[name].append((f"{r.cell.engine_label}\n{_cell_name(r)}", float(s.value)))
     if not by_stat:
         return None

@@ -46,7 +46,14 @@ def _fastest(ok: list[Record], records: list[Record], several: bool) -> list[str
         s = speedup(best, records) or 0.0
         if base is None:
             continue
-        if s > 1.0:
+        noise = max(best.metrics["decode_tok_s"].cv, base.metrics["decode_tok_s"].cv)
+        if abs(s - 1.0) <= noise:
+            out.append(
+                f"No clear winner at {_where(best, several)}: the best, {best.cell.engine_label}, is {s:.2f}x the "
+                f"baseline {base.cell.engine_label} ({_decode(base):.1f} decode tok/s), within the run-to-run "
+                f"spread (CV {100 * noise:.0f}%)."
+            )
+        elif s > 1.0:
             out.append(
                 f"Fastest at {_where(best, several)}: {best.cell.engine_label}, {_decode(best):.1f} decode tok/s, "
                 f"{s:.2f}x the baseline {base.cell.engine_label} ({_decode(base):.1f} tok/s)."
@@ -85,8 +92,8 @@ def _best_trade(ok: list[Record], records: list[Record], several: bool) -> list[
     i = max(frontier, key=lambda j: (points[j][1], points[j][0]))
     r, (_, text) = scored[i]
     out = [
-        f"Best quality for its speed: {r.cell.engine_label} at {_where(r, several)} keeps {text} of the baseline's "
-        f"output at {points[i][0]:.2f}x."
+        f"Best quality for its speed: {r.cell.engine_label} at {_where(r, several)}, {points[i][0]:.2f}x with "
+        f"{text} against the baseline's output."
     ]
     lossy = [scored[j] for j in frontier if j != i and points[j][0] > points[i][0]]
     if lossy:
