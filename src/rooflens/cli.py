@@ -86,6 +86,19 @@ def _records(folder: Path) -> list:
     return records
 
 
+def _progress_bar(quiet: bool = False) -> Progress:
+    """The progress bar of long commands (run, train): what it does now, how far, for how long."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
+
+
 class _ProgressObserver:
     """One progress row per experiment. It counts finished cells, not cell indices: under ray, groups run
     side by side and their records arrive interleaved."""
@@ -193,15 +206,7 @@ def run(
     from rooflens.reports.summary import summary_table
     from rooflens.results.store import OutputError, RecordExistsError, ensure_writable
 
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-        transient=True,
-    )
+    progress = _progress_bar(quiet)
 
     runners: list = []
     try:
@@ -1027,14 +1032,7 @@ def train_early_exit(
     _check_engine_options("early_exit", options)
     loaded = _training_model(model, device, dtype)
     settings = EarlyExitOptions.model_validate(options).settings
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = _progress_bar()
     task = progress.add_task("starting", total=None)
 
     def step(stage: str, done: int, total: int) -> None:
