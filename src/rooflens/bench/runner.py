@@ -314,7 +314,7 @@ class ExperimentRunner:
         from rooflens.roofline.probe import ProbeError, probe, save_probe
 
         self.observer.note(
-            f"no ceilings for {device_name}: measuring them once (`rooflens hw probe --quick`, about 10 s; "
+            f"no ceilings for {device_name}: measuring them once (`rooflens hw probe --quick`, a few seconds; "
             "saved and reused by later runs; `rooflens hw probe` measures them longer)"
         )
         try:
