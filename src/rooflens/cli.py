@@ -518,6 +518,18 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
+def _save_chart(fig, png: Path, as_json: bool) -> None:
+    """Write a --png chart, or exit 2 saying why it cannot be written."""
+    try:
+        if png.is_dir():  # savefig would write <png>.png beside it instead of failing
+            raise IsADirectoryError(21, "Is a directory")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=110)
+    except OSError as err:
+        _unwritable("--png", png, err)
+    (console if not as_json else err_console).print(f"chart: {png}")
+
+
 @app.command()
 def roofline(
     model: str = typer.Argument(
@@ -617,14 +629,7 @@ def roofline(
                     f"{model}, {bit_list[0]}-bit weights, prompt {prompt}, gen {gen}: "
                     "modelled from datasheets (bars) vs measured records (diamonds)",
                 )
-                try:
-                    if png.is_dir():
-                        raise IsADirectoryError(21, "Is a directory")
-                    png.parent.mkdir(parents=True, exist_ok=True)
-                    fig.savefig(png, dpi=110)
-                except OSError as err:
-                    _unwritable("--png", png, err)
-            (console if not as_json else err_console).print(f"chart: {png}")
+                _save_chart(fig, png, as_json)
         return
     if records is not None:
         _fail("--records goes with --hw all (or a comma-separated list of profiles)")
@@ -724,14 +729,7 @@ def roofline(
                 ],
                 f"{model} on {profile.name}: bound-limited positions (prompt {prompt}, gen {gen})",
             )
-            try:
-                if png.is_dir():  # savefig would write <png>.png beside it instead of failing
-                    raise IsADirectoryError(21, "Is a directory")
-                png.parent.mkdir(parents=True, exist_ok=True)
-                fig.savefig(png, dpi=110)
-            except OSError as err:
-                _unwritable("--png", png, err)
-        (console if not as_json else err_console).print(f"chart: {png}")
+            _save_chart(fig, png, as_json)
 
 
 def _print_costs(model: str, rows: list, why: str, as_json: bool) -> None:
