@@ -275,10 +275,10 @@ def test_lowbit_linear_forced_triton_matches_reference_path():
 def test_lowbit_module_paths_on_cpu():
     lin = nn.Linear(64, 10)
     mod = LowBitLinear.from_linear(lin, bits=4, group_size=32)
-    assert mod.kernel == "auto" and mod.path(torch.device("cpu")) == "cpu"  # torch's int4 CPU kernel
+    assert mod.kernel == "auto" and mod.path(torch.device("cpu")) in ("native", "int4pack", "torch")
     x = torch.randn(3, 64)
     ref = reference_linear(x, mod.qweight, lin.bias)
-    assert _rel(mod(x), ref) < 1e-2  # bf16 activations and scales in the CPU kernel
+    assert _rel(mod(x), ref) < 1e-2  # bf16 activations and scales in torch's int4 kernel, fp32 in the native one
     mod.kernel = "torch"
     torch.testing.assert_close(mod(x), ref)
     assert set(mod.state_dict()) == {"packed", "scales", "bias"}

@@ -34,8 +34,10 @@ def test_unavailable_says_why_or_returns_none():
     assert "needs" in get_handler("torchao").unavailable(int4, CPU, "float32")  # CUDA, or the package itself
     groupwise = QuantSpec(backend="rooflens", format="groupwise", bits=4, group_size=32, symmetric=True, kernel="torch")
     assert get_handler("rooflens").unavailable(groupwise, CPU, "float32") is None
-    on_cpu = QuantSpec(backend="rooflens", format="groupwise", bits=4, group_size=32, symmetric=True, kernel="cpu")
-    assert get_handler("rooflens").unavailable(on_cpu, torch.device("cuda"), "float32").startswith("kernel: cpu runs")
+    for kernel in ("native", "int4pack"):
+        on_cpu = QuantSpec(backend="rooflens", format="groupwise", bits=4, group_size=32, symmetric=True, kernel=kernel)
+        why = get_handler("rooflens").unavailable(on_cpu, torch.device("cuda"), "float32")
+        assert why == f"kernel: {kernel} runs on the CPU, not cuda; use kernel: auto"
 
 
 @torch.no_grad()

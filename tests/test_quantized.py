@@ -12,6 +12,7 @@ from rooflens.bench.runner import ExperimentRunner
 from rooflens.config import ConfigError
 from rooflens.engines.base import EngineUnavailable, TokenClock, get_engine
 from rooflens.engines.quant import copy_for_quantization
+from rooflens.engines.quant.rooflens import KERNEL_PATHS
 from rooflens.engines.quantized import QuantizedEngine, QuantizedOptions, options_unavailable_reason
 from rooflens.kernels import format_bits_per_weight
 from rooflens.roofline.analytic import decode_weight_elements
@@ -137,17 +138,19 @@ def test_rooflens_storage_matches_the_report_and_the_format(case, bits, group, s
     total = tiny_llama.info.param_bytes - report.total_original_bytes + report.total_storage_bytes
     assert st["weight_storage_bytes"].value == total
     assert st["bits_per_weight_model"].value == pytest.approx(total * 8 / tiny_llama.info.n_params)
-    # the roofline's weight bytes per decode step are what the kernels read: the CPU kernel's own layout
-    # (3/2-bit codes as 4-bit, bf16 scale+zero pairs), every dense weight once, one row of the embedding
+    # the roofline's weight bytes per decode step are what the kernels read: the CPU kernel's view of the weight
+    # (native: the format as stored, 3-bit codes as 4-bit; int4pack: its own layout), every dense weight once,
+    # one row of the embedding
     layers = [engine.module.get_submodule(r.name) for r in report.replaced]
     emb = tiny_llama.model.get_input_embeddings().weight
     dense = tiny_llama.info.param_bytes - report.total_original_bytes - emb.numel() * 4 + emb.shape[1] * 4
-    read = sum(m.cpu_plan().read_bytes for m in layers) + dense
+    read = sum(m.plan(m.path(CPU)).read_bytes for m in layers) + dense
     assert st["weight_read_bytes_per_step"].value == read
     hints = engine.roofline_hints()
     assert hints.weight_bits * decode_weight_elements(tiny_llama.model.config) / 8 == pytest.approx(read)
     assert st["emulated"].value == "false" and st["nominal_bits"].value == bits
-    assert "int4 CPU kernel" in st["kernel"].value  # CPU: torch's int4 kernel, said plainly
+    assert st["kernel"].value == KERNEL_PATHS[layers[0].path(CPU)]  # the CPU kernel that ran, said plainly
+    assert layers[0].path(CPU) in ("native", "int4pack")
     assert "lm_head" in st["skipped_layers"].description
 
 
@@ -384,7 +387,7 @@ def test_the_lm_head_can_be_quantized_and_a_tied_embedding_keeps_its_table():
     plain = QuantizedEngine(QuantizedOptions(bits=8, group_size=32), tied)
     plain.prepare()
     saved = plain.stats()["weight_read_bytes_per_step"].value - engine.stats()["weight_read_bytes_per_step"].value
-    assert saved == table.numel() * 4 - head.cpu_plan().read_bytes
+    assert saved == table.numel() * 4 - head.plan(head.path(CPU)).read_bytes
 
 
 def test_the_memory_pre_check_counts_the_quantized_copy(tiny_llama):
@@ -393,7 +396,7 @@ def test_the_memory_pre_check_counts_the_quantized_copy(tiny_llama):
     estimate, what = QuantizedEngine.extra_weight_bytes(o, tiny_llama)
     engine = QuantizedEngine(o, tiny_llama)
     engine.prepare()
-    plans = sum(m.cpu_plan().read_bytes for m in engine._layers.values())
-    held = engine.measured.total_bytes + plans  # the format's storage + the CPU kernel's layout
+    plans = sum(m.plan("int4pack").read_bytes for m in engine._layers.values())
+    held = engine.measured.total_bytes + plans  # the format's storage + int4pack's layout (native adds nothing)
     assert "quantized copy (rooflens groupwise 4-bit g32 sym)" == what
     assert held <= estimate <= 1.3 * held

@@ -7,6 +7,19 @@ from collections.abc import Sequence
 
 ALLOWED_BITS: tuple[int, ...] = (8, 4, 3, 2)
 ALLOWED_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
+# Forward paths of a rooflens low-bit layer (``LowBitLinear(kernel=...)``, the engines' ``kernel`` option).
+KERNEL_CHOICES: dict[str, str] = {
+    "auto": "Triton on CUDA; on CPU the native kernel where it builds, else int4pack, else torch",
+    "native": "rooflens's C kernel for x86-64 AVX2 CPUs (built once with the system C compiler)",
+    "int4pack": "torch's int4 CPU kernel (bf16 activations; 8-bit as two 4-bit halves)",
+    "triton": "rooflens's Triton kernel (on CPU only under TRITON_INTERPRET=1)",
+    "torch": "the plain-torch reference (dequantize every call; slow, exact)",
+}
+KERNELS: tuple[str, ...] = tuple(KERNEL_CHOICES)
+
+
+def describe_kernels() -> str:
+    return "; ".join(f"{k}: {v}" for k, v in KERNEL_CHOICES.items())
 
 
 def check_bits(bits: object) -> int:

@@ -15,11 +15,8 @@ from typing import Any
 
 import torch
 
+from rooflens.cache import cache_dir
 from rooflens.text import safe_name
-
-
-def cache_dir(kind: str) -> Path:
-    return Path(os.environ.get("ROOFLENS_CACHE", Path.home() / ".cache" / "rooflens")) / kind
 
 
 def fingerprint(model: torch.nn.Module) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -9,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from rooflens.kernels.cpu_lowbit import CpuLowBitPlan, cpu_kernel_unavailable, cpu_lowbit_linear, plan_for
+from rooflens.kernels import cpu_lowbit, cpu_native
 from rooflens.kernels.lowbit import (
     QuantizedWeight,
     check_bits,
@@ -18,10 +20,33 @@ from rooflens.kernels.lowbit import (
     quantize,
     reference_linear,
 )
+from rooflens.kernels.native import native_unavailable
+from rooflens.lowbit_rules import KERNELS
 
-__all__ = ["KERNELS", "LowBitLinear", "LayerQuantReport", "QuantizationReport", "quantize_linear_layers"]
+__all__ = [
+    "KERNELS",
+    "kernel_unavailable",
+    "LowBitLinear",
+    "LayerQuantReport",
+    "QuantizationReport",
+    "quantize_linear_layers",
+]
 
-KERNELS = ("auto", "triton", "cpu", "torch")
+
+def kernel_unavailable(kernel: str, device: torch.device) -> Optional[str]:
+    """Why the forward path ``kernel`` cannot run for inputs on ``device`` (None when it can)."""
+    if kernel not in KERNELS:
+        return f"kernel: {kernel!r} is not one of {', '.join(KERNELS)}"
+    if kernel in ("native", "int4pack"):
+        if device.type != "cpu":
+            return f"kernel: {kernel} runs on the CPU, not {device.type}; use kernel: auto"
+        return native_unavailable() if kernel == "native" else cpu_lowbit.cpu_kernel_unavailable()
+    if kernel == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "kernel: triton needs the triton package (pip install triton)"
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "kernel: triton on CPU needs TRITON_INTERPRET=1 (the Triton interpreter, slow); use kernel: auto"
+    return None
 
 
 class LowBitLinear(nn.Module):
@@ -33,9 +58,10 @@ class LowBitLinear(nn.Module):
     them back as fp16.  The bias, if any, stays a (frozen) parameter and follows the model's dtype.
 
     ``kernel`` (:data:`KERNELS`): ``auto`` (default) -> the Triton kernel for CUDA inputs when triton is
-    available, torch's CPU int4 kernel (:mod:`rooflens.kernels.cpu_lowbit`) for CPU inputs when this torch
-    build has it, the torch reference otherwise; ``triton`` -> always Triton (on CPU this needs
-    ``TRITON_INTERPRET=1``); ``cpu`` -> always the CPU kernel; ``torch`` -> always the reference.
+    available; for CPU inputs rooflens's AVX2 kernel (:mod:`rooflens.kernels.cpu_native`) where it builds and
+    runs, else torch's int4 CPU kernel (:mod:`rooflens.kernels.cpu_lowbit`) where this torch build has it;
+    the torch reference otherwise. Any other value forces that path: ``triton`` (on CPU this needs
+    ``TRITON_INTERPRET=1``), ``native``, ``int4pack``, ``torch`` (the reference).
     """
 
     def __init__(self, qweight: QuantizedWeight, bias: Optional[torch.Tensor] = None, kernel: str = "auto") -> None:
@@ -48,7 +74,7 @@ class LowBitLinear(nn.Module):
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
         self.kernel = kernel
-        self._cpu_plan: Optional[CpuLowBitPlan] = None  # the weight in the CPU kernel's layout, built on first use
+        self._plans: dict[str, object] = {}  # CPU kernels' views of the weight, built on first use
         self.register_buffer("packed", qweight.packed)
         self.register_buffer("scales", qweight.scales.view(torch.int16))  # fp16 bit patterns
         zeros = None if qweight.zeros is None else qweight.zeros.view(torch.int16)
@@ -87,30 +113,42 @@ class LowBitLinear(nn.Module):
         return self.qweight.bits_per_weight
 
     def path(self, device: torch.device) -> str:
-        """The forward path for inputs on ``device``: ``triton``, ``cpu`` or ``torch``."""
+        """The forward path for inputs on ``device``: one of :data:`KERNELS` but ``auto``."""
         if self.kernel != "auto":
             return self.kernel
         if device.type == "cuda":
             from rooflens.kernels.triton_lowbit import triton_available
 
             return "triton" if triton_available() else "torch"
-        return "cpu" if device.type == "cpu" and cpu_kernel_unavailable() is None else "torch"
+        if device.type == "cpu":
+            if native_unavailable() is None:
+                return "native"
+            if cpu_lowbit.cpu_kernel_unavailable() is None:
+                return "int4pack"
+        return "torch"
 
-    def cpu_plan(self) -> CpuLowBitPlan:
-        if self._cpu_plan is None:
-            self._cpu_plan = plan_for(self.qweight.to("cpu"))
-        return self._cpu_plan
+    def plan(self, path: str):
+        """The weight as the CPU kernel ``path`` (``native`` or ``int4pack``) reads it; built once."""
+        if path not in self._plans:
+            module = cpu_native if path == "native" else cpu_lowbit
+            self._plans[path] = module.plan_for(self.qweight.to("cpu"))
+        return self._plans[path]
 
     def read_bytes(self, device: torch.device, act_dtype: torch.dtype, rows: int = 1) -> int:
         """Weight bytes one forward of ``rows`` input rows on ``device`` reads (bias excluded), for the roofline.
 
-        The CPU kernel reads its own layout (:attr:`CpuLowBitPlan.read_bytes`); Triton's GEMV and flat GEMM
-        the format as stored; the reference, and Triton's dense path (:func:`rooflens.kernels.dispatch.
-        choose_path`), also write and read back the dequantized weight in ``act_dtype``.
+        The CPU kernels read their plan (:attr:`NativePlan.read_bytes`: the format as stored, 3-bit expanded
+        to 4; :attr:`CpuLowBitPlan.read_bytes`: torch's int4 layout); Triton's GEMV and flat GEMM the format
+        as stored; the reference, and the dense paths of the native kernel (``rows >= DENSE_FROM_ROWS``) and
+        of Triton (:func:`rooflens.kernels.dispatch.choose_path`), also write and read back the dequantized
+        weight (fp32 for the native kernel, ``act_dtype`` otherwise).
         """
         path = self.path(device)
-        if path == "cpu":
-            return self.cpu_plan().read_bytes
+        if path == "int4pack":
+            return self.plan(path).read_bytes
+        if path == "native":
+            plan = self.plan(path)
+            return plan.read_bytes + (plan.dense_extra_bytes if rows >= cpu_native.DENSE_FROM_ROWS else 0)
         dequantized = 2 * self.out_features * self.in_features * act_dtype.itemsize
         if path == "triton":
             from rooflens.kernels.dispatch import choose_path
@@ -121,8 +159,10 @@ class LowBitLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self.path(x.device)
-        if path == "cpu":
-            return cpu_lowbit_linear(x, self.cpu_plan(), self.bias)
+        if path == "native":
+            return cpu_native.native_lowbit_linear(x, self.plan(path), self.bias)
+        if path == "int4pack":
+            return cpu_lowbit.cpu_lowbit_linear(x, self.plan(path), self.bias)
         if path == "triton":
             from rooflens.kernels.dispatch import choose_path
             from rooflens.kernels.triton_lowbit import lowbit_linear

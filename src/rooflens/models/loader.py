@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 import torch
 
+from rooflens.cache import cache_dir
 from rooflens.config import ModelSpec
 from rooflens.models.catalog import BUILTIN_MODELS, ModelLoadError, shipped_config_data
 from rooflens.results.record import ModelInfo
@@ -122,10 +123,6 @@ def shipped_config(name: str) -> tuple[Any, dict[str, Any]]:
 # ---------------------------------------------------------------------------- loaders
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("ROOFLENS_CACHE", Path.home() / ".cache" / "rooflens"))
-
-
 def _builtin_dir(name: str) -> Path:
     entry = BUILTIN_MODELS[name]
     spec = importlib.util.find_spec(entry["package"])  # locate without importing (its __init__ needs `llm`)
@@ -148,7 +145,7 @@ def converted_builtin(name: str) -> Path:
     gguf = folder / BUILTIN_MODELS[name]["gguf"]
     stat = gguf.stat()
     key = f"{name}-{stat.st_size}-{int(stat.st_mtime)}-tf{transformers.__version__}"
-    target = _cache_root() / "models" / key
+    target = cache_dir("models") / key
     if (target / "config.json").is_file():
         return target
     # transformers' GGUF reader draws a tqdm bar on stderr; rooflens shows its own progress

@@ -39,7 +39,7 @@ from rooflens.engines.mixed_precision.schedulers import (
 from rooflens.engines.mixed_precision.training import load, save, scheduler_path, tune
 from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
 from rooflens.engines.quant.base import copy_for_quantization, untie_from
-from rooflens.kernels.cpu_lowbit import cpu_kernel_unavailable
+from rooflens.kernels.linear import kernel_unavailable
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, quantize_multiprecision, set_precision
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,9 @@ class MixedPrecisionEngine(Engine):
             return
         opts = self.options
         device = self.model.device
-        if opts.kernel == "cpu" and (device.type != "cpu" or cpu_kernel_unavailable()):
-            raise EngineUnavailable(
-                f"options.kernel: 'cpu' cannot run here ({cpu_kernel_unavailable() or device.type})"
-            )
+        why = kernel_unavailable(opts.kernel, device)
+        if why:
+            raise EngineUnavailable(f"options.kernel: {opts.kernel!r} cannot run here ({why})")
         original = self.model.model
         skip: tuple[str, ...] = () if opts.lm_head else ("lm_head",)
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from rooflens.engines.options import EngineOptions
-from rooflens.lowbit_rules import check_ladder
+from rooflens.lowbit_rules import KERNELS, check_ladder, describe_kernels
 
 if TYPE_CHECKING:
     from rooflens.engines.mixed_precision.training import TuneSettings
@@ -52,7 +52,7 @@ class MixedPrecisionOptions(EngineOptions):
         default=True, description="tune in prepare() when the cache has nothing for these settings"
     )
     seed: int = Field(default=0, ge=0)
-    kernel: Literal["auto", "cpu", "triton", "torch"] = Field(default="auto", description="LowBitLinear forward path")
+    kernel: Literal[KERNELS] = Field(default="auto", description=f"LowBitLinear forward path: {describe_kernels()}")
 
     @field_validator("ladder")
     @classmethod

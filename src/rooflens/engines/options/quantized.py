@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from rooflens.engines.options.hf import HFOptions
+from rooflens.lowbit_rules import KERNELS, describe_kernels
 from rooflens.text import quote
 
 if TYPE_CHECKING:
@@ -71,11 +72,7 @@ class QuantizedOptions(HFOptions):
     symmetric: bool | None = Field(
         default=None, description="rooflens and torchao intx: symmetric (default) or asymmetric with zero points"
     )
-    kernel: Literal["auto", "triton", "cpu", "torch"] | None = Field(
-        default=None,
-        description="rooflens only: auto (Triton on CUDA, torch's int4 CPU kernel on CPU), triton (on CPU needs "
-        "TRITON_INTERPRET=1), cpu (torch's int4 CPU kernel), torch (the reference everywhere)",
-    )
+    kernel: Literal[KERNELS] | None = Field(default=None, description=f"rooflens only: {describe_kernels()}")
     lm_head: bool = Field(
         default=False,
         description="quantize the LM head too (a tied embedding is untied: the embedding keeps its dense table)",

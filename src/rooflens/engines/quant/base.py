@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from rooflens.engines.options.quantized import SKIP, FormatSpec
+from rooflens.lowbit_rules import KERNELS
 
-Kernel = Literal["auto", "triton", "cpu", "torch"]
+Kernel = Literal[KERNELS]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
   (see :mod:`rooflens.kernels.lowbit` for the exact layout and bits per weight).
 
 The forward path is the ``kernel`` of the spec (:data:`KERNEL_PATHS`): ``auto`` takes the Triton
-dequant-matmul kernel on CUDA and torch's int4 CPU kernel on the CPU, the plain-torch reference elsewhere.
+dequant-matmul kernel on CUDA, rooflens's AVX2 kernel on the CPU (torch's int4 CPU kernel where that one
+cannot be built), the plain-torch reference elsewhere.
 Usable on its own, e.g. to quantize one model at several bit widths::
 
     get_handler("rooflens").quantize(model, QuantSpec("rooflens", "groupwise", bits=4, group_size=64,
@@ -13,19 +14,21 @@ Usable on its own, e.g. to quantize one model at several bit widths::
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
 from rooflens.engines.options.quantized import FORMATS
-from rooflens.engines.quant.base import QuantHandler, QuantSpec, missing_package
+from rooflens.engines.quant.base import QuantHandler, QuantSpec
 from rooflens.kernels import LowBitLinear, QuantizationReport, quantize_linear_layers
-from rooflens.kernels.cpu_lowbit import cpu_kernel_unavailable
+from rooflens.kernels.cpu_native import DENSE_FROM_ROWS
+from rooflens.kernels.linear import kernel_unavailable
 
 KERNEL_PATHS = {
     "torch": "torch reference (dequantize every call + matmul in the activation dtype: a correctness path, not a fast one)",
-    "cpu": "torch's int4 CPU kernel (aten._weight_int4pack_mm_for_cpu): bf16 activations, scales and zeros; "
+    "native": "rooflens's AVX2 kernel (rooflens.kernels.cpu_native): the format as stored, fp32 activations; "
+    f"GEMV / flat GEMM below {DENSE_FROM_ROWS} rows, exact dequantization + torch's fp32 GEMM from "
+    f"{DENSE_FROM_ROWS} rows (prefill); 3-bit codes run in the 4-bit packing",
+    "int4pack": "torch's int4 CPU kernel (aten._weight_int4pack_mm_for_cpu): bf16 activations, scales and zeros; "
     "3/2-bit codes run in the 4-bit layout, 8-bit codes as two 4-bit halves",
     "triton": "Triton dequant-matmul kernel (rooflens.kernels.triton_lowbit)",
 }
@@ -51,17 +54,7 @@ class RooflensHandler(QuantHandler):
         return "rooflens.kernels"
 
     def unavailable(self, spec: QuantSpec, device: torch.device, dtype: str | None = None) -> str | None:
-        if spec.kernel == "cpu":
-            if device.type != "cpu":
-                return f"kernel: cpu runs on the CPU, not {device.type}; use kernel: auto"
-            return cpu_kernel_unavailable()
-        if spec.kernel == "triton":
-            missing = missing_package("triton", "kernel: triton")
-            if missing is not None:
-                return missing
-            if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-                return "kernel: triton on CPU needs TRITON_INTERPRET=1 (the Triton interpreter, slow); use kernel: auto"
-        return None
+        return kernel_unavailable(spec.kernel, device) if spec.kernel else None
 
     def quantize(self, model: nn.Module, spec: QuantSpec, device: torch.device) -> dict[str, nn.Module]:
         self.report = quantize_linear_layers(

@@ -1,0 +1,244 @@
+// rooflens low-bit weight-only kernels for x86-64 CPUs with AVX2, FMA and F16C.
+//
+// They read rooflens's format as stored (rooflens/kernels/lowbit.py): per output row, the codes as a
+// little-endian bit stream (8, 4 or 2 bits; 3-bit weights are expanded to 4 bits by the caller), fp16 scales
+// and, when asymmetric, fp16 zero points per group of K; w = (u - z) * s.
+//
+// Layout trick: 8 consecutive bytes hold B = 8 * P codes (P = 8 / bits codes per byte). Zero-extending the 8
+// bytes to 8 int32 lanes and taking bit field p of every lane gives "plane" p: the codes k = P * l + p,
+// l = 0..7. Instead of shuffling the weights into K order, the activations are permuted once per call into
+// the same plane order (xp), so no weight is ever repacked.
+//
+// y[m, n] = sum_g s[n, g] * (sum_{k in g} u[n, k] xp[m, k]) - sum_g s[n, g] z[n, g] xs[m, g],
+// with xs[m, g] the sum of x over group g: fp32 throughout, accumulation order differs from a dense matmul.
+//
+// Built by rooflens/kernels/native.py with the system C compiler; -fopenmp links libgomp.so.1, the OpenMP
+// runtime torch's CPU build has already loaded, so these loops share torch's thread pool.
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 8")
+
+typedef struct {
+    const float *xp;  // [M, K] activations in plane order
+    const float *xs;  // [M, G] per-group sums of x
+    int M, K, G, gsize, N;
+    const uint8_t *codes;  // [N, row_bytes]
+    size_t row_bytes;
+    const uint16_t *scales, *zeros;  // fp16 [N, G]; zeros NULL when symmetric (then z = zconst)
+    float zconst;
+    float *y;  // [M, N]
+} job_t;
+
+INLINE void halfs_to_floats(const uint16_t *h, int n, float *out) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) out[i] = _cvtsh_ss(h[i]);
+}
+
+INLINE float hsum(__m256 a) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_hadd_ps(h, h);
+    h = _mm_hadd_ps(h, h);
+    return _mm_cvtss_f32(h);
+}
+
+// Row n's scales as fp32 in `s`, and its zero-point term sum_g s z xs for activation rows m0 .. m0 + mc.
+INLINE void row_terms(const job_t *j, int n, int m0, int mc, float *s, float *zterm) {
+    const int G = j->G;
+    float z[G];
+    halfs_to_floats(j->scales + (size_t)n * G, G, s);
+    if (j->zeros) halfs_to_floats(j->zeros + (size_t)n * G, G, z);
+    for (int m = 0; m < mc; m++) {
+        const float *xs = j->xs + (size_t)(m0 + m) * G;
+        float t = 0.f;
+        for (int g = 0; g < G; g++) t += s[g] * (j->zeros ? z[g] : j->zconst) * xs[g];
+        zterm[m] = t;
+    }
+}
+
+// The 8 lanes of plane p of a block whose zero-extended bytes are v.
+INLINE __m256i plane(__m256i v, int p, const int BITS) {
+    const int P = 8 / BITS;
+    __m256i u = p ? _mm256_srli_epi32(v, BITS * p) : v;
+    return p < P - 1 ? _mm256_and_si256(u, _mm256_set1_epi32((1 << BITS) - 1)) : u;
+}
+
+INLINE __m256i load_block(const job_t *j, int n, int b) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(j->codes + (size_t)n * j->row_bytes + (size_t)b * 8)));
+}
+
+// One activation row (decode): R output rows at once; codes times x summed unscaled within a group, then
+// scaled once per group (one multiply per group instead of one per vector).
+INLINE void tile_gemv(const job_t *j, int n0, int m0, const int R, const int BITS) {
+    const int P = 8 / BITS, B = 8 * P, G = j->G, bpg = j->gsize / B;
+    float s[R][G], zterm[R];
+    for (int r = 0; r < R; r++) row_terms(j, n0 + r, m0, 1, s[r], &zterm[r]);
+    const float *xp = j->xp + (size_t)m0 * j->K;
+    __m256 tot[R];
+    UNROLL for (int r = 0; r < R; r++) tot[r] = _mm256_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        __m256 part[R][2];
+        UNROLL for (int r = 0; r < R; r++) part[r][0] = part[r][1] = _mm256_setzero_ps();
+        UNROLL for (int b = g * bpg; b < (g + 1) * bpg; b++) {
+            UNROLL for (int r = 0; r < R; r++) {
+                const __m256i v = load_block(j, n0 + r, b);
+                UNROLL for (int p = 0; p < P; p++) {
+                    const __m256 w = _mm256_cvtepi32_ps(plane(v, p, BITS));
+                    part[r][p & 1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp + (size_t)b * B + p * 8), part[r][p & 1]);
+                }
+            }
+        }
+        UNROLL for (int r = 0; r < R; r++)
+            tot[r] = _mm256_fmadd_ps(_mm256_add_ps(part[r][0], part[r][1]), _mm256_broadcast_ss(&s[r][g]), tot[r]);
+    }
+    UNROLL for (int r = 0; r < R; r++) j->y[(size_t)m0 * j->N + n0 + r] = hsum(tot[r]) - zterm[r];
+}
+
+// MC activation rows (flat GEMM: batch or speculation width): each dequantized weight vector is reused MC times.
+INLINE void tile_flat(const job_t *j, int n0, int m0, const int R, const int MC, const int BITS) {
+    const int P = 8 / BITS, B = 8 * P, G = j->G, K = j->K, bpg = j->gsize / B;
+    float s[R][G], zterm[R][MC];
+    for (int r = 0; r < R; r++) row_terms(j, n0 + r, m0, MC, s[r], zterm[r]);
+    const float *xp = j->xp + (size_t)m0 * K;
+    __m256 acc[R][MC];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int m = 0; m < MC; m++) acc[r][m] = _mm256_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        for (int b = g * bpg; b < (g + 1) * bpg; b++) {
+            UNROLL for (int r = 0; r < R; r++) {
+                const __m256i v = load_block(j, n0 + r, b);
+                const __m256 sc = _mm256_broadcast_ss(&s[r][g]);
+                UNROLL for (int p = 0; p < P; p++) {
+                    const __m256 w = _mm256_mul_ps(_mm256_cvtepi32_ps(plane(v, p, BITS)), sc);
+                    UNROLL for (int m = 0; m < MC; m++)
+                        acc[r][m] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp + (size_t)m * K + (size_t)b * B + p * 8), acc[r][m]);
+                }
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int m = 0; m < MC; m++)
+        j->y[(size_t)(m0 + m) * j->N + n0 + r] = hsum(acc[r][m]) - zterm[r][m];
+}
+
+// Output rows [n0, n0 + rows) (rows <= 4) for every activation row, in chunks of 8 / 4 / 2 / 1 activation rows;
+// tiles keep <= 8 accumulators in registers.
+INLINE void rows_all_m(const job_t *j, int n0, int rows, const int BITS) {
+    for (int m0 = 0; m0 < j->M;) {
+        const int left = j->M - m0;
+        if (left >= 8) {
+            for (int r = 0; r < rows; r++) tile_flat(j, n0 + r, m0, 1, 8, BITS);
+            m0 += 8;
+        } else if (left >= 4) {
+            int r = 0;
+            for (; r + 2 <= rows; r += 2) tile_flat(j, n0 + r, m0, 2, 4, BITS);
+            for (; r < rows; r++) tile_flat(j, n0 + r, m0, 1, 4, BITS);
+            m0 += 4;
+        } else if (left >= 2) {
+            if (rows == 4) tile_flat(j, n0, m0, 4, 2, BITS);
+            else for (int r = 0; r < rows; r++) tile_flat(j, n0 + r, m0, 1, 2, BITS);
+            m0 += 2;
+        } else {
+            if (rows == 4) tile_gemv(j, n0, m0, 4, BITS);
+            else for (int r = 0; r < rows; r++) tile_gemv(j, n0 + r, m0, 1, BITS);
+            m0 += 1;
+        }
+    }
+}
+
+// One function per bit width, so that BITS is a constant inside the OpenMP region (the planes unroll).
+#define DEFINE_GEMM(BITS)                                                      \
+    static void gemm##BITS(const job_t *j, int nthreads) {                     \
+        const int ntiles = (j->N + 3) / 4;                                     \
+        _Pragma("omp parallel for num_threads(nthreads) schedule(static)")     \
+        for (int t = 0; t < ntiles; t++) {                                     \
+            const int n0 = t * 4;                                              \
+            rows_all_m(j, n0, j->N - n0 < 4 ? j->N - n0 : 4, BITS);            \
+        }                                                                      \
+    }
+DEFINE_GEMM(2)
+DEFINE_GEMM(4)
+DEFINE_GEMM(8)
+
+static int check(int bits, int K, int gsize) {
+    if (bits != 2 && bits != 4 && bits != 8) return -1;
+    if (gsize <= 0 || K % gsize || gsize % (64 / bits)) return -2;
+    return 0;
+}
+
+// Activations into plane order, for the caller's dense path: xp[m, b*B + p*8 + l] = x[m, b*B + P*l + p].
+void rl_permute_x(const float *x, int M, int K, int bits, float *xp) {
+    const int P = 8 / bits, B = 8 * P;
+    for (int m = 0; m < M; m++)
+        for (int k0 = 0; k0 < K; k0 += B)
+            for (int p = 0; p < P; p++)
+                for (int l = 0; l < 8; l++) xp[(size_t)m * K + k0 + p * 8 + l] = x[(size_t)m * K + k0 + P * l + p];
+}
+
+// y[M, N] = x[M, K] @ W^T. Returns 0, or a negative number for arguments the kernel does not take.
+int rl_lowbit_gemm(const float *x, int M, int K, const uint8_t *codes, int bits, int N, const uint16_t *scales,
+                   const uint16_t *zeros, float zconst, int gsize, float *y, int nthreads) {
+    const int bad = check(bits, K, gsize);
+    if (bad) return bad;
+    const int G = K / gsize;
+    float *xp = aligned_alloc(64, ((size_t)M * K * sizeof(float) + 63) / 64 * 64);
+    float *xs = malloc((size_t)M * G * sizeof(float) + 1);
+    if (!xp || !xs) {
+        free(xp);
+        free(xs);
+        return -3;
+    }
+    rl_permute_x(x, M, K, bits, xp);
+    for (int m = 0; m < M; m++)
+        for (int g = 0; g < G; g++) {
+            float t = 0.f;
+            for (int k = 0; k < gsize; k++) t += x[(size_t)m * K + (size_t)g * gsize + k];
+            xs[(size_t)m * G + g] = t;
+        }
+    const job_t j = {xp, xs, M, K, G, gsize, N, codes, (size_t)K * bits / 8, scales, zeros, zconst, y};
+    if (bits == 2) gemm2(&j, nthreads);
+    else if (bits == 4) gemm4(&j, nthreads);
+    else gemm8(&j, nthreads);
+    free(xp);
+    free(xs);
+    return 0;
+}
+
+// Rows [n0, n1) of W = (u - z) s as fp32, in plane order along K (the dense path multiplies it with rl_permute_x's
+// output): w[n - n0, b*B + p*8 + l] = W[n, b*B + P*l + p]. Exact: (u - z) is a small integer, s an fp16 value.
+#define DEFINE_DEQUANT(BITS)                                                                              \
+    static void dequant##BITS(const job_t *j, int n0, int n1, float *w, int nthreads) {                   \
+        const int P = 8 / BITS, B = 8 * P, G = j->G, K = j->K, bpg = j->gsize / B;                        \
+        _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                \
+        for (int n = n0; n < n1; n++) {                                                                   \
+            float s[G], z[G];                                                                             \
+            halfs_to_floats(j->scales + (size_t)n * G, G, s);                                             \
+            if (j->zeros) halfs_to_floats(j->zeros + (size_t)n * G, G, z);                                \
+            float *out = w + (size_t)(n - n0) * K;                                                        \
+            for (int g = 0; g < G; g++) {                                                                 \
+                const __m256 sc = _mm256_broadcast_ss(&s[g]);                                             \
+                const __m256 off = _mm256_set1_ps(-(j->zeros ? z[g] : j->zconst) * s[g]);                 \
+                for (int b = g * bpg; b < (g + 1) * bpg; b++) {                                           \
+                    const __m256i v = load_block(j, n, b);                                                \
+                    UNROLL for (int p = 0; p < P; p++)                                                    \
+                        _mm256_storeu_ps(out + (size_t)b * B + p * 8,                                     \
+                                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(plane(v, p, BITS)), sc, off)); \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+    }
+DEFINE_DEQUANT(2)
+DEFINE_DEQUANT(4)
+DEFINE_DEQUANT(8)
+
+int rl_lowbit_dequant(const uint8_t *codes, int bits, int K, const uint16_t *scales, const uint16_t *zeros,
+                      float zconst, int gsize, int n0, int n1, float *w, int nthreads) {
+    const int bad = check(bits, K, gsize);
+    if (bad) return bad;
+    const job_t j = {NULL, NULL, 0, K, K / gsize, gsize, n1, codes, (size_t)K * bits / 8, scales, zeros, zconst, NULL};
+    if (bits == 2) dequant2(&j, n0, n1, w, nthreads);
+    else if (bits == 4) dequant4(&j, n0, n1, w, nthreads);
+    else dequant8(&j, n0, n1, w, nthreads);
+    return 0;
+}

@@ -1,0 +1,109 @@
+"""Build and load rooflens's C kernels (``kernels/csrc/``) with the system C compiler, once per machine.
+
+The shared library is compiled on first use into ``$ROOFLENS_CACHE/kernels/`` under a name that hashes the
+source, the flags and the compiler's version, written atomically, and loaded with :mod:`ctypes` (calls
+release the GIL). No torch headers and no Python headers are needed, so a build takes ~2 s. When the CPU
+lacks the instruction sets, or no compiler works, :func:`native_unavailable` says why and callers fall back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from rooflens.cache import cache_dir
+
+SOURCE = Path(__file__).with_name("csrc") / "lowbit_avx2.c"
+CPU_FLAGS = ("avx2", "fma", "f16c")
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int
+_F = ctypes.c_float
+SIGNATURES = {  # name -> (argtypes, restype); see the C source for what each argument is
+    "rl_lowbit_gemm": ((_P, _I, _I, _P, _I, _I, _P, _P, _F, _I, _P, _I), _I),
+    "rl_lowbit_dequant": ((_P, _I, _I, _P, _P, _F, _I, _I, _I, _P, _I), _I),
+    "rl_permute_x": ((_P, _I, _I, _I, _P), None),
+}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def compiler() -> str | None:
+    """The C compiler to use: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH."""
+    env = os.environ.get("CC")
+    if env:
+        return shutil.which(env.split()[0]) and env
+    return next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+
+
+def _build(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
+    target = cache_dir("kernels") / f"{SOURCE.stem}-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [*cc.split(), *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+        )
+        if done.returncode:
+            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {done.stderr.strip()[-600:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None, f"the rooflens native kernel is x86-64 AVX2 code; this machine is {platform.machine()}"
+    missing = [f for f in CPU_FLAGS if f not in _cpu_flags()]
+    if missing:
+        return None, f"this CPU lacks {', '.join(missing)} (the native kernel needs {', '.join(CPU_FLAGS)})"
+    cc = compiler()
+    if cc is None:
+        return None, "no C compiler found (set CC, or install gcc) to build the native kernel"
+    import torch  # noqa: F401  (loads torch's libgomp.so.1 first, so the kernel shares its OpenMP runtime)
+
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        return None, f"could not build or load the native kernel: {err}"
+    for name, (args, res) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    return lib, None
+
+
+def native_unavailable() -> str | None:
+    """Why the native kernel cannot run here (None when it can); builds it on first call."""
+    return _load()[1]
+
+
+def native_library() -> ctypes.CDLL:
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(why)
+    return lib

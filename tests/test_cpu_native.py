@@ -1,0 +1,126 @@
+"""rooflens's AVX2 kernel (kernels/csrc/lowbit_avx2.c) against the plain-torch reference of the format."""
+
+import pytest
+import torch
+
+from rooflens.kernels import LowBitLinear, quantize, reference_linear
+from rooflens.kernels.cpu_native import DENSE_FROM_ROWS, native_lowbit_linear, plan_for
+from rooflens.kernels.lowbit import dequantize
+from rooflens.kernels.native import native_library, native_unavailable
+
+pytestmark = pytest.mark.skipif(native_unavailable() is not None, reason=str(native_unavailable()))
+
+ROWS = (1, 3, 8, 13, DENSE_FROM_ROWS + 5)  # GEMV, flat tiles of 2 / 4 / 8 and a remainder, the dense path
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def summation_error(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, qw) -> float:
+    """max |out - ref| over the scale of the terms the kernel sums, sum_k |x_k| (|u_k s| + |z s|): it sums the
+    codes times x and subtracts the zero point once per group, so that is where its fp32 rounding is bounded
+    (relative to the result itself a cancelling sum could look arbitrarily bad)."""
+    z = qw.zeros.float() if qw.zeros is not None else torch.full(qw.scales.shape, 2.0 ** (qw.bits - 1))
+    zs = (z * qw.scales.float()).repeat_interleave(qw.group_size, dim=1)
+    terms = x.abs() @ (dequantize(qw).abs() + 2 * zs).t()
+    return float((out - ref).abs().max() / terms.max())
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3, 2])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@torch.no_grad()
+def test_native_kernel_matches_the_reference(bits, group_size, symmetric):
+    gen = torch.Generator().manual_seed(bits * 1000 + group_size + symmetric)
+    for n, k in ((37, 3 * group_size), (130, 2 * group_size), (1, group_size), (6, 4 * group_size)):  # ragged N
+        w = torch.randn(n, k, generator=gen) * 0.05
+        qw = quantize(w, bits=bits, group_size=group_size, symmetric=symmetric)
+        plan = plan_for(qw)
+        bias = torch.randn(n, generator=gen)
+        for m in ROWS:
+            x = torch.randn(m, k, generator=gen)
+            out = native_lowbit_linear(x, plan, bias)
+            assert out.shape == (m, n) and out.dtype == torch.float32
+            # fp32 throughout: only the summation order differs from the reference
+            assert summation_error(out, reference_linear(x, qw, bias), x, qw) < 1e-6, (n, k, m)
+        x3 = torch.randn(2, 3, k, generator=gen).to(torch.bfloat16)  # leading dims and bf16 inputs
+        out3 = native_lowbit_linear(x3, plan)
+        assert out3.shape == (2, 3, n) and out3.dtype == torch.bfloat16
+        assert rel(out3, reference_linear(x3.float(), qw)) < 1e-2
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_dense_path_dequantizes_exactly(bits):
+    """rl_lowbit_dequant writes (u - z) s in plane order: un-permuted, it is the reference's weight bit for bit."""
+    n, k = 19, 128
+    qw = quantize(torch.randn(n, k), bits=bits, group_size=32, symmetric=False)
+    plan = plan_for(qw)
+    w = torch.empty(n - 3, k)
+    weight = (plan.codes.data_ptr(), bits, k, plan.scales.data_ptr(), plan.zeros.data_ptr(), plan.zconst, 32)
+    assert native_library().rl_lowbit_dequant(*weight, 3, n, w.data_ptr(), 2) == 0  # rows 3 .. n
+    planes = 8 // bits
+    unpermuted = w.reshape(n - 3, k // (8 * planes), planes, 8).transpose(-1, -2).reshape(n - 3, k)
+    assert torch.equal(unpermuted, dequantize(qw)[3:])
+
+
+def test_the_kernel_rejects_what_it_cannot_read():
+    lib, qw = native_library(), quantize(torch.randn(8, 64), bits=4, group_size=32)
+    y, x = torch.empty(1, 8), torch.randn(1, 64)
+    args = (x.data_ptr(), 1, 64, qw.packed.data_ptr())
+    assert lib.rl_lowbit_gemm(*args, 3, 8, qw.scales.data_ptr(), None, 4.0, 32, y.data_ptr(), 1) == -1  # 3-bit
+    assert lib.rl_lowbit_gemm(*args, 4, 8, qw.scales.data_ptr(), None, 8.0, 24, y.data_ptr(), 1) == -2  # group
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    qw = quantize(torch.randn(300, 256), bits=4, group_size=64)
+    plan, x = plan_for(qw), torch.randn(5, 256)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native_lowbit_linear(x, plan)
+        torch.set_num_threads(2)
+        two = native_lowbit_linear(x, plan)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)  # each output row is computed by one thread, in one order
+
+
+@pytest.mark.parametrize("bits, packed_bits", [(8, 8), (4, 4), (3, 4), (2, 2)])
+def test_bytes_read_are_what_the_kernel_reads(bits, packed_bits):
+    """8/4/2-bit weights are read as stored; 3-bit codes run in the 4-bit packing and are credited with it."""
+    qw = quantize(torch.randn(40, 256), bits=bits, group_size=64, symmetric=False)
+    plan = plan_for(qw)
+    assert plan.read_bytes == 40 * 256 * packed_bits // 8 + 2 * 40 * 4 * 2  # codes + fp16 scales and zeros
+    if bits != 3:
+        assert plan.read_bytes == qw.storage_bytes and plan.codes.data_ptr() == qw.packed.data_ptr()  # no copy
+    layer = LowBitLinear(qw, kernel="native")
+    cpu = torch.device("cpu")
+    assert layer.read_bytes(cpu, torch.float32, rows=1) == plan.read_bytes
+    dense = layer.read_bytes(cpu, torch.float32, rows=DENSE_FROM_ROWS)  # + the fp32 weight written and read
+    assert dense == plan.read_bytes + 2 * 40 * 256 * 4
+
+
+def test_auto_takes_the_native_kernel_on_the_cpu():
+    layer = LowBitLinear.from_linear(torch.nn.Linear(64, 48), bits=4, group_size=32)
+    assert layer.path(torch.device("cpu")) == "native"
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(layer(x), reference_linear(x, layer.qweight, layer.bias), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cc, why", [("false", "could not build or load the native kernel: false failed"), ("no-such-cc", "no C compiler")]
+)
+def test_a_missing_or_broken_compiler_is_a_reason_not_a_crash(cc, why, monkeypatch, tmp_path):
+    from rooflens.kernels import native
+
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", cc)
+    native._load.cache_clear()
+    try:
+        assert native.native_unavailable().startswith(why)
+        assert LowBitLinear.from_linear(torch.nn.Linear(64, 8), bits=4, group_size=32).path(torch.device("cpu")) != (
+            "native"
+        )
+    finally:
+        native._load.cache_clear()  # the next caller builds (or finds) the real kernel again
