@@ -2,8 +2,9 @@
 """CPU mode of the low-bit kernel benchmark: rooflens's CPU path against dense and library kernels.
 
 For SmolLM2-135M's and Llama-2-7B's linear shapes (``N x K``) at ``M`` rows of activations, times
-``y = x @ W.T`` for: fp32 and bf16 ``F.linear``; rooflens 8/4/3/2-bit through its CPU kernel
-(:mod:`rooflens.kernels.cpu_lowbit`, fp32 activations in and out, as in an fp32 model); and, beside it,
+``y = x @ W.T`` for: fp32 and bf16 ``F.linear``; rooflens 8/4/3/2-bit through the CPU path ``kernel: auto``
+takes (the native AVX2 kernel, :mod:`rooflens.kernels.cpu_native`, where it builds, else torch's int4 kernel;
+fp32 activations in and out, as in an fp32 model; the kind's label names the path); and, beside it,
 the library kernels this machine has: torch's own ``_weight_int8pack_mm`` (per-channel int8) and
 ``_weight_int4pack_mm_for_cpu`` (g64) called directly with bf16 activations, torchao int8 weight-only and
 int8 dynamic, bitsandbytes int8 and nf4.
@@ -11,8 +12,9 @@ int8 dynamic, bitsandbytes int8 and nf4.
 Method: weights are random; each kind gets enough copies of its weight that one timed pass streams at
 least ``--rotate-mb`` MiB (so small matrices are read from memory, not from the last-level cache);
 warm-up passes, then the median of ``--reps`` timed passes divided by the copies. GB/s = weight bytes
-the kernel reads per call / time (rooflens: :attr:`CpuLowBitPlan.read_bytes`, 3/2-bit codes are read
-as 4-bit; libraries: their storage). Nothing else may run on the machine while it measures.
+the kernel reads per call / time (rooflens: ``LowBitLinear.read_bytes`` for that many rows: the native
+kernel reads the format as stored, 3-bit codes as 4-bit, and from 32 rows also the fp32 weight it
+dequantizes; libraries: their storage). Nothing else may run on the machine while it measures.
 
     python benchmarks/kernel_lowbit_cpu.py --m 1 8 --png reports/kernel_lowbit_cpu.png
 """
@@ -99,11 +101,17 @@ def dense(w: torch.Tensor, dtype: torch.dtype):
 
 
 def rooflens_cpu(w: torch.Tensor, bits: int, group: int):
-    from rooflens.kernels import quantize
-    from rooflens.kernels.cpu_lowbit import cpu_lowbit_linear, plan_for
+    """The layer and its bytes read per call as a function of the rows (the native dense path reads more)."""
+    from rooflens.kernels import LowBitLinear, quantize
 
-    plan = plan_for(quantize(w, bits=bits, group_size=group, symmetric=True))
-    return (lambda x: cpu_lowbit_linear(x, plan)), plan.read_bytes
+    layer = LowBitLinear(quantize(w, bits=bits, group_size=group, symmetric=True))
+    return layer, lambda rows: layer.read_bytes(torch.device("cpu"), torch.float32, rows)
+
+
+def rooflens_path() -> str:
+    from rooflens.kernels import LowBitLinear
+
+    return LowBitLinear.from_linear(torch.nn.Linear(64, 16), bits=4, group_size=32).path(torch.device("cpu"))
 
 
 def torch_int8pack(w: torch.Tensor):
@@ -142,14 +150,15 @@ def library_layer(w: torch.Tensor, backend: str, fmt: str):
     return (lambda x: layer(x)), layer_weight_bytes(layer) if layers else 0
 
 
-def kinds(w: torch.Tensor, args) -> dict[str, Callable[[], tuple[Callable, int]]]:
-    out: dict[str, Callable[[], tuple[Callable, int]]] = {
+def kinds(w: torch.Tensor, args) -> dict[str, Callable[[], tuple[Callable, int | Callable[[int], int]]]]:
+    out: dict[str, Callable[[], tuple[Callable, int | Callable[[int], int]]]] = {
         "fp32 F.linear": lambda: dense(w, torch.float32),
         "bf16 F.linear": lambda: dense(w, torch.bfloat16),
     }
     g = args.group_size if w.shape[1] % args.group_size == 0 else 32
+    path = rooflens_path()
     for bits in args.bits:
-        out[f"rooflens {bits}-bit g{g}"] = lambda bits=bits: rooflens_cpu(w, bits, g)
+        out[f"rooflens {bits}-bit g{g} ({path})"] = lambda bits=bits: rooflens_cpu(w, bits, g)
     if not args.no_libraries:
         out["torch int8pack (per-channel)"] = lambda: torch_int8pack(w)
         out[f"torch int4pack g{g}"] = lambda: torch_int4pack(w, g)
@@ -182,13 +191,15 @@ def run(args) -> list[Row]:
         w = torch.randn(n, k, generator=gen) * 0.02
         for kind, build in kinds(w, args).items():
             try:
-                fn, read = build()
-                n_copies = copies_for(read, args.rotate_mb)
+                fn, reads = build()
+                read_for = reads if callable(reads) else (lambda rows, reads=reads: reads)
+                n_copies = copies_for(read_for(1), args.rotate_mb)
                 fns = [fn] + [build()[0] for _ in range(n_copies - 1)]
             except Exception as err:  # noqa: BLE001 - a library that cannot run here is reported, not fatal
                 print(f"{model:>12} {name:>13} {kind:<28} unavailable: {type(err).__name__}: {str(err)[:80]}")
                 continue
             for m in args.m:
+                read = read_for(m)
                 x = torch.randn(m, k, generator=gen)
                 ref = x @ w.T
                 out = fn(x).float()

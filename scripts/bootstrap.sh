@@ -37,11 +37,16 @@ fi
 ( "$py" -c "from rooflens.models.loader import converted_builtin; converted_builtin('smollm2-135m')" 2>/dev/null \
   || echo "bootstrap: SmolLM2 not converted now; the first run that loads it will do it" >&2 ) &
 convert=$!
+# rooflens's AVX2 low-bit kernel, compiled once into the same cache (~3 s; without a C compiler or AVX2 the
+# quantized engines fall back to torch's int4 CPU kernel and say so in their records).
+( "$py" -c "from rooflens.kernels.native import native_unavailable as u; w = u(); print('bootstrap: native low-bit kernel', 'unavailable:', w) if w else None" \
+  || echo "bootstrap: the native low-bit kernel was not built now" >&2 ) &
+kernel=$!
 # Optional: Ray, for `executor: ray` (docs/executors.md). Everything else works without it, so an
 # index without a ray wheel for this Python or platform only loses that executor.
 # The extra's one requirement by name: `-e ".[ray]"` would rebuild the editable rooflens again (~6 s).
 if ! "${pip[@]}" -c requirements/constraints.txt "ray>=2.9"; then
   echo "bootstrap: ray did not install; executor 'ray' is unavailable (pip install 'rooflens[ray]' to retry)" >&2
 fi
-wait "$convert"
+wait "$convert" "$kernel"
 echo "bootstrap: ready ($("$py" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -57,8 +57,7 @@ def test_dense_path_dequantizes_exactly(bits):
     qw = quantize(torch.randn(n, k), bits=bits, group_size=32, symmetric=False)
     plan = plan_for(qw)
     w = torch.empty(n - 3, k)
-    weight = (plan.codes.data_ptr(), bits, k, plan.scales.data_ptr(), plan.zeros.data_ptr(), plan.zconst, 32)
-    assert native_library().rl_lowbit_dequant(*weight, 3, n, w.data_ptr(), 2) == 0  # rows 3 .. n
+    assert native_library().rl_lowbit_dequant(*plan.weight_args, 3, n, w.data_ptr(), 2) == 0  # rows 3 .. n
     planes = 8 // bits
     unpermuted = w.reshape(n - 3, k // (8 * planes), planes, 8).transpose(-1, -2).reshape(n - 3, k)
     assert torch.equal(unpermuted, dequantize(qw)[3:])
@@ -67,9 +66,12 @@ def test_dense_path_dequantizes_exactly(bits):
 def test_the_kernel_rejects_what_it_cannot_read():
     lib, qw = native_library(), quantize(torch.randn(8, 64), bits=4, group_size=32)
     y, x = torch.empty(1, 8), torch.randn(1, 64)
-    args = (x.data_ptr(), 1, 64, qw.packed.data_ptr())
-    assert lib.rl_lowbit_gemm(*args, 3, 8, qw.scales.data_ptr(), None, 4.0, 32, y.data_ptr(), 1) == -1  # 3-bit
-    assert lib.rl_lowbit_gemm(*args, 4, 8, qw.scales.data_ptr(), None, 8.0, 24, y.data_ptr(), 1) == -2  # group
+    codes, scales = qw.packed.data_ptr(), qw.scales.data_ptr()
+    rows = (x.data_ptr(), 1, y.data_ptr(), 1)
+    assert lib.rl_lowbit_gemm(codes, 4, 8, 64, scales, None, 8.0, 32, *rows) == 0
+    assert lib.rl_lowbit_gemm(codes, 3, 8, 64, scales, None, 4.0, 32, *rows) == -1  # 3-bit codes straddle words
+    assert lib.rl_lowbit_gemm(codes, 4, 8, 64, scales, None, 8.0, 24, *rows) == -2  # a group the format lacks
+    assert lib.rl_lowbit_dequant(codes, 4, 8, 64, scales, None, 8.0, 32, 0, 9, y.data_ptr(), 1) == -4  # rows > N
 
 
 def test_results_do_not_depend_on_the_thread_count():

@@ -23,8 +23,9 @@ Backends and formats
 ``rooflens`` (``rooflens.kernels.quantize_linear_layers``)
     * ``groupwise`` — our packed group-wise format, ``bits`` 8/4/3/2, ``group_size`` 32/64/128,
       ``symmetric`` or not (see :mod:`rooflens.kernels.lowbit` for the exact layout and bits per weight).
-      On CUDA the forward is the Triton dequant-matmul kernel; on CPU torch's int4 CPU kernel, or the
-      plain-torch reference (dequantize every call, then a matmul): a correctness path, not a fast one.
+      On CUDA the forward is the Triton dequant-matmul kernel; on CPU rooflens's AVX2 kernel, where it cannot
+      be built torch's int4 CPU kernel; elsewhere the plain-torch reference (dequantize every call, then a
+      matmul): a correctness path, not a fast one. The ``kernel`` option forces one.
 
 The embeddings stay in the model dtype, and so does the LM head unless ``lm_head: true`` (a tied
 embedding is then untied and keeps its dense table).

@@ -5,8 +5,10 @@
   never needs triton, and so that ``TRITON_INTERPRET`` may be set any time before the first launch);
 * :mod:`rooflens.kernels.dispatch` — which Triton path (GEMV / flat GEMM / dense) a ``(M, N, K)`` takes, from
   default or measured crossovers cached per GPU;
-* :mod:`rooflens.kernels.cpu_lowbit` — the CPU fast path: the format converted into torch's int4 CPU kernel;
-* :mod:`rooflens.kernels.linear` — ``LowBitLinear`` (picks Triton, the CPU kernel or the reference) and
+* :mod:`rooflens.kernels.cpu_native` — the CPU fast path: rooflens's AVX2 kernel (``csrc/lowbit_avx2.c``, built
+  by :mod:`rooflens.kernels.native`), reading the format as stored;
+* :mod:`rooflens.kernels.cpu_lowbit` — the fallback CPU path: the format converted into torch's int4 CPU kernel;
+* :mod:`rooflens.kernels.linear` — ``LowBitLinear`` (picks Triton, a CPU kernel or the reference) and
   ``quantize_linear_layers``.
 """
 

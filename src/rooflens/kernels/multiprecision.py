@@ -3,12 +3,12 @@
 :class:`MultiPrecisionLinear` holds one :class:`LowBitLinear` per rung of a ladder (e.g. 8 -> 4 bits),
 each quantized from the same original weight, and optionally the original layer itself; ``bits`` picks
 the one that runs (``None``: the original). Switching is an attribute set between steps, never a
-re-quantization. Each rung runs through the fast kernel of its own format (on the CPU: torch's int4
-kernel, 8-bit codes as two 4-bit halves; on CUDA: the Triton kernel), so every precision runs at its
+re-quantization. Each rung runs through the fast kernel of its own format (on the CPU: rooflens's AVX2
+kernel, which reads each rung as stored; on CUDA: the Triton kernel), so every precision runs at its
 own speed.
 
-Storage: one packed copy per precision (what the kernels read: the CPU kernel wants its own int4 layout
-per rung and the Triton kernel the format as stored). Nested codes (Any-Precision's bit-planes) would
+Storage: one packed copy per precision (what the kernels read: the format as stored; torch's int4 kernel,
+where it is the CPU path, adds its own layout per rung). Nested codes (Any-Precision's bit-planes) would
 save memory but no kernel here reads them; :attr:`MultiPrecisionLinear.storage_bytes` says what the
 copies cost, and a record carries it.
 """

@@ -176,9 +176,12 @@ void rl_permute_x(const float *x, int M, int K, int bits, float *xp) {
                 for (int l = 0; l < 8; l++) xp[(size_t)m * K + k0 + p * 8 + l] = x[(size_t)m * K + k0 + P * l + p];
 }
 
+// Both entry points take the weight first: its codes (bits each), shape [N, K], fp16 scales, fp16 zeros or NULL
+// (then z = zconst) and group size.
+//
 // y[M, N] = x[M, K] @ W^T. Returns 0, or a negative number for arguments the kernel does not take.
-int rl_lowbit_gemm(const float *x, int M, int K, const uint8_t *codes, int bits, int N, const uint16_t *scales,
-                   const uint16_t *zeros, float zconst, int gsize, float *y, int nthreads) {
+int rl_lowbit_gemm(const uint8_t *codes, int bits, int N, int K, const uint16_t *scales, const uint16_t *zeros,
+                   float zconst, int gsize, const float *x, int M, float *y, int nthreads) {
     const int bad = check(bits, K, gsize);
     if (bad) return bad;
     const int G = K / gsize;
@@ -232,11 +235,12 @@ DEFINE_DEQUANT(2)
 DEFINE_DEQUANT(4)
 DEFINE_DEQUANT(8)
 
-int rl_lowbit_dequant(const uint8_t *codes, int bits, int K, const uint16_t *scales, const uint16_t *zeros,
+int rl_lowbit_dequant(const uint8_t *codes, int bits, int N, int K, const uint16_t *scales, const uint16_t *zeros,
                       float zconst, int gsize, int n0, int n1, float *w, int nthreads) {
     const int bad = check(bits, K, gsize);
     if (bad) return bad;
-    const job_t j = {NULL, NULL, 0, K, K / gsize, gsize, n1, codes, (size_t)K * bits / 8, scales, zeros, zconst, NULL};
+    if (n0 < 0 || n1 > N || n0 > n1) return -4;
+    const job_t j = {NULL, NULL, 0, K, K / gsize, gsize, N, codes, (size_t)K * bits / 8, scales, zeros, zconst, NULL};
     if (bits == 2) dequant2(&j, n0, n1, w, nthreads);
     else if (bits == 4) dequant4(&j, n0, n1, w, nthreads);
     else dequant8(&j, n0, n1, w, nthreads);
