@@ -400,3 +400,24 @@ def test_the_memory_pre_check_counts_the_quantized_copy(tiny_llama):
     held = engine.measured.total_bytes + plans  # the format's storage + int4pack's layout (native adds nothing)
     assert "quantized copy (rooflens groupwise 4-bit g32 sym)" == what
     assert held <= estimate <= 1.3 * held
+
+
+def test_a_prefill_through_the_native_dense_path_is_credited_with_its_extra_traffic(tiny_llama):
+    """From DENSE_FROM_ROWS rows the native kernel dequantizes to fp32 and runs a GEMM: the prefill's roofline
+    bytes add the fp32 weight written and read back; a decode step reads the codes only."""
+    from rooflens.kernels.cpu_native import DENSE_FROM_ROWS
+
+    engine = QuantizedEngine(QuantizedOptions(bits=4, group_size=32), tiny_llama)
+    engine.prepare()
+    layers = list(engine._layers.values())
+    if layers[0].path(CPU) != "native":
+        pytest.skip(f"the native kernel does not run here (path {layers[0].path(CPU)})")
+    ids = make_prompts(tiny_llama, "synthetic", 1, DENSE_FROM_ROWS, seed=2)
+    clock = TokenClock(CPU)
+    clock.start()
+    engine.generate(ids, 2, clock)
+    hints = engine.roofline_hints()
+    elements = decode_weight_elements(tiny_llama.model.config)
+    extra = sum(2 * m.in_features * m.out_features * 4 for m in layers)
+    assert hints.prefill_weight_bits * elements / 8 == pytest.approx(hints.weight_bits * elements / 8 + extra)
+    assert hints.bits_for("decode") == hints.weight_bits and "dense path" in hints.note

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from rooflens.engines.base import EngineStat, EngineUnavailable, RooflineHints, register, synchronize
+from rooflens.engines.base import EngineStat, EngineUnavailable, RooflineHints, TokenClock, register, synchronize
 from rooflens.engines.hf import HFEngine
 from rooflens.engines.options.quantized import QuantizedOptions
 from rooflens.engines.quant import (
@@ -117,6 +117,7 @@ class QuantizedEngine(HFEngine):
         self._layers: dict[str, nn.Module] = {}
         self.measured: QuantizationSummary | None = None
         self.report: QuantizationReport | None = None  # rooflens backend
+        self._prefill_rows: int | None = None  # of the last generate()
 
     # -- availability
 
@@ -285,9 +286,13 @@ class QuantizedEngine(HFEngine):
         )
         return out
 
-    def _read_bytes(self) -> int:
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
+        self._prefill_rows = input_ids.numel()  # the prefill's activation rows pick a kernel's dataflow
+        return super().generate(input_ids, max_new_tokens, clock)
+
+    def _read_bytes(self, rows: int = 1) -> int:
         dtype = getattr(torch, self.model.info.dtype)
-        return decode_read_bytes(self.module, self._layers, self.model.device, dtype)
+        return decode_read_bytes(self.module, self._layers, self.model.device, dtype, rows)
 
     def roofline_hints(self) -> RooflineHints:
         s, o = self.measured, self.options
@@ -311,4 +316,10 @@ class QuantizedEngine(HFEngine):
                 f"; emulation: int{o.resolved_bits} codes are stored in int8, so the bytes are int8's, "
                 f"not {o.resolved_bits}-bit"
             )
-        return RooflineHints(weight_bits=read * 8 / elements, note=note)
+        prefill = self._read_bytes(self._prefill_rows) if self._prefill_rows else read
+        if prefill != read:
+            note += (
+                f"; prefill ({self._prefill_rows} rows) reads {prefill / 1e6:.2f} MB: the kernels' dense path also "
+                f"writes and reads back the dequantized weights"
+            )
+        return RooflineHints(weight_bits=read * 8 / elements, prefill_weight_bits=prefill * 8 / elements, note=note)

@@ -73,6 +73,7 @@ class MixedPrecisionEngine(Engine):
         self.tuning_note = ""
         self.tuning_report: dict[str, Any] = {}
         self._runs: list[MixedRun] = []
+        self._prefill_rows = 1  # activation rows of the last prefill
         self._ppl: dict[str, Any] | None = None
 
     # -- set-up
@@ -200,6 +201,7 @@ class MixedPrecisionEngine(Engine):
             clock,
         )
         self._runs.append(run)
+        self._prefill_rows = input_ids.numel()  # the prefill's activation rows pick a kernel's dataflow
         return run.tokens
 
     # -- statistics
@@ -323,13 +325,13 @@ class MixedPrecisionEngine(Engine):
         set_precision(self.layers.values(), self.options.ladder[0])
         return self._ppl
 
-    def _read_bytes(self, bits: Optional[int]) -> int:
+    def _read_bytes(self, bits: Optional[int], rows: int = 1) -> int:
         from rooflens.engines.quant.storage import decode_read_bytes
 
         set_precision(self.layers.values(), bits)
         try:
             dtype = next(self.model.model.parameters()).dtype
-            return decode_read_bytes(self.module, self.layers, self.model.device, dtype)  # type: ignore[arg-type]
+            return decode_read_bytes(self.module, self.layers, self.model.device, dtype, rows)  # type: ignore[arg-type]
         finally:
             set_precision(self.layers.values(), self.options.ladder[0])
 
@@ -349,7 +351,7 @@ class MixedPrecisionEngine(Engine):
                 counts[b] = counts.get(b, 0) + 1  # type: ignore[index]
         steps = sum(counts.values())
         decode = sum(n * self._read_bytes(b) for b, n in counts.items()) / steps * 8 / elements if steps else None
-        prefill = self._read_bytes(self.options.resolved_prefill_bits) * 8 / elements
+        prefill = self._read_bytes(self.options.resolved_prefill_bits, self._prefill_rows) * 8 / elements
         return RooflineHints(
             prefill_weight_bits=prefill,
             decode_weight_bits=decode,

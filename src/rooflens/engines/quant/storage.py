@@ -93,11 +93,13 @@ def model_weight_bytes(model: nn.Module, quantized: dict[str, nn.Module]) -> tup
 
 
 def decode_read_bytes(
-    model: nn.Module, quantized: dict[str, nn.Module], device: torch.device, act_dtype: torch.dtype
+    model: nn.Module, quantized: dict[str, nn.Module], device: torch.device, act_dtype: torch.dtype, rows: int = 1
 ) -> int:
-    """Weight bytes one decode step (batch 1) reads, by the analytic model's convention: every weight once,
-    but one row of the input embedding. A rooflens layer counts what its kernel reads
-    (:meth:`LowBitLinear.read_bytes`), any other quantized layer its storage."""
+    """Weight bytes one forward pass of ``rows`` activation rows reads (default: a decode step at batch 1), by
+    the analytic model's convention: every weight once, but one row of the input embedding. A rooflens layer
+    counts what its kernel reads for that many rows (:meth:`LowBitLinear.read_bytes`: on the CPU a prefill
+    takes the native kernel's dense path, which also writes and reads the dequantized weight), any other
+    quantized layer its storage."""
     seen: set = set()
     emb = model.get_input_embeddings()
     total = emb.weight.shape[1] * emb.weight.element_size()
@@ -108,7 +110,9 @@ def decode_read_bytes(
             continue
         if id(mod) in q_ids:
             # rooflens layers (LowBitLinear, MultiPrecisionLinear at its active precision) know what their kernel reads
-            own = mod.read_bytes(device, act_dtype) if hasattr(mod, "read_bytes") else layer_weight_bytes(mod, seen)
+            own = (
+                mod.read_bytes(device, act_dtype, rows) if hasattr(mod, "read_bytes") else layer_weight_bytes(mod, seen)
+            )
             total += own + _tensor_bytes(mod._parameters.get("bias"), seen)
             continue
         for t in mod._parameters.values():
