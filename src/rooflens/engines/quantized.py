@@ -60,6 +60,7 @@ from rooflens.engines.quant import (
 )
 from rooflens.engines.quant.base import skip_entry
 from rooflens.engines.quant.rooflens import kernel_path
+from rooflens.kernels.native import native_unavailable
 from rooflens.roofline.analytic import decode_weight_elements
 
 if TYPE_CHECKING:
@@ -124,13 +125,18 @@ class QuantizedEngine(HFEngine):
     @classmethod
     def extra_weight_bytes(cls, options: QuantizedOptions, model: LoadedModel) -> tuple[int, str]:  # type: ignore[override]
         """The quantized copy: every weight not quantized is copied, the quantized ones take their codes (at
-        least a byte each below 8 bits where emulated) plus a quarter for scales, zero points, and the CPU
-        kernel's own layout beside rooflens's format; an estimate for the memory pre-check."""
+        least a byte each below 8 bits where emulated) plus a quarter for scales and zero points, twice where
+        a rooflens CPU kernel keeps a second layout beside the format (torch's int4 kernel; the native kernel's
+        4-bit packing of 3-bit codes); an estimate for the memory pre-check."""
         targets = linear_targets(model.model, options.skip)
         target_params = sum(lin.weight.numel() for _, lin in targets)
         target_bytes = sum(lin.weight.numel() * lin.weight.element_size() for _, lin in targets)
         code_bits = 8 if options.emulated else options.resolved_bits
-        layouts = 2 if options.backend == "rooflens" and model.device.type == "cpu" else 1
+        layouts = 1
+        if options.backend == "rooflens" and model.device.type == "cpu":
+            kernel = options.kernel or "auto"
+            int4pack = kernel == "int4pack" or (kernel == "auto" and native_unavailable() is not None)
+            layouts = 2 if int4pack or (kernel in ("auto", "native") and options.resolved_bits == 3) else 1
         quantized = int(target_params * code_bits / 8 * 1.25 * layouts)
         return model.info.param_bytes - target_bytes + quantized, f"quantized copy ({options.describe()})"
 
