@@ -13,7 +13,7 @@ Method: weights are random; each kind gets enough copies of its weight that one 
 least ``--rotate-mb`` MiB (so small matrices are read from memory, not from the last-level cache);
 warm-up passes, then the median of ``--reps`` timed passes divided by the copies. GB/s = weight bytes
 the kernel reads per call / time (rooflens: ``LowBitLinear.read_bytes`` for that many rows: the native
-kernel reads the format as stored, 3-bit codes as 4-bit, and from 32 rows also the fp32 weight it
+kernel reads the format as stored, 3-bit codes as 4-bit, and from ``DENSE_FROM_ROWS`` rows also the fp32 weight it
 dequantizes; libraries: their storage). Nothing else may run on the machine while it measures.
 
     python benchmarks/kernel_lowbit_cpu.py --m 1 8 --png reports/kernel_lowbit_cpu.png

@@ -10,11 +10,12 @@ Two dataflows, picked by the number of activation rows ``M`` (FlashDecoding++'s 
 * ``M < DENSE_FROM_ROWS`` — GEMV / flat GEMM: codes are unpacked in registers and multiplied straight away;
   the weight is read once per call. Measured on a 2-core AVX2 EPYC, 4096x4096 at M = 1: fp32 ``F.linear``
   2.7 ms, torch's int4 CPU kernel (bf16 activations) 1.2 ms, this kernel at 4 bits 0.71 ms and at 8 bits
-  0.65 ms (its 8-bit reads are at memory bandwidth).
-* ``M >= DENSE_FROM_ROWS`` (prefill, perplexity windows) — the weight is dequantized exactly to fp32 in
-  slices of rows and multiplied by torch's fp32 GEMM, which reuses each weight across many rows far better
-  than the register tiles do (M = 64 on 4096x4096: 18 ms + the dequantization vs 35 ms in the flat tiles).
-  This path reads the codes and also writes and reads back the fp32 slice.
+  0.65 ms (weights read from cache; streamed from memory, 0.9-1.2 ms against fp32's 3.3 ms).
+* ``M >= DENSE_FROM_ROWS`` (prefill, perplexity windows, large batches) — the weight is dequantized exactly
+  to fp32 in slices of rows and multiplied by torch's fp32 GEMM, which reuses each weight across rows far
+  better than the register tiles do. Crossover measured on the same machine: at M = 8 the flat tiles win
+  (4096x4096 4-bit: 3.9 vs 6.0 ms; SmolLM2's 1536x576: 0.18 vs 0.35 ms), from M = 16 the dense path
+  (5.8 vs 7.8 ms; 0.34 vs 0.39 ms). This path reads the codes and also writes and reads back the fp32 slice.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from rooflens.kernels.lowbit import QuantizedWeight, pack_codes, unpack_codes
 from rooflens.kernels.native import native_library
 
-DENSE_FROM_ROWS = 32  # measured crossover (see the module docstring); flat tiles below, dequant + GEMM from here
+DENSE_FROM_ROWS = 16  # measured crossover (see the module docstring); flat tiles below, dequant + GEMM from here
 SLICE_ELEMENTS = 1 << 21  # fp32 weights dequantized per slice on the dense path (8 MB)
 KERNEL_NAME = "rooflens AVX2 kernel (fp32 activations)"
 
