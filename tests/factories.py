@@ -139,7 +139,11 @@ def make_record(
 
 
 def tiny_experiment(engines, batch_sizes=(1, 2), **extra) -> Experiment:
-    """A validated experiment on the random tiny Llama: prompt 8, gen 5, 1 warm-up, 2+ reps, CPU."""
+    """A validated experiment on the random tiny Llama: prompt 8, gen 5, 1 warm-up, 2+ reps, CPU, float32.
+
+    The dtype is pinned: ``auto`` resolves to bfloat16 on a CPU with native bf16 (AVX512_BF16/AMX) and to
+    float32 elsewhere, and the tests must not depend on which CPU they get (``choose_dtype``'s two branches
+    are tested by forcing them, in test_models.py)."""
     return validate_experiment(
         {
             "name": "t",
@@ -148,6 +152,7 @@ def tiny_experiment(engines, batch_sizes=(1, 2), **extra) -> Experiment:
             "workloads": [{"prompt_len": 8, "gen_len": 5, "batch_sizes": list(batch_sizes)}],
             "repetitions": {"warmup": 1, "min_reps": 2, "min_seconds": 0.0},
             "device": "cpu",
+            "dtype": "float32",
             **extra,
         }
     )
