@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rooflens.bench.stats import summarize
-from rooflens.config import Experiment, validate_experiment
+from rooflens.bench.validate import validate_experiment
+from rooflens.config import Experiment
 from rooflens.engines import base
 from rooflens.engines.base import Engine, EngineOptions, TokenClock
 from rooflens.models.loader import ModelInfo

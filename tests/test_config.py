@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rooflens.config import ConfigError, builtin_experiment_path, load_experiment, validate_experiment
+from rooflens.bench.validate import load_experiment, validate_experiment
+from rooflens.config import ConfigError, builtin_experiment_path
 
 GOOD = {
     "name": "t",

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from rooflens.config import ConfigError, load_experiment
+from rooflens.bench.validate import load_experiment
+from rooflens.config import ConfigError
 
 SEEDS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
 N_FILES = 3000

@@ -21,8 +21,9 @@ from rooflens.bench.executors.remote import GroupDriver
 from rooflens.bench.executors.worker import run_job
 from rooflens.bench.preflight import PreflightError
 from rooflens.bench.runner import ExperimentRunner, SilentObserver
+from rooflens.bench.validate import validate_experiment
 from rooflens.cli import app
-from rooflens.config import ConfigError, Experiment, validate_experiment
+from rooflens.config import ConfigError, Experiment
 from rooflens.results.store import load_records
 
 PLUGIN = Path(__file__).parent / "plugins" / "rooflens_abort_engine"

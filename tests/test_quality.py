@@ -7,7 +7,7 @@ import torch
 
 from rooflens.bench.quality import agreement, heldout_ids, perplexity
 from rooflens.bench.runner import ExperimentRunner
-from rooflens.config import validate_experiment
+from rooflens.bench.validate import validate_experiment
 
 
 def test_agreement_arithmetic():

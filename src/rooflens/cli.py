@@ -64,7 +64,8 @@ def _device(value: str) -> str:
 
 
 def _load(path: Optional[Path]):
-    from rooflens.config import ConfigError, builtin_experiment_path, load_experiment
+    from rooflens.bench.validate import load_experiment
+    from rooflens.config import ConfigError, builtin_experiment_path
 
     source = path or builtin_experiment_path()
     try:

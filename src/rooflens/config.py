@@ -1,4 +1,8 @@
-"""The experiment schema: the one place where an experiment YAML is validated.
+"""The experiment schema: the one place where an experiment's fields, types and values are defined.
+
+A pure schema at the bottom of the package: it imports no engine, model or hardware registry.
+Checks against those registries (engine options, model and profile names) are the plan step's
+(:mod:`rooflens.bench.validate`), which is what callers use to read an experiment.
 
 Every error names the file, the field path and what is allowed, e.g.::
 
@@ -20,7 +24,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from yaml.constructor import ConstructorError
 from yaml.scanner import ScannerError
 
-from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
 from rooflens.text import quote, safe_name, shorten
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -329,36 +332,16 @@ def _check_size(data: Any, source: str) -> None:
             todo += [(v, depth + 1) for v in value]
 
 
-def validate_experiment(data: Any, source: str = "<experiment>") -> Experiment:
-    """Validate a parsed YAML document, including each engine's own options."""
+def parse_experiment(data: Any, source: str = "<experiment>") -> Experiment:
+    """Check a parsed YAML document against the schema (fields, types, values). Registry checks (engine
+    options, model and profile names) are :func:`rooflens.bench.validate.validate_experiment`'s."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the document must be a mapping of fields (got {type(data).__name__})")
     _check_size(data, source)
     try:
-        exp = Experiment.model_validate(data)
+        return Experiment.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
-    from rooflens.engines.options import validate_engine_options  # torch-free schemas of the built-in engines
-    from rooflens.roofline.hardware import list_profiles
-
-    problems = []
-    if exp.model.source != "hf":
-        known = list(BUILTIN_MODELS) if exp.model.source == "builtin" else shipped_config_names()
-        if exp.model.id not in known:
-            problems.append(
-                f"{source}: model.id: unknown {exp.model.source} model {quote(exp.model.id)} "
-                f"(allowed: {', '.join(known)}; other models: shape:<config> or hf:<id>)"
-            )
-    profiles = [p.name for p in list_profiles()]
-    if exp.hardware != "auto" and exp.hardware not in profiles:
-        problems.append(
-            f"{source}: hardware: unknown profile {quote(exp.hardware)} (allowed: auto, {', '.join(profiles)})"
-        )
-    for i, spec in enumerate(exp.engines):
-        problems += [f"{source}: engines[{i}].{p}" for p in validate_engine_options(spec)]
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return exp
 
 
 class _Loader(yaml.SafeLoader):
@@ -423,8 +406,9 @@ def _read_text(p: Path) -> str:
         raise ConfigError(f"{p}: not UTF-8 text ({bad}); save it as UTF-8") from None
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate an experiment file; anything wrong with it is a :class:`ConfigError`."""
+def read_experiment_file(path: str | Path) -> Any:
+    """The parsed YAML document of an experiment file (not yet validated); a missing, unreadable, huge,
+    non-UTF-8 or invalid YAML file is a :class:`ConfigError`."""
     p = Path(path)
     text = _read_text(p)
     try:
@@ -433,7 +417,7 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"{p}: not valid YAML{_describe_yaml_error(err)}") from None
     except RecursionError:
         raise ConfigError(f"{p}: not valid YAML: nested too deeply") from None
-    return validate_experiment(data, str(p))
+    return data
 
 
 def builtin_experiment_path(name: str = BUILTIN_EXPERIMENT) -> Path:
