@@ -7,7 +7,6 @@ import random
 import pytest
 import torch
 
-from rooflens.bench.stats import summarize
 from rooflens.config import Experiment, validate_experiment
 from rooflens.engines import base
 from rooflens.engines.base import Engine, EngineOptions, TokenClock
@@ -23,6 +22,7 @@ from rooflens.results.record import (
     Record,
     RepetitionInfo,
 )
+from rooflens.results.stats import summarize
 
 CPU_ENV = {
     "hardware": {"cpu_model": "Test CPU", "cpu_cores_logical": 2, "gpus": []},
