@@ -7,7 +7,6 @@ import random
 import pytest
 import torch
 
-from rooflens.bench.stats import summarize
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import Experiment
 from rooflens.engines import base
@@ -24,6 +23,7 @@ from rooflens.results.record import (
     Record,
     RepetitionInfo,
 )
+from rooflens.results.stats import summarize
 
 CPU_ENV = {
     "hardware": {"cpu_model": "Test CPU", "cpu_cores_logical": 2, "gpus": []},

@@ -19,6 +19,7 @@ from rooflens.bench.energy import (
     select_meter,
     tokens_per_joule,
 )
+from rooflens.device import gpu
 
 
 class FakeClock:
@@ -312,7 +313,7 @@ class FakeNvml:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, counter_supported: bool) -> None:
         self.handles: list[int] = []
         self.counter_supported = counter_supported
-        monkeypatch.setattr(energy, "_NVML_INITIALIZED", False)
+        monkeypatch.setattr(gpu, "_initialised", None)
         monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
         monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 4)
         monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", self.handle)

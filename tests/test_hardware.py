@@ -9,14 +9,14 @@ from importlib.resources import files
 import pytest
 from pydantic import ValidationError
 
+from rooflens.device.cpu import INTERESTING_CPU_FLAGS
+from rooflens.device.detect import DetectedHardware, detect_hardware
+from rooflens.device.gpu import GpuInfo
 from rooflens.roofline import hardware as hwmod
 from rooflens.roofline.hardware import (
     Ceiling,
-    DetectedHardware,
-    GpuInfo,
     HardwareProfileError,
     UnknownProfileError,
-    detect_hardware,
     get_profile,
     list_profiles,
     load_profile_file,
@@ -359,7 +359,7 @@ def test_detect_hardware_without_gpu():
     assert hw.cpu_model.strip()
     assert hw.cpu_cores_logical >= 1
     assert hw.memory_total_bytes > 0
-    assert set(hw.cpu_flags) <= set(hwmod._INTERESTING_CPU_FLAGS)
+    assert set(hw.cpu_flags) <= set(INTERESTING_CPU_FLAGS)
     for gpu in hw.gpus:
         assert gpu.name and gpu.memory_total_bytes > 0
 

@@ -96,13 +96,11 @@ def test_builtin_smollm2_real_weights(smollm2):
 
 
 def test_auto_dtype_on_a_cpu_picks_bfloat16_only_when_native_and_faster(monkeypatch):
-    from types import SimpleNamespace
-
+    from rooflens.device.cpu import CpuInfo
     from rooflens.models import loader
-    from rooflens.roofline import hardware
 
     def cpu_with(flags):
-        monkeypatch.setattr(hardware, "detect_hardware", lambda: SimpleNamespace(cpu_flags=flags))
+        monkeypatch.setattr(loader, "detect_cpu", lambda: CpuInfo(model="test CPU", flags=frozenset(flags)))
 
     cpu_with(["avx2"])
     choice = choose_dtype("auto", CPU)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rooflens.bench.stats import percentile, summarize
 from rooflens.bench.timing import TimingError, rep_timing
+from rooflens.results.stats import percentile, summarize
 
 
 def test_hand_made_timestamps():

@@ -55,7 +55,7 @@ def _write_text(path: Path, text: str, what: str) -> None:
 
 def _device(value: str) -> str:
     """A --device option: auto, cpu, cuda or cuda:N (the experiment schema's rule), or exit 2."""
-    from rooflens.config import DEVICE_RE
+    from rooflens.device.spec import DEVICE_RE
     from rooflens.text import quote
 
     if not DEVICE_RE.fullmatch(value):
@@ -868,7 +868,8 @@ def hw_detect(device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N
     """What this machine is and which profile it maps to."""
     import torch
 
-    from rooflens.roofline.hardware import detect_hardware, resolve_profile
+    from rooflens.device.detect import detect_hardware
+    from rooflens.roofline.hardware import resolve_profile
 
     device = _device(device)
     d = detect_hardware()

@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from yaml.constructor import ConstructorError
 from yaml.scanner import ScannerError
 
+from rooflens.device.spec import DEVICE_CHOICES, DeviceSpecError, parse_device
 from rooflens.text import quote, safe_name, shorten
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -31,7 +32,6 @@ PROMPT_SOURCES = ("synthetic", "corpus")
 MODEL_SOURCES = ("builtin", "hf", "shape")
 BUILTIN_EXPERIMENT = "quickstart"
 MAX_NAME_LEN = 100  # experiment names, engine labels and workload names become (parts of) file names
-DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,3})")
 MAX_FILE_BYTES = 1_000_000  # an experiment file is a few KB
 MAX_DEPTH = 32  # an experiment is about 6 levels deep
 MAX_VALUES = 100_000  # counted with YAML aliases expanded
@@ -204,8 +204,10 @@ class Experiment(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not DEVICE_RE.fullmatch(v):
-            raise ValueError("must be one of auto, cpu, cuda, cuda:N (N = 0, 1, ...)")
+        try:
+            parse_device(v)
+        except DeviceSpecError:
+            raise ValueError(f"must be one of {DEVICE_CHOICES}") from None
         return v
 
     @field_validator("engines")

@@ -22,3 +22,9 @@ def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
 def quote(value: Any) -> str:
     """A bad value as a message quotes it: its repr, at most 80 characters."""
     return shorten(repr(value))
+
+
+def first_line(exc: BaseException) -> str:
+    """``TypeName: first line of the message`` -- an exception as a one-line reason."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")

@@ -13,13 +13,12 @@ Meters:
   background thread so that wrap-around is corrected.
 * :class:`UnavailableMeter` -- no counter; says why.
 
-Use :func:`select_meter` to pick one for a device string such as ``"cpu"`` or ``"cuda:1"``.
+Use :func:`select_meter` to pick one for a device string such as ``"cpu"`` or ``"cuda:1"``; which GPU
+or RAPL domains that is comes from :mod:`rooflens.device`.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -27,12 +26,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-try:  # nvidia-ml-py is a declared dependency, but never let its absence break imports.
-    import pynvml
-except ImportError:  # pragma: no cover - exercised only where the package is missing
-    pynvml = None  # type: ignore[assignment]
+from rooflens.device import gpu
+from rooflens.device.rapl import POWERCAP_ROOT, RaplZone, discover_rapl
+from rooflens.device.spec import DeviceSpecError, parse_device
 
 __all__ = [
     "POWERCAP_ROOT",
@@ -48,19 +46,10 @@ __all__ = [
     "tokens_per_joule",
 ]
 
-#: Root of the Linux powercap tree; :func:`select_meter` reads this at call time.
-POWERCAP_ROOT = Path("/sys/class/powercap")
-
 #: NVML's energy counter (and its power average) refresh only every ~100 ms.
 NVML_MIN_WINDOW_S = 1.0
 #: RAPL counters refresh every ~1 ms; windows under this are dominated by read jitter.
 RAPL_MIN_WINDOW_S = 0.1
-
-_RAPL_ZONE_RE = re.compile(r"^(intel-rapl|amd-rapl):(\d+)$")
-_PACKAGE_NAME_RE = re.compile(r"^package-(\d+)$")
-
-_NVML_LOCK = threading.Lock()
-_NVML_INITIALIZED = False
 
 
 class MeterUnavailableError(RuntimeError):
@@ -230,42 +219,22 @@ class UnavailableMeter(EnergyMeter):
 # NVML
 
 
-def _nvml_init() -> None:
-    """Initialise NVML once per process; raise MeterUnavailableError with the NVML error."""
-    global _NVML_INITIALIZED
-    if pynvml is None:
-        raise MeterUnavailableError("nvidia-ml-py (pynvml) is not installed")
-    with _NVML_LOCK:
-        if _NVML_INITIALIZED:
-            return
-        try:
-            pynvml.nvmlInit()
-        except Exception as exc:
-            raise MeterUnavailableError(_describe(exc)) from exc
-        _NVML_INITIALIZED = True
-
-
-def _nvml_handle(index: int) -> object:
-    _nvml_init()
-    try:
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception as exc:
-        raise MeterUnavailableError(f"NVML has no device {index}: {_describe(exc)}") from exc
-
-
 class NvmlEnergyCounterMeter(EnergyMeter):
     """NVML total-energy counter (``nvmlDeviceGetTotalEnergyConsumption``, mJ, Volta+).
 
     The counter is read once at construction; ``NVMLError_NotSupported`` (pre-Volta, some
     vGPU/MIG setups) raises :class:`MeterUnavailableError`. Deltas are taken on the raw integer
     millijoules. A counter that goes backwards (driver reload) gives ``joules=None`` with reason
-    ``"counter reset ..."``. ``read_mj`` and ``clock`` are injectable for tests.
+    ``"counter reset ..."``. The counter is ``handle``'s (an NVML device handle, see
+    :func:`rooflens.device.gpu.cuda_gpu`) unless ``read_mj`` is given; ``read_mj`` and ``clock`` are
+    injectable for tests. ``device_index`` is the GPU's NVML index, for messages.
     """
 
     def __init__(
         self,
         device_index: int,
         *,
+        handle: Any = None,
         read_mj: Callable[[], int] | None = None,
         clock: Callable[[], float] | None = None,
         domain: str | None = None,
@@ -281,16 +250,18 @@ class NvmlEnergyCounterMeter(EnergyMeter):
         )
         self.device_index = device_index
         if read_mj is None:
-            handle = _nvml_handle(device_index)
+            if handle is None:
+                raise ValueError("NvmlEnergyCounterMeter needs an NVML handle or read_mj")
+            nv = gpu.nvml()
 
             def read_mj() -> int:
-                return pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                return nv.nvmlDeviceGetTotalEnergyConsumption(handle)
 
         self._read_mj: Callable[[], int] = read_mj
         try:
             int(self._read_mj())
         except Exception as exc:
-            if pynvml is not None and isinstance(exc, pynvml.NVMLError_NotSupported):
+            if gpu.is_not_supported(exc):
                 raise MeterUnavailableError(
                     f"NVML total-energy counter not supported on gpu{device_index} "
                     "(NVMLError_NotSupported; needs Volta or newer)"
@@ -418,73 +389,6 @@ class PowerSamplingMeter(EnergyMeter):
 # RAPL
 
 
-@dataclass(frozen=True)
-class _RaplZone:
-    path: Path
-    label: str
-    max_range_uj: int
-
-    def read_uj(self) -> int:
-        return int((self.path / "energy_uj").read_text().strip())
-
-
-def _discover_rapl(root: Path) -> tuple[list[_RaplZone], str | None]:
-    """Top-level package zones under ``root`` that can be read; else ([], reason)."""
-    prefix = f"no readable RAPL under {root}"
-    try:
-        entries = sorted(root.iterdir(), key=lambda p: p.name)
-    except FileNotFoundError:
-        return [], f"{prefix}: directory does not exist"
-    except OSError as exc:
-        return [], f"{prefix}: {_describe(exc)}"
-
-    candidates: list[tuple[str, int, Path]] = []
-    for entry in entries:
-        m = _RAPL_ZONE_RE.match(entry.name)  # top-level only: excludes intel-rapl:0:0, -mmio
-        if m:
-            candidates.append((m.group(1), int(m.group(2)), entry))
-    candidates.sort(key=lambda c: (c[0] != "intel-rapl", c[1]))
-    if not candidates:
-        return [], f"{prefix}: no intel-rapl:N / amd-rapl:N zones"
-
-    zones: list[_RaplZone] = []
-    seen_names: set[str] = set()
-    problems: list[str] = []
-    for _, index, path in candidates:
-        try:
-            zone_name = (path / "name").read_text().strip()
-        except OSError as exc:
-            problems.append(f"{path.name}/name: {_describe(exc)}")
-            continue
-        if not zone_name.startswith("package"):
-            continue
-        if zone_name in seen_names:  # same package exposed twice (intel-rapl and amd-rapl)
-            continue
-        try:
-            max_range = int((path / "max_energy_range_uj").read_text().strip())
-            zone = _RaplZone(path=path, label="", max_range_uj=max_range)
-            zone.read_uj()
-        except PermissionError as exc:
-            problems.append(f"{path.name}: {_describe(exc)} (energy_uj is root-only since Linux 5.10)")
-            continue
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path.name}: {_describe(exc)}")
-            continue
-        if max_range <= 0:
-            problems.append(f"{path.name}: max_energy_range_uj is {max_range}")
-            continue
-        m = _PACKAGE_NAME_RE.match(zone_name)
-        label = m.group(1) if m else str(index)
-        seen_names.add(zone_name)
-        zones.append(_RaplZone(path=path, label=label, max_range_uj=max_range))
-
-    if zones:
-        return zones, None
-    if problems:
-        return [], f"{prefix}: " + "; ".join(problems)
-    return [], f"{prefix}: no zone named package*"
-
-
 class RaplMeter(EnergyMeter):
     """CPU package energy from Linux powercap RAPL (``intel-rapl:N`` / ``amd-rapl:N``).
 
@@ -506,7 +410,7 @@ class RaplMeter(EnergyMeter):
     ) -> None:
         if poll_s <= 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s}")
-        zones, reason = _discover_rapl(Path(root))
+        zones, reason = discover_rapl(Path(root))
         if not zones:
             raise MeterUnavailableError(reason or f"no readable RAPL under {root}")
         super().__init__(
@@ -517,7 +421,7 @@ class RaplMeter(EnergyMeter):
         )
         self.root = Path(root)
         self.poll_s = float(poll_s)
-        self.zones: tuple[_RaplZone, ...] = tuple(zones)
+        self.zones: tuple[RaplZone, ...] = tuple(zones)
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -594,76 +498,37 @@ class RaplMeter(EnergyMeter):
 # Selection
 
 
-def _parse_device(device: str) -> tuple[str, int | None]:
-    text = str(device).strip().lower()
-    kind, _, index = text.partition(":")
-    if kind == "cpu" and not index:
-        return "cpu", None
-    if kind == "cuda":
-        if not index:
-            return "cuda", 0
-        if index.isdigit():
-            return "cuda", int(index)
-    return text, None
-
-
-def _cuda_to_nvml_index(cuda_index: int) -> tuple[int, tuple[str, ...]]:
-    """Map a CUDA ordinal to an NVML index through CUDA_VISIBLE_DEVICES (integers only)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None or not visible.strip():
-        return cuda_index, ()
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
-    if entries and all(re.fullmatch(r"\d+", e) for e in entries):
-        if cuda_index >= len(entries):
-            raise MeterUnavailableError(f"cuda:{cuda_index} is not in CUDA_VISIBLE_DEVICES={visible!r}")
-        return int(entries[cuda_index]), ()
-    return cuda_index, (
-        f"CUDA_VISIBLE_DEVICES={visible!r} is not a list of integers; assuming NVML index "
-        f"{cuda_index} is cuda:{cuda_index}",
-    )
-
-
-def _order_warning() -> tuple[str, ...]:
-    """NVML enumerates in PCI bus order; CUDA does so only with CUDA_DEVICE_ORDER=PCI_BUS_ID."""
-    try:
-        count = int(pynvml.nvmlDeviceGetCount())
-    except Exception:
-        return ()
-    if count > 1 and os.environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
-        return (
-            "several GPUs and CUDA_DEVICE_ORDER is not PCI_BUS_ID: the CUDA ordinal may not "
-            "match the NVML index; set CUDA_DEVICE_ORDER=PCI_BUS_ID",
-        )
-    return ()
+def _board_domain(g: gpu.VisibleGpu) -> tuple[str, tuple[str, ...]]:
+    """The energy domain of ``g``'s board, and what a reading of it cannot vouch for."""
+    notes = g.caveats
+    where = [f"cuda:{g.cuda_index}"] if g.nvml_index != g.cuda_index else []
+    if g.mig_uuid is not None:
+        where.append(f"MIG {g.mig_uuid}")
+        notes += (f"cuda:{g.cuda_index} is a MIG instance: the board's energy includes the other instances' work",)
+    return f"gpu{g.nvml_index} board" + (f" ({', '.join(where)})" if where else ""), notes
 
 
 def _select_cuda(cuda_index: int) -> EnergyMeter:
     try:
-        nvml_index, notes = _cuda_to_nvml_index(cuda_index)
-    except MeterUnavailableError as exc:
-        return UnavailableMeter(str(exc))
-    try:
-        _nvml_init()
-    except MeterUnavailableError as exc:
+        g = gpu.cuda_gpu(cuda_index)
+    except gpu.NvmlUnavailableError as exc:
         return UnavailableMeter(f"no NVML: {exc}")
-    notes = notes + _order_warning()
-    domain = f"gpu{nvml_index} board"
-    if nvml_index != cuda_index:
-        domain += f" (cuda:{cuda_index})"
+    except gpu.GpuError as exc:
+        return UnavailableMeter(str(exc))
+    domain, notes = _board_domain(g)
     try:
-        return NvmlEnergyCounterMeter(nvml_index, domain=domain, warnings=notes)
+        return NvmlEnergyCounterMeter(g.nvml_index, handle=g.board, domain=domain, warnings=notes)
     except MeterUnavailableError as exc:
         counter_reason = str(exc)
+    nv = gpu.nvml()
+
+    def read_power_w() -> float:
+        return nv.nvmlDeviceGetPowerUsage(g.board) / 1000.0
+
     try:
-        handle = _nvml_handle(nvml_index)
-
-        def read_power_w() -> float:
-            return pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
-
         read_power_w()
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, MeterUnavailableError) else _describe(exc)
-        return UnavailableMeter(f"{counter_reason}; NVML power sampling unavailable: {reason}")
+        return UnavailableMeter(f"{counter_reason}; NVML power sampling unavailable: {_describe(exc)}")
     return PowerSamplingMeter(
         read_power_w,
         name="nvml-power-sampling",
@@ -692,13 +557,17 @@ def select_meter(device: str) -> EnergyMeter:
     NVML error. CPU: :class:`RaplMeter` if a package zone is readable, else
     :class:`UnavailableMeter` with the reason. Anything else is unavailable.
     """
+    unsupported = UnavailableMeter(f"no energy meter for device {device!r} (supported: cpu, cuda[:N])")
     try:
-        kind, index = _parse_device(device)
-        if kind == "cpu":
+        spec = parse_device(device)
+    except DeviceSpecError:
+        return unsupported
+    try:
+        if spec.type == "cpu":
             return _select_cpu()
-        if kind == "cuda" and index is not None:
-            return _select_cuda(index)
-        return UnavailableMeter(f"no energy meter for device {device!r} (supported: cpu, cuda[:N])")
+        if spec.type == "cuda":
+            return _select_cuda(spec.index if spec.index is not None else 0)
+        return unsupported
     except Exception as exc:  # selection must never take a benchmark down
         return UnavailableMeter(f"energy meter selection failed for {device!r}: {_describe(exc)}")
 

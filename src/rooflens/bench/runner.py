@@ -29,9 +29,9 @@ from rooflens.bench.memory import PeakMemory
 from rooflens.bench.preflight import cell_memory_need, check_context, memory_shortfall
 from rooflens.bench.prompts import make_prompts
 from rooflens.bench.quality import PPL_WINDOW, agreement, heldout_ids, perplexity, rouge_l
-from rooflens.bench.stats import summarize
 from rooflens.bench.timing import RepTiming, rep_timing
 from rooflens.config import EngineSpec, Experiment, Repetitions
+from rooflens.device.detect import detect_hardware
 from rooflens.engines.base import Engine, EngineUnavailable, TokenClock, build_engine, get_engine
 from rooflens.models.loader import TORCH_DTYPES, DtypeChoice, LoadedModel, choose_dtype, load_model, resolve_device
 from rooflens.results.record import (
@@ -44,8 +44,9 @@ from rooflens.results.record import (
     Record,
     RepetitionInfo,
 )
+from rooflens.results.stats import summarize
 from rooflens.results.store import ensure_writable, write_record
-from rooflens.roofline.hardware import detect_hardware, resolve_profile
+from rooflens.roofline.hardware import resolve_profile
 from rooflens.roofline.position import ceilings_for, roofline_position
 from rooflens.roofline.probe import ProbeResult, load_probe
 from rooflens.text import safe_name

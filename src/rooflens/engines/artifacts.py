@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rooflens.cache import cache_dir
+from rooflens.fsutil import atomic_output, cache_dir
 from rooflens.text import safe_name
 
 
@@ -38,10 +37,5 @@ def artifact_path(kind: str, model: torch.nn.Module, label: str, settings: dict[
 
 def save_atomic(blob: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a reader sees the old or the whole new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -31,7 +31,6 @@ import dataclasses
 import math
 import os
 import statistics
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,9 +42,12 @@ from typing import Literal, Optional, Union
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rooflens.device.detect import device_name
+from rooflens.device.spec import pinned_device
+from rooflens.fsutil import home_dir, slug, write_atomic
 from rooflens.kernels.lowbit import QuantizedWeight, quantize
 from rooflens.kernels.triton_lowbit import PATHS, interpreting, lowbit_linear
-from rooflens.roofline.probe import device_display_name, first_line, rooflens_home, slug
+from rooflens.text import first_line
 
 __all__ = [
     "CALIBRATION_MS",
@@ -145,30 +147,23 @@ def _triton_version() -> str:
     return str(triton.__version__)
 
 
-def _normalize(device: Union[str, torch.device]) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
 @cache
 def _identity(dev: torch.device) -> tuple[str, str]:
     """(device name, file slug of device name + torch + triton versions) -- looked up once per device."""
-    name = device_display_name(dev)
+    name = device_name(dev)
     return name, slug(f"{name} torch {torch.__version__} triton {_triton_version()}")
 
 
 def cache_path(device: Union[str, torch.device]) -> Path:
     """``<$ROOFLENS_HOME or ~/.config/rooflens>/dispatch/<device name, torch and triton versions>.json``."""
-    return Path(_cache_file(_normalize(device), os.environ.get("ROOFLENS_HOME")))
+    return Path(_cache_file(pinned_device(device), os.environ.get("ROOFLENS_HOME")))
 
 
 @lru_cache(maxsize=64)
 def _cache_file(dev: torch.device, home_env: Optional[str]) -> str:
     """:func:`cache_path` as a string, built once per device and ``$ROOFLENS_HOME`` (the cache key only:
-    :func:`rooflens_home` reads it) -- :func:`decide` runs on every forward."""
-    return str(rooflens_home(None) / "dispatch" / f"{_identity(dev)[1]}.json")
+    :func:`rooflens.fsutil.home_dir` reads it) -- :func:`decide` runs on every forward."""
+    return str(home_dir() / "dispatch" / f"{_identity(dev)[1]}.json")
 
 
 @lru_cache(maxsize=16)
@@ -188,25 +183,12 @@ def _read(path: str, mtime_ns: int) -> Optional[DispatchTable]:
 
 def load_table(device: Union[str, torch.device]) -> Optional[DispatchTable]:
     """The cached table of ``device`` (re-read when the file changes); None when absent or invalid."""
-    path = _cache_file(_normalize(device), os.environ.get("ROOFLENS_HOME"))
+    path = _cache_file(pinned_device(device), os.environ.get("ROOFLENS_HOME"))
     try:
         mtime = os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return None
     return _read(path, mtime)
-
-
-def _save(table: DispatchTable, path: Path) -> None:
-    """Write atomically (temp file + ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(table.model_dump_json(indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -------------------------------------------------------------------------------------------- decide
@@ -307,7 +289,7 @@ def calibrate(
             f"available={torch.cuda.is_available()}, TRITON_INTERPRET={int(interpreting())}); until then "
             "choose_path uses the defaults: gemv for M == 1, flat for M 2..16, dense above"
         )
-    dev = _normalize(dev)
+    dev = pinned_device(dev)
     ms = sorted(set(ms))
     cached = load_table(dev)  # shared with decide(): measure into a copy
     table = (
@@ -345,5 +327,5 @@ def calibrate(
         )
         del qws
         torch.cuda.empty_cache()
-    _save(table, cache_path(dev))
+    write_atomic(cache_path(dev), table.model_dump_json(indent=2) + "\n")
     return table

@@ -14,11 +14,11 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
-from rooflens.cache import cache_dir
+from rooflens.device.cpu import detect_cpu
+from rooflens.fsutil import atomic_output, cache_dir
 
 SOURCE = Path(__file__).with_name("csrc") / "lowbit_avx2.c"
 CPU_FLAGS = ("avx2", "fma", "f16c")
@@ -32,17 +32,6 @@ SIGNATURES = {  # name -> (argtypes, restype); see the C source for what each ar
     "rl_lowbit_dequant": ((_P, _I, _I, _I, _P, _P, _F, _I, _I, _I, _P, _I), _I),
     "rl_permute_x": ((_P, _I, _I, _I, _P), None),
 }
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def compiler() -> str | None:
@@ -59,19 +48,12 @@ def _build(cc: str) -> Path:
     target = cache_dir("kernels") / f"{SOURCE.stem}-{key}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_output(target) as tmp:  # the linker writes the .so executable
         done = subprocess.run(
-            [*cc.split(), *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+            [*cc.split(), *CFLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300
         )
         if done.returncode:
             raise RuntimeError(f"{cc} failed on {SOURCE.name}: {done.stderr.strip()[-600:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 
@@ -79,7 +61,7 @@ def _build(cc: str) -> Path:
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None, f"the rooflens native kernel is x86-64 AVX2 code; this machine is {platform.machine()}"
-    missing = [f for f in CPU_FLAGS if f not in _cpu_flags()]
+    missing = [f for f in CPU_FLAGS if f not in detect_cpu().flags]
     if missing:
         return None, f"this CPU lacks {', '.join(missing)} (the native kernel needs {', '.join(CPU_FLAGS)})"
     cc = compiler()

@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +12,10 @@ from typing import Any
 import psutil
 import torch
 
-from rooflens.cache import cache_dir
 from rooflens.config import ModelSpec
+from rooflens.device import spec as device_spec
+from rooflens.device.cpu import detect_cpu
+from rooflens.fsutil import atomic_folder, cache_dir
 from rooflens.models.catalog import BUILTIN_MODELS, ModelLoadError, shipped_config_data
 from rooflens.results.record import ModelInfo
 
@@ -50,15 +49,12 @@ class LoadedModel:
 
 
 def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelLoadError(f"device '{spec}' requested but CUDA is not available (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ModelLoadError(f"device '{spec}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return dev
+    """The torch device to load a model onto (:func:`rooflens.device.spec.resolve_device`); a device string
+    this machine cannot run raises :class:`ModelLoadError`."""
+    try:
+        return device_spec.resolve_device(spec)
+    except (device_spec.DeviceSpecError, device_spec.DeviceUnavailableError) as err:
+        raise ModelLoadError(str(err)) from None
 
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -93,9 +89,7 @@ def choose_dtype(spec: str, device: torch.device) -> DtypeChoice:
         return DtypeChoice(TORCH_DTYPES[spec], f"{spec}, as the experiment says")
     if device.type == "cuda":
         return DtypeChoice(torch.bfloat16, "auto: bfloat16 on CUDA")
-    from rooflens.roofline.hardware import detect_hardware
-
-    native = [f for f in NATIVE_BF16_FLAGS if f in detect_hardware().cpu_flags]
+    native = [f for f in NATIVE_BF16_FLAGS if f in detect_cpu().interesting_flags]
     if not native:
         return DtypeChoice(torch.float32, "auto: float32; this CPU has no native bfloat16 (no AVX512_BF16 or AMX)")
     t32, t16 = _gemv_seconds(torch.float32), _gemv_seconds(torch.bfloat16)
@@ -157,15 +151,12 @@ def converted_builtin(name: str) -> Path:
         del config.quantization_config  # the dequantized weights are plain tensors
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict(), strict=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        with atomic_folder(target) as tmp:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():
+        if not (target / "config.json").is_file():  # else another process converted it meanwhile
             raise
     return target
 

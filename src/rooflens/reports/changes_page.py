@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import rooflens
+from rooflens.fsutil import write_atomic
 from rooflens.reports.changes import Change, ChangeReport
 from rooflens.reports.html import jinja_env
 from rooflens.results.compare import BOOTSTRAP_DRAWS
-from rooflens.results.store import write_atomic
 from rooflens.text import safe_name
 
 SIGNIFICANT = ("regression", "improvement")

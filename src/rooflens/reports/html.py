@@ -14,11 +14,11 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 import rooflens
+from rooflens.fsutil import write_atomic
 from rooflens.reports import engine_panels, plots, roofline_chart
 from rooflens.reports.story import story
 from rooflens.reports.table import cell_row, energy_notes, format_value, header, visible_columns
 from rooflens.results.record import Record
-from rooflens.results.store import write_atomic
 from rooflens.text import safe_name
 
 

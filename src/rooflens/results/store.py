@@ -10,40 +10,13 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
+from rooflens.fsutil import write_atomic
 from rooflens.results.record import SCHEMA_VERSION, Record
 from rooflens.text import quote, safe_name, shorten
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class RecordExistsError(FileExistsError):
     """A record file of this name exists already: two cells mapped to one name, or a run folder was reused."""
-
-
-def write_atomic(path: Path, text: str, *, replace: bool = True) -> None:
-    """Write to a temporary file in the same folder, fsync, then move it to ``path``.
-
-    ``replace=False`` never replaces an existing file (``os.link`` fails on an existing target,
-    atomically, where a check-then-rename would race) and raises :class:`RecordExistsError`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise RecordExistsError(f"{path}: exists already; rooflens never replaces a record") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 class OutputError(OSError):
@@ -75,7 +48,10 @@ def record_filename(record: Record) -> str:
 def write_record(folder: Path, record: Record) -> Path:
     """Write ``record`` into ``folder`` atomically; an existing record of the same name is never replaced."""
     path = Path(folder) / record_filename(record)
-    write_atomic(path, record.model_dump_json(indent=2), replace=False)
+    try:
+        write_atomic(path, record.model_dump_json(indent=2), exclusive=True)
+    except FileExistsError:
+        raise RecordExistsError(f"{path}: exists already; rooflens never replaces a record") from None
     return path
 
 

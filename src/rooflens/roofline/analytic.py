@@ -58,6 +58,7 @@ __all__ = [
     "Precision",
     "Projection",
     "bits_per_weight",
+    "decode_context",
     "decode_cost",
     "kv_cache_bytes",
     "prefill_cost",
@@ -542,6 +543,13 @@ def prefill_cost(
     return PhaseCost("prefill", batch, prompt_len, prompt_len, tuple(ops), _layers(shape, layers_executed))
 
 
+def decode_context(prompt_len: int, gen_len: int) -> int:
+    """The mean decode context, ``prompt_len + gen_len // 2``: the cache grows from ``prompt_len`` to
+    ``prompt_len + gen_len - 1`` over a generation and every cost of a step is linear in the context, so the
+    step at the mean context stands for the average one."""
+    return prompt_len + gen_len // 2
+
+
 def decode_cost(
     shape: ModelShape,
     *,
@@ -597,9 +605,7 @@ def kv_cache_bytes(shape: ModelShape, *, batch: int, seq_len: int, precision: Pr
 class Projection:
     """Bound-limited performance of a generation (prefill + decode) on a roofline.
 
-    ``decode`` is one decode step at the mean decode context ``prompt_len + gen_len // 2``: the
-    cache grows from ``prompt_len`` to ``prompt_len + gen_len - 1`` over the generation and every cost
-    of a step is linear in the context, so the mean step stands for the average one.
+    ``decode`` is one decode step at the mean decode context (:func:`decode_context`).
     """
 
     prefill: PhaseCost
@@ -664,12 +670,12 @@ def project(
     peak_flops: float,
 ) -> Projection:
     """Project prefill and decode of ``batch`` sequences on a roofline of ``bandwidth`` (B/s) and
-    ``peak_flops`` (FLOP/s); decode at the mean context ``prompt_len + gen_len // 2``."""
+    ``peak_flops`` (FLOP/s); decode at the mean context (:func:`decode_context`)."""
     _positive(gen_len=gen_len)
     _check_ceilings(bandwidth, peak_flops)
     return Projection(
         prefill=prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=precision),
-        decode=decode_cost(shape, batch=batch, context_len=prompt_len + gen_len // 2, precision=precision),
+        decode=decode_cost(shape, batch=batch, context_len=decode_context(prompt_len, gen_len), precision=precision),
         gen_len=gen_len,
         precision=precision,
         bandwidth=float(bandwidth),

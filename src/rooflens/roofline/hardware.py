@@ -1,32 +1,31 @@
-"""Hardware profiles (datasheet ceilings) and hardware detection.
+"""Hardware profiles (datasheet ceilings) and the choice of one for a detected device.
 
 Profiles live as YAML files in ``rooflens/hw_profiles``; each ceiling carries the value, its
 unit and the document it comes from. Peak FLOP/s are *dense* (no structured sparsity).
+Detection itself is :mod:`rooflens.device`.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import platform
 import re
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rooflens.device.detect import DetectedHardware, detect_hardware
+from rooflens.device.gpu import GpuInfo
+from rooflens.device.spec import parse_device
+
 __all__ = [
     "DTYPES",
     "UNITS",
     "Ceiling",
-    "DetectedHardware",
-    "GpuInfo",
     "HardwareProfile",
     "HardwareProfileError",
     "ResolvedProfile",
     "UnknownProfileError",
-    "detect_hardware",
     "get_profile",
     "list_profiles",
     "load_profile_file",
@@ -76,21 +75,6 @@ _DTYPE_ALIASES: dict[str, str] = {
 # A device-name token right after a matched pattern that makes it a different product
 # ("RTX 4090 D", "RTX 3090 Ti", "RTX 4080 SUPER", "... Laptop GPU", "Max-Q", "H200 NVL", "Apple M3 Pro").
 _VARIANT_TOKENS = frozenset({"ti", "super", "laptop", "mobile", "max", "d", "nvl", "pro", "ultra"})
-
-_INTERESTING_CPU_FLAGS: tuple[str, ...] = (
-    "avx2",
-    "avx_vnni",
-    "avx512f",
-    "avx512_bf16",
-    "avx512_vnni",
-    "avx512_fp16",
-    "amx_bf16",
-    "amx_int8",
-    "neon",
-    "asimd",
-    "sve",
-    "sve2",
-)
 
 _HW_PROBE_HINT = "run `rooflens hw probe`"
 
@@ -194,33 +178,6 @@ class HardwareProfile(BaseModel):
         if peak is None or bandwidth is None:
             return None
         return peak / bandwidth
-
-
-class GpuInfo(BaseModel):
-    """One visible GPU; ``index`` is the index torch uses (``cuda:<index>``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    index: int
-    name: str
-    memory_total_bytes: int
-    driver_version: str | None = None
-    compute_capability: str | None = None
-
-
-class DetectedHardware(BaseModel):
-    """What this machine has, as found by :func:`detect_hardware`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cpu_model: str
-    cpu_cores_logical: int
-    cpu_cores_physical: int | None = None
-    cpu_flags: list[str] = Field(default_factory=list)
-    memory_total_bytes: int
-    gpus: list[GpuInfo] = Field(default_factory=list)
-    cuda_version: str | None = None
-    gpu_source: Literal["nvml", "torch.cuda"] | None = None
 
 
 class ResolvedProfile(BaseModel):
@@ -353,199 +310,6 @@ def match_profile(device_name: str) -> HardwareProfile | None:
     return best_profile
 
 
-# --------------------------------------------------------------------------- detection
-
-
-def _read_proc_cpuinfo() -> str | None:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def _cpuinfo_field(text: str, *keys: str) -> str | None:
-    """First non-numeric value of the first of ``keys`` (in priority order) in /proc/cpuinfo."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        key, value = key.strip().lower(), value.strip()
-        # "processor : 0" on x86 is an index, not a model name.
-        if sep and value and not value.isdigit():
-            fields.setdefault(key, value)
-    for key in keys:
-        if key.lower() in fields:
-            return fields[key.lower()]
-    return None
-
-
-def _py_cpuinfo() -> dict[str, Any]:
-    try:
-        import cpuinfo  # py-cpuinfo; slow (~1 s), so only a fallback
-
-        return dict(cpuinfo.get_cpu_info())
-    except Exception:  # noqa: BLE001 - detection must never raise
-        return {}
-
-
-def _interesting_flags(raw: list[str]) -> list[str]:
-    present = {f.lower().replace("_", "") for f in raw}
-    return [f for f in _INTERESTING_CPU_FLAGS if f.replace("_", "") in present]
-
-
-def _detect_cpu() -> tuple[str, list[str]]:
-    model: str | None = None
-    raw_flags: list[str] | None = None
-    text = _read_proc_cpuinfo()
-    if text:
-        model = _cpuinfo_field(text, "model name", "cpu model", "Processor", "Hardware")
-        flags_line = _cpuinfo_field(text, "flags", "Features")
-        if flags_line is not None:
-            raw_flags = flags_line.split()
-    if model is None or raw_flags is None:
-        info = _py_cpuinfo()
-        if model is None:
-            model = info.get("brand_raw") or None
-        if raw_flags is None:
-            raw_flags = [str(f) for f in info.get("flags", [])]
-    if not model:
-        model = platform.processor() or platform.machine() or "unknown CPU"
-    return model, _interesting_flags(raw_flags or [])
-
-
-def _decode(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _visible_nvml_indices(count: int, uuids: list[str | None]) -> list[int]:
-    """NVML indices in the order torch sees them, honouring CUDA_VISIBLE_DEVICES."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None:
-        return list(range(count))
-    selected: list[int] = []
-    for item in (s.strip() for s in env.split(",")):
-        if not item:
-            break
-        if item.lstrip("-").isdigit():
-            idx = int(item)
-            if idx < 0 or idx >= count:
-                break  # CUDA stops at the first invalid entry
-            selected.append(idx)
-        elif item.startswith("MIG-"):
-            return list(range(count))  # MIG instances cannot be mapped here; show all
-        else:
-            found = [i for i, u in enumerate(uuids) if u and u.startswith(item)]
-            if len(found) != 1:
-                break
-            selected.append(found[0])
-    return list(dict.fromkeys(selected))
-
-
-def _detect_gpus_nvml() -> tuple[list[GpuInfo], str | None] | None:
-    """GPUs via NVML, or ``None`` when NVML is unavailable."""
-    try:
-        import pynvml
-    except Exception:  # noqa: BLE001
-        return None
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound, driver not loaded, ...
-        return None
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        try:
-            driver: str | None = _decode(pynvml.nvmlSystemGetDriverVersion())
-        except pynvml.NVMLError:
-            driver = None
-        cuda_version: str | None = None
-        try:
-            v = int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
-            cuda_version = f"{v // 1000}.{(v % 1000) // 10}"
-        except (pynvml.NVMLError, AttributeError, TypeError, ValueError):
-            pass
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        uuids: list[str | None] = []
-        for h in handles:
-            try:
-                uuids.append(_decode(pynvml.nvmlDeviceGetUUID(h)))
-            except pynvml.NVMLError:
-                uuids.append(None)
-        gpus: list[GpuInfo] = []
-        for torch_index, nvml_index in enumerate(_visible_nvml_indices(count, uuids)):
-            h = handles[nvml_index]
-            try:
-                cc: str | None = "{}.{}".format(*pynvml.nvmlDeviceGetCudaComputeCapability(h))
-            except pynvml.NVMLError:
-                cc = None
-            gpus.append(
-                GpuInfo(
-                    index=torch_index,
-                    name=_decode(pynvml.nvmlDeviceGetName(h)),
-                    memory_total_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
-                    driver_version=driver,
-                    compute_capability=cc,
-                )
-            )
-        return gpus, cuda_version
-    except Exception:  # noqa: BLE001 - a broken NVML install falls back to torch
-        return None
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def _detect_gpus_torch() -> tuple[list[GpuInfo], str | None]:
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return [], None
-        gpus = []
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            gpus.append(
-                GpuInfo(
-                    index=i,
-                    name=str(props.name),
-                    memory_total_bytes=int(props.total_memory),
-                    driver_version=None,
-                    compute_capability=f"{props.major}.{props.minor}",
-                )
-            )
-        return gpus, getattr(torch.version, "cuda", None)
-    except Exception:  # noqa: BLE001 - detection must never raise
-        return [], None
-
-
-def detect_hardware() -> DetectedHardware:
-    """Detect CPU, memory and GPUs (NVML first, torch.cuda as fallback). Never raises for a
-    machine without a GPU. ``cuda_version`` is the driver's CUDA version from NVML, or torch's
-    CUDA runtime version when NVML is unavailable."""
-    import psutil
-
-    cpu_model, cpu_flags = _detect_cpu()
-    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
-    physical = psutil.cpu_count(logical=False)
-    nvml = _detect_gpus_nvml()
-    if nvml is not None:
-        gpus, cuda_version = nvml
-        source: Literal["nvml", "torch.cuda"] | None = "nvml"
-    else:
-        gpus, cuda_version = _detect_gpus_torch()
-        source = "torch.cuda" if gpus else None
-    return DetectedHardware(
-        cpu_model=cpu_model,
-        cpu_cores_logical=int(logical),
-        cpu_cores_physical=int(physical) if physical else None,
-        cpu_flags=cpu_flags,
-        memory_total_bytes=int(psutil.virtual_memory().total),
-        gpus=gpus,
-        cuda_version=cuda_version,
-        gpu_source=source,
-    )
-
-
 # --------------------------------------------------------------------------- resolution
 
 
@@ -581,16 +345,6 @@ def _unknown_gpu_profile(gpu: GpuInfo) -> HardwareProfile:
     )
 
 
-def _parse_device(device: str) -> tuple[str, int | None]:
-    d = device.strip().lower()
-    if d in ("auto", "cpu"):
-        return d, None
-    m = re.fullmatch(r"(cuda|gpu)(?::(\d+))?", d)
-    if m is None:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
-    return "cuda", int(m.group(2)) if m.group(2) is not None else None
-
-
 def resolve_profile(spec: str, device: str = "auto", *, hardware: DetectedHardware | None = None) -> ResolvedProfile:
     """Pick the hardware profile for a run.
 
@@ -601,7 +355,8 @@ def resolve_profile(spec: str, device: str = "auto", *, hardware: DetectedHardwa
     detection (for tests or repeated calls).
     Raises :class:`UnknownProfileError` for an unknown name and ValueError for a bad device.
     """
-    kind, index = _parse_device(device)
+    parsed = parse_device(device)
+    kind, index = parsed.type, parsed.index
     if spec.strip().lower() != "auto":
         profile = get_profile(spec)
         if profile.name == "cpu-generic":

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rooflens.roofline.analytic import ModelShape, decode_cost, kv_cache_bytes, weight_storage_bytes
+from rooflens.roofline.analytic import ModelShape, decode_context, decode_cost, kv_cache_bytes, weight_storage_bytes
 from rooflens.roofline.hardware import HardwareProfile, UnknownProfileError, get_profile, list_profiles
 from rooflens.roofline.whatif import precision_for
 
@@ -107,7 +107,7 @@ def platform_rows(
     """Rows for every profile (default: all shipped) and batch, grouped by :data:`CLASSES`, fastest first.
 
     ``model`` is a transformers config or a :class:`ModelShape`. Decode is one step at the mean context
-    ``prompt_len + gen_len // 2``; its time is ``sum over ops of max(flops / peak, bytes / bandwidth)`` with the
+    (:func:`~rooflens.roofline.analytic.decode_context`); its time is ``sum over ops of max(flops / peak, bytes / bandwidth)`` with the
     first of ``compute_dtypes`` (default bf16 then fp16; fp32 for 32-bit weights) that the datasheet has. A
     profile without that peak is projected on bandwidth alone (flag :data:`BANDWIDTH_ONLY`); one without
     bandwidth gets no tokens/s (flag :data:`NO_CEILINGS`). Modelled tokens/J = tokens/s / TDP.
@@ -115,7 +115,7 @@ def platform_rows(
     shape = _shape(model)
     precision = precision_for(bits, group_size, kv_bits)
     dtypes = tuple(compute_dtypes) if compute_dtypes else (("fp32",) if bits == 32 else ("bf16", "fp16"))
-    context = prompt_len + gen_len // 2
+    context = decode_context(prompt_len, gen_len)
     costs = {b: decode_cost(shape, batch=b, context_len=context, precision=precision) for b in batches}
     needed = {
         b: weight_storage_bytes(shape, precision)

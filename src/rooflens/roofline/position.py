@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rooflens.results.record import CeilingRef, PhasePosition, Quantity, RooflineResult
-from rooflens.roofline.analytic import ModelShape, PhaseCost, Precision, decode_cost, prefill_cost
+from rooflens.roofline.analytic import ModelShape, PhaseCost, Precision, decode_context, decode_cost, prefill_cost
 from rooflens.roofline.hardware import HardwareProfile
 from rooflens.roofline.hints import RooflineHints
 
@@ -112,7 +112,7 @@ def roofline_position(
     precision = Precision(weight_bits=hints.bits_for("decode") or bits, act_bits=bits, kv_bits=bits)
     k = hints.tokens_per_pass or 1.0  # tokens kept per decode pass
     verified = max(1, round(hints.tokens_verified_per_pass or k))  # tokens the pass processes (op shapes)
-    context = prompt_len + gen_len // 2
+    context = decode_context(prompt_len, gen_len)
     layers = hints.layers_executed
     prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=p_prefill)
     decode = decode_cost(

@@ -25,24 +25,21 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rooflens.bench.stats import summarize
-from rooflens.roofline.hardware import (
-    HardwareProfile,
-    ResolvedProfile,
-    _detect_cpu,
-    _normalize_dtype,
-    match_profile,
-)
+from rooflens.device.detect import device_name
+from rooflens.device.spec import DeviceUnavailableError, pinned_device
+from rooflens.fsutil import home_dir, slug, write_atomic
+from rooflens.results.stats import summarize
+from rooflens.roofline.hardware import HardwareProfile, ResolvedProfile, _normalize_dtype, match_profile
+from rooflens.text import first_line
 
 __all__ = [
     "GEMM_DTYPES",
@@ -238,33 +235,6 @@ def _rates(
 # --------------------------------------------------------------------------- helpers
 
 
-def _resolve_device(device: str) -> Any:
-    import torch
-
-    d = device.strip().lower()
-    if d == "auto":
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "cpu":
-        return torch.device("cpu")
-    m = re.fullmatch(r"cuda(?::(\d+))?", d)
-    if m is None:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:<index>' or 'auto'")
-    if not torch.cuda.is_available():
-        if torch.version.cuda is None:
-            why = "this torch has no CUDA support"
-        else:
-            why = "no usable GPU/driver"
-        raise ProbeError(
-            f"device {device!r} requested but CUDA is not available ({why}, torch "
-            f"{torch.__version__}); probe the CPU with device='cpu'"
-        )
-    index = int(m.group(1)) if m.group(1) is not None else torch.cuda.current_device()
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise ProbeError(f"device {device!r} requested but only {count} CUDA device(s) are visible")
-    return torch.device("cuda", index)
-
-
 def _pick(table: dict[str, tuple[Any, Any]], dev: Any, quick: bool) -> Any:
     full, small = table["cuda" if dev.type == "cuda" else "cpu"]
     return small if quick else full
@@ -285,19 +255,6 @@ def _available_bytes(dev: Any) -> int | None:
         return int(psutil.virtual_memory().available)
     except Exception:  # noqa: BLE001 - a missing figure only disables the size cap
         return None
-
-
-def device_display_name(dev: Any) -> str:
-    if dev.type == "cuda":
-        import torch
-
-        return str(torch.cuda.get_device_name(dev))
-    return _detect_cpu()[0]
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 # --------------------------------------------------------------------------- bandwidth
@@ -458,6 +415,124 @@ def _probe_gemm(
 # --------------------------------------------------------------------------- probe
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one probe measures, and at which sizes."""
+
+    dtypes: list[str]
+    copy_bytes: int
+    gemm_n: int
+    reps: int
+    warmup: int
+    budget_s: float  # CPU only: seconds one dtype's GEMM may take before n is reduced
+
+
+def _probe_device(device: str) -> Any:
+    """The torch device to probe (a bare ``cuda`` pinned to the current GPU); raises :class:`ProbeError`
+    when it is not here and ValueError for a malformed device string."""
+    try:
+        return pinned_device(device)
+    except DeviceUnavailableError as err:
+        import torch
+
+        hint = "" if torch.cuda.is_available() else "; probe the CPU with device='cpu'"
+        raise ProbeError(f"{err}{hint}") from None
+
+
+def _plan(
+    dev: Any,
+    dtypes: Sequence[str] | None,
+    quick: bool,
+    copy_bytes: int | None,
+    gemm_n: int | None,
+    reps: int | None,
+) -> _Plan:
+    """The dtypes (known ones, each once) and the sizes: the defaults for ``dev`` and ``quick``, or as given."""
+    wanted = list(GEMM_DTYPES) if dtypes is None else [_normalize_dtype(d) for d in dtypes]
+    unknown = [d for d in wanted if d not in GEMM_DTYPES]
+    if unknown:
+        raise ValueError(f"unknown dtype(s) {unknown}; known: {', '.join(GEMM_DTYPES)}")
+    size = int(copy_bytes) if copy_bytes is not None else _pick(_COPY_BYTES, dev, quick)
+    n = int(gemm_n) if gemm_n is not None else _pick(_GEMM_N, dev, quick)
+    n_reps = int(reps) if reps is not None else (_REPS[1] if quick else _REPS[0])
+    if size < 4 or n < 1 or n_reps < 1:
+        raise ValueError("copy_bytes must be >= 4, gemm_n >= 1 and reps >= 1")
+    if copy_bytes is None:  # never ask for more than a quarter of the free memory
+        free = _available_bytes(dev)
+        while free is not None and size > 16 * _MiB and 4 * size > free:
+            size //= 2
+    return _Plan(
+        dtypes=list(dict.fromkeys(wanted)),
+        copy_bytes=size,
+        gemm_n=n,
+        reps=n_reps,
+        warmup=_pick(_WARMUP, dev, quick),
+        budget_s=QUICK_GEMM_BUDGET_S if quick else GEMM_BUDGET_S,
+    )
+
+
+def _load_average(dev: Any, say: Callable[[str], None]) -> list[float] | None:
+    """``os.getloadavg()`` (None where there is none); warns when a busy CPU will make the CPU ceilings read low."""
+    try:
+        load_avg = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+    if dev.type == "cpu":
+        cpus = os.cpu_count() or 1
+        if load_avg[0] > 0.5 * cpus:
+            say(
+                f"warning: load average {load_avg[0]:.2f} on {cpus} CPUs: other processes "
+                "compete for cores and memory bandwidth, so the ceilings will read low"
+            )
+    return load_avg
+
+
+@dataclass
+class _GemmResults:
+    gemm: dict[str, ProbeStat] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # gemm_n.<dtype>: the n each dtype was measured at
+
+
+def _probe_gemms(
+    plan: _Plan, dev: Any, gen: Any, timer: Timer, timer_name: str, say: Callable[[str], None]
+) -> _GemmResults:
+    """GEMM throughput of each planned dtype; one that torch cannot run here is skipped with the reason."""
+    import torch
+
+    out = _GemmResults()
+    saved_precision = torch.get_float32_matmul_precision()
+    try:
+        for dtype in plan.dtypes:
+            if dtype == "tf32" and dev.type != "cuda":
+                out.skipped[dtype] = f"TensorFloat-32 is a CUDA tensor-core mode; not applicable on {dev}"
+                continue
+            if dtype in ("fp32", "tf32"):
+                _set_fp32_precision("high" if dtype == "tf32" else "highest")
+            say(f"gemm {dtype}: n={plan.gemm_n}, {plan.reps} reps")
+            try:
+                stat, n_used = _probe_gemm(
+                    dtype, plan.gemm_n, dev, gen, timer, timer_name, plan.warmup, plan.reps, plan.budget_s
+                )
+            except (RuntimeError, NotImplementedError) as exc:
+                if isinstance(exc, ProbeError):
+                    raise
+                out.skipped[dtype] = f"not supported by torch {torch.__version__} on {dev}: {first_line(exc)}"
+                say(f"gemm {dtype}: skipped ({out.skipped[dtype]})")
+                continue
+            finally:
+                _set_fp32_precision(saved_precision)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+            out.gemm[dtype] = stat
+            out.sizes[f"gemm_n.{dtype}"] = n_used
+            unit = "GOP/s" if dtype == "int8" else "GFLOP/s"
+            say(f"gemm {dtype}: {stat.max / 1e9:.1f} {unit} best, {stat.median / 1e9:.1f} median (n={n_used})")
+    finally:
+        _set_fp32_precision(saved_precision)
+    return out
+
+
 def probe(
     device: str = "cpu",
     *,
@@ -482,76 +557,18 @@ def probe(
 
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
-    dev = _resolve_device(device)
-    wanted = list(GEMM_DTYPES) if dtypes is None else [_normalize_dtype(d) for d in dtypes]
-    unknown = [d for d in wanted if d not in GEMM_DTYPES]
-    if unknown:
-        raise ValueError(f"unknown dtype(s) {unknown}; known: {', '.join(GEMM_DTYPES)}")
-    wanted = list(dict.fromkeys(wanted))
-
-    size = int(copy_bytes) if copy_bytes is not None else _pick(_COPY_BYTES, dev, quick)
-    n = int(gemm_n) if gemm_n is not None else _pick(_GEMM_N, dev, quick)
-    n_reps = int(reps) if reps is not None else (_REPS[1] if quick else _REPS[0])
-    warmup = _pick(_WARMUP, dev, quick)
-    if size < 4 or n < 1 or n_reps < 1:
-        raise ValueError("copy_bytes must be >= 4, gemm_n >= 1 and reps >= 1")
-    budget = QUICK_GEMM_BUDGET_S if quick else GEMM_BUDGET_S
-
-    if copy_bytes is None:  # never ask for more than a quarter of the free memory
-        free = _available_bytes(dev)
-        while free is not None and size > 16 * _MiB and 4 * size > free:
-            size //= 2
-
-    try:
-        load_avg: list[float] | None = [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        load_avg = None
-    if dev.type == "cpu" and load_avg is not None:
-        cpus = os.cpu_count() or 1
-        if load_avg[0] > 0.5 * cpus:
-            say(
-                f"warning: load average {load_avg[0]:.2f} on {cpus} CPUs: other processes "
-                "compete for cores and memory bandwidth, so the ceilings will read low"
-            )
-    name = device_display_name(dev)
+    dev = _probe_device(device)
+    plan = _plan(dev, dtypes, quick, copy_bytes, gemm_n, reps)
+    load_avg = _load_average(dev, say)
+    name = device_name(dev)
     timer, timer_name = _make_timer(dev, clock)
     gen = torch.Generator(device=dev)
     gen.manual_seed(0)
 
-    say(f"bandwidth: copy {_fmt_bytes(size)} on {dev}, {n_reps} reps")
-    bandwidth, nbytes = _probe_bandwidth(dev, size, timer, timer_name, warmup, n_reps)
+    say(f"bandwidth: copy {_fmt_bytes(plan.copy_bytes)} on {dev}, {plan.reps} reps")
+    bandwidth, nbytes = _probe_bandwidth(dev, plan.copy_bytes, timer, timer_name, plan.warmup, plan.reps)
     say(f"bandwidth: {bandwidth.max / 1e9:.1f} GB/s best, {bandwidth.median / 1e9:.1f} median")
-
-    gemm: dict[str, ProbeStat] = {}
-    skipped: dict[str, str] = {}
-    sizes: dict[str, int] = {"copy_bytes": nbytes, "gemm_n": n, "reps": n_reps, "warmup": warmup}
-    saved_precision = torch.get_float32_matmul_precision()
-    try:
-        for dtype in wanted:
-            if dtype == "tf32" and dev.type != "cuda":
-                skipped[dtype] = f"TensorFloat-32 is a CUDA tensor-core mode; not applicable on {dev}"
-                continue
-            if dtype in ("fp32", "tf32"):
-                _set_fp32_precision("high" if dtype == "tf32" else "highest")
-            say(f"gemm {dtype}: n={n}, {n_reps} reps")
-            try:
-                stat, n_used = _probe_gemm(dtype, n, dev, gen, timer, timer_name, warmup, n_reps, budget)
-            except (RuntimeError, NotImplementedError) as exc:
-                if isinstance(exc, ProbeError):
-                    raise
-                skipped[dtype] = f"not supported by torch {torch.__version__} on {dev}: {first_line(exc)}"
-                say(f"gemm {dtype}: skipped ({skipped[dtype]})")
-                continue
-            finally:
-                _set_fp32_precision(saved_precision)
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-            gemm[dtype] = stat
-            sizes[f"gemm_n.{dtype}"] = n_used
-            unit = "GOP/s" if dtype == "int8" else "GFLOP/s"
-            say(f"gemm {dtype}: {stat.max / 1e9:.1f} {unit} best, {stat.median / 1e9:.1f} median (n={n_used})")
-    finally:
-        _set_fp32_precision(saved_precision)
+    gemms = _probe_gemms(plan, dev, gen, timer, timer_name, say)
 
     profile = match_profile(name)
     return ProbeResult(
@@ -559,12 +576,12 @@ def probe(
         device_name=name,
         profile=profile.name if profile is not None else None,
         bandwidth=bandwidth,
-        gemm=gemm,
-        skipped=skipped,
+        gemm=gemms.gemm,
+        skipped=gemms.skipped,
         threads=torch.get_num_threads(),
         torch_version=str(torch.__version__),
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        sizes=sizes,
+        sizes={"copy_bytes": nbytes, "gemm_n": plan.gemm_n, "reps": plan.reps, "warmup": plan.warmup, **gemms.sizes},
         load_avg=load_avg,
         wall_s=round(time.perf_counter() - started, 3),
     )
@@ -573,45 +590,19 @@ def probe(
 # --------------------------------------------------------------------------- storage
 
 
-def slug(text: str) -> str:
-    slug = "-".join(re.findall(r"[a-z0-9]+", text.lower()))
-    return slug or "unknown-device"
-
-
-def rooflens_home(root: Path | None) -> Path:
-    if root is not None:
-        return Path(root)
-    env = os.environ.get("ROOFLENS_HOME")
-    return Path(env) if env else Path.home() / ".config" / "rooflens"
-
-
 def probe_path(device_name: str, root: Path | None = None) -> Path:
     """Where the probe of ``device_name`` is kept: ``<root>/probes/<slug>.json``.
 
     ``root`` defaults to ``$ROOFLENS_HOME`` or ``~/.config/rooflens`` (a user file, never the
     package).
     """
-    return rooflens_home(root) / "probes" / f"{slug(device_name)}.json"
+    return home_dir(root) / "probes" / f"{slug(device_name)}.json"
 
 
 def save_probe(result: ProbeResult, root: Path | None = None) -> Path:
     """Write ``result`` to :func:`probe_path` atomically (temp file + ``os.replace``)."""
     path = probe_path(result.device_name, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(result.model_dump_json(indent=2))
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, result.model_dump_json(indent=2) + "\n")
     return path
 
 

@@ -18,6 +18,7 @@ from rooflens.roofline.analytic import (
     Precision,
     Projection,
     bits_per_weight,
+    decode_context,
     decode_cost,
     prefill_cost,
     project,
@@ -134,7 +135,7 @@ def phase_costs(
                     b,
                     w,
                     prefill_cost(shape, batch=b, prompt_len=prompt_len, precision=p),
-                    decode_cost(shape, batch=b, context_len=prompt_len + gen_len // 2, precision=p),
+                    decode_cost(shape, batch=b, context_len=decode_context(prompt_len, gen_len), precision=p),
                 )
             )
     return out

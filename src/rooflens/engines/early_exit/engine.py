@@ -539,7 +539,7 @@ class EarlyExitEngine(Engine):
         return out
 
     def _roofline_bound(self, layers: float, prompt_len: int, gen_len: int) -> float | None:
-        from rooflens.roofline.analytic import ModelShape, Precision, decode_cost
+        from rooflens.roofline.analytic import ModelShape, Precision, decode_context, decode_cost
 
         try:
             shape = ModelShape.from_config(self.model.model.config)
@@ -547,7 +547,7 @@ class EarlyExitEngine(Engine):
             return None
         bits = next(self.model.model.parameters()).element_size() * 8.0
         p = Precision(weight_bits=bits, act_bits=bits, kv_bits=bits)
-        ctx = prompt_len + gen_len // 2
+        ctx = decode_context(prompt_len, gen_len)
         full = decode_cost(shape, batch=1, context_len=ctx, precision=p)
         cut = decode_cost(shape, batch=1, context_len=ctx, precision=p, layers_executed=layers)
         return full.bytes / cut.bytes

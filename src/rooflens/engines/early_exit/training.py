@@ -31,11 +31,12 @@ import torch
 
 from rooflens.bench.prompts import corpus_text
 from rooflens.engines.artifacts import artifact_path as _artifact_path
-from rooflens.engines.artifacts import cache_dir, save_atomic
+from rooflens.engines.artifacts import save_atomic
 from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, greedy_config, mask_eos, new_cache
 from rooflens.engines.early_exit.draft_head import DraftHead
 from rooflens.engines.early_exit.predictors import ExitPredictors, exit_features, threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates, parse_draft
+from rooflens.fsutil import cache_dir
 
 ARTIFACT_VERSION = 1
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

@@ -17,6 +17,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def summarize(values: Sequence[float]) -> dict[str, float | int]:
+    """n, median, p10, p90, mean, sample std, CV (std / mean) and range of one or more values."""
     xs = sorted(float(v) for v in values)
     n = len(xs)
     mean = sum(xs) / n

@@ -1,0 +1,102 @@
+"""Files and folders rooflens writes: atomic writes, and the user's cache and home folders.
+
+Every file rooflens keeps (records, reports, probes, dispatch tables, trained artifacts, compiled kernels,
+converted models) is written beside its final path and moved into place, so a reader sees the old file or the
+whole new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_UMASK = os.umask(0)  # read once at import: os.umask can only be read by setting it, which is not thread-safe
+os.umask(_UMASK)
+
+
+def cache_dir(kind: str = "") -> Path:
+    """``$ROOFLENS_CACHE/<kind>`` (default ``~/.cache/rooflens``): what rooflens derives once per machine
+    (converted models, trained predictors, compiled kernels, ...)."""
+    root = Path(os.environ.get("ROOFLENS_CACHE", Path.home() / ".cache" / "rooflens"))
+    return root / kind if kind else root
+
+
+def home_dir(root: Path | None = None) -> Path:
+    """``root`` if given, else ``$ROOFLENS_HOME`` (default ``~/.config/rooflens``): what the user measured
+    (probes, dispatch tables), never inside the package."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("ROOFLENS_HOME")
+    return Path(env) if env else Path.home() / ".config" / "rooflens"
+
+
+def slug(text: str) -> str:
+    """Lower-case alphanumeric words joined by '-' ("NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3")."""
+    return "-".join(re.findall(r"[a-z0-9]+", text.lower())) or "unknown-device"
+
+
+@contextmanager
+def atomic_output(path: Path, *, exclusive: bool = False) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the caller (or a tool: a compiler, ``torch.save``) to fill.
+
+    On a clean exit it is fsynced and moved to ``path`` (``os.replace``); on an error it is removed and
+    ``path`` is untouched. The file starts with the ordinary mode (``0666 & ~umask``); a writer that
+    recreates it (a linker writing an executable ``.so``) keeps its own. ``exclusive=True`` never replaces
+    an existing ``path``: ``os.link`` fails atomically on an existing target (where a check-then-rename
+    would race) and raises :class:`FileExistsError`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600
+        yield tmp
+        _fsync(tmp)
+        if not exclusive:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path}: exists already") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: str | bytes, *, exclusive: bool = False) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path, exclusive=exclusive) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill, moved to ``path`` on a clean exit (``os.replace``, which
+    fails when ``path`` exists and is not empty); removed with its contents on an error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
