@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from rooflens.engines.quant import HANDLERS, QuantSpec, get_handler, model_weight_bytes
+from rooflens.engines.options.quantized import QuantSpec
+from rooflens.engines.quant import HANDLERS, get_handler, model_weight_bytes
 from rooflens.engines.quantized import QuantizedEngine, QuantizedOptions
 from rooflens.kernels import LowBitLinear
 

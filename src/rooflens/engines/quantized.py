@@ -59,7 +59,7 @@ from rooflens.engines.quant import (
     untie_from,
 )
 from rooflens.engines.quant.base import skip_entry
-from rooflens.engines.quant.rooflens import kernel_path
+from rooflens.engines.quant.lowbit import kernel_path
 from rooflens.kernels.native import native_unavailable
 from rooflens.roofline.analytic import decode_weight_elements
 

@@ -20,9 +20,7 @@ class StatSpec:
     description: str = ""
 
 
-def stats_from_table(
-    table: Mapping[str, StatSpec], values: Mapping[str, Any], **fill: Any
-) -> dict[str, EngineStat]:
+def stats_from_table(table: Mapping[str, StatSpec], values: Mapping[str, Any], **fill: Any) -> dict[str, EngineStat]:
     """One :class:`EngineStat` per value that is not ``None``, in the table's order. A value whose key the
     table does not describe is a programming error (every reported number needs its description)."""
     unknown = [k for k in values if k not in table]
