@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rooflens.engines.speculative.choosing import TokenChooser
+from rooflens.engines.speculative.chooser import TokenChooser
 from rooflens.engines.speculative.proposers import Draft
 
 

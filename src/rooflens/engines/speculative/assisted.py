@@ -20,7 +20,7 @@ from transformers import GenerationConfig
 from rooflens.engines.base import TokenClock, synchronize
 from rooflens.engines.decoding import ClockStreamer, decoder_layers, greedy_config, hooks
 from rooflens.engines.options.speculative import SELF_RE, SpeculativeOptions
-from rooflens.engines.speculative.counters import SpeculativeCounters
+from rooflens.engines.speculative.stats import SpeculativeCounters
 
 
 def assisted_config(opts: SpeculativeOptions, target: torch.nn.Module, max_new_tokens: int) -> GenerationConfig:
@@ -52,7 +52,8 @@ def assistant_settings(
         yield {}
         return
     kwargs: dict[str, Any] = {"assistant_model": draft} if opts.mode == "draft_model" else {}
-    agc = draft.generation_config if opts.mode == "draft_model" else target.generation_config  # type: ignore[union-attr]
+    assistant = draft if opts.mode == "draft_model" else target
+    agc = assistant.generation_config  # type: ignore[union-attr]
     settings = {
         "num_assistant_tokens": opts.gamma,
         "num_assistant_tokens_schedule": "heuristic" if opts.adaptive_gamma else "constant",

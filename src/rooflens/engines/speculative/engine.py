@@ -8,11 +8,11 @@ from rooflens.engines.base import Engine, EngineStat, RooflineHints, TokenClock,
 from rooflens.engines.decoding import eos_token_ids
 from rooflens.engines.options.speculative import SELF_RE, SpeculativeOptions
 from rooflens.engines.speculative.assisted import generate_assisted
-from rooflens.engines.speculative.choosing import TokenChooser
-from rooflens.engines.speculative.counters import SpeculativeCounters, speculative_stats
+from rooflens.engines.speculative.chooser import TokenChooser
 from rooflens.engines.speculative.drafts import build_draft, check_early_exit, check_same_vocab, draft_parameter_count
 from rooflens.engines.speculative.loop import SpeculativeLoop
 from rooflens.engines.speculative.proposers import DraftModelProposer, LookupProposer, Proposer
+from rooflens.engines.speculative.stats import SpeculativeCounters, speculative_stats
 
 
 @register

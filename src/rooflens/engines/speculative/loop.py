@@ -23,9 +23,9 @@ import torch
 from rooflens.engines.base import TokenClock, synchronize
 from rooflens.engines.decoding import crop_cache, last_logits, new_cache
 from rooflens.engines.speculative.acceptance import Verdict, judge
-from rooflens.engines.speculative.choosing import TokenChooser
-from rooflens.engines.speculative.counters import SpeculativeCounters
+from rooflens.engines.speculative.chooser import TokenChooser
 from rooflens.engines.speculative.proposers import Draft, Proposer
+from rooflens.engines.speculative.stats import SpeculativeCounters
 
 
 @dataclass

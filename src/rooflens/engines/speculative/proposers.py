@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from rooflens.engines.decoding import crop_cache, last_logits, new_cache
-from rooflens.engines.speculative.choosing import TokenChooser
+from rooflens.engines.speculative.chooser import TokenChooser
 
 
 @dataclass(frozen=True)
