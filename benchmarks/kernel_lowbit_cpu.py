@@ -137,8 +137,8 @@ def library_layer(w: torch.Tensor, backend: str, fmt: str):
     """A quantized nn.Linear as the quantized engine builds it (its backends' own code path)."""
     from torch import nn
 
+    from rooflens.engines.options.quantized import QuantizedOptions
     from rooflens.engines.quant import get_handler, layer_weight_bytes
-    from rooflens.engines.quantized import QuantizedOptions
 
     holder = nn.Sequential(nn.Linear(w.shape[1], w.shape[0], bias=False))
     holder[0].weight.data.copy_(w)

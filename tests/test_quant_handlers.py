@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 
-from rooflens.engines.quant import HANDLERS, QuantSpec, get_handler, model_weight_bytes
-from rooflens.engines.quantized import QuantizedEngine, QuantizedOptions
+from rooflens.engines.options.quantized import QuantizedOptions, QuantSpec
+from rooflens.engines.quant import HANDLERS, get_handler, model_weight_bytes
+from rooflens.engines.quantized import QuantizedEngine
 from rooflens.kernels import LowBitLinear
 
 CPU = torch.device("cpu")

@@ -11,9 +11,10 @@ from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner
 from rooflens.config import ConfigError
 from rooflens.engines.base import EngineUnavailable, TokenClock, get_engine
+from rooflens.engines.options.quantized import QuantizedOptions
 from rooflens.engines.quant import copy_for_quantization
-from rooflens.engines.quant.rooflens import KERNEL_PATHS
-from rooflens.engines.quantized import QuantizedEngine, QuantizedOptions, options_unavailable_reason
+from rooflens.engines.quant.lowbit import KERNEL_PATHS
+from rooflens.engines.quantized import QuantizedEngine, options_unavailable_reason
 from rooflens.kernels import format_bits_per_weight
 from rooflens.roofline.analytic import decode_weight_elements
 

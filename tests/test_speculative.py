@@ -12,9 +12,14 @@ from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner, measure
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import EngineSpec, Repetitions
-from rooflens.engines.base import EngineStat, TokenClock, describe_engine, get_engine, validate_engine_options
-from rooflens.engines.hf import HFEngine, HFOptions
-from rooflens.engines.speculative import SpeculativeEngine, SpeculativeOptions, lookup_ngram, truncated_model
+from rooflens.engines.base import EngineStat, TokenClock, describe_engine, get_engine
+from rooflens.engines.decoding import truncated_model
+from rooflens.engines.hf import HFEngine
+from rooflens.engines.options import validate_engine_options
+from rooflens.engines.options.hf import HFOptions
+from rooflens.engines.options.speculative import SpeculativeOptions
+from rooflens.engines.speculative import SpeculativeEngine
+from rooflens.engines.speculative.proposers import lookup_ngram
 from rooflens.models.loader import LoadedModel, ModelInfo
 
 CPU = torch.device("cpu")

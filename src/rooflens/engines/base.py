@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from rooflens.engines.options import EngineOptions, validate_engine_options  # noqa: F401 (re-exported)
+from rooflens.engines.options import (  # noqa: F401 (validate_engine_options re-exported)
+    EngineOptions,
+    engine_options,
+    validate_engine_options,
+)
 from rooflens.results.stat import EngineStat
 from rooflens.roofline.hints import RooflineHints
 
@@ -218,8 +222,8 @@ def get_engine(name: str) -> type[Engine]:
 
 
 def build_engine(spec: EngineSpec, model: LoadedModel) -> Engine:
-    cls = get_engine(spec.name)
-    return cls(cls.Options.model_validate(spec.options), model)
+    """The engine of ``spec`` on ``model``, with the typed options :func:`engine_options` validated once."""
+    return get_engine(spec.name)(engine_options(spec), model)
 
 
 def describe_engine(cls: type[Engine]) -> dict[str, Any]:

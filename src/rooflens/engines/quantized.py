@@ -2,9 +2,9 @@
 
 The engine is the ``hf`` baseline (greedy, fixed length, optional static cache + torch.compile) run on
 a *quantized copy* of the shared model, so every other engine keeps the original weights. Each backend
-is a handler of :mod:`rooflens.engines.quant` (its module's docstring has the details); this module
-holds the option schema and the engine, which copies the model, lets the handler quantize the copy and
-measures the result.
+is a handler of :mod:`rooflens.engines.quant` (its module's docstring has the details); the options and
+format tables are in :mod:`rooflens.engines.options.quantized`. This module holds the engine, which copies
+the model, lets the handler quantize the copy and measures the result, and the table of its statistics.
 
 Backends and formats
 --------------------
@@ -59,7 +59,8 @@ from rooflens.engines.quant import (
     untie_from,
 )
 from rooflens.engines.quant.base import skip_entry
-from rooflens.engines.quant.rooflens import kernel_path
+from rooflens.engines.quant.lowbit import kernel_path
+from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.kernels.native import native_unavailable
 from rooflens.roofline.analytic import decode_weight_elements
 
@@ -91,6 +92,49 @@ class QuantizationSummary:
     @property
     def bits_model(self) -> float:
         return self.total_bytes * 8 / self.n_params
+
+
+EMULATED = (
+    "accuracy emulation: torchao IntxUnpackedToInt8Tensor keeps each int{nominal} code in an int8, so memory and "
+    "bytes moved are those of int8 (+ scales and zero points), not {nominal}-bit; the roofline uses the real storage"
+)
+NOT_EMULATED = "the codes are stored at their nominal width (weight storage reflects the format)"
+
+STATS: dict[str, StatSpec] = {
+    "format": StatSpec(description="backend, format, bits, group size, symmetry"),
+    "library": StatSpec(description="the quantization library and its version"),
+    "weight_storage_bytes": StatSpec(
+        "B",
+        "all weights after quantization (dense parameters + quantized layers' storage); quantized layers: {storage}",
+    ),
+    "quantized_weight_bytes": StatSpec("B", "weights of the quantized layers only; {storage}"),
+    "original_weight_bytes": StatSpec("B", "all parameters of the unquantized model"),
+    "compression": StatSpec("x", "original weight bytes / weight bytes after quantization"),
+    "bits_per_weight_quantized": StatSpec(
+        "bit", "quantized layers' weight storage x 8 / their weight elements (scales and zero points included)"
+    ),
+    "bits_per_weight_model": StatSpec(
+        "bit", "all weight storage x 8 / all parameters (embeddings, norms and LM head stay in the model dtype)"
+    ),
+    "quantized_layers": StatSpec("layers", "Linear layers quantized"),
+    "skipped_layers": StatSpec("layers", "Linear layers left in the model dtype: {skipped}"),
+    "quantize_time_s": StatSpec(
+        "s",
+        "quantizing the copied model (device synchronised); a backend's lazy work at the first forward "
+        "(bitsandbytes' NF4 repack for its CPU kernel) is not included",
+    ),
+    "copy_time_s": StatSpec("s", "deep copy of the shared model (the Linear weights to quantize are read, not copied)"),
+    "nominal_bits": StatSpec("bit", "bits of a weight code in the format"),
+    "emulated": StatSpec(description="{emulation}"),  # EMULATED or NOT_EMULATED
+    "backend_notes": StatSpec(description="what the backend does here beyond its format"),
+    "kernel": StatSpec(description="LowBitLinear forward path"),  # rooflens backend only
+    "weight_read_bytes_per_step": StatSpec(
+        "B",
+        "weight bytes one decode step reads (batch 1): what each quantized layer's kernel reads "
+        "(rooflens: its kernel's own layout, padding included), every other weight once, one embedding row",
+    ),
+}
+"""What the engine's statistics mean; ``{storage}`` is the backend's storage note."""
 
 
 def options_unavailable_reason(o: QuantizedOptions, device: torch.device, dtype: str | None = None) -> str | None:
@@ -212,85 +256,35 @@ class QuantizedEngine(HFEngine):
         s, o = self.measured, self.options
         if s is None:
             return {}
-        how = self.handler.storage_note(self.spec)
-        out = {
-            "format": EngineStat(value=o.describe(), description="backend, format, bits, group size, symmetry"),
-            "library": EngineStat(value=self.handler.library(), description="the quantization library and its version"),
-            "weight_storage_bytes": EngineStat(
-                value=s.total_bytes,
-                unit="B",
-                description=f"all weights after quantization (dense parameters + quantized layers' storage); quantized layers: {how}",
-            ),
-            "quantized_weight_bytes": EngineStat(
-                value=s.quantized_bytes, unit="B", description=f"weights of the quantized layers only; {how}"
-            ),
-            "original_weight_bytes": EngineStat(
-                value=s.original_bytes, unit="B", description="all parameters of the unquantized model"
-            ),
-            "compression": EngineStat(
-                value=s.original_bytes / s.total_bytes,
-                unit="x",
-                description="original weight bytes / weight bytes after quantization",
-            ),
-            "bits_per_weight_quantized": EngineStat(
-                value=s.bits_quantized,
-                unit="bit",
-                description="quantized layers' weight storage x 8 / their weight elements (scales and zero points included)",
-            ),
-            "bits_per_weight_model": EngineStat(
-                value=s.bits_model,
-                unit="bit",
-                description="all weight storage x 8 / all parameters (embeddings, norms and LM head stay in the model dtype)",
-            ),
-            "quantized_layers": EngineStat(
-                value=s.quantized_layers, unit="layers", description="Linear layers quantized"
-            ),
-            "skipped_layers": EngineStat(
-                value=len(s.skipped),
-                unit="layers",
-                description="Linear layers left in the model dtype: "
-                + "; ".join(f"{k}: {v}" for k, v in s.skipped.items()),
-            ),
-            "quantize_time_s": EngineStat(
-                value=s.quantize_s,
-                unit="s",
-                description="quantizing the copied model (device synchronised); a backend's lazy work at the "
-                "first forward (bitsandbytes' NF4 repack for its CPU kernel) is not included",
-            ),
-            "copy_time_s": EngineStat(
-                value=s.copy_s,
-                unit="s",
-                description="deep copy of the shared model (the Linear weights to quantize are read, not copied)",
-            ),
-        }
-        nominal = o.resolved_bits
-        out["nominal_bits"] = EngineStat(value=nominal, unit="bit", description="bits of a weight code in the format")
-        if o.emulated:
-            desc = (
-                f"accuracy emulation: torchao IntxUnpackedToInt8Tensor keeps each int{nominal} code in an int8, "
-                f"so memory and bytes moved are those of int8 (+ scales and zero points), not {nominal}-bit; "
-                f"the roofline uses the real storage"
-            )
-        else:
-            desc = "the codes are stored at their nominal width (weight storage reflects the format)"
-        out["emulated"] = EngineStat(value="true" if o.emulated else "false", description=desc)
         notes = self.handler.notes(self.spec, self.module, self.model.device, self.model.info.dtype, compiled=o.compile)
-        if notes:
-            out["backend_notes"] = EngineStat(
-                value="; ".join(notes), description="what the backend does here beyond its format"
-            )
-        if isinstance(self.handler, RooflensHandler):
-            out["kernel"] = EngineStat(
-                value=kernel_path(self._layers, self.model.device), description="LowBitLinear forward path"
-            )
-        read = self._read_bytes()
-        out["weight_read_bytes_per_step"] = EngineStat(
-            value=read,
-            unit="B",
-            description="weight bytes one decode step reads (batch 1): what each quantized layer's kernel reads "
-            "(rooflens: its kernel's own layout, padding included), every other weight once, one embedding row",
+        rooflens = isinstance(self.handler, RooflensHandler)
+        values = {
+            "format": o.describe(),
+            "library": self.handler.library(),
+            "weight_storage_bytes": s.total_bytes,
+            "quantized_weight_bytes": s.quantized_bytes,
+            "original_weight_bytes": s.original_bytes,
+            "compression": s.original_bytes / s.total_bytes,
+            "bits_per_weight_quantized": s.bits_quantized,
+            "bits_per_weight_model": s.bits_model,
+            "quantized_layers": s.quantized_layers,
+            "skipped_layers": len(s.skipped),
+            "quantize_time_s": s.quantize_s,
+            "copy_time_s": s.copy_s,
+            "nominal_bits": o.resolved_bits,
+            "emulated": "true" if o.emulated else "false",
+            "backend_notes": "; ".join(notes) if notes else None,
+            "kernel": kernel_path(self._layers, self.model.device) if rooflens else None,
+            "weight_read_bytes_per_step": self._read_bytes(),
+        }
+        emulation = EMULATED if o.emulated else NOT_EMULATED
+        return stats_from_table(
+            STATS,
+            values,
+            storage=self.handler.storage_note(self.spec),
+            skipped="; ".join(f"{k}: {v}" for k, v in s.skipped.items()),
+            emulation=emulation.format(nominal=o.resolved_bits),
         )
-        return out
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
         self._prefill_rows = input_ids.numel()  # the prefill's activation rows pick a kernel's dataflow

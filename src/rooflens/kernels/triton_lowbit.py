@@ -461,6 +461,26 @@ def lowbit_linear(
     autotune; WIDE_LOAD defaults to True); otherwise CUDA autotunes the gemv/flat paths in their own spaces
     (unless ``autotune=False``: :data:`CUDA_DEFAULT_CONFIGS`) and the interpreter uses :data:`INTERPRET_CONFIG`.
     """
+    _check_linear_args(x, qw, bias, path)
+    interp = interpreting()
+    _check_device(x.device)
+    n, k = qw.shape
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    out_shape = (*x.shape[:-1], n)
+    out2 = _output_rows(out, x, m, n, out_shape)
+    if m == 0 or n == 0:
+        return out2.view(out_shape)
+    path = path or ("gemv" if m == 1 else "flat")
+    if path == "dense":
+        _dense_linear(x2, qw, bias, out2, config)
+    else:
+        _tiled_linear(x2, qw, bias, out2, path, split_k, config, autotune, interp)
+    return out2.view(out_shape)
+
+
+def _check_linear_args(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor], path: Optional[str]) -> None:
+    """TypeError / ValueError naming the first argument of :func:`lowbit_linear` that does not fit."""
     if not isinstance(qw, QuantizedWeight):
         raise TypeError(f"qw must be a QuantizedWeight, got {type(qw).__name__}")
     n, k = qw.shape
@@ -474,46 +494,81 @@ def lowbit_linear(
         raise ValueError(f"x is on {x.device} but the quantized weight is on {qw.packed.device}")
     if path is not None and path not in PATHS:
         raise ValueError(f"path={path!r} is not one of {', '.join(PATHS)}")
-    interp = interpreting()
-    _check_device(x.device)
 
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    m = x2.shape[0]
-    out_shape = (*lead, n)
-    if out is not None:
-        if tuple(out.shape) not in (out_shape, (m, n)) or out.dtype != x.dtype or not out.is_contiguous():
-            raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {out_shape}")
-        out2 = out.view(m, n)
+
+def _output_rows(
+    out: Optional[torch.Tensor], x: torch.Tensor, m: int, n: int, out_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """The ``[M, N]`` output: a view of the caller's ``out`` (checked) or a new tensor in ``x.dtype``."""
+    if out is None:
+        return torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if tuple(out.shape) not in (out_shape, (m, n)) or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {out_shape}")
+    return out.view(m, n)
+
+
+def _dense_linear(
+    x2: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor], out2: torch.Tensor, config: Optional[dict]
+) -> None:
+    """The dense path: dequantize the whole weight once, then one cuBLAS matmul into ``out2``."""
+    wt = lowbit_dequantize(qw, x2.dtype, config=config).t()
+    if bias is None:
+        torch.mm(x2, wt, out=out2)
     else:
-        out2 = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m == 0 or n == 0:
-        return out2.view(out_shape)
+        torch.addmm(bias.to(x2.dtype), x2, wt, out=out2)
 
-    path = path or ("gemv" if m == 1 else "flat")
-    if path == "dense":  # dequantize once, then cuBLAS
-        wt = lowbit_dequantize(qw, x.dtype, config=config).t()
-        if bias is None:
-            torch.mm(x2, wt, out=out2)
-        else:
-            torch.addmm(bias.to(x.dtype), x2, wt, out=out2)
-        return out2.view(out_shape)
 
+def _tiled_linear(
+    x2: torch.Tensor,
+    qw: QuantizedWeight,
+    bias: Optional[torch.Tensor],
+    out2: torch.Tensor,
+    path: str,
+    split_k: Optional[int],
+    config: Optional[dict],
+    autotune: bool,
+    interp: bool,
+) -> None:
+    """The gemv / flat paths: the kernel over ``BLOCK_N`` x ``BLOCK_M`` x split-K programs, into ``out2``."""
+    (m, k), n = x2.shape, qw.shape[0]
     kernel, autotuned = get_kernel(autotune=autotune and config is None, path=path)
     block_m = 1 if path == "gemv" else FLAT_BLOCK_M
     m_blocks = triton.cdiv(m, block_m)
     if split_k is None:
-        split_k = 1 if interp else _auto_split_k(m_blocks, n, k, qw.group_size, x.device)
+        split_k = 1 if interp else _auto_split_k(m_blocks, n, k, qw.group_size, x2.device)
     if not isinstance(split_k, int) or split_k < 1:
         raise ValueError(f"split_k must be a positive int, got {split_k!r}")
-
     # split-K combines partial sums with fp32 atomics into a zeroed fp32 buffer
+    target = out2
     if split_k > 1:
-        target = out2 if x.dtype == torch.float32 else torch.empty((m, n), dtype=torch.float32, device=x.device)
+        target = out2 if x2.dtype == torch.float32 else torch.empty((m, n), dtype=torch.float32, device=x2.device)
         target.zero_()
-    else:
-        target = out2
+    args, meta = _kernel_arguments(x2, qw, bias, target, split_k, block_m, dot_f32=interp or x2.dtype == torch.float32)
+    if autotuned:
 
+        def grid(meta_):
+            return (triton.cdiv(n, meta_["BLOCK_N"]), m_blocks, split_k)
+
+        kernel[grid](*args, **meta)
+    else:
+        cfg = _fixed_config(config, path, interp)
+        bn = cfg.pop("BLOCK_N")
+        kernel[(triton.cdiv(n, bn), m_blocks, split_k)](*args, **meta, BLOCK_N=bn, **cfg)
+    if target is not out2:
+        out2.copy_(target)
+
+
+def _kernel_arguments(
+    x2: torch.Tensor,
+    qw: QuantizedWeight,
+    bias: Optional[torch.Tensor],
+    target: torch.Tensor,
+    split_k: int,
+    block_m: int,
+    dot_f32: bool,
+) -> tuple[tuple, dict]:
+    """The kernel's positional arguments (pointers, sizes, strides) and constexprs for ``x2 @ W.T -> target``."""
+    (m, k), n = x2.shape, qw.shape[0]
     packed, scales, zeros = _weight_args(qw)
     bias_arg = bias if bias is not None else scales  # dummy pointer when no bias (never read)
     args = (
@@ -539,21 +594,8 @@ def lowbit_linear(
         SYMMETRIC=qw.symmetric,
         HAS_BIAS=bias is not None,
         SPLIT_K=split_k,
-        DOT_F32=interp or x.dtype == torch.float32,
+        DOT_F32=dot_f32,
         BLOCK_M=block_m,
         DEQUANT=False,
     )
-    if autotuned:
-
-        def grid(meta_):
-            return (triton.cdiv(n, meta_["BLOCK_N"]), m_blocks, split_k)
-
-        kernel[grid](*args, **meta)
-    else:
-        cfg = _fixed_config(config, path, interp)
-        bn = cfg.pop("BLOCK_N")
-        kernel[(triton.cdiv(n, bn), m_blocks, split_k)](*args, **meta, BLOCK_N=bn, **cfg)
-
-    if target is not out2:
-        out2.copy_(target)
-    return out2.view(out_shape)
+    return args, meta

@@ -1,14 +1,15 @@
-"""Options of the ``quantized`` engine, and what each backend's formats accept.
+"""Options of the ``quantized`` engine, what each backend's formats accept, and :class:`QuantSpec`.
 
-The format tables are plain data so that an experiment is checked without importing a
-quantization library (or torch); the handlers in :mod:`rooflens.engines.quant` read the same tables.
+Plain data, torch-free, so that an experiment is checked without importing a quantization library (or
+torch). This is the bottom of the quantization stack: the handlers in :mod:`rooflens.engines.quant` read
+these tables and take a :class:`QuantSpec`; nothing here imports them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,11 +17,9 @@ from rooflens.engines.options.hf import HFOptions
 from rooflens.lowbit_rules import KERNELS, describe_kernels
 from rooflens.text import quote
 
-if TYPE_CHECKING:
-    from rooflens.engines.quant.base import QuantSpec
-
 SKIP = ("lm_head",)  # Linear layers left in the model dtype (embeddings are not Linear: never touched)
 Backend = Literal["torchao", "bitsandbytes", "rooflens"]  # the keys of FORMATS (and of quant.HANDLERS)
+Kernel = Literal[KERNELS]  # a rooflens LowBitLinear forward path
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,19 @@ FORMATS: dict[str, dict[str, FormatSpec]] = {
 }
 
 
+@dataclass(frozen=True)
+class QuantSpec:
+    """One quantization with every value resolved: what a handler needs, nothing left to default."""
+
+    backend: str
+    format: str
+    bits: int
+    group_size: int | None = None  # None: the format has no groups
+    symmetric: bool | None = None  # None: the format has no such choice
+    kernel: Kernel = "auto"  # rooflens only: the LowBitLinear forward path
+    skip: tuple[str, ...] = SKIP  # Linear layers left in the model dtype
+
+
 def join(values: Iterable[Any]) -> str:
     return ", ".join(str(v) for v in values)
 
@@ -72,7 +84,7 @@ class QuantizedOptions(HFOptions):
     symmetric: bool | None = Field(
         default=None, description="rooflens and torchao intx: symmetric (default) or asymmetric with zero points"
     )
-    kernel: Literal[KERNELS] | None = Field(default=None, description=f"rooflens only: {describe_kernels()}")
+    kernel: Kernel | None = Field(default=None, description=f"rooflens only: {describe_kernels()}")
     lm_head: bool = Field(
         default=False,
         description="quantize the LM head too (a tied embedding is untied: the embedding keeps its dense table)",
@@ -144,8 +156,6 @@ class QuantizedOptions(HFOptions):
 
     def spec(self) -> QuantSpec:
         """These options as the handler's plain, resolved :class:`QuantSpec`."""
-        from rooflens.engines.quant.base import QuantSpec
-
         return QuantSpec(
             backend=self.backend,
             format=self.resolved_format,

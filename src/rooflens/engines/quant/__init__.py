@@ -1,23 +1,25 @@
 """Weight quantization, one handler per backend (gpt-fast's quantize.py pattern).
 
-* :mod:`~rooflens.engines.quant.base` — the :class:`QuantHandler` protocol, :class:`QuantSpec` (one quantization,
-  plain values), the layer selection and the model copy every backend shares;
+A handler takes a :class:`~rooflens.engines.options.quantized.QuantSpec` (one quantization, plain values) and
+reads the format tables of :mod:`rooflens.engines.options.quantized`; that torch-free module never imports
+this package.
+
+* :mod:`~rooflens.engines.quant.base` — the :class:`QuantHandler` protocol, the layer selection and the model
+  copy every backend shares;
 * :mod:`~rooflens.engines.quant.storage` — storage accounting: what quantized layers hold and a decode step reads;
 * :mod:`~rooflens.engines.quant.torchao`, :mod:`~rooflens.engines.quant.bitsandbytes`,
-  :mod:`~rooflens.engines.quant.rooflens` — one handler each (their libraries are imported only when used).
+  :mod:`~rooflens.engines.quant.lowbit` (rooflens's own low-bit format) — one handler each (their libraries are
+  imported only when used).
 """
 
 from rooflens.engines.quant.base import (
-    SKIP,
-    FormatSpec,
     QuantHandler,
-    QuantSpec,
     copy_for_quantization,
     linear_targets,
     untie_from,
 )
 from rooflens.engines.quant.bitsandbytes import BitsandbytesHandler
-from rooflens.engines.quant.rooflens import RooflensHandler
+from rooflens.engines.quant.lowbit import RooflensHandler
 from rooflens.engines.quant.storage import decode_read_bytes, layer_weight_bytes, model_weight_bytes
 from rooflens.engines.quant.torchao import TorchaoHandler
 
@@ -25,11 +27,8 @@ HANDLERS: dict[str, type[QuantHandler]] = {h.name: h for h in (TorchaoHandler, B
 
 __all__ = [
     "HANDLERS",
-    "SKIP",
     "BitsandbytesHandler",
-    "FormatSpec",
     "QuantHandler",
-    "QuantSpec",
     "RooflensHandler",
     "TorchaoHandler",
     "copy_for_quantization",

@@ -1,7 +1,8 @@
 """What every quantization backend implements (:class:`QuantHandler`) and what they share.
 
-A handler quantizes a model given plain values (:class:`QuantSpec`); the pydantic option schema and the
-engine around it live in :mod:`rooflens.engines.quantized`.
+A handler quantizes a model given plain values (:class:`~rooflens.engines.options.quantized.QuantSpec`, which
+lives with the torch-free option schema and format tables it is resolved from); the engine around the
+handlers lives in :mod:`rooflens.engines.quantized`.
 """
 
 from __future__ import annotations
@@ -10,29 +11,12 @@ import copy
 import importlib.metadata
 import importlib.util
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from rooflens.engines.options.quantized import SKIP, FormatSpec
-from rooflens.lowbit_rules import KERNELS
-
-Kernel = Literal[KERNELS]
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """One quantization with every value resolved: what a handler needs, nothing left to default."""
-
-    backend: str
-    format: str
-    bits: int
-    group_size: int | None = None  # None: the format has no groups
-    symmetric: bool | None = None  # None: the format has no such choice
-    kernel: Kernel = "auto"  # rooflens only: the LowBitLinear forward path
-    skip: tuple[str, ...] = SKIP  # Linear layers left in the model dtype
+from rooflens.engines.options.quantized import SKIP, FormatSpec, QuantSpec
 
 
 class QuantHandler(ABC):

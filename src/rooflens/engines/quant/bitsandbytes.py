@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from rooflens.engines.base import EngineUnavailable
-from rooflens.engines.options.quantized import FORMATS, join
+from rooflens.engines.options.quantized import FORMATS, QuantSpec, join
 from rooflens.engines.quant.base import (
     QuantHandler,
-    QuantSpec,
     lib_version,
     linear_targets,
     missing_package,

@@ -21,10 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rooflens.engines.options.quantized import FORMATS
+from rooflens.engines.options.quantized import FORMATS, QuantSpec
 from rooflens.engines.quant.base import (
     QuantHandler,
-    QuantSpec,
     lib_version,
     linear_targets,
     missing_package,

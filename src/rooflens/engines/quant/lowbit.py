@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rooflens.engines.options.quantized import FORMATS
-from rooflens.engines.quant.base import QuantHandler, QuantSpec
+from rooflens.engines.options.quantized import FORMATS, QuantSpec
+from rooflens.engines.quant.base import QuantHandler
 from rooflens.kernels import LowBitLinear, QuantizationReport, quantize_linear_layers
 from rooflens.kernels.cpu_native import DENSE_FROM_ROWS
 from rooflens.kernels.linear import kernel_unavailable
