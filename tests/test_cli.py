@@ -305,6 +305,7 @@ def test_train_early_exit_caches_and_reports(tmp_path, monkeypatch):
         (["--draft", "eagle"], "--draft: draft 'eagle' does not exist"),
         (["--k", "0"], "--k: Input should be"),
         (["--dtype", "int3"], "--dtype 'int3': allowed float32"),
+        (["--prompts", "1"], "--prompts: Input should be"),  # the flag, not the option (train_prompts)
     ):
         result = runner.invoke(app, args + bad)
         assert result.exit_code == 2 and says in result.output, result.output
@@ -336,3 +337,23 @@ def test_train_mixed_precision_tunes_once(tmp_path, monkeypatch):
     assert again.exit_code == 0 and "cache " in again.output
     bad = runner.invoke(app, args + ["--ladder", "4,8"])
     assert bad.exit_code == 2 and "--ladder: ladder [4, 8]: bits must strictly decrease" in bad.output
+
+
+def test_train_flags_come_from_the_engine_option_schemas():
+    import typer.main
+
+    from rooflens.cli.train import EARLY_EXIT_FLAGS, MIXED_PRECISION_FLAGS
+    from rooflens.engines.options.early_exit import EarlyExitOptions
+    from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
+
+    train = typer.main.get_command(app).commands["train"]
+    for command, schema, flags in (
+        ("early-exit", EarlyExitOptions, EARLY_EXIT_FLAGS),
+        ("mixed-precision", MixedPrecisionOptions, MIXED_PRECISION_FLAGS),
+    ):
+        params = {p.name: p for p in train.commands[command].params}
+        for flag in flags:
+            field = schema.model_fields[flag.field]
+            expected = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
+            assert params[flag.param].default == expected, (command, flag)
+            assert params[flag.param].help == (flag.help or field.description), (command, flag)

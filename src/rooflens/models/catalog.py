@@ -50,3 +50,26 @@ def config_view(data: dict[str, Any]) -> SimpleNamespace:
     import). Fields the file leaves out are absent, not transformers' class defaults; the analytic model's
     fallbacks match those defaults for every shipped config (tests/test_analytic.py checks it)."""
     return SimpleNamespace(**data)
+
+
+def analysis_config(name: str) -> Any:
+    """The config of a model for the analytic roofline model: a shipped config name (``llama-2-7b``,
+    ``shape:...``, a built-in model name) or ``hf:<id or local path>`` (needs only its config.json).
+
+    Shipped configs are read as plain JSON (no transformers import: `rooflens roofline` answers at once); an
+    hf: config goes through transformers, whose per-architecture attribute maps and defaults the analytic
+    model may need. Raises :class:`ModelLoadError` naming what is known."""
+    source, sep, rest = name.partition(":")
+    if sep and source == "hf":
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(rest)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot read the config of '{rest}': {err}") from None
+    key = rest if sep and source in ("shape", "builtin") else name
+    try:
+        return config_view(shipped_config_data(key)[0])
+    except ModelLoadError:
+        known = ", ".join(sorted(set(shipped_config_names()) | set(BUILTIN_MODELS)))
+        raise ModelLoadError(f"unknown model '{name}' (shipped configs: {known}; or hf:<id or path>)") from None

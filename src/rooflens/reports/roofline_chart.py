@@ -15,6 +15,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from rooflens.reports.moves import REASON_SOURCES, Move, phase_moves  # noqa: E402
 from rooflens.results.record import Record  # noqa: E402
+from rooflens.roofline.whatif import WhatIf  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 MANY_COLORS = plt.get_cmap("tab20").colors  # more than ten engines: tab10 would repeat colours in one panel
@@ -144,6 +145,19 @@ def draw(roofs: list[Roof], points: list[Point], title: str, note: str = "") -> 
         ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=7, va="top", color="dimgray")
     fig.tight_layout()
     return fig
+
+
+def what_if_chart(result: WhatIf, title: str) -> Figure:
+    """The bound-limited positions of a what-if's projections under the roof of its ceilings."""
+    c, profile = result.ceilings, result.profile
+    if c is None or profile is None:
+        raise ValueError(f"no ceilings to draw ({result.why})")
+    points = [
+        Point(ph.intensity, ph.flops / ph.time_at_roofline(p.bandwidth, p.peak_flops), f"{w}-bit", ph.phase, f"b{b}")
+        for b, w, p in result.projections
+        for ph in (p.prefill, p.decode)
+    ]
+    return draw([Roof(f"{c.source} {profile.name}", c.bandwidth, c.peak_flops, c.source == "measured")], points, title)
 
 
 def roofs_of(records: list[Record]) -> list[Roof]:

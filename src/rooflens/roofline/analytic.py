@@ -373,6 +373,16 @@ class PhaseCost:
             for op in self.ops
         ]
 
+    def totals(self) -> dict[str, float]:
+        """FLOPs and bytes of the whole pass (what needs no ceilings)."""
+        return {
+            "flops": self.flops,
+            "weight_bytes": self.weight_bytes,
+            "act_bytes": self.act_bytes,
+            "kv_bytes": self.kv_bytes,
+            "bytes": self.bytes,
+        }
+
     def to_dict(self, bandwidth: float, peak_flops: float) -> dict[str, Any]:
         """JSON-ready: shape of the pass, op rows, totals, intensity, bound and roofline time."""
         return {
@@ -382,13 +392,7 @@ class PhaseCost:
             "context": self.context,
             "layers_executed": self.layers_executed,
             "ops": self.op_rows(bandwidth, peak_flops),
-            "totals": {
-                "flops": self.flops,
-                "weight_bytes": self.weight_bytes,
-                "act_bytes": self.act_bytes,
-                "kv_bytes": self.kv_bytes,
-                "bytes": self.bytes,
-            },
+            "totals": self.totals(),
             "intensity": self.intensity,
             "bound": self.bound(bandwidth, peak_flops),
             "compute_time_fraction": self.compute_time_fraction(bandwidth, peak_flops),

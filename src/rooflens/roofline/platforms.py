@@ -13,17 +13,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from rooflens.roofline.analytic import ModelShape, decode_context, decode_cost, kv_cache_bytes, weight_storage_bytes
+from rooflens.roofline.analytic import (
+    ModelShape,
+    PhaseCost,
+    Precision,
+    decode_context,
+    decode_cost,
+    kv_cache_bytes,
+    weight_storage_bytes,
+)
 from rooflens.roofline.hardware import HardwareProfile, UnknownProfileError, get_profile, list_profiles
 from rooflens.roofline.whatif import precision_for
 
 __all__ = [
     "CLASSES",
     "MeasuredPoint",
+    "PlatformComparison",
     "PlatformRow",
+    "compare_platforms",
+    "is_platform_comparison",
     "measured_points",
     "platform_class",
     "platform_rows",
@@ -92,6 +103,98 @@ def _gb(value: float) -> str:
     return f"{value / 1e9:.4g} GB"
 
 
+@dataclass(frozen=True)
+class _Decode:
+    """What every profile's rows share: the decode step's costs and the memory a batch needs."""
+
+    batches: Sequence[int]
+    precision: Precision
+    dtypes: tuple[str, ...]
+    context: int
+    costs: dict[int, PhaseCost]  # by batch
+    needed: dict[int, float]  # bytes of weights + KV cache at the end of the generation, by batch
+
+
+def _decode_speed(
+    d: _Decode, batch: int, bandwidth: float | None, peak: float | None, dtype: str | None
+) -> tuple[float | None, str, str, list[str]]:
+    """Bound-limited decode tokens/s, its bound, how it was obtained, and flags (none without bandwidth)."""
+    if bandwidth is None:
+        how = f"{NO_CEILINGS}: no memory bandwidth on the datasheet (`rooflens hw probe` measures it)"
+        return None, "n/a", how, [NO_CEILINGS]
+    cost = d.costs[batch]
+    # math.inf as the peak: every op then takes bytes / bandwidth, the compute time is left out
+    roof_peak = peak if peak is not None else math.inf
+    how = (
+        f"modelled: analytic decode step (batch {batch}, context {d.context}, {d.precision.weight_bits:g} "
+        f"bits/weight) at datasheet bandwidth {_gb(bandwidth)}/s"
+    )
+    flags: list[str] = []
+    if peak is not None:
+        how += f" and {dtype} dense peak {peak / 1e12:.4g} TFLOP/s"
+    else:
+        flags.append(BANDWIDTH_ONLY)
+        how += f"; no {'/'.join(d.dtypes)} peak on the datasheet, so compute time is left out (an upper bound)"
+    tok_s = batch * cost.tokens / cost.time_at_roofline(bandwidth, roof_peak)
+    return tok_s, cost.bound(bandwidth, roof_peak), how, flags
+
+
+def _energy(tok_s: float | None, tdp: float | None) -> tuple[float | None, str, list[str]]:
+    """Modelled tokens/J (tokens/s over the TDP), how it was obtained, and flags."""
+    if tok_s is None:
+        return None, "no tokens/s to divide", []
+    if tdp is None:
+        return None, "no TDP on the datasheet", [NO_TDP]
+    how = (
+        f"modelled, not measured: bound tokens/s / TDP {tdp:g} W (assumes the full TDP is drawn while "
+        "decoding at the roof; host, idle and cooling power left out)"
+    )
+    return tok_s / tdp, how, []
+
+
+def _profile_rows(profile: HardwareProfile, d: _Decode) -> list[PlatformRow]:
+    """One row per batch of ``profile``, with the first of ``d.dtypes`` its datasheet has a peak for."""
+    bandwidth = profile.bandwidth_si()
+    dtype = next((t for t in d.dtypes if profile.peak_flops_si(t) is not None), None)
+    peak = profile.peak_flops_si(dtype) if dtype is not None else None
+    tdp = profile.tdp.si if profile.tdp is not None else None
+    capacity = profile.capacity_si()
+    rows = []
+    for b in d.batches:
+        cost = d.costs[b]
+        tok_s, bound, how, flags = _decode_speed(d, b, bandwidth, peak, dtype)
+        tok_j, energy_how, energy_flags = _energy(tok_s, tdp)
+        flags += energy_flags
+        if capacity is not None and d.needed[b] > capacity:
+            flags.append(f"does not fit: needs {_gb(d.needed[b])} of {_gb(capacity)}")
+        rows.append(
+            PlatformRow(
+                profile=profile.name,
+                display_name=profile.display_name,
+                platform_class=platform_class(profile.category),
+                category=profile.category,
+                batch=b,
+                weight_bits=d.precision.weight_bits,
+                tokens_per_s=tok_s,
+                bound=bound,
+                tokens_per_joule=tok_j,
+                provenance=how,
+                energy_provenance=energy_how,
+                bandwidth=bandwidth,
+                peak_flops=peak,
+                compute_dtype=dtype,
+                tdp_w=tdp,
+                decode_context=d.context,
+                decode_bytes=cost.bytes,
+                decode_flops=cost.flops,
+                memory_needed=d.needed[b],
+                memory_capacity=capacity,
+                flags=tuple(flags),
+            )
+        )
+    return rows
+
+
 def platform_rows(
     model: Any,
     profiles: Iterable[HardwareProfile] | None = None,
@@ -114,82 +217,22 @@ def platform_rows(
     """
     shape = _shape(model)
     precision = precision_for(bits, group_size, kv_bits)
-    dtypes = tuple(compute_dtypes) if compute_dtypes else (("fp32",) if bits == 32 else ("bf16", "fp16"))
     context = decode_context(prompt_len, gen_len)
-    costs = {b: decode_cost(shape, batch=b, context_len=context, precision=precision) for b in batches}
-    needed = {
-        b: weight_storage_bytes(shape, precision)
-        + kv_cache_bytes(shape, batch=b, seq_len=prompt_len + gen_len, precision=precision)
-        for b in batches
-    }
-    rows: list[PlatformRow] = []
-    for profile in list_profiles() if profiles is None else profiles:
-        bandwidth = profile.bandwidth_si()
-        dtype = next((d for d in dtypes if profile.peak_flops_si(d) is not None), None)
-        peak = profile.peak_flops_si(dtype) if dtype is not None else None
-        tdp = profile.tdp.si if profile.tdp is not None else None
-        for b in batches:
-            cost = costs[b]
-            flags: list[str] = []
-            if bandwidth is None:
-                tok_s, bound = None, "n/a"
-                flags.append(NO_CEILINGS)
-                how = f"{NO_CEILINGS}: no memory bandwidth on the datasheet (`rooflens hw probe` measures it)"
-            else:
-                # math.inf as the peak: every op then takes bytes / bandwidth, the compute time is left out
-                roof_peak = peak if peak is not None else math.inf
-                tok_s = b * cost.tokens / cost.time_at_roofline(bandwidth, roof_peak)
-                bound = cost.bound(bandwidth, roof_peak)
-                how = (
-                    f"modelled: analytic decode step (batch {b}, context {context}, {precision.weight_bits:g} bits/weight) "
-                    f"at datasheet bandwidth {_gb(bandwidth)}/s"
-                )
-                if peak is not None:
-                    how += f" and {dtype} dense peak {peak / 1e12:.4g} TFLOP/s"
-                else:
-                    flags.append(BANDWIDTH_ONLY)
-                    how += (
-                        f"; no {'/'.join(dtypes)} peak on the datasheet, so compute time is left out (an upper bound)"
-                    )
-            if tok_s is None:
-                tok_j, energy_how = None, "no tokens/s to divide"
-            elif tdp is None:
-                tok_j, energy_how = None, "no TDP on the datasheet"
-                flags.append(NO_TDP)
-            else:
-                tok_j = tok_s / tdp
-                energy_how = (
-                    f"modelled, not measured: bound tokens/s / TDP {tdp:g} W (assumes the full TDP is drawn while "
-                    "decoding at the roof; host, idle and cooling power left out)"
-                )
-            capacity = profile.capacity_si()
-            if capacity is not None and needed[b] > capacity:
-                flags.append(f"does not fit: needs {_gb(needed[b])} of {_gb(capacity)}")
-            rows.append(
-                PlatformRow(
-                    profile=profile.name,
-                    display_name=profile.display_name,
-                    platform_class=platform_class(profile.category),
-                    category=profile.category,
-                    batch=b,
-                    weight_bits=precision.weight_bits,
-                    tokens_per_s=tok_s,
-                    bound=bound,
-                    tokens_per_joule=tok_j,
-                    provenance=how,
-                    energy_provenance=energy_how,
-                    bandwidth=bandwidth,
-                    peak_flops=peak,
-                    compute_dtype=dtype,
-                    tdp_w=tdp,
-                    decode_context=context,
-                    decode_bytes=cost.bytes,
-                    decode_flops=cost.flops,
-                    memory_needed=needed[b],
-                    memory_capacity=capacity,
-                    flags=tuple(flags),
-                )
-            )
+    decode = _Decode(
+        batches=batches,
+        precision=precision,
+        dtypes=tuple(compute_dtypes) if compute_dtypes else (("fp32",) if bits == 32 else ("bf16", "fp16")),
+        context=context,
+        costs={b: decode_cost(shape, batch=b, context_len=context, precision=precision) for b in batches},
+        needed={
+            b: weight_storage_bytes(shape, precision)
+            + kv_cache_bytes(shape, batch=b, seq_len=prompt_len + gen_len, precision=precision)
+            for b in batches
+        },
+    )
+    rows = [
+        row for profile in (list_profiles() if profiles is None else profiles) for row in _profile_rows(profile, decode)
+    ]
     return _grouped(rows, batches[0] if batches else None)
 
 
@@ -293,3 +336,73 @@ def measured_points(records: Iterable[Any], model: Any = None) -> tuple[list[Mea
         )
     notes = [f"{n} record(s) left out: {why}" for why, n in skipped.items()]
     return points, notes
+
+
+# --------------------------------------------------------------------------- the comparison as a whole
+
+
+def is_platform_comparison(hw: str) -> bool:
+    """Whether a ``--hw`` value asks for the platform comparison: ``all`` or a comma-separated list of profiles."""
+    return hw.strip().lower() == "all" or "," in hw
+
+
+def _named_profiles(hw: str) -> list[HardwareProfile]:
+    """Every shipped profile for ``all``, else the comma-separated names (UnknownProfileError for one not shipped)."""
+    return list_profiles() if hw.strip().lower() == "all" else [get_profile(n) for n in hw.split(",") if n.strip()]
+
+
+@dataclass(frozen=True)
+class PlatformComparison:
+    """The modelled rows of one model on many profiles, and measured records kept apart from them."""
+
+    model: str
+    bits: int
+    prompt_len: int
+    gen_len: int
+    rows: list[PlatformRow]
+    points: list[MeasuredPoint] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # notes on the records not shown, and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "bits": self.bits,
+            "prompt_len": self.prompt_len,
+            "gen_len": self.gen_len,
+            "modelled": [{**asdict(r), "fits": r.fits} for r in self.rows],
+            "measured": [asdict(p) for p in self.points],
+            "measured_left_out": self.left_out,
+        }
+
+    def with_records(self, records: Iterable[Any], config: Any) -> PlatformComparison:
+        """This comparison with the ``records`` of ``config``'s architecture as measured points."""
+        points, left_out = measured_points(records, config)
+        return replace(self, points=points, left_out=left_out)
+
+
+def compare_platforms(
+    model: str,
+    config: Any,
+    hw: str,
+    *,
+    batches: Sequence[int],
+    bits: int,
+    prompt_len: int,
+    gen_len: int,
+    group_size: int = 128,
+    kv_bits: int | None = None,
+) -> PlatformComparison:
+    """``config`` (the shape of the model called ``model``) on the profiles ``hw`` names (see
+    :func:`is_platform_comparison`). Raises UnknownProfileError for a profile name that is not shipped,
+    ValueError for bad input."""
+    rows = platform_rows(
+        config,
+        _named_profiles(hw),
+        batches=batches,
+        bits=bits,
+        prompt_len=prompt_len,
+        gen_len=gen_len,
+        group_size=group_size,
+        kv_bits=kv_bits,
+    )
+    return PlatformComparison(model, bits, prompt_len, gen_len, rows)

@@ -1,17 +1,14 @@
-"""`rooflens roofline`: bound-limited projections of a model on any hardware, without running it."""
+"""`rooflens roofline`: bound-limited projections of a model on any hardware, without running it.
+
+The model comes as data (a config with the attributes :meth:`ModelShape.from_config` reads, or a
+:class:`ModelShape`): resolving a model name to its config is the caller's (``rooflens.models.catalog``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rooflens.models.catalog import (
-    BUILTIN_MODELS,
-    ModelLoadError,
-    config_view,
-    shipped_config_data,
-    shipped_config_names,
-)
 from rooflens.roofline.analytic import (
     ModelShape,
     PhaseCost,
@@ -33,27 +30,6 @@ class WhatIfError(ValueError):
 
 class NoCeilingsError(WhatIfError):
     """The hardware has no ceilings yet: costs can be shown, bound-limited times cannot."""
-
-
-def model_config(name: str) -> Any:
-    """The config of a shipped config name (``llama-2-7b``, ``shape:...``, a built-in model name) or of
-    ``hf:<id or local path>`` (needs only its config.json). Shipped configs are read as plain JSON (no
-    transformers import: `rooflens roofline` answers at once); an hf: config goes through transformers,
-    whose per-architecture attribute maps and defaults the analytic model may need."""
-    source, sep, rest = name.partition(":")
-    if sep and source == "hf":
-        from transformers import AutoConfig
-
-        try:
-            return AutoConfig.from_pretrained(rest)
-        except (OSError, ValueError) as err:
-            raise WhatIfError(f"cannot read the config of '{rest}': {err}") from None
-    key = rest if sep and source in ("shape", "builtin") else name
-    try:
-        return config_view(shipped_config_data(key)[0])
-    except ModelLoadError:
-        known = ", ".join(sorted(set(shipped_config_names()) | set(BUILTIN_MODELS)))
-        raise WhatIfError(f"unknown model '{name}' (shipped configs: {known}; or hf:<id or path>)") from None
 
 
 @dataclass(frozen=True)
@@ -108,6 +84,8 @@ def precision_for(bits: int, group_size: int, kv_bits: int | None = None) -> Pre
 
 
 def _shape(config: Any) -> ModelShape:
+    if isinstance(config, ModelShape):
+        return config
     try:
         return ModelShape.from_config(config)
     except ValueError as err:
@@ -170,3 +148,59 @@ def projections(
         for b in batches
         for w in bits
     ]
+
+
+def _cost_dict(ph: PhaseCost) -> dict[str, Any]:
+    return {"tokens": ph.tokens, "context": ph.context, **ph.totals(), "intensity": ph.intensity}
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """A model on one hardware: bound-limited projections, or, without ceilings, the costs alone and why."""
+
+    model: str
+    projections: list[tuple[int, int, Projection]] = field(default_factory=list)
+    profile: HardwareProfile | None = None
+    ceilings: Ceilings | None = None
+    costs: list[tuple[int, int, PhaseCost, PhaseCost]] = field(default_factory=list)
+    why: str = ""  # why there are no ceilings
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the projections with their ceilings, or the costs per phase (FLOPs and bytes, no times)."""
+        if self.ceilings is None:
+            costs = [
+                {"batch": b, "bits": w, "prefill": _cost_dict(pre), "decode": _cost_dict(dec)}
+                for b, w, pre, dec in self.costs
+            ]
+            return {"model": self.model, "ceilings": None, "why": self.why, "costs": costs}
+        return {
+            "model": self.model,
+            "hardware": self.profile.name if self.profile else None,
+            "ceilings": asdict(self.ceilings),
+            "projections": [p.to_dict() for _, _, p in self.projections],
+        }
+
+
+def what_if(
+    model: str,
+    config: Any,
+    hw: str,
+    *,
+    batches: list[int],
+    bits: list[int],
+    prompt_len: int,
+    gen_len: int,
+    group_size: int = 128,
+    kv_bits: int | None = None,
+) -> WhatIf:
+    """``config`` (the shape of the model called ``model``) on the ceilings of ``hw`` (a profile name or
+    ``auto``), at bf16 (fp16 without bf16; fp32 when every weight is 32-bit) peak; without ceilings the
+    costs only. Raises :class:`WhatIfError` for bad input."""
+    workload = dict(
+        batches=batches, bits=bits, prompt_len=prompt_len, gen_len=gen_len, group_size=group_size, kv_bits=kv_bits
+    )
+    try:
+        profile, c = ceilings(hw, ("fp32",) if bits == [32] else ("bf16", "fp16"))
+    except NoCeilingsError as err:
+        return WhatIf(model, costs=phase_costs(config, **workload), why=str(err))
+    return WhatIf(model, projections(config, c, **workload), profile, c)

@@ -1,0 +1,120 @@
+"""What the commands share: the consoles, one-line errors with their exit codes, and checked inputs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from rooflens.config import Experiment
+    from rooflens.results.record import Record
+
+# a pipe or CI log gets a wide table instead of rich's default 80 columns
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` (rich markup) on stderr and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def unwritable(what: str, path: Path, err: OSError) -> NoReturn:
+    from rooflens.results.store import describe_os_error
+
+    fail(f"{what} {path}: cannot write there ({describe_os_error(err)})")
+
+
+def write_text(path: Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path`` ('-' = stdout), or exit 2 saying why it cannot be written."""
+    if str(path) == "-":
+        print(text)
+        return
+    try:
+        path.write_text(text)
+    except OSError as err:
+        unwritable(what, path, err)
+
+
+def check_device(value: str) -> str:
+    """A --device option: auto, cpu, cuda or cuda:N (the experiment schema's rule), or exit 2."""
+    from rooflens.device.spec import DEVICE_RE
+    from rooflens.text import quote
+
+    if not DEVICE_RE.fullmatch(value):
+        fail(f"--device {quote(value)}: allowed auto, cpu, cuda, cuda:N")
+    return value
+
+
+def load_experiment_or_exit(path: Optional[Path]) -> tuple[Experiment, str]:
+    """The experiment in ``path`` (default: the shipped quickstart) and where it came from, or exit 2."""
+    from rooflens.bench.validate import load_experiment
+    from rooflens.config import ConfigError, builtin_experiment_path
+
+    source = path or builtin_experiment_path()
+    try:
+        return load_experiment(source), str(source)
+    except ConfigError as err:
+        fail(f"invalid experiment\n{err}")
+
+
+def records_or_exit(folder: Path) -> list[Record]:
+    """The records under ``folder``, or a clean exit 2 saying why there are none."""
+    from rooflens.results.store import RecordLoadError, load_records
+
+    try:
+        records = load_records(folder)
+    except RecordLoadError as err:
+        fail(str(err))
+    if not records:
+        fail(f"{folder}: no records")
+    return records
+
+
+def int_list(text: str, option: str) -> list[int]:
+    """Comma-separated positive integers (``--batch 1,8``), or exit 2."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        fail(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,8")
+    return values
+
+
+def save_chart(draw: Callable[[], Figure], png: Path, as_json: bool) -> None:
+    """Draw a --png chart with plain text (no math text) and write it, or exit 2 saying why it cannot be written."""
+    import matplotlib.pyplot as plt
+
+    from rooflens.reports.plots import PLAIN_TEXT
+
+    with plt.rc_context(PLAIN_TEXT):
+        fig = draw()
+        try:
+            if png.is_dir():  # savefig would write <png>.png beside it instead of failing
+                raise IsADirectoryError(21, "Is a directory")
+            png.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(png, dpi=110)
+        except OSError as err:
+            unwritable("--png", png, err)
+    (console if not as_json else err_console).print(f"chart: {png}")
+
+
+def render_report(records: list[Record], out: Path, name: str) -> Path:
+    """Write the HTML report (+ PNGs) of ``records`` to ``out`` and say where, or exit 2."""
+    from rooflens.reports.html import render_html
+
+    try:
+        path = render_html(records, out, name)
+    except OSError as err:
+        unwritable("report folder", out, err)
+    console.print(f"report: {path} ({len(records)} records; PNGs in {path.with_suffix('')})")
+    return path

@@ -1,0 +1,158 @@
+"""`rooflens show`, `report` and `compare`: what a set of records says, as a table, a report or a verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rooflens.cli.common import console, fail, records_or_exit, render_report, unwritable, write_text
+
+
+def show(folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)")) -> None:
+    """Print the summary table of the records in a folder, and what they say in a few sentences."""
+    from rich.markup import escape
+
+    from rooflens.reports.story import story
+    from rooflens.reports.summary import summary_table
+
+    records = records_or_exit(folder)
+    console.print(summary_table(records, title=str(folder)))
+    for line in story(records):
+        console.print(f"- {escape(line)}", highlight=False)
+
+
+def report(
+    results: Optional[list[Path]] = typer.Argument(
+        None,
+        help="a results folder or record file (searched recursively; default: results); two of them, BASE then "
+        "CURRENT: a report of what changed between them",
+    ),
+    out: Path = typer.Option(Path("reports"), "--out", help="where the HTML and PNGs go"),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="report name (default: the experiment's, or the folder's; two folders: A-vs-B)"
+    ),
+    markdown: Optional[Path] = typer.Option(
+        None, "--markdown", help="also write the summary as markdown to this file ('-' = stdout)"
+    ),
+    threshold: str = typer.Option(
+        "5%", "--threshold", help="two folders: smallest change of a median called a regression or improvement"
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="two folders: significance level of the one-sided tests"),
+) -> None:
+    """Render the HTML report (+ PNG plots) of a set of records, or of the changes between two sets."""
+    from rooflens.reports.html import render_markdown
+    from rooflens.text import quote, safe_name
+
+    folders = results or [Path("results")]
+    if len(folders) > 2:
+        fail(f"report: {len(folders)} folders given; give one (a report) or two (BASE CURRENT: the changes)")
+    if name is not None and safe_name(name) != name:
+        fail(f"--name {quote(name)}: use letters, digits, '_', '-' and '.', starting and ending with a letter or digit")
+    if len(folders) == 2:
+        _report_changes(folders[0], folders[1], out, name, markdown, threshold, alpha)
+        return
+    records = records_or_exit(folders[0])
+    experiments = sorted({str(r.experiment.get("name")) for r in records})
+    render_report(records, out, name or (experiments[0] if len(experiments) == 1 else folders[0].resolve().name))
+    if markdown is not None:
+        write_text(markdown, render_markdown(records), "--markdown")
+
+
+def _report_changes(
+    base: Path, current: Path, out: Path, name: Optional[str], markdown: Optional[Path], threshold: str, alpha: float
+) -> None:
+    """`report BASE CURRENT`: the page of what changed between two sets of records."""
+    from rooflens.reports.changes import changes
+    from rooflens.reports.changes_page import render_changes_html, render_changes_markdown
+    from rooflens.results.compare import CompareInputError, parse_threshold
+    from rooflens.text import safe_name
+
+    alpha = _alpha(alpha)
+    try:
+        limit = parse_threshold(threshold)
+    except CompareInputError as err:
+        fail(f"--threshold: {err}")
+    report = changes(
+        records_or_exit(base),
+        records_or_exit(current),
+        base_label=str(base),
+        current_label=str(current),
+        threshold=limit,
+        alpha=alpha,
+    )
+    try:
+        path = render_changes_html(report, out, name or safe_name(f"{base.resolve().name}-vs-{current.resolve().name}"))
+    except OSError as err:
+        unwritable("report folder", out, err)
+    console.print(
+        f"report: {path} ({len(report.cells)} matching cells, {report.count('regression')} significant "
+        f"regression(s), {report.count('improvement')} significant improvement(s))"
+    )
+    if markdown is not None:
+        write_text(markdown, render_changes_markdown(report), "--markdown")
+
+
+def _alpha(alpha: float) -> float:
+    if not 0 < alpha < 1:
+        fail(f"--alpha {alpha:g}: must be between 0 and 1 (exclusive), e.g. 0.05")
+    return alpha
+
+
+def compare(
+    base: Path = typer.Argument(..., help="records of the baseline (folder or file)"),
+    current: Path = typer.Argument(..., help="records to check (folder or file)"),
+    max_regression: str = typer.Option("5%", "--max-regression", help="largest tolerated worsening of a median"),
+    metric: list[str] = typer.Option(
+        None,
+        "--metric",
+        help="metric to compare (repeatable); speedup:<metric> compares the ratio to the run's baseline engine",
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level of the one-sided Mann-Whitney U test"),
+    allow_hardware_mismatch: bool = typer.Option(False, "--allow-hardware-mismatch"),
+    markdown: Optional[Path] = typer.Option(
+        None, "--markdown", help="also write the result as markdown ('-' = stdout)"
+    ),
+) -> None:
+    """Exit 1 when a cell ok in BASE failed, is unavailable or is missing in CURRENT, or on a significant
+    regression larger than the threshold; 0 otherwise; 2 on unusable input."""
+    from rooflens.reports.console import compare_table, lost_table
+    from rooflens.results.compare import (
+        DEFAULT_METRICS,
+        CompareInputError,
+        compare_records,
+        parse_threshold,
+        to_markdown,
+    )
+    from rooflens.results.store import RecordLoadError, load_records
+
+    alpha = _alpha(alpha)
+    try:
+        threshold = parse_threshold(max_regression)
+        result = compare_records(
+            load_records(base),
+            load_records(current),
+            metrics=tuple(metric or DEFAULT_METRICS),
+            threshold=threshold,
+            alpha=alpha,
+            allow_hardware_mismatch=allow_hardware_mismatch,
+        )
+    except (CompareInputError, RecordLoadError) as err:
+        fail(str(err))
+    console.print(compare_table(result, f"compare: {base} -> {current} (threshold {threshold:.0%}, alpha {alpha})"))
+    if result.lost:
+        console.print(lost_table(result))
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/]")
+    if result.only_in_current:
+        console.print(f"[dim]only in current: {', '.join(result.only_in_current)}[/]")
+    if markdown is not None:
+        write_text(markdown, to_markdown(result, threshold, alpha), "--markdown")
+    if result.failed:
+        console.print(
+            f"[bold red]{len(result.lost)} lost cell(s), {len(result.regressions)} significant regression(s) "
+            f"over {threshold:.0%}[/]"
+        )
+        raise typer.Exit(1)
+    console.print("no significant regression")

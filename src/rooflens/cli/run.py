@@ -1,0 +1,132 @@
+"""`rooflens run` and `rooflens validate`: measure experiments, or check one without measuring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from rooflens.cli.common import console, err_console, fail, load_experiment_or_exit, render_report
+
+if TYPE_CHECKING:
+    from rooflens.bench.runner import ExperimentRunner, RunResult
+    from rooflens.config import Experiment
+
+
+def run(
+    experiment: Optional[list[Path]] = typer.Argument(
+        None, help="experiment YAML file(s), all run by one executor (default: the shipped quickstart)"
+    ),
+    results: Optional[Path] = typer.Option(
+        None, "--results", help="results folder (default: the experiment's output.results_dir)"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    report: bool = typer.Option(False, "--report", help="render the HTML/PNG report of this run when done"),
+    executor: Optional[str] = typer.Option(
+        None,
+        "--executor",
+        help="where cells run: inline | subprocess (a fresh process per engine) | ray (default: the experiment's)",
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray-address",
+        help="Ray cluster to join (e.g. auto, ray://head:10001); default: RAY_ADDRESS, else a local cluster",
+    ),
+) -> None:
+    """Run experiments: every engine x workload x batch size, one JSON record per cell.
+
+    Several files share one executor: under ray one cluster, with all their groups in flight together;
+    otherwise one experiment after another. Each keeps its own results folder, summary and report.
+
+    Exit codes: 0 every cell ok or unavailable (an engine that cannot run on this device);
+    1 at least one cell failed; 2 the experiment could not start (invalid file, a model that
+    cannot be loaded or does not fit, an output folder that cannot be written); 130 interrupted
+    (Ctrl-C): the records of finished cells are kept. With several files: the worst of theirs.
+    """
+    from rich.markup import escape
+
+    from rooflens.bench.sweep import Sweep, SweepError
+
+    loaded = [load_experiment_or_exit(path) for path in experiment or [None]]  # all checked before anything runs
+    try:
+        sweep = Sweep.plan(loaded, executor, ray_address)
+    except SweepError as err:
+        fail(escape(str(err)))  # "rooflens[ray]" is not markup
+    from rooflens.cli.progress import ProgressObserver, progress_bar
+    from rooflens.models.loader import ModelLoadError
+    from rooflens.results.store import OutputError, RecordExistsError
+
+    progress = progress_bar(quiet)
+    name_rows = len(loaded) > 1
+    try:
+        for runner in sweep.build_runners(
+            results, lambda exp: ProgressObserver(progress, exp.name if name_rows else ""), reports=report
+        ):
+            exp = runner.exp
+            console.print(
+                f"rooflens: experiment [bold]{exp.name}[/] ({runner.source}) on {runner.device}, "
+                f"dtype {str(runner.dtype).removeprefix('torch.')}"
+                + (f", executor {exp.executor}" if exp.executor != "inline" else "")
+            )
+        with progress:
+            outcomes = sweep.run()
+    except (ModelLoadError, OutputError, RecordExistsError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail(sweep.interrupted(), 130)
+    code = 0
+    for (exp, source), runner, result in zip(sweep.experiments, sweep.runners, outcomes):
+        code = max(code, _outcome(exp, source, runner, result, report))
+    if code:
+        raise typer.Exit(code)
+
+
+def _outcome(
+    exp: Experiment, source: str, runner: ExperimentRunner, result: RunResult | Exception, report: bool
+) -> int:
+    """Print what one experiment measured (or what stopped it); its exit code."""
+    from rich.markup import escape
+
+    from rooflens.bench.preflight import PreflightError
+    from rooflens.reports.story import story
+    from rooflens.reports.summary import summary_table
+
+    if isinstance(result, Exception):  # this experiment stopped; the others ran on
+        message = f"{source}: {result}" if isinstance(result, PreflightError) else str(result)
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        return 2
+    console.print(summary_table(result.records, title=f"{exp.name} - {runner.profile_info['display_name']}"))
+    ok = sum(r.status == "ok" for r in result.records)
+    console.print(f"{ok}/{len(result.records)} cells ok; records in {result.folder}")
+    if runner.probe is not None:
+        console.print(
+            f"[dim]roofline ceilings: measured by `rooflens hw probe` at {runner.probe.measured_at}"
+            f"{'' if runner.profile_info['matched'] else ' (no datasheet profile for this device)'}[/]"
+        )
+    elif not runner.profile_info["matched"]:
+        console.print(f"[dim]hardware: {runner.profile_info['reason']}[/]")
+    for line in story(result.records):
+        console.print(f"- {escape(line)}", highlight=False)
+    if report:
+        render_report(result.records, Path(exp.output.reports_dir), exp.name)
+    failed = [r for r in result.records if r.status == "failed"]
+    if not failed:
+        return 0
+    err_console.print(
+        f"[bold red]{len(failed)} cell(s) failed:[/] "
+        + ", ".join(f"{r.cell.engine_label} {r.cell.workload} b{r.cell.batch_size}" for r in failed)
+    )
+    return 1
+
+
+def validate(experiment: Path = typer.Argument(..., help="experiment YAML")) -> None:
+    """Check an experiment file without running it."""
+    exp, source = load_experiment_or_exit(experiment)
+    from rooflens.bench.cells import expand_cells
+
+    cells = expand_cells(exp)
+    console.print(
+        f"{source}: ok - model {exp.model.label}, {len(exp.engines)} engine(s), {len(cells)} cell(s), "
+        f"config hash {exp.config_hash()}"
+    )
