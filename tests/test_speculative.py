@@ -8,9 +8,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rooflens.bench.energy import UnavailableMeter
-from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner, measure
 from rooflens.config import EngineSpec, Repetitions, validate_experiment
+from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import EngineStat, TokenClock, describe_engine, get_engine, validate_engine_options
 from rooflens.engines.hf import HFEngine, HFOptions
 from rooflens.engines.speculative import SpeculativeEngine, SpeculativeOptions, lookup_ngram, truncated_model
