@@ -306,7 +306,8 @@ class EarlyExitEngine(Engine):
 
     def _prefill(self, input_ids: torch.Tensor, max_new_tokens: int) -> GenerationState:
         """The prompt at full depth (+ the draft head over it): the first token as plain decoding gives it."""
-        stack, device, draft = self.stack, input_ids.device, self.art.draft  # type: ignore[union-attr]
+        assert self.art is not None
+        stack, device, draft = self.stack, input_ids.device, self.art.draft
         P = input_ids.shape[1]
         tokens = torch.empty(1, P + max_new_tokens, dtype=input_ids.dtype, device=device)
         tokens[:, :P] = input_ids
@@ -333,9 +334,7 @@ class EarlyExitEngine(Engine):
         pos = torch.tensor([gen.length - 1], device=x.device)
         attempt = ExitAttempt(self._propose(gen, x))
         lap("draft")
-        exit_test = self._exit_test(attempt, self._scheduled(gen.recent_exits), lap)
-        _, h = forward_layers(self.stack, x, gen.cache, pos, exit_test)
-        lap("layers")
+        h = self._run_layers_until_exit(gen, x, pos, attempt, lap)
         layers_run = self._emit(gen, attempt, h, pos, lap)
         self._record_step(gen, attempt, layers_run)
 
@@ -353,6 +352,15 @@ class EarlyExitEngine(Engine):
         elif self._kind == "lookup":
             ids = lookup_candidates(gen.tokens[0, : gen.length], opts.k, art.ranked_vocab)
         return None if ids is None else Candidates.of(ids, self.stack.lm_head.weight, self._eos_set)
+
+    def _run_layers_until_exit(
+        self, gen: GenerationState, x: torch.Tensor, pos: torch.Tensor, attempt: ExitAttempt, lap: PhaseLap
+    ) -> torch.Tensor:
+        """The target's layers on the step's token, stopped by a verified exit; the last layer's hidden state."""
+        exit_test = self._exit_test(attempt, self._scheduled(gen.recent_exits), lap)
+        _, h = forward_layers(self.stack, x, gen.cache, pos, exit_test)
+        lap("layers")
+        return h
 
     def _exit_test(self, attempt: ExitAttempt, scheduled: set[int], lap: PhaseLap):
         """forward_layers' per-layer hook: True stops the layers there (a verified exit)."""
