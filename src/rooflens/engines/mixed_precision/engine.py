@@ -165,9 +165,8 @@ class MixedPrecisionEngine(Engine):
         if not self.layers:
             raise EngineUnavailable(f"options.group_size: {opts.group_size} divides no Linear layer's in_features here")
         kept = {name: layer.original for name, layer in self.layers.items()}
-        for (
-            layer
-        ) in self.layers.values():  # the kept originals share the model's weights (read only): do not clone them
+        # the kept originals share the model's weights (read only): untie_from must not clone them
+        for layer in self.layers.values():
             layer.original = None
         untie_from(dup, original)
         for name, layer in self.layers.items():
