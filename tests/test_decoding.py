@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rooflens.bench.prompts import make_prompts
 from rooflens.config import ModelSpec
+from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import TokenClock
 from rooflens.engines.decoding import (
     LayerStack,

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from factories import clocked_generate
-from rooflens.bench.prompts import make_prompts
 from rooflens.config import EngineSpec, ModelSpec
+from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
 from rooflens.engines.decoding import LayerStack, forward_layers, new_cache, write_kv
 from rooflens.engines.early_exit import EarlyExitEngine, EarlyExitOptions
 from rooflens.engines.early_exit.draft_head import DraftHead
 from rooflens.engines.early_exit.predictors import ExitPredictors, exit_features, threshold_logit
-from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates, parse_draft
+from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
 from rooflens.engines.early_exit.training import (
     TrainSettings,
     artifact_path,
@@ -21,6 +21,7 @@ from rooflens.engines.early_exit.training import (
     load_or_train,
     simulate_exits,
 )
+from rooflens.engines.options.early_exit import parse_draft
 from rooflens.models.loader import load_model
 from rooflens.roofline.analytic import ModelShape, OpCost, decode_cost
 
@@ -147,7 +148,7 @@ def test_draft_head_one_step_at_a_time_equals_the_whole_sequence(tiny_llama):
 
 def test_training_is_cached_by_model_and_settings(tiny_llama, tmp_path):
     model = tiny_llama.model
-    s = EarlyExitOptions(**TINY).settings
+    s = TrainSettings.from_options(EarlyExitOptions(**TINY))
     art, path, trained = load_or_train(model, None, "tiny", s)
     assert trained and path.is_file() and path.parent == tmp_path / "cache" / "early-exit"
     again, path2, trained2 = load_or_train(model, None, "tiny", s)
@@ -165,6 +166,22 @@ def test_training_is_cached_by_model_and_settings(tiny_llama, tmp_path):
     path.write_bytes(b"not a checkpoint")  # a damaged file is replaced by a fresh training
     assert load_or_train(model, None, "tiny", s)[2] is True
     assert load_artifacts(model, path).settings == s
+
+
+def test_training_settings_come_from_the_options_train_fields_only():
+    """The options hold the defaults; the training settings (the cache key) read exactly ``train_fields``."""
+    base = EarlyExitOptions(**TINY)
+    assert (
+        TrainSettings.from_options(EarlyExitOptions()).prompts == EarlyExitOptions.model_fields["train_prompts"].default
+    )
+    changed = {"draft": "lookup", "k": 3, "seed": 5, "train_prompts": 4, "train_prompt_len": 7, "train_gen_len": 5}
+    changed |= {"draft_vocab": 65, "draft_epochs": 2, "predictor_epochs": 6, "predictor_hidden": 9}
+    assert set(changed) == set(EarlyExitOptions.train_fields)
+    for name, value in changed.items():
+        other = base.model_copy(update={name: value})
+        assert TrainSettings.from_options(other) != TrainSettings.from_options(base), name
+    for name, value in {"threshold": 0.9, "schedule": "all", "audit": False, "precheck": False}.items():
+        assert TrainSettings.from_options(base.model_copy(update={name: value})) == TrainSettings.from_options(base)
 
 
 # ---------------------------------------------------------------------------- the engine

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from rooflens.bench.prompts import make_prompts
+from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import TokenClock
 from rooflens.engines.early_exit.oracle import oracle_exits
 from rooflens.engines.hf import HFEngine, HFOptions

@@ -7,8 +7,8 @@ baseline token for token; the shared model's weights and hook tables are as they
 import pytest
 import torch
 
-from rooflens.bench.prompts import make_prompts
 from rooflens.config import EngineSpec
+from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import TokenClock, build_engine, registered_engines
 from rooflens.engines.hf import HFEngine
 

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from factories import clocked_generate
-from rooflens.bench.prompts import make_prompts
-from rooflens.bench.quality import rouge_l
 from rooflens.config import EngineSpec
+from rooflens.data.prompts import make_prompts
+from rooflens.data.quality import rouge_l
 from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
 from rooflens.engines.mixed_precision.schedulers import (
     ConfidenceScheduler,
@@ -15,6 +15,8 @@ from rooflens.engines.mixed_precision.schedulers import (
     LearnedScheduler,
     StaticScheduler,
 )
+from rooflens.engines.mixed_precision.training import TuneSettings
+from rooflens.engines.options.mixed_precision import QUALITY_BUDGET_DEFAULT, MixedPrecisionOptions
 from rooflens.kernels.linear import LowBitLinear
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, check_ladder
 
@@ -196,6 +198,23 @@ def test_tuning_runs_once_and_is_cached(tiny_llama):
     assert again.tuning_note.startswith("cache ")  # static and learned share one tuning
     _generate(again, make_prompts(tiny_llama, "synthetic", 1, 8, seed=1))
     assert again.stats()["learned_choices"].value[0] in (0, 1, 2, 3)
+
+
+def test_tuning_settings_come_from_the_options_train_fields_only():
+    """The options hold the defaults (quality_budget's included); the tuning's cache key reads ``train_fields``."""
+    base = MixedPrecisionOptions(ladder=[8, 4])
+    assert TuneSettings.from_options(base).quality_budget == QUALITY_BUDGET_DEFAULT
+    assert TuneSettings.from_options(base).prefill_bits == 8
+    changed = {"ladder": [8, 2], "group_size": 32, "symmetric": False, "lm_head": False, "prefill_bits": "original"}
+    changed |= {"quality_budget": 0.1, "train_prompts": 5, "train_prompt_len": 9, "train_gen_len": 7}
+    changed |= {"classifier_epochs": 3, "seed": 2}
+    assert set(changed) == set(MixedPrecisionOptions.train_fields)
+    for name, value in changed.items():
+        other = MixedPrecisionOptions(**{"ladder": [8, 4], name: value})
+        assert TuneSettings.from_options(other) != TuneSettings.from_options(base), name
+    for name, value in {"kernel": "torch", "train_if_missing": False, "scheduler": "learned"}.items():
+        other = MixedPrecisionOptions(**{"ladder": [8, 4], name: value})
+        assert TuneSettings.from_options(other) == TuneSettings.from_options(base), name
 
 
 # ---------------------------------------------------------------------------- bad input

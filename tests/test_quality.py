@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from rooflens.bench.quality import agreement, heldout_ids, perplexity
 from rooflens.bench.runner import ExperimentRunner
 from rooflens.bench.validate import validate_experiment
+from rooflens.data.quality import agreement, heldout_ids, perplexity
 
 
 def test_agreement_arithmetic():

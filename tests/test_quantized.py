@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from factories import tiny_experiment
-from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner
 from rooflens.config import ConfigError
+from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import EngineUnavailable, TokenClock, get_engine
 from rooflens.engines.options.quantized import QuantizedOptions
 from rooflens.engines.quant import copy_for_quantization

@@ -7,10 +7,10 @@ import torch
 
 from factories import ScriptedEngine, test_engines, tiny_experiment  # noqa: F401 (fixture)
 from rooflens.bench.energy import EnergyMeter, NvmlEnergyCounterMeter, UnavailableMeter
-from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner, FixedLengthError, measure, run_once
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import Repetitions
+from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import TokenClock
 from rooflens.engines.hf import HFEngine, HFOptions
 from rooflens.results.store import load_records, records_dataframe

@@ -8,10 +8,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rooflens.bench.energy import UnavailableMeter
-from rooflens.bench.prompts import make_prompts
 from rooflens.bench.runner import ExperimentRunner, measure
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import EngineSpec, Repetitions
+from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import EngineStat, TokenClock, describe_engine, get_engine
 from rooflens.engines.decoding import truncated_model
 from rooflens.engines.hf import HFEngine

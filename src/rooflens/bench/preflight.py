@@ -14,8 +14,8 @@ from typing import Any
 import psutil
 import torch
 
-from rooflens.bench.quality import PPL_WINDOW
 from rooflens.config import Experiment
+from rooflens.data.quality import PPL_WINDOW
 from rooflens.roofline.analytic import ModelShape, Precision, kv_cache_bytes
 
 HEADROOM = 0.9  # use at most this fraction of the memory that is free now

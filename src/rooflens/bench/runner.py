@@ -27,10 +27,10 @@ from rooflens.bench.energy import EnergyMeter, EnergyReading, UnavailableMeter, 
 from rooflens.bench.environment import capture_environment, now_iso
 from rooflens.bench.memory import PeakMemory
 from rooflens.bench.preflight import cell_memory_need, check_context, memory_shortfall
-from rooflens.bench.prompts import make_prompts
-from rooflens.bench.quality import PPL_WINDOW, agreement, heldout_ids, perplexity, rouge_l
 from rooflens.bench.timing import RepTiming, rep_timing
 from rooflens.config import EngineSpec, Experiment, Repetitions
+from rooflens.data.prompts import make_prompts
+from rooflens.data.quality import PPL_WINDOW, agreement, heldout_ids, perplexity, rouge_l
 from rooflens.device.detect import detect_hardware
 from rooflens.engines.base import Engine, EngineUnavailable, TokenClock, build_engine, get_engine
 from rooflens.models.loader import TORCH_DTYPES, DtypeChoice, LoadedModel, choose_dtype, load_model, resolve_device

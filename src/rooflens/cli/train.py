@@ -109,13 +109,13 @@ def train_early_exit(
     The engine's prepare() finds them by model fingerprint and settings (the same defaults as its options).
     """
     from rooflens.cli.progress import progress_bar
-    from rooflens.engines.early_exit.training import artifact_path, load_or_train, save_artifacts, train
+    from rooflens.engines.early_exit.training import TrainSettings, artifact_path, load_or_train, save_artifacts, train
     from rooflens.reports.console import early_exit_figures, figures_table
 
     options = options or {}
     _engine_spec("early_exit", options, EARLY_EXIT_FLAGS)
     loaded = _training_model(model, device, dtype)
-    settings = EarlyExitOptions.model_validate(options).settings
+    settings = TrainSettings.from_options(EarlyExitOptions.model_validate(options))
     progress = progress_bar()
     task = progress.add_task("starting", total=None)
 

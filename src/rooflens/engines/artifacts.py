@@ -1,21 +1,27 @@
 """What engines train for one model (early-exit predictors, precision schedulers), cached on disk.
 
 Files live under ``$ROOFLENS_CACHE/<kind>/`` (default ``~/.cache/rooflens``), named by the model's label
-and a hash of the model's fingerprint, its dtype and every setting that shaped the training, and are
-written atomically.
+and a hash of the model's fingerprint, its dtype, the artifact format's version and every setting that
+shaped the training, and are written atomically. :class:`ArtifactKind` is one such kind: its directory,
+its format version and the settings dataclass that keys it; the trainers add only their payload.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
 from rooflens.fsutil import atomic_output, cache_dir
 from rooflens.text import safe_name
+
+Progress = Callable[[str, int, int], None]
+"""A trainer's progress callback: (stage, done, total)."""
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -39,3 +45,33 @@ def save_atomic(blob: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a reader sees the old or the whole new file."""
     with atomic_output(path) as tmp:
         torch.save(blob, tmp)
+
+
+Settings = TypeVar("Settings")  # a dataclass of the settings that shaped a training (JSON-able values)
+
+
+@dataclass(frozen=True)
+class ArtifactKind(Generic[Settings]):
+    """One kind of trained artifact: files ``{"version", "settings", **payload}`` under ``cache_dir(name)``,
+    keyed by the model, the format ``version`` and the settings. A file of another version is refused on load
+    (callers train again)."""
+
+    name: str  # cache subdirectory, e.g. "early-exit"
+    version: int  # bump when the payload's layout changes
+    settings_type: type[Settings]
+
+    def directory(self) -> Path:
+        return cache_dir(self.name)
+
+    def path(self, model: torch.nn.Module, label: str, settings: Settings) -> Path:
+        return artifact_path(self.name, model, label, {"v": self.version, **asdict(settings)})  # type: ignore[call-overload]
+
+    def save(self, path: Path, settings: Settings, payload: dict[str, Any]) -> None:
+        save_atomic({"version": self.version, "settings": asdict(settings), **payload}, path)  # type: ignore[call-overload]
+
+    def load(self, path: Path) -> tuple[Settings, dict[str, Any]]:
+        """(settings, the whole file) on the CPU; ValueError for a file of another format version."""
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("version") != self.version:
+            raise ValueError(f"{path}: artifact version {blob.get('version')}, expected {self.version}")
+        return self.settings_type(**blob["settings"]), blob

@@ -32,8 +32,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -44,62 +42,117 @@ from rooflens.engines.base import (
     RooflineHints,
     TokenClock,
     register,
-    synchronize,
 )
 from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, mask_eos, new_cache, write_kv
+from rooflens.engines.early_exit.audit import AuditCounts, audit_generations, oracle_generation
+from rooflens.engines.early_exit.decode_state import (
+    PHASES,
+    Candidates,
+    ExitAttempt,
+    ExitCounters,
+    GenerationState,
+    KeptGeneration,
+    PhaseLap,
+)
 from rooflens.engines.early_exit.oracle import oracle_exits
 from rooflens.engines.early_exit.predictors import exit_features, threshold_logit
-from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates, parse_draft
-from rooflens.engines.early_exit.training import (
-    ExitArtifacts,
-    load_or_train,
-    teacher_forced,
-)
-from rooflens.engines.options.early_exit import EarlyExitOptions
+from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
+from rooflens.engines.early_exit.training import ExitArtifacts, TrainSettings, load_or_train
+from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
+from rooflens.engines.stat_table import StatSpec, stats_from_table
 
 log = logging.getLogger(__name__)
 
-PHASES = ("draft", "layers", "predictors", "exit_head", "final_head", "kv_fill")
-_AUDIT_GENERATIONS = 4
-
-
-@dataclass
-class _Generation:
-    prompt: torch.Tensor
-    tokens: torch.Tensor
-    calls: list[list[tuple[int, bool]]]  # per decode step: (layer, predictor fired)
-    exits: list[int | None]  # per decode step: exit layer or None (full depth)
-
-
-@dataclass
-class _Counters:
-    generations: int = 0
-    steps: int = 0  # decode steps (the prefill's token excluded)
-    exits: int = 0
-    layers_run: int = 0
-    predictor_calls: int = 0
-    fired: int = 0  # predictor calls above the threshold
-    precheck_rejects: int = 0  # of those, rejected by the pre-check (no full LM head)
-    exit_heads: int = 0  # full-vocabulary LM heads run to verify an exit
-    layers_hist: list[int] = field(default_factory=list)
-    time: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    prefill_time: float = 0.0
-    kept: deque = field(default_factory=lambda: deque(maxlen=_AUDIT_GENERATIONS))
-
-
-class _Lap:
-    """Adds the time since the previous lap to a phase (device synchronised on CUDA)."""
-
-    def __init__(self, device: torch.device, into: dict[str, float]):
-        self.device, self.into = device, into
-        synchronize(device)
-        self.t = time.perf_counter()
-
-    def __call__(self, phase: str) -> None:
-        synchronize(self.device)
-        t = time.perf_counter()
-        self.into[phase] = self.into.get(phase, 0.0) + t - self.t
-        self.t = t
+_TRAINING = "from training (validation: held-out sequences)"
+STATS: dict[str, StatSpec] = {
+    "generations": StatSpec("", "generate() calls since reset_stats"),
+    "decode_steps": StatSpec("", "decode steps (the prefill's first token excluded)"),
+    "exit_rate": StatSpec("", "decode steps that exited before the last layer"),
+    "layers_executed_per_token": StatSpec("layers", "mean decoder layers run per decode step (of {L})"),
+    "mean_exit_layer": StatSpec(
+        "layers", "mean layers run by the steps that exited (1-based: exit after layer i runs i + 1)"
+    ),
+    "layers_run_hist": StatSpec("", "[n] = decode steps that ran n layers"),
+    "predictor_calls_per_token": StatSpec("", "predictor MLPs run per decode step"),
+    "predictor_fired_per_token": StatSpec("", "predictor calls above the threshold per decode step"),
+    "precheck_rejects_per_token": StatSpec(
+        "", "firing predictors rejected by the trimmed-vocabulary pre-check (no full LM head) per decode step"
+    ),
+    "exit_head_calls_per_token": StatSpec("", "full-vocabulary LM heads run to verify an exit per decode step"),
+    "verification_pass_rate": StatSpec(
+        "", "firing predictors whose layer argmax was among the candidates (exits / fired)"
+    ),
+    "skipped_kv": StatSpec("", "KV policy for the layers after an exit"),
+    "draft": StatSpec("", "candidate source"),
+    "predictors_source": StatSpec("", "where the draft head and predictors came from"),
+    "prefill_time_s": StatSpec("s", "full-depth prefill + draft head over the prompt"),
+    "layer_time_per_layer_s": StatSpec("s", "decode layer time / layers run (incl. KV writes)"),
+    **{
+        key: spec
+        for phase in PHASES
+        for key, spec in (
+            (
+                f"time_{phase}_s",
+                StatSpec("s", f"decode steps, {phase}: sum of time.perf_counter laps (device synchronised on CUDA)"),
+            ),
+            (f"time_{phase}_fraction", StatSpec("", f"time_{phase}_s / decode time")),
+        )
+    },
+    # the training report (training.train)
+    **{
+        f"train_{key}": StatSpec("", _TRAINING)
+        for key in (
+            "training_sequences",
+            "validation_sequences",
+            "positions",
+            "draft_vocab_coverage",
+            "candidate_hit_rate_train",
+            "candidate_hit_rate_validation",
+            "oracle_mean_layers",
+            "exitable_fraction",
+            "predictor_precision_validation",
+            "predictor_recall_validation",
+            "seconds",
+        )
+    },
+    "train_simulated_validation": StatSpec(
+        "",
+        "threshold -> per-token accuracy and mean layers of the exit rule on held-out training "
+        "positions, every layer checked, teacher-forced (no divergence)",
+    ),
+    # the audit (options.audit)
+    "audit_exit_precision": StatSpec(
+        "", "exits whose token equals the full-depth model's on the same prefix (teacher-forced audit)"
+    ),
+    "audit_predictor_precision": StatSpec(
+        "", "predictor calls that fired and whose layer argmax was the full-depth token"
+    ),
+    "audit_predictor_recall": StatSpec(
+        "",
+        "of the predictor calls at a layer whose argmax was already the full-depth token, those that fired",
+    ),
+    "audit_generations": StatSpec("", "generations audited (the last ones)"),
+    "oracle_mean_layers_own_text": StatSpec(
+        "layers",
+        "earliest layer whose argmax is the full-depth token, on the engine's own output (teacher-forced)",
+    ),
+    "oracle_mean_layers": StatSpec(
+        "layers",
+        "exit oracle on the baseline's own full-depth decode of the first prompt (decode steps; of {L})",
+    ),
+    "oracle_layers_hist": StatSpec("", "[n] = oracle decode steps needing n layers"),
+    "oracle_speedup_bound": StatSpec(
+        "",
+        "derived: analytic decode bytes at full depth / at the oracle's mean layers (memory-bound "
+        "roofline; draft, predictors and exit checks free)",
+    ),
+    "oracle_speedup_bound_measured": StatSpec(
+        "",
+        "derived: (L x measured time per layer + measured LM-head time) / (oracle mean layers x time per "
+        "layer + LM-head time): the oracle with this run's own layer and head times, draft and predictors free",
+    ),
+}
+"""What the early_exit engine reports (``{L}``: the model's decoder layers)."""
 
 
 @register
@@ -133,8 +186,8 @@ class EarlyExitEngine(Engine):
         super().__init__(options, model)
         self.art: ExitArtifacts | None = None
         self.source = ""
-        self._c = _Counters()
-        self._audit_cache: tuple[int, dict[str, EngineStat]] | None = None
+        self._c = ExitCounters()
+        self._audit_cache: tuple[int, dict[str, object]] | None = None
 
     # -- set-up
 
@@ -161,10 +214,27 @@ class EarlyExitEngine(Engine):
         return 4 * n, what  # float32
 
     def prepare(self) -> None:
-        opts = self.options
         target = self.model.model
         self.stack = LayerStack.of(target)
         self._eos = eos_token_ids(target)
+        self._eos_set = set(self._eos)
+        self._kind, self._self_k = self._check_draft()
+        self.art = self._load_or_train()
+        opts, L = self.options, len(self.stack.layers)
+        n_off = opts.offline_layers or max(1, round(L / 4))
+        first = self._self_k or 0
+        self._offline = {i for i in self.art.offline_layers(n_off) if first <= i < L - 1}
+        self._threshold_logit = threshold_logit(opts.threshold)
+        self._precheck_rows = self._precheck_ids = None
+        if opts.precheck:
+            ids = [t for t in self.art.ranked_vocab[: opts.draft_vocab].tolist() if t not in self._eos_set]
+            self._precheck_ids = torch.tensor(ids, dtype=torch.long, device=self.art.ranked_vocab.device)
+            self._precheck_rows = self.stack.lm_head.weight.detach()[self._precheck_ids].float()
+        self.reset_stats()
+
+    def _check_draft(self) -> tuple[str, int | None]:
+        """(draft kind, k of ``self:k``) after checking the options against the model."""
+        opts, target = self.options, self.model.model
         L, V = len(self.stack.layers), int(target.config.vocab_size)
         kind, self_k = parse_draft(opts.draft)
         if self_k is not None and not 1 <= self_k < L:
@@ -178,29 +248,22 @@ class EarlyExitEngine(Engine):
                 "options.skipped_kv: 'unwritten' needs an attention without a full-length mask (sdpa, flash); "
                 "this model uses eager attention - use skipped_kv: fill"
             )
-        self._kind, self._self_k = kind, self_k
+        return kind, self_k
+
+    def _load_or_train(self) -> ExitArtifacts:
         t0 = time.perf_counter()
         label = self.model.info.label
-        self.art, path, trained = load_or_train(target, self.model.tokenizer, label, opts.settings)
+        settings = TrainSettings.from_options(self.options)
+        art, path, trained = load_or_train(self.model.model, self.model.tokenizer, label, settings)
         if trained:
             self.source = f"trained now ({time.perf_counter() - t0:.1f} s; the cache was empty), saved to {path}"
             log.warning("early_exit: no cached predictors for %s; %s", label, self.source)
         else:
             self.source = f"cache {path}"
-        n_off = opts.offline_layers or max(1, round(L / 4))
-        first = self_k or 0
-        self._offline = {i for i in self.art.offline_layers(n_off) if first <= i < L - 1}
-        self._thr = threshold_logit(opts.threshold)
-        self._pre_rows = self._pre_ids = None
-        if opts.precheck:
-            eos = set(self._eos)
-            ids = [t for t in self.art.ranked_vocab[: opts.draft_vocab].tolist() if t not in eos]
-            self._pre_ids = torch.tensor(ids, dtype=torch.long, device=self.art.ranked_vocab.device)
-            self._pre_rows = self.stack.lm_head.weight.detach()[self._pre_ids].float()
-        self.reset_stats()
+        return art
 
     def reset_stats(self) -> None:
-        self._c = _Counters()
+        self._c = ExitCounters()
         self._c.layers_hist = [0] * (len(self.stack.layers) + 1) if hasattr(self, "stack") else []
         self._audit_cache = None
 
@@ -228,141 +291,171 @@ class EarlyExitEngine(Engine):
             self.prepare()
         return self._generate(input_ids, max_new_tokens, clock)
 
-    def _generate(self, input_ids: torch.Tensor, N: int, clock: TokenClock) -> torch.Tensor:
-        opts, art, stack, eos, c = self.options, self.art, self.stack, self._eos, self._c
-        assert art is not None
-        model = self.model.model
-        device = input_ids.device
-        L = len(stack.layers)
-        head_w = stack.lm_head.weight
-        draft, pred, thr = art.draft, art.predictors, self._thr
-        pre_rows, pre_ids, eos_set = self._pre_rows, self._pre_ids, set(eos)
-        P = input_ids.shape[1]
-        seq = torch.empty(1, P + N, dtype=input_ids.dtype, device=device)
-        seq[:, :P] = input_ids
-        calls_log: list[list[tuple[int, bool]]] = []
-        exits_log: list[int | None] = []
-        split = c.time
-
-        # prefill at full depth (+ the draft head over the prompt): the first token as plain decoding gives it
-        prefill_times: dict[str, float] = {}
-        lap = _Lap(device, prefill_times)
-        cache = new_cache(model)
-        _, h = forward_layers(stack, input_ids, cache, torch.arange(P, device=device))
-        hn_all = stack.norm(h)
-        hn = hn_all[:, -1:]
-        seq[0, P] = mask_eos(stack.lm_head(hn)[:, -1], eos).argmax(-1)
-        dcache = None
-        if draft is not None:
-            dcache = draft.new_cache()
-            if P >= 2:
-                draft(
-                    stack.embed_tokens(input_ids[:, 1:]),
-                    hn_all[:, :-1],
-                    torch.arange(P - 1, device=device).view(1, -1),
-                    dcache,
-                )
-        lap("prefill")
-        c.prefill_time += prefill_times["prefill"]
+    def _generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
+        gen = self._prefill(input_ids, max_new_tokens)
         clock.tokens(1)
-
-        recent: deque = deque(maxlen=opts.online_window)
-        cur = P + 1  # tokens in seq; the cache holds cur - 1 of them (at layer 0)
-        lap = _Lap(device, split)
-        for _ in range(1, N):
-            x = seq[:, cur - 1 : cur]
-            pos = torch.tensor([cur - 1], device=device)
-            cand: torch.Tensor | None = None
-            if draft is not None:
-                dl = draft(stack.embed_tokens(x), hn, torch.tensor([[cur - 2]], device=device), dcache)
-                cand = draft.vocab_ids[dl[0, -1].topk(opts.k).indices]
-                if self._kind == "head+lookup":
-                    cand = mixed_candidates(seq[0, :cur], cand.tolist(), opts.k, art.ranked_vocab)
-            elif self._kind == "lookup":
-                cand = lookup_candidates(seq[0, :cur], opts.k, art.ranked_vocab)
-            lap("draft")
-            checked = self._scheduled(recent)
-            st: dict[str, Any] = {
-                "cand": cand,
-                "rows": None if cand is None else head_w[cand],
-                "last": None,
-                "exit": None,
-                "tok": None,
-                "hn": None,
-                "calls": [],
-            }
-            if cand is not None:
-                cand_list = cand.tolist()
-                st["set"] = set(cand_list)
-                st["eos_pos"] = [j for j, t in enumerate(cand_list) if t in eos_set]
-
-            def on_layer(i: int, hidden: torch.Tensor) -> bool:
-                if self._self_k is not None and i == self._self_k - 1:  # self:k: candidates from layer k-1's head
-                    lap("layers")
-                    logits = mask_eos(stack.lm_head(stack.norm(hidden[0, -1])), eos)
-                    st["cand"] = logits.topk(opts.k).indices
-                    st["rows"], st["set"] = head_w[st["cand"]], set(st["cand"].tolist())
-                    st["eos_pos"] = [j for j, t in enumerate(st["cand"].tolist()) if t in eos_set]
-                    lap("draft")
-                    return False
-                if i not in checked or st["rows"] is None:
-                    return False
-                lap("layers")
-                hn_i = stack.norm(hidden[:, -1:])
-                feat, st["last"] = exit_features(hn_i[0, 0], st["rows"], st["last"])
-                fired = float(pred.logit(i, feat)) > thr
-                st["calls"].append((i, fired))
-                lap("predictors")
-                if not fired:
-                    return False
-                c.fired += 1
-                if pre_rows is not None:  # exact pre-check: can a candidate be the full argmax at all?
-                    cl = feat[: opts.k].clone()
-                    cl[st["eos_pos"]] = float("-inf")
-                    pl = pre_rows @ hn_i[0, 0].float()
-                    j = int(pl.argmax())
-                    if float(pl[j]) > float(cl.max()) and int(pre_ids[j]) not in st["set"]:
-                        c.precheck_rejects += 1
-                        lap("exit_head")
-                        return False
-                t = int(mask_eos(stack.lm_head(hn_i[0, 0]), eos).argmax())
-                c.exit_heads += 1
-                lap("exit_head")
-                if t in st["set"]:
-                    st["exit"], st["tok"], st["hn"] = i, t, hn_i
-                    return True
-                return False
-
-            _, h = forward_layers(stack, x, cache, pos, on_layer)
-            lap("layers")
-            e = st["exit"]
-            if e is not None:
-                seq[0, cur] = st["tok"]
-                hn = st["hn"]
-                if opts.skipped_kv == "fill" and e < L - 1:
-                    write_kv(stack, h, pos, cache, range(e + 1, L))
-                    lap("kv_fill")
-                run = e + 1
-                c.exits += 1
-            else:
-                hn = stack.norm(h)
-                seq[0, cur] = mask_eos(stack.lm_head(hn)[:, -1], eos).argmax(-1)
-                lap("final_head")
-                run = L
-            recent.append(run - 1)
-            c.steps += 1
-            c.layers_run += run
-            c.layers_hist[run] += 1
-            c.predictor_calls += len(st["calls"])
-            calls_log.append(st["calls"])
-            exits_log.append(e)
-            cur += 1
+        lap = PhaseLap(input_ids.device, self._c.phase_time)
+        for _ in range(1, max_new_tokens):
+            self._decode_step(gen, lap)
             clock.tokens(1)
-            lap.t = time.perf_counter()  # the clock's own sync is not engine time
-        c.generations += 1
-        out = seq[:, P:].clone()
-        c.kept.append(_Generation(input_ids[0].cpu(), out[0].cpu(), calls_log, exits_log))
+            lap.restart()  # the clock's own sync is not engine time
+        self._c.generations += 1
+        out = gen.tokens[:, gen.prompt_len :].clone()
+        self._c.kept.append(KeptGeneration(input_ids[0].cpu(), out[0].cpu(), gen.calls_log, gen.exits_log))
         return out
+
+    def _prefill(self, input_ids: torch.Tensor, max_new_tokens: int) -> GenerationState:
+        """The prompt at full depth (+ the draft head over it): the first token as plain decoding gives it."""
+        assert self.art is not None
+        stack, device, draft = self.stack, input_ids.device, self.art.draft
+        P = input_ids.shape[1]
+        tokens = torch.empty(1, P + max_new_tokens, dtype=input_ids.dtype, device=device)
+        tokens[:, :P] = input_ids
+        prefill_time: dict[str, float] = {}
+        lap = PhaseLap(device, prefill_time)
+        cache = new_cache(self.model.model)
+        _, h = forward_layers(stack, input_ids, cache, torch.arange(P, device=device))
+        normed = stack.norm(h)
+        tokens[0, P] = mask_eos(stack.lm_head(normed[:, -1:])[:, -1], self._eos).argmax(-1)
+        draft_cache = None
+        if draft is not None:
+            draft_cache = draft.new_cache()
+            if P >= 2:
+                positions = torch.arange(P - 1, device=device).view(1, -1)
+                draft(stack.embed_tokens(input_ids[:, 1:]), normed[:, :-1], positions, draft_cache)
+        lap("prefill")
+        self._c.prefill_time += prefill_time["prefill"]
+        recent = deque(maxlen=self.options.online_window)
+        return GenerationState(tokens, P, P + 1, cache, draft_cache, normed[:, -1:], recent)
+
+    def _decode_step(self, gen: GenerationState, lap: PhaseLap) -> None:
+        """One token: propose candidates, run the layers until a verified exit (or all of them), emit."""
+        x = gen.last_token
+        pos = torch.tensor([gen.length - 1], device=x.device)
+        attempt = ExitAttempt(self._propose(gen, x))
+        lap("draft")
+        h = self._run_layers_until_exit(gen, x, pos, attempt, lap)
+        layers_run = self._emit(gen, attempt, h, pos, lap)
+        self._record_step(gen, attempt, layers_run)
+
+    def _propose(self, gen: GenerationState, x: torch.Tensor) -> Candidates | None:
+        """The draft's k candidates before the layers run (``self:k`` proposes after layer k-1: None here)."""
+        opts, art = self.options, self.art
+        assert art is not None
+        ids: torch.Tensor | None = None
+        if art.draft is not None:
+            step_pos = torch.tensor([[gen.length - 2]], device=x.device)
+            draft_logits = art.draft(self.stack.embed_tokens(x), gen.last_normed, step_pos, gen.draft_cache)
+            ids = art.draft.vocab_ids[draft_logits[0, -1].topk(opts.k).indices]
+            if self._kind == "head+lookup":
+                ids = mixed_candidates(gen.tokens[0, : gen.length], ids.tolist(), opts.k, art.ranked_vocab)
+        elif self._kind == "lookup":
+            ids = lookup_candidates(gen.tokens[0, : gen.length], opts.k, art.ranked_vocab)
+        return None if ids is None else Candidates.of(ids, self.stack.lm_head.weight, self._eos_set)
+
+    def _run_layers_until_exit(
+        self, gen: GenerationState, x: torch.Tensor, pos: torch.Tensor, attempt: ExitAttempt, lap: PhaseLap
+    ) -> torch.Tensor:
+        """The target's layers on the step's token, stopped by a verified exit; the last layer's hidden state."""
+        exit_test = self._exit_test(attempt, self._scheduled(gen.recent_exits), lap)
+        _, h = forward_layers(self.stack, x, gen.cache, pos, exit_test)
+        lap("layers")
+        return h
+
+    def _exit_test(self, attempt: ExitAttempt, scheduled: set[int], lap: PhaseLap):
+        """forward_layers' per-layer hook: True stops the layers there (a verified exit)."""
+
+        def after_layer(i: int, hidden: torch.Tensor) -> bool:
+            if self._self_k is not None and i == self._self_k - 1:
+                attempt.candidates = self._self_candidates(hidden, lap)
+                return False
+            if i not in scheduled or attempt.candidates is None:
+                return False
+            return self._try_exit(i, hidden, attempt, lap)
+
+        return after_layer
+
+    def _self_candidates(self, hidden: torch.Tensor, lap: PhaseLap) -> Candidates:
+        """``self:k``: the top-k of the full LM head after layer k-1."""
+        lap("layers")
+        stack = self.stack
+        logits = mask_eos(stack.lm_head(stack.norm(hidden[0, -1])), self._eos)
+        candidates = Candidates.of(logits.topk(self.options.k).indices, stack.lm_head.weight, self._eos_set)
+        lap("draft")
+        return candidates
+
+    def _try_exit(self, i: int, hidden: torch.Tensor, attempt: ExitAttempt, lap: PhaseLap) -> bool:
+        """Layer ``i``'s predictor, then (if it fires) the pre-check and the verification."""
+        assert self.art is not None and attempt.candidates is not None
+        lap("layers")
+        normed = self.stack.norm(hidden[:, -1:])
+        feat, attempt.prev_features = exit_features(normed[0, 0], attempt.candidates.head_rows, attempt.prev_features)
+        fired = float(self.art.predictors.logit(i, feat)) > self._threshold_logit
+        attempt.calls.append((i, fired))
+        lap("predictors")
+        if not fired:
+            return False
+        self._c.fired += 1
+        if self._precheck_rejects(feat, normed, attempt.candidates):
+            self._c.precheck_rejects += 1
+            lap("exit_head")
+            return False
+        return self._verify(i, normed, attempt, lap)
+
+    def _precheck_rejects(self, feat: torch.Tensor, normed: torch.Tensor, candidates: Candidates) -> bool:
+        """Exact pre-check: no candidate can be the full argmax (a trimmed-vocabulary token beats them all)."""
+        if self._precheck_rows is None:
+            return False
+        candidate_logits = feat[: self.options.k].clone()
+        candidate_logits[candidates.eos_slots] = float("-inf")
+        trimmed_logits = self._precheck_rows @ normed[0, 0].float()
+        j = int(trimmed_logits.argmax())
+        return float(trimmed_logits[j]) > float(candidate_logits.max()) and (
+            int(self._precheck_ids[j]) not in candidates.id_set  # type: ignore[index]
+        )
+
+    def _verify(self, i: int, normed: torch.Tensor, attempt: ExitAttempt, lap: PhaseLap) -> bool:
+        """The full-vocabulary argmax at layer ``i``: an exit when it is one of the candidates."""
+        token = int(mask_eos(self.stack.lm_head(normed[0, 0]), self._eos).argmax())
+        self._c.exit_heads += 1
+        lap("exit_head")
+        if token in attempt.candidates.id_set:  # type: ignore[union-attr]
+            attempt.exit_layer, attempt.exit_token, attempt.exit_normed = i, token, normed
+            return True
+        return False
+
+    def _emit(
+        self, gen: GenerationState, attempt: ExitAttempt, h: torch.Tensor, pos: torch.Tensor, lap: PhaseLap
+    ) -> int:
+        """Write the step's token (the exit's, or the final head's); returns the layers run."""
+        L, e = len(self.stack.layers), attempt.exit_layer
+        if e is not None:
+            gen.tokens[0, gen.length] = attempt.exit_token
+            gen.last_normed = attempt.exit_normed  # type: ignore[assignment]
+            if self.options.skipped_kv == "fill" and e < L - 1:
+                self._fill_skipped_kv(h, pos, gen.cache, e)
+                lap("kv_fill")
+            return e + 1
+        gen.last_normed = self.stack.norm(h)
+        gen.tokens[0, gen.length] = mask_eos(self.stack.lm_head(gen.last_normed)[:, -1], self._eos).argmax(-1)
+        lap("final_head")
+        return L
+
+    def _fill_skipped_kv(self, h: torch.Tensor, pos: torch.Tensor, cache, exit_layer: int) -> None:
+        """KV for the layers after the exit, projected from the exit layer's hidden state (``skipped_kv: fill``)."""
+        write_kv(self.stack, h, pos, cache, range(exit_layer + 1, len(self.stack.layers)))
+
+    def _record_step(self, gen: GenerationState, attempt: ExitAttempt, layers_run: int) -> None:
+        c = self._c
+        gen.recent_exits.append(layers_run - 1)
+        c.steps += 1
+        c.exits += attempt.exit_layer is not None
+        c.layers_run += layers_run
+        c.layers_hist[layers_run] += 1
+        c.predictor_calls += len(attempt.calls)
+        gen.calls_log.append(attempt.calls)
+        gen.exits_log.append(attempt.exit_layer)
+        gen.length += 1
 
     # -- statistics
 
@@ -370,173 +463,97 @@ class EarlyExitEngine(Engine):
         c = self._c
         if not c.generations:
             return {}
-        L = len(self.stack.layers)
-        steps = max(1, c.steps)
-        layers_time = c.time["layers"]
-        total = sum(c.time.values())
-        s: dict[str, EngineStat] = {
-            "generations": EngineStat(value=c.generations, description="generate() calls since reset_stats"),
-            "decode_steps": EngineStat(value=c.steps, description="decode steps (the prefill's first token excluded)"),
-            "exit_rate": EngineStat(
-                value=c.exits / steps, description="decode steps that exited before the last layer"
-            ),
-            "layers_executed_per_token": EngineStat(
-                value=c.layers_run / steps,
-                unit="layers",
-                description=f"mean decoder layers run per decode step (of {L})",
-            ),
-            "mean_exit_layer": EngineStat(
-                value=(sum(i * n for i, n in enumerate(c.layers_hist[:L])) / c.exits) if c.exits else "n/a",
-                unit="layers",
-                description="mean layers run by the steps that exited (1-based: exit after layer i runs i + 1)",
-            ),
-            "layers_run_hist": EngineStat(
-                value=list(c.layers_hist), description="[n] = decode steps that ran n layers"
-            ),
-            "predictor_calls_per_token": EngineStat(
-                value=c.predictor_calls / steps, description="predictor MLPs run per decode step"
-            ),
-            "predictor_fired_per_token": EngineStat(
-                value=c.fired / steps, description="predictor calls above the threshold per decode step"
-            ),
-            "precheck_rejects_per_token": EngineStat(
-                value=c.precheck_rejects / steps,
-                description="firing predictors rejected by the trimmed-vocabulary pre-check (no full LM head) per decode step",
-            ),
-            "exit_head_calls_per_token": EngineStat(
-                value=c.exit_heads / steps, description="full-vocabulary LM heads run to verify an exit per decode step"
-            ),
-            "verification_pass_rate": EngineStat(
-                value=c.exits / c.fired if c.fired else "n/a",
-                description="firing predictors whose layer argmax was among the candidates (exits / fired)",
-            ),
-            "skipped_kv": EngineStat(
-                value=self.options.skipped_kv, description="KV policy for the layers after an exit"
-            ),
-            "draft": EngineStat(value=self.options.draft, description="candidate source"),
-            "predictors_source": EngineStat(
-                value=self.source, description="where the draft head and predictors came from"
-            ),
-            "prefill_time_s": EngineStat(
-                value=c.prefill_time, unit="s", description="full-depth prefill + draft head over the prompt"
-            ),
-            "layer_time_per_layer_s": EngineStat(
-                value=layers_time / max(1, c.layers_run),
-                unit="s",
-                description="decode layer time / layers run (incl. KV writes)",
-            ),
+        values = {**self._run_values(), **self._phase_values(), **self._training_values()}
+        if self.options.audit:
+            values.update(self._audit())
+        return dict(sorted(stats_from_table(STATS, values, L=len(self.stack.layers)).items()))
+
+    def _run_values(self) -> dict[str, object]:
+        c = self._c
+        L, steps = len(self.stack.layers), max(1, c.steps)
+        mean_exit = (sum(i * n for i, n in enumerate(c.layers_hist[:L])) / c.exits) if c.exits else "n/a"
+        return {
+            "generations": c.generations,
+            "decode_steps": c.steps,
+            "exit_rate": c.exits / steps,
+            "layers_executed_per_token": c.layers_run / steps,
+            "mean_exit_layer": mean_exit,
+            "layers_run_hist": list(c.layers_hist),
+            "predictor_calls_per_token": c.predictor_calls / steps,
+            "predictor_fired_per_token": c.fired / steps,
+            "precheck_rejects_per_token": c.precheck_rejects / steps,
+            "exit_head_calls_per_token": c.exit_heads / steps,
+            "verification_pass_rate": c.exits / c.fired if c.fired else "n/a",
+            "skipped_kv": self.options.skipped_kv,
+            "draft": self.options.draft,
+            "predictors_source": self.source,
+        }
+
+    def _phase_values(self) -> dict[str, object]:
+        c = self._c
+        total = sum(c.phase_time.values())
+        out: dict[str, object] = {
+            "prefill_time_s": c.prefill_time,
+            "layer_time_per_layer_s": c.phase_time["layers"] / max(1, c.layers_run),
         }
         for phase in PHASES:
-            s[f"time_{phase}_s"] = EngineStat(
-                value=c.time[phase],
-                unit="s",
-                description=f"decode steps, {phase}: sum of time.perf_counter laps (device synchronised on CUDA)",
-            )
-            s[f"time_{phase}_fraction"] = EngineStat(
-                value=c.time[phase] / total if total else 0.0, description=f"time_{phase}_s / decode time"
-            )
+            out[f"time_{phase}_s"] = c.phase_time[phase]
+            out[f"time_{phase}_fraction"] = c.phase_time[phase] / total if total else 0.0
+        return out
+
+    def _training_values(self) -> dict[str, object]:
+        out: dict[str, object] = {}
         for key, value in (self.art.report if self.art else {}).items():
             if isinstance(value, (int, float, str)):
-                s[f"train_{key}"] = EngineStat(
-                    value=value, description="from training (validation: held-out sequences)"
-                )
+                out[f"train_{key}"] = value
             elif key == "simulated_validation":
-                s["train_simulated_validation"] = EngineStat(
-                    value="; ".join(
-                        f"t{t}: token accuracy {v['token_accuracy']:.3f}, layers {v['mean_layers']:.2f}"
-                        for t, v in value.items()
-                    ),
-                    description="threshold -> per-token accuracy and mean layers of the exit rule on held-out training "
-                    "positions, every layer checked, teacher-forced (no divergence)",
+                out["train_simulated_validation"] = "; ".join(
+                    f"t{t}: token accuracy {v['token_accuracy']:.3f}, layers {v['mean_layers']:.2f}"
+                    for t, v in value.items()
                 )
-        if self.options.audit:
-            s.update(self._audit())
-        return dict(sorted(s.items()))
+        return out
 
     @torch.inference_mode()
-    def _audit(self) -> dict[str, EngineStat]:
+    def _audit(self) -> dict[str, object]:
         """Exit precision, predictor precision / recall and the oracles; not timed (runs after the measurement)."""
         c = self._c
         if self._audit_cache is not None and self._audit_cache[0] == id(c.kept[-1]):
             return self._audit_cache[1]
-        model = self.model.model
-        device = next(model.parameters()).device
-        L = len(self.stack.layers)
-        exits_ok = exits = tp = fired = positives = 0
-        oracle_own: list[int] = []
-        for g in c.kept:
-            P, N = g.prompt.numel(), g.tokens.numel()
-            if N < 2:
-                continue
-            seq = torch.cat([g.prompt, g.tokens]).to(device).view(1, -1)
-            tf = teacher_forced(model, seq, P - 1)  # positions P-1 .. P+N-2 predict the N tokens
-            correct = tf.layer_argmax == tf.layer_argmax[-1]  # [L, N]
-            oracle_own += (correct.float().argmax(0) + 1)[1:].tolist()
-            for s, (calls, e) in enumerate(zip(g.calls, g.exits), start=1):
-                if e is not None:
-                    exits += 1
-                    exits_ok += int(g.tokens[s]) == int(tf.layer_argmax[-1, s])
-                for i, f in calls:
-                    ok = bool(correct[i, s])
-                    fired += f
-                    tp += f and ok
-                    positives += ok
-        out = {
-            "audit_exit_precision": EngineStat(
-                value=exits_ok / exits if exits else "n/a",
-                description="exits whose token equals the full-depth model's on the same prefix (teacher-forced audit)",
-            ),
-            "audit_predictor_precision": EngineStat(
-                value=tp / fired if fired else "n/a",
-                description="predictor calls that fired and whose layer argmax was the full-depth token",
-            ),
-            "audit_predictor_recall": EngineStat(
-                value=tp / positives if positives else "n/a",
-                description="of the predictor calls at a layer whose argmax was already the full-depth token, those that fired",
-            ),
-            "audit_generations": EngineStat(value=len(c.kept), description="generations audited (the last ones)"),
+        counts = audit_generations(self.model.model, c.kept)
+        own = counts.oracle_own_layers
+        out: dict[str, object] = {
+            "audit_exit_precision": AuditCounts.ratio(counts.correct_exits, counts.exits),
+            "audit_predictor_precision": AuditCounts.ratio(counts.fired_correct, counts.fired),
+            "audit_predictor_recall": AuditCounts.ratio(counts.fired_correct, counts.correct_calls),
+            "audit_generations": len(c.kept),
+            "oracle_mean_layers_own_text": sum(own) / len(own) if own else None,
+            **self._oracle_values(),
         }
-        if oracle_own:
-            out["oracle_mean_layers_own_text"] = EngineStat(
-                value=sum(oracle_own) / len(oracle_own),
-                unit="layers",
-                description="earliest layer whose argmax is the full-depth token, on the engine's own output (teacher-forced)",
-            )
-        prompts = {tuple(g.prompt.tolist()): g for g in c.kept}
-        first = next(iter(prompts.values()))
-        orc = oracle_exits(model, first.prompt.to(device).view(1, -1), first.tokens.numel())
-        mean = sum(orc.layers_needed[1:]) / max(1, len(orc.layers_needed) - 1)
-        out["oracle_mean_layers"] = EngineStat(
-            value=mean,
-            unit="layers",
-            description=f"exit oracle on the baseline's own full-depth decode of the first prompt (decode steps; of {L})",
-        )
-        out["oracle_layers_hist"] = EngineStat(
-            value=[orc.layers_needed[1:].count(n) for n in range(L + 1)],
-            description="[n] = oracle decode steps needing n layers",
-        )
-        bound = self._roofline_bound(mean, first.prompt.numel(), first.tokens.numel())
-        if bound is not None:
-            out["oracle_speedup_bound"] = EngineStat(
-                value=bound,
-                description="derived: analytic decode bytes at full depth / at the oracle's mean layers (memory-bound "
-                "roofline; draft, predictors and exit checks free)",
-            )
-        per_layer = c.time["layers"] / max(1, c.layers_run)
-        full_steps_all = c.steps - c.exits
-        head = (
-            c.time["final_head"] / full_steps_all
-            if full_steps_all
-            else (c.time["exit_head"] / c.exit_heads if c.exit_heads else 0.0)
-        )
-        if per_layer > 0:
-            out["oracle_speedup_bound_measured"] = EngineStat(
-                value=(L * per_layer + head) / (mean * per_layer + head),
-                description="derived: (L x measured time per layer + measured LM-head time) / (oracle mean layers x time per "
-                "layer + LM-head time): the oracle with this run's own layer and head times, draft and predictors free",
-            )
         self._audit_cache = (id(c.kept[-1]), out)
         return out
+
+    def _oracle_values(self) -> dict[str, object]:
+        """The exit oracle on the baseline's own decode of the first prompt, and the speed-ups it bounds."""
+        c, L = self._c, len(self.stack.layers)
+        model = self.model.model
+        first = oracle_generation(c.kept)
+        device = next(model.parameters()).device
+        orc = oracle_exits(model, first.prompt.to(device).view(1, -1), first.tokens.numel())
+        mean = sum(orc.layers_needed[1:]) / max(1, len(orc.layers_needed) - 1)
+        per_layer = c.phase_time["layers"] / max(1, c.layers_run)
+        full_steps_all = c.steps - c.exits
+        head = (
+            c.phase_time["final_head"] / full_steps_all
+            if full_steps_all
+            else (c.phase_time["exit_head"] / c.exit_heads if c.exit_heads else 0.0)
+        )
+        measured = (L * per_layer + head) / (mean * per_layer + head) if per_layer > 0 else None
+        return {
+            "oracle_mean_layers": mean,
+            "oracle_layers_hist": [orc.layers_needed[1:].count(n) for n in range(L + 1)],
+            "oracle_speedup_bound": self._roofline_bound(mean, first.prompt.numel(), first.tokens.numel()),
+            "oracle_speedup_bound_measured": measured,
+        }
 
     def _roofline_bound(self, layers: float, prompt_len: int, gen_len: int) -> float | None:
         from rooflens.roofline.analytic import ModelShape, Precision, decode_context, decode_cost
@@ -584,8 +601,8 @@ class EarlyExitEngine(Engine):
                 calls * 2.0 * (per_call + k * H),
             )
         )
-        if self._pre_rows is not None and c.fired:
-            n = (c.fired / steps) * self._pre_rows.numel()
+        if self._precheck_rows is not None and c.fired:
+            n = (c.fired / steps) * self._precheck_rows.numel()
             ops.append(OpCost("exit_precheck", "model", 2.0 * n, 4.0 * n, 0.0, 0.0, 2.0 * n))
         failed = (c.exit_heads - c.exits) / steps  # a passing exit head replaces the final one
         if failed > 0:

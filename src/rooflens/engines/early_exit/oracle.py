@@ -16,6 +16,7 @@ import torch
 
 from rooflens.engines.base import TokenClock
 from rooflens.engines.decoding import LayerStack, decode_n_tokens, eos_token_ids, new_cache, prefill
+from rooflens.engines.early_exit.teacher_forcing import teacher_forced
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,6 @@ def oracle_exits(model: torch.nn.Module, prompt_ids: torch.Tensor, n_new: int) -
     The tokens come from plain incremental decoding; each layer's prediction at every generated position
     from one teacher-forced pass over prompt + tokens (one batched LM head per layer, not one per token).
     """
-    from rooflens.engines.early_exit.training import teacher_forced
-
     if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1:
         raise ValueError(f"the oracle decodes one sequence: prompt_ids must be [1, P], got {tuple(prompt_ids.shape)}")
     if n_new < 1:

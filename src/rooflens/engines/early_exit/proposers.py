@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from rooflens.engines.options.early_exit import DRAFTS, parse_draft  # noqa: F401 (re-exported)
-
 
 def fill_candidates(found: list[int], k: int, ranked: torch.Tensor) -> torch.Tensor:
     """``found`` (distinct, best first) completed to ``k`` ids from ``ranked`` (most frequent tokens first)."""

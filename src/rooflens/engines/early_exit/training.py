@@ -22,39 +22,55 @@ fingerprint of the model's weights and config, its dtype and every training sett
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rooflens.bench.prompts import corpus_text
-from rooflens.engines.artifacts import artifact_path as _artifact_path
-from rooflens.engines.artifacts import save_atomic
-from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, greedy_config, mask_eos, new_cache
+from rooflens.data.prompts import corpus_windows, training_prompts
+from rooflens.engines.artifacts import ArtifactKind, Progress
+from rooflens.engines.decoding import LayerStack, greedy_config
 from rooflens.engines.early_exit.draft_head import DraftHead
 from rooflens.engines.early_exit.predictors import ExitPredictors, exit_features, threshold_logit
-from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates, parse_draft
-from rooflens.fsutil import cache_dir
+from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
+from rooflens.engines.early_exit.teacher_forcing import TeacherForced, teacher_forced
+from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
 
-ARTIFACT_VERSION = 1
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 SIM_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # the draft head's (inputs, previous hidden, targets)
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    draft: str = "head+lookup"
-    k: int = 4
-    draft_vocab: int = 2048
-    prompts: int = 16
-    prompt_len: int = 64
-    gen_len: int = 64
-    draft_epochs: int = 20
-    predictor_epochs: int = 300
-    predictor_hidden: int = 128
-    seed: int = 0
+    """What shapes a training and keys its cache file; derived from the engine's options (:meth:`from_options`),
+    which hold the defaults."""
+
+    draft: str
+    k: int
+    draft_vocab: int
+    prompts: int
+    prompt_len: int
+    gen_len: int
+    draft_epochs: int
+    predictor_epochs: int
+    predictor_hidden: int
+    seed: int
+
+    @classmethod
+    def from_options(cls, options: EarlyExitOptions) -> TrainSettings:
+        return cls(
+            draft=options.draft,
+            k=options.k,
+            draft_vocab=options.draft_vocab,
+            prompts=options.train_prompts,
+            prompt_len=options.train_prompt_len,
+            gen_len=options.train_gen_len,
+            draft_epochs=options.draft_epochs,
+            predictor_epochs=options.predictor_epochs,
+            predictor_hidden=options.predictor_hidden,
+            seed=options.seed,
+        )
 
 
 @dataclass
@@ -74,33 +90,26 @@ class ExitArtifacts:
 
 # ---------------------------------------------------------------------------- cache
 
-
-def artifact_dir() -> Path:
-    return cache_dir("early-exit")
+ARTIFACTS = ArtifactKind("early-exit", version=1, settings_type=TrainSettings)
 
 
 def artifact_path(model: torch.nn.Module, label: str, settings: TrainSettings) -> Path:
-    return _artifact_path("early-exit", model, label, {"v": ARTIFACT_VERSION, **asdict(settings)})
+    return ARTIFACTS.path(model, label, settings)
 
 
 def save_artifacts(art: ExitArtifacts, path: Path) -> None:
-    blob = {
-        "version": ARTIFACT_VERSION,
-        "settings": asdict(art.settings),
+    payload = {
         "predictors": art.predictors.state_dict(),
         "draft": art.draft.state_dict() if art.draft is not None else None,
         "ranked_vocab": art.ranked_vocab.cpu(),
         "exit_histogram": list(art.exit_histogram),
         "report": art.report,
     }
-    save_atomic(blob, path)
+    ARTIFACTS.save(path, art.settings, payload)
 
 
 def load_artifacts(model: torch.nn.Module, path: Path) -> ExitArtifacts:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("version") != ARTIFACT_VERSION:
-        raise ValueError(f"{path}: artifact version {blob.get('version')}, expected {ARTIFACT_VERSION}")
-    settings = TrainSettings(**blob["settings"])
+    settings, blob = ARTIFACTS.load(path)
     stack = LayerStack.of(model)
     device = next(model.parameters()).device
     pred = ExitPredictors(len(stack.layers), settings.k, settings.predictor_hidden)
@@ -133,93 +142,12 @@ def load_or_train(
 # ---------------------------------------------------------------------------- data
 
 
-def _corpus_ids(tokenizer: Any) -> list[int]:
-    return tokenizer(corpus_text(), add_special_tokens=False)["input_ids"]
-
-
-def training_prompts(model: torch.nn.Module, tokenizer: Any, n: int, length: int, seed: int) -> torch.Tensor:
-    """``n`` windows of ``length`` tokens starting evenly over the corpus (wrapping); random ids without a tokenizer."""
-    device = next(model.parameters()).device
-    if tokenizer is None:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randint(0, int(model.config.vocab_size), (n, length), generator=g).to(device)
-    ids = _corpus_ids(tokenizer)
-    rows = [[ids[(i * len(ids) // n + j) % len(ids)] for j in range(length)] for i in range(n)]
-    return torch.tensor(rows, dtype=torch.long, device=device)
-
-
-def corpus_windows(model: torch.nn.Module, tokenizer: Any, length: int) -> torch.Tensor:
-    """The corpus cut into consecutive windows of ``length`` tokens (empty without a tokenizer)."""
-    device = next(model.parameters()).device
-    if tokenizer is None:
-        return torch.empty(0, length, dtype=torch.long, device=device)
-    ids = _corpus_ids(tokenizer)
-    n = len(ids) // length
-    return torch.tensor(ids[: n * length], dtype=torch.long, device=device).view(n, length)
-
-
 @torch.no_grad()
 def greedy_sequences(model: torch.nn.Module, prompts: torch.Tensor, gen_len: int, batch: int = 8) -> torch.Tensor:
     """Each prompt followed by ``gen_len`` full-depth greedy tokens (EOS masked, as the hf baseline)."""
     gc = greedy_config(model, gen_len)
     out = [model.generate(c, attention_mask=torch.ones_like(c), generation_config=gc) for c in prompts.split(batch)]
     return torch.cat(out)
-
-
-@dataclass
-class TeacherForced:
-    """Per-layer views of sequences [n, T] at the positions ``start .. T-2`` (the tokens they predict: start+1 ..)."""
-
-    normed: torch.Tensor  # [L, N, H] final norm of each layer's hidden state
-    layer_argmax: torch.Tensor  # [L, N] full-vocabulary argmax per layer (EOS masked)
-    layer_topk: torch.Tensor | None  # [N, k] top-k after layer ``topk_layer`` (self:k candidates)
-    final_normed: torch.Tensor  # [n, T, H] last layer, every position
-    final_tokens: torch.Tensor  # [n, T] the model's own token after every position
-
-
-@torch.no_grad()
-def teacher_forced(
-    model: torch.nn.Module,
-    seqs: torch.Tensor,
-    start: int,
-    topk_layer: int | None = None,
-    k: int = 4,
-    batch: int = 4,
-    progress: Progress | None = None,
-) -> TeacherForced:
-    stack = LayerStack.of(model)
-    eos = eos_token_ids(model)
-    n, T = seqs.shape
-    L = len(stack.layers)
-    normed, argmax, topk, f_normed, f_tokens = [], [], [], [], []
-    for b, chunk in enumerate(seqs.split(batch)):
-        per_layer_n: list[torch.Tensor] = []
-        per_layer_a: list[torch.Tensor] = []
-
-        def collect(i: int, hidden: torch.Tensor) -> bool:
-            hn = stack.norm(hidden)
-            logits = mask_eos(stack.lm_head(hn[:, start : T - 1]), eos)
-            per_layer_n.append(hn[:, start : T - 1].float().reshape(-1, hn.shape[-1]))
-            per_layer_a.append(logits.argmax(-1).reshape(-1))
-            if i == topk_layer:
-                topk.append(logits.topk(k, dim=-1).indices.reshape(-1, k))
-            if i == L - 1:
-                f_normed.append(hn.float())
-                f_tokens.append(mask_eos(stack.lm_head(hn), eos).argmax(-1))
-            return False
-
-        forward_layers(stack, chunk, new_cache(model), torch.arange(T, device=seqs.device), on_layer=collect)
-        normed.append(torch.stack(per_layer_n))
-        argmax.append(torch.stack(per_layer_a))
-        if progress:
-            progress("teacher-forced pass", b + 1, -(-n // batch))
-    return TeacherForced(
-        torch.cat(normed, 1),
-        torch.cat(argmax, 1),
-        torch.cat(topk) if topk else None,
-        torch.cat(f_normed),
-        torch.cat(f_tokens),
-    )
 
 
 def ranked_vocabulary(vocab_size: int, outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -230,7 +158,75 @@ def ranked_vocabulary(vocab_size: int, outputs: torch.Tensor, inputs: torch.Tens
     return torch.sort(score, descending=True, stable=True).indices.to(outputs.device)
 
 
-# ---------------------------------------------------------------------------- training
+@dataclass
+class TrainingData:
+    """The model's own text and what every layer predicts on it: what the draft head and predictors learn from.
+
+    Positions are ``prompt_len - 1 .. T - 2`` of each greedy sequence (``generated`` per sequence), flattened
+    sequence-major into the ``N`` columns of the teacher-forced views."""
+
+    sequences: torch.Tensor  # [n, T] training prompts + their greedy continuations
+    prompt_len: int
+    forced: TeacherForced  # of ``sequences`` from position prompt_len - 1
+    windows: torch.Tensor  # [w, T] corpus windows (none for a lookup draft or a model without a tokenizer)
+    windows_forced: TeacherForced | None  # of ``windows`` at their last position
+    validation_sequences: int  # the last ones, held out
+
+    @property
+    def generated(self) -> int:
+        return self.sequences.shape[1] - self.prompt_len
+
+    @property
+    def model_tokens(self) -> torch.Tensor:
+        """[N] the full-depth model's token at every position."""
+        return self.forced.layer_argmax[-1]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """[L, N] this layer's argmax is the model's token (a correct exit)."""
+        return self.forced.layer_argmax == self.model_tokens
+
+    @property
+    def validation(self) -> torch.Tensor:
+        """[N] the position belongs to a held-out sequence."""
+        n = self.sequences.shape[0]
+        val = torch.zeros(n, self.generated, dtype=torch.bool, device=self.sequences.device)
+        val[n - self.validation_sequences :] = True
+        return val.reshape(-1)
+
+    def vocabulary_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, the model's output ids) over sequences and windows: what the vocabulary ranking counts."""
+        inputs = torch.cat([self.sequences.reshape(-1), self.windows.reshape(-1)])
+        wtf = self.windows_forced
+        outputs = [self.forced.final_tokens[:, self.prompt_len - 1 :].reshape(-1)]
+        return inputs, torch.cat(outputs + ([wtf.final_tokens.reshape(-1)] if wtf else []))
+
+
+def collect_training_data(
+    model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progress: Progress | None = None
+) -> TrainingData:
+    """Greedy sequences on the training prompts, their teacher-forced pass and (not for a lookup draft) the
+    corpus windows' pass."""
+    kind, self_k = parse_draft(settings.draft)
+    if progress:
+        progress("greedy decoding of training prompts", 0, 1)
+    prompts = training_prompts(model, tokenizer, settings.prompts, settings.prompt_len, settings.seed)
+    seqs = greedy_sequences(model, prompts, settings.gen_len)
+    if progress:
+        progress("greedy decoding of training prompts", 1, 1)
+    P, T = settings.prompt_len, seqs.shape[1]
+    topk_layer = (self_k - 1) if self_k else None
+    tf = teacher_forced(model, seqs, P - 1, topk_layer=topk_layer, k=settings.k, progress=progress)
+    n = seqs.shape[0]
+    # The corpus pass gives a draft head more training pairs and the vocabulary ranking more text. A lookup draft
+    # uses the ranking only to pad short candidate lists, which the training sequences rank well enough: skipping
+    # the pass (a full forward over the corpus, ~15 s on 2 CPU cores) keeps its training short.
+    windows = corpus_windows(model, tokenizer, T) if kind != "lookup" else seqs.new_empty(0, T)
+    wtf = teacher_forced(model, windows, T - 2) if windows.shape[0] else None
+    return TrainingData(seqs, P, tf, windows, wtf, max(1, n // 5) if n >= 2 else 0)
+
+
+# ---------------------------------------------------------------------------- the draft head
 
 
 def _draft_pairs(
@@ -239,7 +235,7 @@ def _draft_pairs(
     final_tokens: torch.Tensor,
     seqs: torch.Tensor,
     trim_index: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Pairs:
     """(embeddings of x_1..x_{T-1}, normed hidden of 0..T-2, trimmed index of the model's token at 1..T-1)."""
     stack = LayerStack.of(model)
     with torch.no_grad():
@@ -250,7 +246,7 @@ def _draft_pairs(
 def train_draft(
     model: torch.nn.Module,
     vocab_ids: torch.Tensor,
-    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    pairs: Pairs,
     epochs: int,
     seed: int,
     progress: Progress | None = None,
@@ -286,12 +282,82 @@ def train_draft(
 
 
 @torch.no_grad()
-def draft_candidates(draft: DraftHead, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], k: int) -> torch.Tensor:
+def draft_candidates(draft: DraftHead, pairs: Pairs, k: int) -> torch.Tensor:
     """[n, T-1, k] the draft's top-k ids (full-vocabulary ids) for every pair."""
     emb, prev, _ = pairs
     pos = torch.arange(emb.shape[1], device=emb.device).view(1, -1)
     out = [draft(e, p, pos).topk(k, dim=-1).indices for e, p in zip(emb.split(8), prev.split(8))]
     return draft.vocab_ids[torch.cat(out)]
+
+
+def _train_draft_head(
+    model: torch.nn.Module,
+    data: TrainingData,
+    settings: TrainSettings,
+    ranked: torch.Tensor,
+    report: dict[str, Any],
+    progress: Progress | None,
+) -> tuple[DraftHead, torch.Tensor]:
+    """The draft head over the ``draft_vocab`` top-ranked tokens, trained on the training sequences (held-out
+    ones excluded) and the corpus windows; and its top-k at every training position [N, k]."""
+    V = int(model.config.vocab_size)
+    seqs, tf, wtf = data.sequences, data.forced, data.windows_forced
+    vocab_ids = ranked[: settings.draft_vocab].clone()
+    trim_index = torch.full((V,), -100, dtype=torch.long, device=seqs.device)
+    trim_index[vocab_ids] = torch.arange(vocab_ids.numel(), device=seqs.device)
+    train_rows = torch.arange(seqs.shape[0] - data.validation_sequences, device=seqs.device)
+    sequence_pairs = _draft_pairs(model, tf.final_normed, tf.final_tokens, seqs, trim_index)
+    parts = [tuple(t[train_rows] for t in sequence_pairs)]
+    if wtf is not None:
+        parts.append(_draft_pairs(model, wtf.final_normed, wtf.final_tokens, data.windows, trim_index))
+    pairs: Pairs = tuple(torch.cat([p[j] for p in parts]) for j in range(3))  # type: ignore[assignment]
+    outputs = data.vocabulary_text()[1]
+    report["draft_vocab_coverage"] = float((trim_index[outputs] >= 0).float().mean())
+    draft = train_draft(model, vocab_ids, pairs, settings.draft_epochs, settings.seed, progress)
+    P, T = data.prompt_len, seqs.shape[1]
+    candidates = draft_candidates(draft, sequence_pairs, settings.k)[:, P - 2 : T - 2]  # pair p-1 -> position p
+    return draft, candidates.reshape(-1, settings.k)
+
+
+def training_candidates(
+    model: torch.nn.Module,
+    data: TrainingData,
+    settings: TrainSettings,
+    ranked: torch.Tensor,
+    report: dict[str, Any],
+    progress: Progress | None = None,
+) -> tuple[DraftHead | None, torch.Tensor]:
+    """(the draft head, trained for a head draft; the draft's k candidates at every training position [N, k])."""
+    kind, _ = parse_draft(settings.draft)
+    seqs, P, k = data.sequences, data.prompt_len, settings.k
+    n, T, G = seqs.shape[0], seqs.shape[1], data.generated
+    if kind in ("head", "head+lookup"):
+        draft, cands = _train_draft_head(model, data, settings, ranked, report, progress)
+        if kind == "head+lookup":
+            best = cands.view(n, G, -1).tolist()
+            cands = torch.stack(
+                [mixed_candidates(seqs[i, : P + j], best[i][j], k, ranked) for i in range(n) for j in range(G)]
+            )
+        return draft, cands
+    if kind == "lookup":
+        return None, torch.stack(
+            [lookup_candidates(seqs[i, : p + 1], k, ranked) for i in range(n) for p in range(P - 1, T - 1)]
+        )
+    assert data.forced.layer_topk is not None  # self:k: the teacher-forced pass kept layer k-1's top-k
+    return None, data.forced.layer_topk
+
+
+# ---------------------------------------------------------------------------- the predictors
+
+
+def candidate_features(model: torch.nn.Module, forced: TeacherForced, candidates: torch.Tensor) -> torch.Tensor:
+    """[L, N, 3k] every layer's exit features at every position, as the engine computes them walking the layers."""
+    rows = LayerStack.of(model).lm_head.weight.detach()[candidates].float()  # [N, k, H]
+    feats, last = [], None
+    for normed in forced.normed:
+        f, last = exit_features(normed, rows, last)
+        feats.append(f)
+    return torch.stack(feats)
 
 
 def train_predictors(
@@ -327,102 +393,33 @@ def simulate_exits(
     return float(correct.float().mean()), float((first + 1).float().mean())
 
 
-def train(
-    model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progress: Progress | None = None
-) -> ExitArtifacts:
-    t0 = time.perf_counter()
-    kind, self_k = parse_draft(settings.draft)
-    stack = LayerStack.of(model)
-    L, V = len(stack.layers), int(model.config.vocab_size)
-    if settings.draft_vocab > V:
-        raise ValueError(f"draft_vocab {settings.draft_vocab} exceeds the model's vocabulary ({V})")
-    if self_k is not None and not 1 <= self_k < L:
-        raise ValueError(f"draft 'self:{self_k}': the model has {L} layers; k must be in 1..{L - 1}")
-
-    if progress:
-        progress("greedy decoding of training prompts", 0, 1)
-    prompts = training_prompts(model, tokenizer, settings.prompts, settings.prompt_len, settings.seed)
-    seqs = greedy_sequences(model, prompts, settings.gen_len)
-    if progress:
-        progress("greedy decoding of training prompts", 1, 1)
-    P, T = settings.prompt_len, seqs.shape[1]
-    tf = teacher_forced(
-        model, seqs, P - 1, topk_layer=(self_k - 1) if self_k else None, k=settings.k, progress=progress
-    )
-    n, G = seqs.shape[0], T - P  # positions P-1 .. T-2 of each sequence: G per sequence
-    final = tf.layer_argmax[-1]
-    labels = tf.layer_argmax == final  # [L, N]
-    n_val = max(1, n // 5) if n >= 2 else 0
-    val = torch.zeros(n, G, dtype=torch.bool, device=seqs.device)
-    val[n - n_val :] = True
-    val = val.reshape(-1)
-    report: dict[str, Any] = {"training_sequences": n, "validation_sequences": n_val, "positions": int(final.numel())}
-
-    # The corpus pass gives a draft head more training pairs and the vocabulary ranking more text. A lookup draft
-    # uses the ranking only to pad short candidate lists, which the training sequences rank well enough: skipping
-    # the pass (a full forward over the corpus, ~15 s on 2 CPU cores) keeps its training short.
-    windows = corpus_windows(model, tokenizer, T) if kind != "lookup" else seqs.new_empty(0, T)
-    wtf = teacher_forced(model, windows, T - 2) if windows.shape[0] else None
-    inputs = torch.cat([seqs.reshape(-1), windows.reshape(-1)])
-    outputs = torch.cat([tf.final_tokens[:, P - 1 :].reshape(-1)] + ([wtf.final_tokens.reshape(-1)] if wtf else []))
-    ranked = ranked_vocabulary(V, outputs, inputs)
-
-    draft = None
-    if kind in ("head", "head+lookup"):
-        vocab_ids = ranked[: settings.draft_vocab].clone()
-        trim_index = torch.full((V,), -100, dtype=torch.long, device=seqs.device)
-        trim_index[vocab_ids] = torch.arange(vocab_ids.numel(), device=seqs.device)
-        train_rows = torch.arange(n - n_val, device=seqs.device)
-        gp = _draft_pairs(model, tf.final_normed, tf.final_tokens, seqs, trim_index)
-        parts = [tuple(t[train_rows] for t in gp)]
-        if wtf is not None:
-            parts.append(_draft_pairs(model, wtf.final_normed, wtf.final_tokens, windows, trim_index))
-        pairs = tuple(torch.cat([p[j] for p in parts]) for j in range(3))
-        report["draft_vocab_coverage"] = float((trim_index[outputs] >= 0).float().mean())
-        draft = train_draft(model, vocab_ids, pairs, settings.draft_epochs, settings.seed, progress)
-        cands = draft_candidates(draft, gp, settings.k)[:, P - 2 : T - 2].reshape(
-            -1, settings.k
-        )  # pair p-1 -> position p
-        if kind == "head+lookup":
-            best = cands.view(n, G, -1).tolist()
-            cands = torch.stack(
-                [mixed_candidates(seqs[i, : P + j], best[i][j], settings.k, ranked) for i in range(n) for j in range(G)]
-            )
-    elif kind == "lookup":
-        cands = torch.stack(
-            [lookup_candidates(seqs[i, : p + 1], settings.k, ranked) for i in range(n) for p in range(P - 1, T - 1)]
-        )
-    else:
-        cands = tf.layer_topk
-    hit = (cands == final.unsqueeze(1)).any(1)
-    report["candidate_hit_rate_train"] = float(hit[~val].float().mean()) if (~val).any() else float("nan")
-    report["candidate_hit_rate_validation"] = float(hit[val].float().mean()) if val.any() else float("nan")
-
-    rows = stack.lm_head.weight.detach()[cands].float()  # [N, k, H]
-    feats, last = [], None
-    for i in range(L):
-        f, last = exit_features(tf.normed[i], rows, last)
-        feats.append(f)
-    features = torch.stack(feats)  # [L, N, 3k]
-    pred = train_predictors(features[:, ~val], labels[:, ~val], settings, progress)
-
-    verified = (tf.layer_argmax.unsqueeze(-1) == cands.unsqueeze(0)).any(-1)  # [L, N]
+def exit_histogram(labels: torch.Tensor, verified: torch.Tensor) -> tuple[list[int], float]:
+    """(training positions per earliest layer with a correct, verified exit (last layer excluded); the fraction
+    of positions that have one)."""
+    L = labels.shape[0]
     first_ok = (labels & verified).clone()
     first_ok[L - 1] = False
     exitable = first_ok.any(0)
     first = first_ok.float().argmax(0)
-    hist = torch.bincount(first[exitable], minlength=L).tolist()
-    report["oracle_mean_layers"] = float((labels.float().argmax(0) + 1).float().mean())  # earliest correct layer
-    report["exitable_fraction"] = float(exitable.float().mean())
+    return torch.bincount(first[exitable], minlength=L).tolist(), float(exitable.float().mean())
+
+
+def validation_figures(
+    pred: ExitPredictors,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    verified: torch.Tensor,
+    validation: torch.Tensor,
+    first_layer: int,
+) -> dict[str, Any]:
+    """The predictors' precision and recall on held-out positions (all positions when none is held out), and
+    the exit rule simulated there at each of :data:`SIM_THRESHOLDS`."""
     with torch.no_grad():
         logits = pred.logits_all(features)
-    vmask = val if val.any() else torch.ones_like(val)
+    vmask = validation if validation.any() else torch.ones_like(validation)
     fire = logits[:, vmask] > 0
     tp = (fire & labels[:, vmask]).sum()
-    report["predictor_precision_validation"] = float(tp / fire.sum().clamp_min(1))
-    report["predictor_recall_validation"] = float(tp / labels[:, vmask].sum().clamp_min(1))
-    first_layer = self_k or 0
-    report["simulated_validation"] = {
+    simulated = {
         str(t): dict(
             zip(
                 ("token_accuracy", "mean_layers"),
@@ -431,5 +428,54 @@ def train(
         )
         for t in SIM_THRESHOLDS
     }
+    return {
+        "predictor_precision_validation": float(tp / fire.sum().clamp_min(1)),
+        "predictor_recall_validation": float(tp / labels[:, vmask].sum().clamp_min(1)),
+        "simulated_validation": simulated,
+    }
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _check_settings(model: torch.nn.Module, settings: TrainSettings) -> None:
+    _, self_k = parse_draft(settings.draft)
+    L, V = len(LayerStack.of(model).layers), int(model.config.vocab_size)
+    if settings.draft_vocab > V:
+        raise ValueError(f"draft_vocab {settings.draft_vocab} exceeds the model's vocabulary ({V})")
+    if self_k is not None and not 1 <= self_k < L:
+        raise ValueError(f"draft 'self:{self_k}': the model has {L} layers; k must be in 1..{L - 1}")
+
+
+def train(
+    model: torch.nn.Module, tokenizer: Any, settings: TrainSettings, progress: Progress | None = None
+) -> ExitArtifacts:
+    """Collect the training data, rank the vocabulary, train the draft head (head drafts) and the predictors on
+    the draft's candidates, and report how well they do on held-out sequences."""
+    t0 = time.perf_counter()
+    _check_settings(model, settings)
+    data = collect_training_data(model, tokenizer, settings, progress)
+    labels, val = data.labels, data.validation
+    report: dict[str, Any] = {
+        "training_sequences": data.sequences.shape[0],
+        "validation_sequences": data.validation_sequences,
+        "positions": int(data.model_tokens.numel()),
+    }
+    inputs, outputs = data.vocabulary_text()
+    ranked = ranked_vocabulary(int(model.config.vocab_size), outputs, inputs)
+    draft, cands = training_candidates(model, data, settings, ranked, report, progress)
+    hit = (cands == data.model_tokens.unsqueeze(1)).any(1)
+    report["candidate_hit_rate_train"] = float(hit[~val].float().mean()) if (~val).any() else float("nan")
+    report["candidate_hit_rate_validation"] = float(hit[val].float().mean()) if val.any() else float("nan")
+
+    features = candidate_features(model, data.forced, cands)  # [L, N, 3k]
+    pred = train_predictors(features[:, ~val], labels[:, ~val], settings, progress)
+
+    verified = (data.forced.layer_argmax.unsqueeze(-1) == cands.unsqueeze(0)).any(-1)  # [L, N]
+    hist, exitable_fraction = exit_histogram(labels, verified)
+    report["oracle_mean_layers"] = float((labels.float().argmax(0) + 1).float().mean())  # earliest correct layer
+    report["exitable_fraction"] = exitable_fraction
+    first_layer = parse_draft(settings.draft)[1] or 0
+    report.update(validation_figures(pred, features, labels, verified, val, first_layer))
     report["seconds"] = time.perf_counter() - t0
     return ExitArtifacts(settings, pred, draft, ranked, hist, report)

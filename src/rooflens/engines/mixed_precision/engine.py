@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from rooflens.data.quality import heldout_ids, perplexity
 from rooflens.engines.base import (
     Engine,
     EngineStat,
@@ -36,13 +37,66 @@ from rooflens.engines.mixed_precision.schedulers import (
     StaticScheduler,
     switch_step,
 )
-from rooflens.engines.mixed_precision.training import load, save, scheduler_path, tune
+from rooflens.engines.mixed_precision.training import TuneSettings, load, save, scheduler_path, tune
 from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
 from rooflens.engines.quant.base import copy_for_quantization, untie_from
+from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.kernels.linear import kernel_unavailable
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, quantize_multiprecision, set_precision
+from rooflens.lowbit_rules import ALLOWED_BITS
 
 log = logging.getLogger(__name__)
+
+_TUNING = "offline tuning on corpus prompts (ROUGE-L vs the original model)"
+_STEP_DOWNS = [f"{high}->{low}" for high in ALLOWED_BITS for low in ALLOWED_BITS if high > low]
+STATS: dict[str, StatSpec] = {
+    "ladder": StatSpec("bit", "decode precisions, top first"),
+    "prefill_bits": StatSpec("", "prefill precision"),
+    "scheduler": StatSpec("", "precision scheduler"),
+    "scheduler_source": StatSpec("", "where its switch points came from"),
+    "mean_decode_bits": StatSpec("bit", "rung bits averaged over the decode steps run (the prefill's token excluded)"),
+    "bits_by_step": StatSpec(
+        "bit",
+        "[i] = rung bits at decode step i (step 0 makes the second token), mean over the generations measured",
+    ),
+    "decode_tokens_per_bits": StatSpec("", "decode steps run at each rung (all generations)"),
+    "switch_steps": StatSpec("", "decode steps of the step-downs in the last generation"),
+    "mean_first_switch_step": StatSpec(
+        "", "decode step of the first step-down, mean over the generations that switched"
+    ),
+    "weight_storage_bytes_per_rung": StatSpec("", "bytes held by the quantized layers per precision (one copy each)"),
+    "weight_storage_bytes": StatSpec(
+        "B", "all precisions' copies of the quantized layers together (original: shared, not copied)"
+    ),
+    "quantized_layers": StatSpec("layers", "Linear layers served at every rung"),
+    "skipped_layers": StatSpec("layers", "{skipped}"),
+    "quantize_time_s": StatSpec("s", "copy + quantization at every rung"),
+    **{
+        f"decode_time_per_token_{b}bit_s": StatSpec(
+            "s", f"decode seconds per step at {b} bits (perf_counter, synchronised)"
+        )
+        for b in ALLOWED_BITS
+    },
+    "learned_choices": StatSpec("", "class per step-down in the last generation: 0, T/3, 2T/3, never"),
+    # the tuning report (training.tune)
+    **{f"tuning_{key}": StatSpec("", _TUNING) for key in ("prompts", "gen_len", "seconds")},
+    **{
+        f"tuning_{figure}_{tag}": StatSpec("", _TUNING)
+        for tag in _STEP_DOWNS
+        for figure in (
+            "rouge_l_by_switch",
+            "static_switch",
+            "label_counts",
+            "classifier_accuracy_train",
+            "classifier_accuracy_validation",
+        )
+    },
+    **{
+        f"perplexity_{b}bit": StatSpec("", "held-out perplexity with every layer at this precision")
+        for b in ALLOWED_BITS
+    },
+}
+"""What the mixed_precision engine reports (``{skipped}``: the layers left unquantized, with why)."""
 
 
 @register
@@ -111,9 +165,8 @@ class MixedPrecisionEngine(Engine):
         if not self.layers:
             raise EngineUnavailable(f"options.group_size: {opts.group_size} divides no Linear layer's in_features here")
         kept = {name: layer.original for name, layer in self.layers.items()}
-        for (
-            layer
-        ) in self.layers.values():  # the kept originals share the model's weights (read only): do not clone them
+        # the kept originals share the model's weights (read only): untie_from must not clone them
+        for layer in self.layers.values():
             layer.original = None
         untie_from(dup, original)
         for name, layer in self.layers.items():
@@ -130,9 +183,9 @@ class MixedPrecisionEngine(Engine):
         if opts.scheduler == "confidence":
             return ConfidenceScheduler(
                 ladder,
-                k=1.0 if opts.confidence_k is None else opts.confidence_k,
-                warmup=opts.confidence_warmup or 10,
-                window=opts.confidence_window or 1,
+                k=opts.confidence_option("confidence_k"),
+                warmup=int(opts.confidence_option("confidence_warmup")),
+                window=int(opts.confidence_option("confidence_window")),
             )
         if not opts.needs_tuning:
             self.tuning_note = "switch_steps from the options" if len(ladder) > 1 else "uniform: one rung"
@@ -145,7 +198,7 @@ class MixedPrecisionEngine(Engine):
 
     def _tuned(self):
         opts, target = self.options, self.model.model
-        settings = opts.tune_settings()
+        settings = TuneSettings.from_options(opts)
         path = scheduler_path(target, self.model.info.label, settings)
         cfg = target.config
         kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
@@ -219,104 +272,73 @@ class MixedPrecisionEngine(Engine):
             out.append(round(sum(at) / len(at), 4))
         return out
 
+    def _steps_per_rung(self) -> dict[int, int]:
+        """Decode steps run at each rung, all generations (first seen first)."""
+        counts: dict[int, int] = {}
+        for r in self._runs:
+            for b in r.bits[1:]:
+                counts[b] = counts.get(b, 0) + 1  # type: ignore[index]
+        return counts
+
+    def _storage_per_rung(self) -> dict[str, int]:
+        storage: dict[str, int] = {}
+        for layer in self.layers.values():
+            for b, n in layer.storage_bytes().items():
+                key = "original" if b is None else str(b)
+                storage[key] = storage.get(key, 0) + n
+        return storage
+
     def stats(self) -> dict[str, EngineStat]:
         if not self._runs or self.module is None:
             return {}
-        opts = self.options
-        prefill = opts.resolved_prefill_bits
-        counts: dict[str, int] = {}
-        for r in self._runs:
-            for b in r.bits[1:]:
-                counts[str(b)] = counts.get(str(b), 0) + 1
+        values = {**self._run_values(), **self._setup_values()}
+        values.update({f"tuning_{key}": value for key, value in self.tuning_report.items()})
+        values.update({f"perplexity_{rung}": ppl for rung, ppl in self._rung_perplexity().items()})
+        skipped = "; ".join(f"{k}: {v}" for k, v in self.skipped.items()) or "none"
+        return dict(sorted(stats_from_table(STATS, values, skipped=skipped).items()))
+
+    def _run_values(self) -> dict[str, object]:
+        """What the generations did: rungs per step, switches, time per rung, the learned scheduler's choices."""
+        counts = {str(b): n for b, n in self._steps_per_rung().items()}
         times: dict[int, float] = {}
         for r in self._runs:
             for b, t in r.time_per_bits.items():
                 times[b] = times.get(b, 0.0) + t
-        storage: dict[str, int] = {}
-        for layer in self.layers.values():
-            for b, n in layer.storage_bytes().items():
-                storage["original" if b is None else str(b)] = storage.get("original" if b is None else str(b), 0) + n
-        s: dict[str, EngineStat] = {
-            "ladder": EngineStat(value=list(opts.ladder), unit="bit", description="decode precisions, top first"),
-            "prefill_bits": EngineStat(
-                value="original" if prefill is None else prefill, description="prefill precision"
-            ),
-            "scheduler": EngineStat(value=opts.scheduler, description="precision scheduler"),
-            "scheduler_source": EngineStat(
-                value=self.tuning_note or "options", description="where its switch points came from"
-            ),
-            "mean_decode_bits": EngineStat(
-                value=self._decode_bits(),
-                unit="bit",
-                description="rung bits averaged over the decode steps run (the prefill's token excluded)",
-            ),
-            "bits_by_step": EngineStat(
-                value=self._bits_by_step(),
-                unit="bit",
-                description="[i] = rung bits at decode step i (step 0 makes the second token), mean over the "
-                "generations measured",
-            ),
-            "decode_tokens_per_bits": EngineStat(
-                value=str(dict(sorted(counts.items(), reverse=True))),
-                description="decode steps run at each rung (all generations)",
-            ),
-            "switch_steps": EngineStat(
-                value=[r.switches for r in self._runs][-1] if self._runs else [],
-                description="decode steps of the step-downs in the last generation",
-            ),
-            "mean_first_switch_step": EngineStat(
-                value=(sum(r.switches[0] for r in self._runs if r.switches) / sum(1 for r in self._runs if r.switches))
-                if any(r.switches for r in self._runs)
-                else "never",
-                description="decode step of the first step-down, mean over the generations that switched",
-            ),
-            "weight_storage_bytes_per_rung": EngineStat(
-                value=str(storage), description="bytes held by the quantized layers per precision (one copy each)"
-            ),
-            "weight_storage_bytes": EngineStat(
-                value=sum(storage.values()),
-                unit="B",
-                description="all precisions' copies of the quantized layers together (original: shared, not copied)",
-            ),
-            "quantized_layers": EngineStat(
-                value=len(self.layers), unit="layers", description="Linear layers served at every rung"
-            ),
-            "skipped_layers": EngineStat(
-                value=len(self.skipped),
-                unit="layers",
-                description="; ".join(f"{k}: {v}" for k, v in self.skipped.items()) or "none",
-            ),
-            "quantize_time_s": EngineStat(
-                value=self.quantize_s, unit="s", description="copy + quantization at every rung"
-            ),
+        switched = [r.switches[0] for r in self._runs if r.switches]
+        values: dict[str, object] = {
+            "mean_decode_bits": self._decode_bits(),
+            "bits_by_step": self._bits_by_step(),
+            "decode_tokens_per_bits": str(dict(sorted(counts.items(), reverse=True))),
+            "switch_steps": self._runs[-1].switches,
+            "mean_first_switch_step": sum(switched) / len(switched) if switched else "never",
         }
         for b, t in times.items():
             n = counts.get(str(b), 0)
-            s[f"decode_time_per_token_{b}bit_s"] = EngineStat(
-                value=t / n if n else 0.0,
-                unit="s",
-                description=f"decode seconds per step at {b} bits (perf_counter, synchronised)",
-            )
+            values[f"decode_time_per_token_{b}bit_s"] = t / n if n else 0.0
         if isinstance(self.scheduler, LearnedScheduler):
-            s["learned_choices"] = EngineStat(
-                value=list(self.scheduler.choices),
-                description="class per step-down in the last generation: 0, T/3, 2T/3, never",
-            )
-        for key, value in self.tuning_report.items():
-            s[f"tuning_{key}"] = EngineStat(
-                value=value, description="offline tuning on corpus prompts (ROUGE-L vs the original model)"
-            )
-        for rung, ppl in self._rung_perplexity().items():
-            s[f"perplexity_{rung}"] = EngineStat(
-                value=ppl, description="held-out perplexity with every layer at this precision"
-            )
-        return dict(sorted(s.items()))
+            values["learned_choices"] = list(self.scheduler.choices)
+        return values
+
+    def _setup_values(self) -> dict[str, object]:
+        """The options and the quantized copies: ladder, prefill, scheduler, storage, layers."""
+        opts = self.options
+        prefill = opts.resolved_prefill_bits
+        storage = self._storage_per_rung()
+        return {
+            "ladder": list(opts.ladder),
+            "prefill_bits": "original" if prefill is None else prefill,
+            "scheduler": opts.scheduler,
+            "scheduler_source": self.tuning_note or "options",
+            "weight_storage_bytes_per_rung": str(storage),
+            "weight_storage_bytes": sum(storage.values()),
+            "quantized_layers": len(self.layers),
+            "skipped_layers": len(self.skipped),
+            "quantize_time_s": self.quantize_s,
+        }
 
     def _rung_perplexity(self) -> dict[str, float]:
         if self._ppl is not None or self.model.tokenizer is None or self.model.info.weights != "real":
             return self._ppl or {}
-        from rooflens.bench.quality import heldout_ids, perplexity
-
         ids = heldout_ids(self.model.tokenizer)
         self._ppl = {}
         for b in self.options.ladder:
@@ -345,10 +367,7 @@ class MixedPrecisionEngine(Engine):
             elements = decode_weight_elements(self.model.model.config)
         except ValueError:
             return RooflineHints()
-        counts: dict[int, int] = {}
-        for r in self._runs:
-            for b in r.bits[1:]:
-                counts[b] = counts.get(b, 0) + 1  # type: ignore[index]
+        counts = self._steps_per_rung()
         steps = sum(counts.values())
         decode = sum(n * self._read_bytes(b) for b, n in counts.items()) / steps * 8 / elements if steps else None
         prefill = self._read_bytes(self.options.resolved_prefill_bits, self._prefill_rows) * 8 / elements

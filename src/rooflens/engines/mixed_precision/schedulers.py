@@ -70,9 +70,9 @@ class StaticScheduler(Scheduler):
 
 class ConfidenceScheduler(Scheduler):
     """Step down when the last ``window`` max-probabilities are all >= mean + k·std of those seen at this rung
-    (at least ``warmup`` of them first)."""
+    (at least ``warmup`` of them first). The engine's options hold the defaults."""
 
-    def __init__(self, ladder: Sequence[int], k: float = 1.0, warmup: int = 10, window: int = 1):
+    def __init__(self, ladder: Sequence[int], k: float, warmup: int, window: int):
         super().__init__(ladder)
         self.k, self.warmup, self.window = k, warmup, window
         self._scores: list[float] = []

@@ -17,37 +17,57 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from rooflens.bench.quality import rouge_l
-from rooflens.engines.artifacts import artifact_path, save_atomic
+from rooflens.data.prompts import training_prompts
+from rooflens.data.quality import rouge_l
+from rooflens.engines.artifacts import ArtifactKind, Progress
 from rooflens.engines.base import TokenClock
 from rooflens.engines.decoding import decode_n_tokens, eos_token_ids, last_logits, mask_eos, new_cache, prefill
-from rooflens.engines.early_exit.training import training_prompts
 from rooflens.engines.mixed_precision.schedulers import SWITCH_FRACTIONS, KVCacheClassifier, last_layer_kv, switch_step
+from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, set_precision
-
-ARTIFACT_VERSION = 1
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
 class TuneSettings:
+    """What shapes a tuning and keys its cache file; derived from the engine's options (:meth:`from_options`),
+    which hold the defaults."""
+
     ladder: tuple[int, ...]
     group_size: int
     symmetric: bool
     lm_head: bool
     prefill_bits: Optional[int]
-    quality_budget: float = 0.05
-    prompts: int = 12
-    prompt_len: int = 64
-    gen_len: int = 64
-    classifier_epochs: int = 200
-    seed: int = 0
+    quality_budget: float
+    prompts: int
+    prompt_len: int
+    gen_len: int
+    classifier_epochs: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ladder", tuple(self.ladder))  # a cache file stores it as a list
+
+    @classmethod
+    def from_options(cls, options: MixedPrecisionOptions) -> TuneSettings:
+        return cls(
+            ladder=tuple(options.ladder),
+            group_size=options.group_size,
+            symmetric=options.symmetric,
+            lm_head=options.lm_head,
+            prefill_bits=options.resolved_prefill_bits,
+            quality_budget=options.resolved_quality_budget,
+            prompts=options.train_prompts,
+            prompt_len=options.train_prompt_len,
+            gen_len=options.train_gen_len,
+            classifier_epochs=options.classifier_epochs,
+            seed=options.seed,
+        )
 
 
 @dataclass
@@ -59,34 +79,25 @@ class SchedulerArtifacts:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _kind_settings(s: TuneSettings) -> dict[str, Any]:
-    return {"v": ARTIFACT_VERSION, **asdict(s)}
+ARTIFACTS = ArtifactKind("mixed-precision", version=1, settings_type=TuneSettings)
 
 
 def scheduler_path(model: torch.nn.Module, label: str, s: TuneSettings) -> Path:
-    return artifact_path("mixed-precision", model, label, _kind_settings(s))
+    return ARTIFACTS.path(model, label, s)
 
 
 def save(art: SchedulerArtifacts, path: Path) -> None:
-    save_atomic(
-        {
-            "version": ARTIFACT_VERSION,
-            "settings": asdict(art.settings),
-            "static_steps": art.static_steps,
-            "static_fractions": art.static_fractions,
-            "classifiers": [c.state_dict() for c in art.classifiers],
-            "report": art.report,
-        },
-        path,
-    )
+    payload = {
+        "static_steps": art.static_steps,
+        "static_fractions": art.static_fractions,
+        "classifiers": [c.state_dict() for c in art.classifiers],
+        "report": art.report,
+    }
+    ARTIFACTS.save(path, art.settings, payload)
 
 
 def load(path: Path, kv_heads: int, head_dim: int) -> SchedulerArtifacts:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("version") != ARTIFACT_VERSION:
-        raise ValueError(f"{path}: artifact version {blob.get('version')}, expected {ARTIFACT_VERSION}")
-    s = blob["settings"]
-    settings = TuneSettings(**{**s, "ladder": tuple(s["ladder"])})
+    settings, blob = ARTIFACTS.load(path)
     classifiers = []
     for state in blob["classifiers"]:
         c = KVCacheClassifier(kv_heads, head_dim)
@@ -125,6 +136,68 @@ def _two_rung_runs(module, layers, prompt, n, prefill_bits, high, low, eos) -> t
     return runs, kv  # type: ignore[return-value]
 
 
+@torch.inference_mode()
+def reference_outputs(model: torch.nn.Module, prompts: torch.Tensor, n: int, eos: list[int]) -> list[torch.Tensor]:
+    """The original model's ``n`` greedy tokens after each prompt: what the runs are scored against."""
+    refs = []
+    clock = TokenClock(prompts.device)
+    clock.start()
+    for p in prompts:
+        cache = new_cache(model)
+        first = prefill(model, p.view(1, -1), cache, eos)
+        refs.append(torch.cat([first, decode_n_tokens(model, first, cache, n - 1, eos, clock)], dim=1)[0])
+    return refs
+
+
+@dataclass
+class StepDownTuning:
+    """One step-down's tuning: the static switch point and the learned classifier, with its report figures."""
+
+    static_fraction: Optional[float]
+    classifier: KVCacheClassifier
+    report: dict[str, Any]
+
+
+def tune_step_down(
+    module: torch.nn.Module,
+    layers: list[MultiPrecisionLinear],
+    prompts: torch.Tensor,
+    refs: list[torch.Tensor],
+    high: int,
+    low: int,
+    eos: list[int],
+    s: TuneSettings,
+    progress: Callable[[int], None] | None = None,
+) -> StepDownTuning:
+    """Run every prompt switching ``high -> low`` at each switch point, score the runs, pick the static switch
+    point and train the classifier; ``progress(prompts done)``."""
+    n = s.gen_len
+    scores, feats = [], []
+    for j, p in enumerate(prompts):
+        runs, kv = _two_rung_runs(module, layers, p.view(1, -1), n, s.prefill_bits, high, low, eos)
+        scores.append([rouge_l(r[0].tolist(), refs[j].tolist()) for r in runs])
+        feats.append(tuple(t.clone() for t in kv))  # ordinary tensors: the classifier trains on them
+        if progress:
+            progress(j + 1)
+    mean = torch.tensor(scores).mean(0)  # [4]: per switch point, over the prompts
+    best = next(i for i in range(len(SWITCH_FRACTIONS)) if mean[i] >= mean[-1] - s.quality_budget)
+    labels = torch.tensor([next(i for i in range(len(SWITCH_FRACTIONS)) if row[i] >= row[-1]) for row in scores])
+    n_val = max(1, s.prompts // 4) if s.prompts >= 4 else 0
+    clf, acc = _train_classifier(feats, labels, n_val, s)
+    tag = f"{high}->{low}"
+    fraction = SWITCH_FRACTIONS[best]
+    report = {
+        f"rouge_l_by_switch_{tag}": ", ".join(
+            f"{'never' if f is None else f'{f:.2f}T'}: {float(m):.3f}" for f, m in zip(SWITCH_FRACTIONS, mean)
+        ),
+        f"static_switch_{tag}": "never" if fraction is None else f"{fraction:.3f} T",
+        f"label_counts_{tag}": ", ".join(str(int((labels == c).sum())) for c in range(len(SWITCH_FRACTIONS))),
+        f"classifier_accuracy_train_{tag}": acc[0],
+        f"classifier_accuracy_validation_{tag}": acc[1],
+    }
+    return StepDownTuning(fraction, clf, report)
+
+
 def tune(
     module: torch.nn.Module,
     layers: list[MultiPrecisionLinear],
@@ -133,48 +206,25 @@ def tune(
     s: TuneSettings,
     progress: Progress | None = None,
 ) -> SchedulerArtifacts:
+    """Tune every step-down of the ladder on the corpus prompts against the original model's outputs."""
     t0 = time.perf_counter()
     eos = eos_token_ids(reference_model)
     prompts = training_prompts(reference_model, tokenizer, s.prompts, s.prompt_len, s.seed + 1)  # not early exit's
-    n = s.gen_len
-    refs = []
-    clock = TokenClock(prompts.device)
-    clock.start()
-    with torch.inference_mode():
-        for p in prompts:
-            cache = new_cache(reference_model)
-            first = prefill(reference_model, p.view(1, -1), cache, eos)
-            refs.append(torch.cat([first, decode_n_tokens(reference_model, first, cache, n - 1, eos, clock)], dim=1)[0])
-    report: dict[str, Any] = {"prompts": s.prompts, "gen_len": n}
+    refs = reference_outputs(reference_model, prompts, s.gen_len, eos)
+    report: dict[str, Any] = {"prompts": s.prompts, "gen_len": s.gen_len}
     static_steps, static_fractions, classifiers = [], [], []
-    n_val = max(1, s.prompts // 4) if s.prompts >= 4 else 0
     total = (len(s.ladder) - 1) * s.prompts
     for pair, (high, low) in enumerate(zip(s.ladder, s.ladder[1:])):
-        scores, feats = [], []
-        for j, p in enumerate(prompts):
-            runs, kv = _two_rung_runs(module, layers, p.view(1, -1), n, s.prefill_bits, high, low, eos)
-            scores.append([rouge_l(r[0].tolist(), refs[j].tolist()) for r in runs])
-            feats.append(tuple(t.clone() for t in kv))  # ordinary tensors: the classifier trains on them
+
+        def prompts_done(done: int, pair: int = pair, high: int = high, low: int = low) -> None:
             if progress:
-                progress(f"switch {high}->{low} bits: runs", pair * s.prompts + j + 1, total)
-        score = torch.tensor(scores)  # [prompts, 4]
-        mean = score.mean(0)
-        best = next(i for i in range(len(SWITCH_FRACTIONS)) if mean[i] >= mean[-1] - s.quality_budget)
-        static_fractions.append(SWITCH_FRACTIONS[best])
-        static_steps.append(switch_step(SWITCH_FRACTIONS[best], n))
-        labels = torch.tensor([next(i for i in range(len(SWITCH_FRACTIONS)) if row[i] >= row[-1]) for row in scores])
-        clf, acc = _train_classifier(feats, labels, n_val, s)
-        classifiers.append(clf)
-        tag = f"{high}->{low}"
-        report[f"rouge_l_by_switch_{tag}"] = ", ".join(
-            f"{'never' if f is None else f'{f:.2f}T'}: {float(m):.3f}" for f, m in zip(SWITCH_FRACTIONS, mean)
-        )
-        report[f"static_switch_{tag}"] = (
-            "never" if SWITCH_FRACTIONS[best] is None else f"{SWITCH_FRACTIONS[best]:.3f} T"
-        )
-        report[f"label_counts_{tag}"] = ", ".join(str(int((labels == c).sum())) for c in range(len(SWITCH_FRACTIONS)))
-        report[f"classifier_accuracy_train_{tag}"] = acc[0]
-        report[f"classifier_accuracy_validation_{tag}"] = acc[1]
+                progress(f"switch {high}->{low} bits: runs", pair * s.prompts + done, total)
+
+        tuned = tune_step_down(module, layers, prompts, refs, high, low, eos, s, prompts_done)
+        static_fractions.append(tuned.static_fraction)
+        static_steps.append(switch_step(tuned.static_fraction, s.gen_len))
+        classifiers.append(tuned.classifier)
+        report.update(tuned.report)
     report["seconds"] = time.perf_counter() - t0
     return SchedulerArtifacts(s, static_steps, static_fractions, classifiers, report)
 

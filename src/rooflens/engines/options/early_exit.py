@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rooflens.engines.options import EngineOptions
 from rooflens.engines.options.speculative import SELF_RE
-
-if TYPE_CHECKING:
-    from rooflens.engines.early_exit.training import TrainSettings
 
 DRAFTS = ("head", "lookup", "head+lookup", "self:<k>")
 
@@ -58,6 +55,21 @@ class EarlyExitOptions(EngineOptions):
     )
     audit: bool = Field(default=True, description="stats(): audit exits against the full-depth model, run the oracle")
 
+    train_fields: ClassVar[tuple[str, ...]] = (
+        "draft",
+        "k",
+        "draft_vocab",
+        "train_prompts",
+        "train_prompt_len",
+        "train_gen_len",
+        "draft_epochs",
+        "predictor_epochs",
+        "predictor_hidden",
+        "seed",
+    )
+    """The options that shape the trained draft head and predictors (and key their cache file): what
+    ``TrainSettings.from_options`` reads and ``rooflens train early-exit`` sets."""
+
     @field_validator("draft")
     @classmethod
     def _known_draft(cls, value: str) -> str:
@@ -72,20 +84,3 @@ class EarlyExitOptions(EngineOptions):
                 f"k ({self.k}) is larger than the draft head's trimmed vocabulary (draft_vocab {self.draft_vocab})"
             )
         return self
-
-    @property
-    def settings(self) -> TrainSettings:
-        from rooflens.engines.early_exit.training import TrainSettings
-
-        return TrainSettings(
-            draft=self.draft,
-            k=self.k,
-            draft_vocab=self.draft_vocab,
-            prompts=self.train_prompts,
-            prompt_len=self.train_prompt_len,
-            gen_len=self.train_gen_len,
-            draft_epochs=self.draft_epochs,
-            predictor_epochs=self.predictor_epochs,
-            predictor_hidden=self.predictor_hidden,
-            seed=self.seed,
-        )

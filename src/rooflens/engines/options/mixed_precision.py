@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from rooflens.engines.options import EngineOptions
 from rooflens.lowbit_rules import KERNELS, check_ladder, describe_kernels
 
-if TYPE_CHECKING:
-    from rooflens.engines.mixed_precision.training import TuneSettings
-
 CONFIDENCE_OPTIONS = ("confidence_k", "confidence_warmup", "confidence_window")
+QUALITY_BUDGET_DEFAULT = 0.05  # quality_budget of the static search when the options leave it unset
+CONFIDENCE_DEFAULTS = {"confidence_k": 1.0, "confidence_warmup": 10, "confidence_window": 1}
 
 
 class MixedPrecisionOptions(EngineOptions):
@@ -33,16 +32,25 @@ class MixedPrecisionOptions(EngineOptions):
         default=None,
         ge=0.0,
         le=1.0,
-        description="static search: allowed mean ROUGE-L drop below the all-top-rung run (default 0.05)",
+        description=f"static search: allowed mean ROUGE-L drop below the all-top-rung run (default {QUALITY_BUDGET_DEFAULT})",
     )
     confidence_k: float | None = Field(
-        default=None, ge=0.0, le=10.0, description="confidence: mean + k*std (default 1)"
+        default=None,
+        ge=0.0,
+        le=10.0,
+        description=f"confidence: mean + k*std (default {CONFIDENCE_DEFAULTS['confidence_k']:g})",
     )
     confidence_warmup: int | None = Field(
-        default=None, ge=1, le=10_000, description="confidence: scores before a switch (default 10)"
+        default=None,
+        ge=1,
+        le=10_000,
+        description=f"confidence: scores before a switch (default {CONFIDENCE_DEFAULTS['confidence_warmup']})",
     )
     confidence_window: int | None = Field(
-        default=None, ge=1, le=1000, description="confidence: consecutive high scores (default 1)"
+        default=None,
+        ge=1,
+        le=1000,
+        description=f"confidence: consecutive high scores (default {CONFIDENCE_DEFAULTS['confidence_window']})",
     )
     train_prompts: int = Field(default=12, ge=2, le=4096, description="offline tuning: corpus prompts")
     train_prompt_len: int = Field(default=64, ge=2, le=8192, description="offline tuning: prompt tokens")
@@ -53,6 +61,22 @@ class MixedPrecisionOptions(EngineOptions):
     )
     seed: int = Field(default=0, ge=0)
     kernel: Literal[KERNELS] = Field(default="auto", description=f"LowBitLinear forward path: {describe_kernels()}")
+
+    train_fields: ClassVar[tuple[str, ...]] = (
+        "ladder",
+        "group_size",
+        "symmetric",
+        "lm_head",
+        "prefill_bits",
+        "quality_budget",
+        "train_prompts",
+        "train_prompt_len",
+        "train_gen_len",
+        "classifier_epochs",
+        "seed",
+    )
+    """The options that shape the offline tuning (and key its cache file): what ``TuneSettings.from_options``
+    reads and ``rooflens train mixed-precision`` sets."""
 
     @field_validator("ladder")
     @classmethod
@@ -103,19 +127,11 @@ class MixedPrecisionOptions(EngineOptions):
             self.scheduler == "learned" or (self.scheduler == "static" and self.switch_steps is None)
         )
 
-    def tune_settings(self) -> TuneSettings:
-        from rooflens.engines.mixed_precision.training import TuneSettings
+    @property
+    def resolved_quality_budget(self) -> float:
+        return QUALITY_BUDGET_DEFAULT if self.quality_budget is None else self.quality_budget
 
-        return TuneSettings(
-            ladder=tuple(self.ladder),
-            group_size=self.group_size,
-            symmetric=self.symmetric,
-            lm_head=self.lm_head,
-            prefill_bits=self.resolved_prefill_bits,
-            quality_budget=0.05 if self.quality_budget is None else self.quality_budget,
-            prompts=self.train_prompts,
-            prompt_len=self.train_prompt_len,
-            gen_len=self.train_gen_len,
-            classifier_epochs=self.classifier_epochs,
-            seed=self.seed,
-        )
+    def confidence_option(self, name: str) -> float | int:
+        """A ``confidence_*`` option, or its default when unset."""
+        value = getattr(self, name)
+        return CONFIDENCE_DEFAULTS[name] if value is None else value

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import torch
 
-from rooflens.bench.prompts import corpus_text
+from rooflens.data.prompts import corpus_ids
 
 PPL_WINDOW = 256
 
 
 def heldout_ids(tokenizer) -> torch.Tensor:
     """The shipped held-out text (never used for prompts) as one sequence of token ids."""
-    return torch.tensor(tokenizer(corpus_text("heldout"), add_special_tokens=False)["input_ids"], dtype=torch.long)
+    return torch.tensor(corpus_ids(tokenizer, "heldout"), dtype=torch.long)
 
 
 @torch.inference_mode()
