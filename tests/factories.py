@@ -9,7 +9,7 @@ import torch
 
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import Experiment
-from rooflens.engines import base
+from rooflens.engines import base, registry
 from rooflens.engines.base import Engine, EngineOptions, TokenClock
 from rooflens.models.loader import ModelInfo
 from rooflens.results.record import (
@@ -208,7 +208,7 @@ class OptionUnavailableEngine(ScriptedEngine):
 def test_engines(monkeypatch):
     base._load_all()
     for cls in (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine):
-        monkeypatch.setitem(base._REGISTRY, cls.name, cls)
+        monkeypatch.setitem(registry._REGISTRY, cls.name, cls)
 
 
 def clocked_generate(engine, prompts: torch.Tensor, n: int) -> torch.Tensor:

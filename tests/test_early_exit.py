@@ -8,7 +8,7 @@ import torch
 from factories import clocked_generate
 from rooflens.config import EngineSpec, ModelSpec
 from rooflens.data.prompts import make_prompts
-from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
+from rooflens.engines.base import EngineUnavailable
 from rooflens.engines.decoding import LayerStack, forward_layers, new_cache, write_kv
 from rooflens.engines.early_exit import EarlyExitEngine, EarlyExitOptions
 from rooflens.engines.early_exit.draft_head import DraftHead
@@ -22,6 +22,7 @@ from rooflens.engines.early_exit.training import (
     simulate_exits,
 )
 from rooflens.engines.options.early_exit import parse_draft
+from rooflens.engines.registry import build_engine, validate_engine_options
 from rooflens.models.loader import load_model
 from rooflens.roofline.analytic import ModelShape, OpCost, decode_cost
 

@@ -9,8 +9,9 @@ import torch
 
 from rooflens.config import EngineSpec
 from rooflens.data.prompts import make_prompts
-from rooflens.engines.base import TokenClock, build_engine, registered_engines
+from rooflens.engines.base import TokenClock
 from rooflens.engines.hf import HFEngine
+from rooflens.engines.registry import build_engine, registered_engines
 
 CPU = torch.device("cpu")
 N_NEW = 6

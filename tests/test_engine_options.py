@@ -3,8 +3,9 @@
 import pytest
 
 from rooflens.config import EngineSpec
-from rooflens.engines.options import EngineOptionsError, engine_options, validate_engine_options
+from rooflens.engines.options import EngineOptionsError
 from rooflens.engines.options.quantized import QuantizedOptions, QuantSpec
+from rooflens.engines.registry import engine_options, validate_engine_options
 
 
 def test_the_same_entry_gives_the_same_options_object():

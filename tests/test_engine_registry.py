@@ -5,7 +5,7 @@ import importlib.metadata
 
 import pytest
 
-from rooflens.engines import base
+from rooflens.engines import base, registry
 
 
 class PluginEngine(base.Engine):
@@ -28,22 +28,22 @@ class FakeEntryPoint:
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    monkeypatch.setattr(base, "_REGISTRY", {})
-    monkeypatch.setattr(base, "_ENTRY_POINT_ERRORS", {})
-    monkeypatch.setattr(base, "_LOADED", False)
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_ENTRY_POINT_ERRORS", {})
+    monkeypatch.setattr(registry, "_LOADED", False)
     import rooflens.engines.hf as hf
 
     # the built-in module is already imported: re-register its class as its import would
-    monkeypatch.setattr(base, "_BUILTIN_MODULES", ())
-    base.register(hf.HFEngine)
+    monkeypatch.setattr(registry, "_BUILTIN_MODULES", ())
+    registry.register(hf.HFEngine)
 
 
 def test_entry_point_engines_register(fresh_registry, monkeypatch):
     eps = [FakeEntryPoint("plugin-engine", PluginEngine), FakeEntryPoint("broken", ImportError("no module named x"))]
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if group == "rooflens.engines" else [])
-    engines = base.registered_engines()
+    engines = registry.registered_engines()
     assert set(engines) == {"hf", "plugin-engine"}
-    assert base.entry_point_errors() == {"broken": "ImportError: no module named x"}
+    assert registry.entry_point_errors() == {"broken": "ImportError: no module named x"}
 
 
 def test_duplicate_names_are_refused(fresh_registry):
@@ -51,7 +51,7 @@ def test_duplicate_names_are_refused(fresh_registry):
         name = "hf"
 
     with pytest.raises(ValueError, match="already registered"):
-        base.register(Impostor)
+        registry.register(Impostor)
 
 
 def test_unavailable_reasons():
@@ -73,10 +73,11 @@ def test_unavailable_reasons():
 
 def test_torch_free_option_schemas_are_the_engines_own():
     """`validate` checks built-in engines against engines.options without loading them: the same classes."""
-    from rooflens.engines.options import BUILTIN_OPTIONS, options_class
+    from rooflens.engines.options import BUILTIN_OPTIONS
+    from rooflens.engines.registry import options_class
 
     builtin = {}  # from the modules themselves: other tests may leave test engines in the registry
-    for module in base._BUILTIN_MODULES:
+    for module in registry._BUILTIN_MODULES:
         for obj in vars(importlib.import_module(module)).values():
             if isinstance(obj, type) and issubclass(obj, base.Engine) and obj.__module__.startswith(module):
                 builtin[obj.name] = obj

@@ -8,7 +8,7 @@ from factories import clocked_generate
 from rooflens.config import EngineSpec
 from rooflens.data.prompts import make_prompts
 from rooflens.data.quality import rouge_l
-from rooflens.engines.base import EngineUnavailable, build_engine, validate_engine_options
+from rooflens.engines.base import EngineUnavailable
 from rooflens.engines.mixed_precision.schedulers import (
     ConfidenceScheduler,
     KVCacheClassifier,
@@ -17,6 +17,7 @@ from rooflens.engines.mixed_precision.schedulers import (
 )
 from rooflens.engines.mixed_precision.training import TuneSettings
 from rooflens.engines.options.mixed_precision import QUALITY_BUDGET_DEFAULT, MixedPrecisionOptions
+from rooflens.engines.registry import build_engine, validate_engine_options
 from rooflens.kernels.linear import LowBitLinear
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, check_ladder
 

@@ -10,11 +10,12 @@ from factories import tiny_experiment
 from rooflens.bench.runner import ExperimentRunner
 from rooflens.config import ConfigError
 from rooflens.data.prompts import make_prompts
-from rooflens.engines.base import EngineUnavailable, TokenClock, get_engine
+from rooflens.engines.base import EngineUnavailable, TokenClock
 from rooflens.engines.options.quantized import QuantizedOptions
 from rooflens.engines.quant import copy_for_quantization
 from rooflens.engines.quant.lowbit import KERNEL_PATHS
 from rooflens.engines.quantized import QuantizedEngine, options_unavailable_reason
+from rooflens.engines.registry import get_engine
 from rooflens.kernels import format_bits_per_weight
 from rooflens.roofline.analytic import decode_weight_elements
 

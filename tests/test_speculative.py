@@ -12,12 +12,12 @@ from rooflens.bench.runner import ExperimentRunner, measure
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import EngineSpec, Repetitions
 from rooflens.data.prompts import make_prompts
-from rooflens.engines.base import EngineStat, TokenClock, describe_engine, get_engine
+from rooflens.engines.base import EngineStat, TokenClock
 from rooflens.engines.decoding import truncated_model
 from rooflens.engines.hf import HFEngine
-from rooflens.engines.options import validate_engine_options
 from rooflens.engines.options.hf import HFOptions
 from rooflens.engines.options.speculative import SpeculativeOptions
+from rooflens.engines.registry import describe_engine, get_engine, validate_engine_options
 from rooflens.engines.speculative import SpeculativeEngine
 from rooflens.engines.speculative.proposers import lookup_ngram
 from rooflens.models.loader import LoadedModel, ModelInfo

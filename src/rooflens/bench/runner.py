@@ -32,7 +32,8 @@ from rooflens.config import EngineSpec, Experiment, Repetitions
 from rooflens.data.prompts import make_prompts
 from rooflens.data.quality import PPL_WINDOW, agreement, heldout_ids, perplexity, rouge_l
 from rooflens.device.detect import detect_hardware
-from rooflens.engines.base import Engine, EngineUnavailable, TokenClock, build_engine, get_engine
+from rooflens.engines.base import Engine, EngineUnavailable, TokenClock
+from rooflens.engines.registry import build_engine, get_engine
 from rooflens.models.loader import TORCH_DTYPES, DtypeChoice, LoadedModel, choose_dtype, load_model, resolve_device
 from rooflens.results.record import (
     EnergyResult,

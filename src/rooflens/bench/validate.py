@@ -13,7 +13,7 @@ from rooflens.text import quote
 
 def registry_problems(exp: Experiment, source: str) -> list[str]:
     """``<source>: <field>: <what is wrong>`` for each name the registries do not know (empty when none)."""
-    from rooflens.engines.options import validate_engine_options  # torch-free schemas of the built-in engines
+    from rooflens.engines.registry import validate_engine_options
     from rooflens.models.catalog import BUILTIN_MODELS, shipped_config_names
     from rooflens.roofline.hardware import list_profiles
 

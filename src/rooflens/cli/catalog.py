@@ -13,7 +13,7 @@ def engines(as_json: bool = typer.Option(False, "--json", help="print JSON")) ->
     """The registered engines, what each needs, and whether it can run here."""
     import torch
 
-    from rooflens.engines.base import describe_engine, entry_point_errors, registered_engines
+    from rooflens.engines.registry import describe_engine, entry_point_errors, registered_engines
     from rooflens.reports.console import engines_table
 
     here = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

@@ -65,7 +65,7 @@ _DTYPE_HELP = "float32, bfloat16 or float16 (as the experiment will load it)"
 def _engine_spec(engine: str, options: dict[str, Any], flags: Sequence[Flag]) -> EngineSpec:
     """The EngineSpec of ``options``, or exit 2 naming each bad one as its command-line flag."""
     from rooflens.config import EngineSpec
-    from rooflens.engines.options import validate_engine_options
+    from rooflens.engines.registry import validate_engine_options
 
     spec = EngineSpec(name=engine, options=options)
     names = flag_names(flags)
@@ -148,7 +148,8 @@ def train_mixed_precision(
     dtype: str = typer.Option("float32", help=_DTYPE_HELP),
 ) -> None:
     """Tune the mixed_precision engine's static switch points and learned classifiers for MODEL, and cache them."""
-    from rooflens.engines.base import EngineUnavailable, build_engine
+    from rooflens.engines.base import EngineUnavailable
+    from rooflens.engines.registry import build_engine
     from rooflens.reports.console import figures_table
 
     options = options or {}

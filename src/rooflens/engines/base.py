@@ -1,17 +1,15 @@
-"""The engine interface and the engine registry.
+"""The engine interface.
 
 An engine turns a batch of prompts into exactly N new tokens per sequence and tells the
 runner's :class:`TokenClock` each time tokens become available. Everything else (timing,
 repetitions, energy, memory, records) is the runner's job, so every engine is measured the
 same way.
 
-Engines register by name with :func:`register`; third-party packages add theirs through the
-``rooflens.engines`` entry-point group (``name = "package.module:EngineClass"``).
+Engines register by name in :mod:`rooflens.engines.registry`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import time
 from abc import ABC, abstractmethod
@@ -20,16 +18,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from rooflens.engines.options import (  # noqa: F401 (validate_engine_options re-exported)
-    EngineOptions,
-    engine_options,
-    validate_engine_options,
-)
+from rooflens.engines.options import EngineOptions
 from rooflens.results.stat import EngineStat
 from rooflens.roofline.hints import RooflineHints
 
 if TYPE_CHECKING:
-    from rooflens.config import EngineSpec
     from rooflens.models.loader import LoadedModel
 
 __all__ = [
@@ -39,11 +32,7 @@ __all__ = [
     "EngineUnavailable",
     "RooflineHints",
     "TokenClock",
-    "register",
-    "validate_engine_options",
 ]
-
-ENTRY_POINT_GROUP = "rooflens.engines"
 
 
 class EngineUnavailable(RuntimeError):
@@ -165,74 +154,3 @@ class Engine(ABC):
     def roofline_hints(self) -> RooflineHints:
         """Adjustments to the analytic roofline cost (called after the measured repetitions)."""
         return RooflineHints()
-
-
-# ---------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, type[Engine]] = {}
-_LOADED = False
-_BUILTIN_MODULES = (
-    "rooflens.engines.hf",
-    "rooflens.engines.speculative",
-    "rooflens.engines.quantized",
-    "rooflens.engines.early_exit",
-    "rooflens.engines.mixed_precision",
-)
-_ENTRY_POINT_ERRORS: dict[str, str] = {}
-
-
-def register(cls: type[Engine]) -> type[Engine]:
-    """Class decorator: make an engine available under ``cls.name``."""
-    existing = _REGISTRY.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"engine name '{cls.name}' is already registered by {existing.__module__}.{existing.__name__}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            register(ep.load())
-        except Exception as err:  # a broken plug-in must not break the built-in engines
-            _ENTRY_POINT_ERRORS[ep.name] = f"{type(err).__name__}: {err}"
-
-
-def registered_engines() -> dict[str, type[Engine]]:
-    _load_all()
-    return dict(sorted(_REGISTRY.items()))
-
-
-def entry_point_errors() -> dict[str, str]:
-    _load_all()
-    return dict(_ENTRY_POINT_ERRORS)
-
-
-def get_engine(name: str) -> type[Engine]:
-    engines = registered_engines()
-    if name not in engines:
-        raise KeyError(f"unknown engine '{name}' (registered: {', '.join(engines) or 'none'})")
-    return engines[name]
-
-
-def build_engine(spec: EngineSpec, model: LoadedModel) -> Engine:
-    """The engine of ``spec`` on ``model``, with the typed options :func:`engine_options` validated once."""
-    return get_engine(spec.name)(engine_options(spec), model)
-
-
-def describe_engine(cls: type[Engine]) -> dict[str, Any]:
-    """What ``rooflens engines`` prints for one engine."""
-    return {
-        "name": cls.name,
-        "summary": cls.summary,
-        "devices": list(cls.devices),
-        "packages": list(cls.requires_packages),
-        "batch": cls.supports_batch,
-        "options": {k: (f.description or str(f.annotation)) for k, f in cls.Options.model_fields.items()},
-    }

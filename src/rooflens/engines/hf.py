@@ -6,9 +6,10 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import CompileConfig
 
-from rooflens.engines.base import Engine, TokenClock, register
+from rooflens.engines.base import Engine, TokenClock
 from rooflens.engines.decoding import ClockStreamer, greedy_config
 from rooflens.engines.options.hf import HFOptions
+from rooflens.engines.registry import register
 
 
 @register

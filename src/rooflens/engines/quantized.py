@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from rooflens.engines.base import EngineStat, EngineUnavailable, RooflineHints, TokenClock, register, synchronize
+from rooflens.engines.base import EngineStat, EngineUnavailable, RooflineHints, TokenClock, synchronize
 from rooflens.engines.hf import HFEngine
 from rooflens.engines.options.quantized import QuantizedOptions
 from rooflens.engines.quant import (
@@ -60,6 +60,7 @@ from rooflens.engines.quant import (
 )
 from rooflens.engines.quant.base import skip_entry
 from rooflens.engines.quant.lowbit import kernel_path
+from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.kernels.native import native_unavailable
 from rooflens.roofline.analytic import decode_weight_elements

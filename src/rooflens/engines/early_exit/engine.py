@@ -35,14 +35,7 @@ from collections import deque
 
 import torch
 
-from rooflens.engines.base import (
-    Engine,
-    EngineStat,
-    EngineUnavailable,
-    RooflineHints,
-    TokenClock,
-    register,
-)
+from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, RooflineHints, TokenClock
 from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, mask_eos, new_cache, write_kv
 from rooflens.engines.early_exit.audit import AuditCounts, audit_generations, oracle_generation
 from rooflens.engines.early_exit.decode_state import (
@@ -59,6 +52,7 @@ from rooflens.engines.early_exit.predictors import exit_features, threshold_logi
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
 from rooflens.engines.early_exit.training import ExitArtifacts, TrainSettings, load_or_train
 from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
+from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 
 log = logging.getLogger(__name__)

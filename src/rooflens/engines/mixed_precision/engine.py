@@ -20,14 +20,7 @@ import torch
 from torch import nn
 
 from rooflens.data.quality import heldout_ids, perplexity
-from rooflens.engines.base import (
-    Engine,
-    EngineStat,
-    EngineUnavailable,
-    RooflineHints,
-    TokenClock,
-    register,
-)
+from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, RooflineHints, TokenClock
 from rooflens.engines.decoding import eos_token_ids
 from rooflens.engines.mixed_precision.loop import MixedRun, mixed_decode
 from rooflens.engines.mixed_precision.schedulers import (
@@ -40,6 +33,7 @@ from rooflens.engines.mixed_precision.schedulers import (
 from rooflens.engines.mixed_precision.training import TuneSettings, load, save, scheduler_path, tune
 from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
 from rooflens.engines.quant.base import copy_for_quantization, untie_from
+from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.kernels.linear import kernel_unavailable
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, quantize_multiprecision, set_precision

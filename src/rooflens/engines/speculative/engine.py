@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from rooflens.engines.base import Engine, EngineStat, RooflineHints, TokenClock, register
+from rooflens.engines.base import Engine, EngineStat, RooflineHints, TokenClock
 from rooflens.engines.decoding import eos_token_ids
 from rooflens.engines.options.speculative import SELF_RE, SpeculativeOptions
+from rooflens.engines.registry import register
 from rooflens.engines.speculative.assisted import generate_assisted
 from rooflens.engines.speculative.chooser import TokenChooser
 from rooflens.engines.speculative.drafts import build_draft, check_early_exit, check_same_vocab, draft_parameter_count
