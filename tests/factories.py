@@ -218,3 +218,66 @@ def clocked_generate(engine, prompts: torch.Tensor, n: int) -> torch.Tensor:
     out = engine.generate(prompts, n, clock)
     clock.stop()
     return out
+
+
+# ---------------------------------------------------------------------------- records for reports
+
+
+def two_runs():
+    """fast slows down 160 -> 130 tok/s; 'broke' fails now; 'gone' and 'new' exist on one side only."""
+    base = [
+        make_record("hf", 1, 100.0, seed=1, agreement=1.0, run_id="a"),
+        make_record("fast", 1, 160.0, seed=2, agreement=0.9, run_id="a"),
+        make_record("broke", 1, 120.0, seed=3, run_id="a"),
+        make_record("gone", 1, 110.0, seed=4, run_id="a"),
+    ]
+    current = [
+        make_record("hf", 1, 100.0, seed=1, agreement=1.0, run_id="b"),
+        make_record("fast", 1, 130.0, seed=2, agreement=0.9, run_id="b"),
+        make_record("broke", 1, 0.0, status="failed", run_id="b"),
+        make_record("new", 1, 90.0, seed=5, run_id="b"),
+    ]
+    return base, current
+
+
+def _quantity(value, unit="", source="modelled"):
+    return Quantity(value=value, unit=unit, source=source, how="test")
+
+
+def _phase_position(phase, flops, nbytes, time_s, bits=32.0):
+    return PhasePosition(
+        phase=phase,
+        weight_bits=bits,
+        flops=_quantity(flops, "FLOP"),
+        weight_bytes=_quantity(nbytes, "B"),
+        kv_bytes=_quantity(0.0, "B"),
+        act_bytes=_quantity(0.0, "B"),
+        bytes=_quantity(nbytes, "B"),
+        intensity=_quantity(flops / nbytes, "FLOP/B"),
+        time_s=_quantity(time_s, "s", "measured"),
+        achieved_flops=_quantity(flops / time_s, "FLOP/s", "derived"),
+        achieved_bandwidth=_quantity(nbytes / time_s, "B/s", "derived"),
+    )
+
+
+TEST_CEILING = CeilingRef(
+    source="datasheet",
+    ref="test profile",
+    dtype="fp32",
+    bandwidth=_quantity(50e9, "B/s", "datasheet"),
+    peak_flops=_quantity(1e12, "FLOP/s", "datasheet"),
+)
+
+
+def placed_record(record, decode_bytes, tpot, bits=32.0, tokens_per_pass=1.0, layers=30.0):
+    """Give a synthetic record a roofline section: 2 GFLOP per decode token, ``decode_bytes`` per token."""
+    record.roofline = RooflineResult(
+        analytic_model="test",
+        weight_bits=bits,
+        tokens_per_pass=tokens_per_pass,
+        layers_executed=layers,
+        ceilings=[TEST_CEILING],
+        prefill=_phase_position("prefill", 64e9, 4e9, 0.05, bits),
+        decode=_phase_position("decode", 2e9 * layers / 30, decode_bytes, tpot, bits),
+    )
+    return record

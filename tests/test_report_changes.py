@@ -3,28 +3,11 @@
 import pytest
 from typer.testing import CliRunner
 
-from factories import make_record
+from factories import make_record, two_runs
 from rooflens.cli import app
 from rooflens.reports.changes import changes
 from rooflens.reports.changes_page import render_changes_html, render_changes_markdown, rows
 from rooflens.results.store import write_record
-
-
-def two_runs():
-    """fast slows down 160 -> 130 tok/s; 'broke' fails now; 'gone' and 'new' exist on one side only."""
-    base = [
-        make_record("hf", 1, 100.0, seed=1, agreement=1.0, run_id="a"),
-        make_record("fast", 1, 160.0, seed=2, agreement=0.9, run_id="a"),
-        make_record("broke", 1, 120.0, seed=3, run_id="a"),
-        make_record("gone", 1, 110.0, seed=4, run_id="a"),
-    ]
-    current = [
-        make_record("hf", 1, 100.0, seed=1, agreement=1.0, run_id="b"),
-        make_record("fast", 1, 130.0, seed=2, agreement=0.9, run_id="b"),
-        make_record("broke", 1, 0.0, status="failed", run_id="b"),
-        make_record("new", 1, 90.0, seed=5, run_id="b"),
-    ]
-    return base, current
 
 
 def test_changes_per_cell_and_metric_use_the_gate_tests():

@@ -6,66 +6,22 @@ from types import SimpleNamespace
 import matplotlib.pyplot as plt
 import pytest
 
-from factories import make_record
+from factories import make_record, placed_record
 from rooflens.reports import engine_panels, plots, roofline_chart
 from rooflens.reports.moves import phase_moves
 from rooflens.reports.pareto import pareto_frontier
-from rooflens.results.record import CeilingRef, PhasePosition, Quantity, RooflineResult
 from rooflens.results.stat import EngineStat
-
-
-def _q(value, unit="", source="modelled"):
-    return Quantity(value=value, unit=unit, source=source, how="test")
-
-
-def _pos(phase, flops, nbytes, time_s, bits=32.0):
-    return PhasePosition(
-        phase=phase,
-        weight_bits=bits,
-        flops=_q(flops, "FLOP"),
-        weight_bytes=_q(nbytes, "B"),
-        kv_bytes=_q(0.0, "B"),
-        act_bytes=_q(0.0, "B"),
-        bytes=_q(nbytes, "B"),
-        intensity=_q(flops / nbytes, "FLOP/B"),
-        time_s=_q(time_s, "s", "measured"),
-        achieved_flops=_q(flops / time_s, "FLOP/s", "derived"),
-        achieved_bandwidth=_q(nbytes / time_s, "B/s", "derived"),
-    )
-
-
-CEILING = CeilingRef(
-    source="datasheet",
-    ref="test profile",
-    dtype="fp32",
-    bandwidth=_q(50e9, "B/s", "datasheet"),
-    peak_flops=_q(1e12, "FLOP/s", "datasheet"),
-)
-
-
-def _placed(record, decode_bytes, tpot, bits=32.0, tokens_per_pass=1.0, layers=30.0):
-    """Give a synthetic record a roofline section: 2 GFLOP per decode token, ``decode_bytes`` per token."""
-    record.roofline = RooflineResult(
-        analytic_model="test",
-        weight_bits=bits,
-        tokens_per_pass=tokens_per_pass,
-        layers_executed=layers,
-        ceilings=[CEILING],
-        prefill=_pos("prefill", 64e9, 4e9, 0.05, bits),
-        decode=_pos("decode", 2e9 * layers / 30, decode_bytes, tpot, bits),
-    )
-    return record
 
 
 @pytest.fixture
 def placed():
     """A baseline and three techniques at batch 1, the baseline alone at batch 4, and a failed cell."""
     return [
-        _placed(make_record("hf", 1, 100.0, rel_sd=0.0, agreement=1.0), 4e9, 0.010),
-        _placed(make_record("int4", 1, 250.0, rel_sd=0.0, agreement=0.8), 1.2e9, 0.004, bits=4.5),
-        _placed(make_record("spec", 1, 180.0, rel_sd=0.0, agreement=1.0), 1.6e9, 0.0055, tokens_per_pass=2.5),
-        _placed(make_record("ee", 1, 150.0, rel_sd=0.0, agreement=0.95), 2.4e9, 0.0066, layers=18.0),
-        _placed(make_record("hf", 4, 300.0, rel_sd=0.0, agreement=1.0), 4.1e9, 0.012),
+        placed_record(make_record("hf", 1, 100.0, rel_sd=0.0, agreement=1.0), 4e9, 0.010),
+        placed_record(make_record("int4", 1, 250.0, rel_sd=0.0, agreement=0.8), 1.2e9, 0.004, bits=4.5),
+        placed_record(make_record("spec", 1, 180.0, rel_sd=0.0, agreement=1.0), 1.6e9, 0.0055, tokens_per_pass=2.5),
+        placed_record(make_record("ee", 1, 150.0, rel_sd=0.0, agreement=0.95), 2.4e9, 0.0066, layers=18.0),
+        placed_record(make_record("hf", 4, 300.0, rel_sd=0.0, agreement=1.0), 4.1e9, 0.012),
         make_record("broken", 1, 0.0, status="failed"),
     ]
 
@@ -139,7 +95,9 @@ def test_roofline_chart_draws_one_arrow_per_move_in_its_cell_panel(placed):
 def test_roofline_chart_of_many_cells_draws_the_first_panels_and_says_so():
     n = roofline_chart.MAX_PANELS + 2
     recs = [
-        _placed(make_record(e, b, v, seed=b), 4e9, 0.01) for b in range(1, n + 1) for e, v in (("hf", 100), ("q", 150))
+        placed_record(make_record(e, b, v, seed=b), 4e9, 0.01)
+        for b in range(1, n + 1)
+        for e, v in (("hf", 100), ("q", 150))
     ]
     fig = roofline_chart.records_chart(recs)
     assert len(fig.axes) == 1 + roofline_chart.MAX_PANELS

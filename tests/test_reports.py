@@ -5,13 +5,12 @@ import shutil
 import pytest
 from PIL import Image
 
-from factories import make_record
+from factories import make_record, two_runs
 from rooflens.reports import plots
 from rooflens.reports.changes import changes
 from rooflens.reports.changes_page import render_changes_html
 from rooflens.reports.html import render_html, render_markdown
 from rooflens.results.stat import EngineStat
-from test_report_changes import two_runs
 
 
 @pytest.fixture

@@ -1,19 +1,18 @@
 """The summary's closing sentences, checked against hand-built records with known figures."""
 
-from factories import make_record
+from factories import make_record, placed_record
 from rooflens.reports.story import story
 from rooflens.results.record import EnergyResult, Quantity
-from test_report_explains import _placed
 
 
 def _run():
     return [
-        _placed(make_record("hf", 1, 100.0, rel_sd=0.0, agreement=1.0), 4e9, 0.010),
-        _placed(make_record("int4", 1, 250.0, rel_sd=0.0, agreement=0.6), 1.2e9, 0.004, bits=4.5),
-        _placed(make_record("spec", 1, 180.0, rel_sd=0.0, agreement=1.0), 1.6e9, 0.0055, tokens_per_pass=2.5),
-        _placed(make_record("ee", 1, 90.0, rel_sd=0.0, agreement=0.9), 2.4e9, 0.0111, layers=18.0),
-        _placed(make_record("hf", 4, 300.0, rel_sd=0.0, agreement=1.0), 4.1e9, 0.012),
-        _placed(make_record("int4", 4, 270.0, rel_sd=0.0, agreement=0.6), 1.3e9, 0.013, bits=4.5),
+        placed_record(make_record("hf", 1, 100.0, rel_sd=0.0, agreement=1.0), 4e9, 0.010),
+        placed_record(make_record("int4", 1, 250.0, rel_sd=0.0, agreement=0.6), 1.2e9, 0.004, bits=4.5),
+        placed_record(make_record("spec", 1, 180.0, rel_sd=0.0, agreement=1.0), 1.6e9, 0.0055, tokens_per_pass=2.5),
+        placed_record(make_record("ee", 1, 90.0, rel_sd=0.0, agreement=0.9), 2.4e9, 0.0111, layers=18.0),
+        placed_record(make_record("hf", 4, 300.0, rel_sd=0.0, agreement=1.0), 4.1e9, 0.012),
+        placed_record(make_record("int4", 4, 270.0, rel_sd=0.0, agreement=0.6), 1.3e9, 0.013, bits=4.5),
         make_record("broken", 1, 0.0, status="failed"),
     ]
 
@@ -84,7 +83,7 @@ def test_cells_that_fail_for_the_same_reason_share_one_sentence():
 
 
 def test_a_run_without_ceilings_says_how_to_get_them():
-    record = _placed(make_record("hf", 1, 100.0), 4e9, 0.010)
+    record = placed_record(make_record("hf", 1, 100.0), 4e9, 0.010)
     record.roofline.ceilings = []
     assert story([record])[-1] == (
         "No roofline efficiency: Test CPU has no datasheet ceilings and no probe yet (`rooflens hw probe` "
