@@ -9,7 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from rooflens.bench.energy import UnavailableMeter
 from rooflens.bench.prompts import make_prompts
-from rooflens.bench.runner import ExperimentRunner, measure
+from rooflens.bench.repetitions import measure
+from rooflens.bench.runner import ExperimentRunner
 from rooflens.config import EngineSpec, Repetitions, validate_experiment
 from rooflens.engines.base import EngineStat, TokenClock, describe_engine, get_engine, validate_engine_options
 from rooflens.engines.hf import HFEngine, HFOptions
