@@ -13,15 +13,18 @@ from rooflens.engines import base, registry
 from rooflens.engines.base import Engine, EngineOptions, TokenClock
 from rooflens.models.loader import ModelInfo
 from rooflens.results.record import (
+    CeilingRef,
     CellSpec,
     EnergyResult,
     ErrorInfo,
     MemoryResult,
     Metric,
+    PhasePosition,
     QualityResult,
     Quantity,
     Record,
     RepetitionInfo,
+    RooflineResult,
 )
 from rooflens.results.stats import summarize
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
+import re
 import shutil
 import sys
 import textwrap
@@ -15,10 +16,10 @@ import tomllib
 from typer.testing import CliRunner
 
 from rooflens.bench.executors import Executor, ExecutorError, make_executor
-from rooflens.bench.executors.base import describe_exit
-from rooflens.bench.executors.ray_tasks import MISSING_RAY
-from rooflens.bench.executors.remote import GroupDriver
-from rooflens.bench.executors.worker import run_job
+from rooflens.bench.executors.base import describe_exit, one_by_one
+from rooflens.bench.executors.ray_executor import MISSING_RAY
+from rooflens.bench.job import GroupJob, decode_event, encode_event
+from rooflens.bench.measure import measure_group
 from rooflens.bench.preflight import PreflightError
 from rooflens.bench.runner import ExperimentRunner, SilentObserver
 from rooflens.bench.validate import validate_experiment
@@ -113,6 +114,48 @@ def test_exit_status_is_described_by_signal_or_code():
     assert describe_exit(-6) == "worker killed by signal 6 (SIGABRT)"
     assert describe_exit(-9).startswith("worker killed by signal 9 (SIGKILL); the kernel's out-of-memory killer")
     assert describe_exit(3) == "worker exited with code 3"
+
+
+# ---------------------------------------------------------------------------- the job and the measuring function
+
+
+def test_a_group_job_round_trips_through_json_and_pickle(tmp_path):
+    runner = ExperimentRunner(tiny(TWO_HF, threads=1, dtype="float32"), source="x.yaml", results_root=tmp_path)
+    runner.references = {"0:1": [[1, 2, 3, 4]]}
+    job = runner.job([2, 3], "subprocess")
+    assert job.group == [2, 3] and job.threads == 1 and job.dtype.name == "float32"
+    assert job.references == {"0:1": [[1, 2, 3, 4]]} and job.experiment is runner.exp
+    again = GroupJob.model_validate_json(job.model_dump_json())
+    assert again == job and again.experiment.config_hash() == runner.exp.config_hash()
+    assert pickle.loads(pickle.dumps(job)) == job
+
+
+def test_executors_get_jobs_and_a_function_never_the_driver():
+    """No executor module imports the driver (the runner) or the measuring code: both are handed to them."""
+    import rooflens.bench.executors as executors
+
+    imports = re.compile(r"^\s*(from|import) rooflens\.bench\.(runner|measure)\b", re.MULTILINE)
+    for path in Path(executors.__file__).parent.glob("*.py"):
+        assert not imports.search(path.read_text()), path.name
+
+
+def test_measure_group_with_an_inline_emit_gives_the_records_of_the_runner(tmp_path):
+    exp = tiny(TWO_HF)
+    runner = ExperimentRunner(exp, source="x.yaml", results_root=tmp_path / "runner")
+    expected = by_cell(runner.run().records)
+    measured = ExperimentRunner(exp, source="x.yaml", results_root=tmp_path / "direct")
+    events = []
+    for group in ([0, 1], [2, 3]):  # the baseline's group, then the other (one process keeps the model)
+        measure_group(measured.job(group, "inline"), events.append)
+    kinds = [e.event for e in events if e.event != "rep"]
+    assert kinds == ["ready", "loading", *["started", "record"] * 2, "ready", *["started", "record"] * 2]
+    records = by_cell(e.record for e in events if e.event == "record")
+    assert list(records) == list(expected)
+    for cell, record in records.items():
+        assert record.status == expected[cell].status == "ok" and keys(record) == keys(expected[cell])
+        assert record.environment["placement"] == {"executor": "inline", "pid": os.getpid()}
+        assert record.record_id.startswith(measured.run_id + "/") and record.experiment["file"] == "x.yaml"
+    assert not (tmp_path / "direct").exists()  # measuring writes nothing: the driver writes records
 
 
 # ---------------------------------------------------------------------------- subprocess
@@ -247,32 +290,29 @@ def test_the_cli_runs_the_experiment_in_workers_when_asked(tmp_path):
 
 
 class InProcessWorkers(Executor):
-    """The subprocess executor's protocol without the processes: each group through the worker's
-    :func:`run_job`, every job and message through JSON (real weights load in seconds; per-engine
-    perplexity on the held-out text would take a minute per worker on a small CPU)."""
+    """The subprocess executor's protocol without the processes: each job and each event through JSON, the
+    jobs measured by the function handed over, here (real weights load in seconds; per-engine perplexity on
+    the held-out text would take a minute per worker on a small CPU)."""
 
     name = "subprocess"
 
     def __init__(self):
-        self.jobs: list[dict] = []
+        self.jobs: list[GroupJob] = []
 
-    def run(self, runner, groups):
-        references: dict = {}
-        for group in groups:
-            driver = GroupDriver(runner, group, references)
-            job = json.loads(json.dumps(driver.job(self.name, same_machine=True)))
-            self.jobs.append(job)
-            for msg in run_job(job, lambda m: driver.handle(json.loads(json.dumps(m)))):
-                if (result := driver.handle(json.loads(json.dumps(msg)))) is not None:
-                    yield result
+    def run(self, runs, measure, emit):
+        for run in runs:
+            for job in one_by_one(run):
+                job = GroupJob.model_validate_json(job.model_dump_json())
+                self.jobs.append(job)
+                measure(job, lambda event, job=job: emit(job, decode_event(encode_event(event))))
 
 
 @pytest.mark.slow
 def test_quality_against_the_baseline_crosses_groups(smollm2, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        ExperimentRunner, "_measure_perplexity", lambda self, engine, model: "not measured in this test"
+        "rooflens.bench.measure.measure_perplexity", lambda engine, model, shared: "not measured in this test"
     )
-    monkeypatch.setattr("rooflens.bench.runner.load_model", lambda *args, **kwargs: smollm2)  # loaded once per session
+    monkeypatch.setattr("rooflens.bench.workbench.load_model", lambda *args, **kwargs: smollm2)  # once per session
     exp = validate_experiment(
         {
             "name": "q",
@@ -287,8 +327,8 @@ def test_quality_against_the_baseline_crosses_groups(smollm2, tmp_path, monkeypa
     )
     workers = InProcessWorkers()
     records = by_cell(ExperimentRunner(exp, results_root=tmp_path, executor=workers).run().records)
-    assert workers.jobs[0]["references"] == {} and sorted(workers.jobs[1]["references"]) == ["0:1", "0:2"]
-    assert [len(row) for row in workers.jobs[1]["references"]["0:2"]] == [4, 4]
+    assert workers.jobs[0].references == {} and sorted(workers.jobs[1].references) == ["0:1", "0:2"]
+    assert [len(row) for row in workers.jobs[1].references["0:2"]] == [4, 4]
     for b in (1, 2):
         static = records[("hf-static", b)].quality
         assert static.agreement.value == 1.0 and static.rouge_l.value == 1.0  # static cache = dynamic, greedy

@@ -63,9 +63,7 @@ def test_random_weight_records_carry_no_quality_and_real_ones_do(tmp_path, tiny_
 
 @pytest.mark.slow
 def test_quality_against_the_baseline_in_a_real_run(tmp_path, smollm2, monkeypatch):
-    import rooflens.bench.runner as runner_mod
-
-    monkeypatch.setattr(runner_mod, "load_model", lambda *a, **k: smollm2)  # reuse the session's model
+    monkeypatch.setattr("rooflens.bench.workbench.load_model", lambda *a, **k: smollm2)  # reuse the session's model
     exp = validate_experiment(
         {
             "name": "q",

@@ -7,7 +7,8 @@ import torch
 
 from factories import ScriptedEngine, test_engines, tiny_experiment  # noqa: F401 (fixture)
 from rooflens.bench.energy import EnergyMeter, NvmlEnergyCounterMeter, UnavailableMeter
-from rooflens.bench.runner import ExperimentRunner, FixedLengthError, measure, run_once
+from rooflens.bench.repetitions import FixedLengthError, measure, run_once
+from rooflens.bench.runner import ExperimentRunner
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import Repetitions
 from rooflens.data.prompts import make_prompts
@@ -154,9 +155,15 @@ class StepMeter(EnergyMeter):
         return _Measured(2.0)
 
 
-def test_sweep_writes_every_cell_and_survives_a_failing_cell(test_engines, tmp_path):
+def with_meter(monkeypatch, meter: EnergyMeter) -> None:
+    """Every cell measured in this process reads ``meter`` (the measuring process chooses its meter)."""
+    monkeypatch.setattr("rooflens.bench.workbench.meter_for", lambda exp, device: meter)
+
+
+def test_sweep_writes_every_cell_and_survives_a_failing_cell(test_engines, tmp_path, monkeypatch):
     exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}])
-    result = ExperimentRunner(exp, results_root=tmp_path, meter=StepMeter()).run()
+    with_meter(monkeypatch, StepMeter())
+    result = ExperimentRunner(exp, results_root=tmp_path).run()
     files = sorted(p.name for p in result.folder.glob("*"))
     assert files == ["hf__p8-g5__b1.json", "hf__p8-g5__b2.json", "scripted__p8-g5__b1.json", "scripted__p8-g5__b2.json"]
     records = {(r.cell.engine_label, r.cell.batch_size): r for r in load_records(tmp_path)}
@@ -202,9 +209,10 @@ def test_unavailable_and_unprepared_engines_are_recorded(test_engines, tmp_path)
     assert by["scripted"].status == "ok"
 
 
-def test_no_energy_counter_means_no_tokens_per_joule(test_engines, tmp_path):
+def test_no_energy_counter_means_no_tokens_per_joule(test_engines, tmp_path, monkeypatch):
     exp = experiment([{"name": "scripted"}], batch_sizes=(1,))
-    rec = ExperimentRunner(exp, results_root=tmp_path, meter=UnavailableMeter("no counter here")).run().records[0]
+    with_meter(monkeypatch, UnavailableMeter("no counter here"))
+    rec = ExperimentRunner(exp, results_root=tmp_path).run().records[0]
     assert rec.energy.measured is False and rec.energy.reason == "no counter here"
     assert rec.energy.tokens_per_joule is None and rec.energy.joules is None
 
@@ -219,9 +227,10 @@ def test_interrupted_sweep_keeps_finished_cells(test_engines, tmp_path):
     assert records[2].status == "failed" and records[2].reason.type == "KeyboardInterrupt"
 
 
-def test_records_load_into_a_dataframe(test_engines, tmp_path):
+def test_records_load_into_a_dataframe(test_engines, tmp_path, monkeypatch):
     exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}])
-    ExperimentRunner(exp, results_root=tmp_path, meter=StepMeter()).run()
+    with_meter(monkeypatch, StepMeter())
+    ExperimentRunner(exp, results_root=tmp_path).run()
     (tmp_path / "notes.json").write_text(json.dumps({"not": "a record"}))  # skipped, not an error
     df = records_dataframe(tmp_path)
     assert len(df) == 4

@@ -8,7 +8,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rooflens.bench.energy import UnavailableMeter
-from rooflens.bench.runner import ExperimentRunner, measure
+from rooflens.bench.repetitions import measure
+from rooflens.bench.runner import ExperimentRunner
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import EngineSpec, Repetitions
 from rooflens.data.prompts import make_prompts

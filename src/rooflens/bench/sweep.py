@@ -91,7 +91,7 @@ class Sweep:
 
     def run(self) -> list[RunResult | Exception]:
         """Measure every experiment; per experiment its result, or the error that stopped it alone."""
-        from rooflens.bench.executors import run_experiments
+        from rooflens.bench.runner import run_experiments
 
         return run_experiments(self.runners, self.executor)
 

@@ -1,23 +1,22 @@
-"""Executors: where an experiment's cells run.
+"""Executors: where the measuring function runs the driver's jobs.
 
-The runner (the driver) splits the cells into groups, one per engine (one model load and one
-engine ``prepare`` each), hands them to an executor and writes each record it gets back.
+The driver (:mod:`rooflens.bench.runner`) splits an experiment's cells into groups, one per engine
+(one model load and one engine ``prepare`` each), makes each group a job, and hands the jobs and the
+measuring function (:func:`rooflens.bench.measure.measure_group`) to an executor; it writes each
+record the executor relays back.
 
 - ``inline``: in the driver's own process (the default).
-- ``subprocess``: each group in a fresh worker process, one after another; a worker that dies
+- ``subprocess``: each job in a fresh worker process, one after another; a worker that dies
   turns the cells it had not finished into ``failed`` records and the sweep goes on.
-- ``ray``: each group as a Ray task, on a local or an existing Ray cluster (optional extra); after
+- ``ray``: each job as a Ray task, on a local or an existing Ray cluster (optional extra); after
   the baseline's group, the other groups run side by side as far as their resource requests allow.
-
-:func:`run_experiments` measures several experiments with one executor (one Ray cluster).
 """
 
 from __future__ import annotations
 
 from rooflens.bench.executors.base import EXECUTORS, Executor, ExecutorError
-from rooflens.bench.executors.many import run_experiments
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorError", "make_executor", "run_experiments"]
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "make_executor"]
 
 
 def make_executor(name: str, ray_address: str | None = None) -> Executor:
@@ -27,11 +26,11 @@ def make_executor(name: str, ray_address: str | None = None) -> Executor:
 
         return InlineExecutor()
     if name == "subprocess":
-        from rooflens.bench.executors.process import SubprocessExecutor
+        from rooflens.bench.executors.subprocess_executor import SubprocessExecutor
 
         return SubprocessExecutor()
     if name == "ray":
-        from rooflens.bench.executors.ray_tasks import RayExecutor
+        from rooflens.bench.executors.ray_executor import RayExecutor
 
         return RayExecutor(address=ray_address)
     raise ExecutorError(f"unknown executor '{name}' (allowed: {', '.join(EXECUTORS)})")

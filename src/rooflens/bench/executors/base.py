@@ -4,74 +4,61 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
-from rooflens.results.record import ErrorInfo, Record
-
-if TYPE_CHECKING:
-    from rooflens.bench.runner import ExperimentRunner
+from rooflens.bench.job import Event, GroupJob, MeasureFn
+from rooflens.results.record import ErrorInfo
 
 EXECUTORS = ("inline", "subprocess", "ray")
 STDERR_TAIL_BYTES = 2048
 
-Results = Generator[tuple[int, Record], None, None]
-"""(cell index, record) pairs, each as soon as its cell ends. Within a group, in cell order; groups that
-run at the same time (``ray``, after the baseline's group) interleave, so the index, not the position,
-says which cell a record is for."""
-
-Run = tuple["ExperimentRunner", Sequence[Sequence[int]]]
-"""One experiment to measure: its runner and its groups (the baseline's first)."""
-
-Outcomes = Generator[tuple[int, "tuple[int, Record] | Exception"], None, None]
-"""``(run index, item)``: an item is a ``(cell index, record)`` pair, or the error that stopped that run
-(nothing more of that run follows); records of different runs may interleave."""
+Relay = Callable[[GroupJob, Event], None]
+"""The driver's end: every event of a job, with the job it is about."""
 
 
 class ExecutorError(RuntimeError):
     """An executor cannot be used here; the message says what to install or set."""
 
 
-def run_stopping_errors() -> tuple[type[Exception], ...]:
-    """Errors that stop one experiment (the CLI exits 2 for it) but not the others measured beside it."""
-    from rooflens.bench.executors.remote import FATAL_ERRORS  # imports torch: not at this module's import
+class RunJobs(Protocol):
+    """One experiment's jobs, as the driver hands them to an executor."""
 
-    return (*FATAL_ERRORS.values(), ExecutorError)
+    def stages(self) -> Iterator[list[GroupJob]]:
+        """The jobs, stage by stage; ask for the next stage only once every job of this one has ended (the
+        baseline's group comes first: the later groups carry its greedy tokens). None once the run stopped."""
+        ...
+
+    @property
+    def stopped(self) -> bool:
+        """The run has stopped (an error that stops it, see :meth:`stop`): start none of its jobs, end those running."""
+        ...
+
+    def stop(self, error: Exception) -> None:
+        """Stop the run for ``error`` (a request this executor cannot meet); the driver reports it for this run."""
+        ...
+
+
+def one_by_one(run: RunJobs) -> Iterator[GroupJob]:
+    """A run's jobs in order, for an executor that measures one job at a time; none after the run stopped."""
+    for stage in run.stages():
+        for job in stage:
+            if run.stopped:
+                return
+            yield job
 
 
 class Executor(ABC):
-    """Runs groups of cells (each group: the cells of one engine) and yields their records.
-
-    The runner calls :meth:`run` after :meth:`ExperimentRunner.setup`; it writes each record
-    and tells its observer. Closing the generator early (an error while writing, Ctrl-C)
-    must stop whatever the executor started.
-    """
+    """Measures jobs with the function it is handed, where its name says; the driver writes the records."""
 
     name: ClassVar[str]
 
     @abstractmethod
-    def run(self, runner: ExperimentRunner, groups: Sequence[Sequence[int]]) -> Results:
-        """Measure ``groups`` (indices into the runner's cells), the first (the baseline's) before the others."""
-
-    def run_many(self, runs: Sequence[Run]) -> Outcomes:
-        """Measure several experiments with this one executor, setting up each runner before it runs.
-
-        Here one after another, each set up just before its first group: an ``inline`` run's threads and
-        environment are the driver process's own, so they must be the current experiment's. An executor
-        that can measure experiments at the same time overrides this.
-        """
-        for k, (runner, groups) in enumerate(runs):
-            try:
-                runner.setup(self.name)
-                results = self.run(runner, groups)
-                try:
-                    for item in results:
-                        yield k, item
-                finally:
-                    results.close()
-            except run_stopping_errors() as err:
-                yield k, err
+    def run(self, runs: Sequence[RunJobs], measure: MeasureFn, emit: Relay) -> None:
+        """Measure every job of ``runs`` with ``measure``, relaying each event to ``emit`` as it comes, and an
+        :class:`~rooflens.bench.job.Ended` when a job's process has ended. An exception (Ctrl-C, an error of the
+        driver's while it writes a record) stops whatever the executor started, then propagates."""
 
 
 def describe_exit(returncode: int) -> str:

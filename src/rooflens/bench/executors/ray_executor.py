@@ -1,0 +1,173 @@
+"""The ``ray`` executor: each group of cells as a Ray task, on a local or an existing Ray cluster.
+
+Placement: each experiment's baseline group runs first (its greedy tokens are the quality
+reference of the other groups), then the experiment's other groups are submitted at once and Ray
+places them by what each task asks for, so that measurements running side by side do not share
+what they measure:
+
+- a CUDA group asks for one GPU: never two measuring tasks on one GPU;
+- a CPU group asks for ``threads`` CPUs, or, with ``threads`` unset, for as many CPUs as the
+  smallest node has (a task then has a node to itself); the task pins torch's threads to the CPUs
+  Ray granted it, so a node never runs more measuring threads than it has cores.
+
+A request no node can grant is refused before anything is submitted (Ray would wait for such a node
+forever). Records stream back to the driver as each cell ends (a streaming generator task) and the
+driver writes them. A task is never retried: a crash would otherwise be measured again silently; it
+becomes ``failed`` records for the cells it had not finished, as under ``subprocess``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rooflens.bench.executors.base import Executor, ExecutorError, Relay, RunJobs, worker_died
+from rooflens.bench.executors.ray_task import group_task
+from rooflens.bench.job import Ended, GroupJob, MeasureFn, decode_event
+from rooflens.config import Experiment
+
+MISSING_RAY = "executor 'ray' needs the ray package: pip install 'rooflens[ray]'"
+TRACE_TAIL = 2048
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorError(MISSING_RAY) from None
+    return ray
+
+
+@dataclass
+class _Run:
+    """One experiment in flight: its next stage is submitted when none of its jobs is in flight."""
+
+    jobs: RunJobs
+    stages: Iterator[list[GroupJob]]
+    task: Any
+
+
+@dataclass
+class _Flight:
+    run: _Run
+    job: GroupJob
+
+
+def _describe(need: dict[str, float]) -> str:
+    return " and ".join(f"{v:g} {k}" for k, v in need.items())
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(self, address: str | None = None):
+        self.ray = import_ray()  # fail before anything is measured
+        self.address = address
+
+    def _init(self) -> None:
+        if not self.ray.is_initialized():
+            # address None: RAY_ADDRESS if set, else a new local cluster
+            self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+
+    def resources(self, exp: Experiment) -> dict[str, float]:
+        """What each task of ``exp`` asks Ray for; an :class:`ExecutorError` when no alive node has it."""
+        if re.fullmatch(r"cuda:[1-9][0-9]*", exp.device):
+            raise ExecutorError(
+                f"experiment '{exp.name}': under executor 'ray' each task sees only the GPU Ray gives it "
+                f"(as cuda:0): use device 'cuda', not '{exp.device}'"
+            )
+        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        gpu = exp.device.startswith("cuda") or (exp.device == "auto" and any(n.get("GPU", 0) > 0 for n in nodes))
+        if gpu:
+            need = {"CPU": float(exp.threads or 1), "GPU": 1.0}
+        elif exp.threads:
+            need = {"CPU": float(exp.threads)}
+        else:  # the whole (smallest) node: its cores are all the task's
+            need = {"CPU": min((n["CPU"] for n in nodes if n.get("CPU", 0) >= 1), default=1.0) // 1}
+        if not any(all(n.get(k, 0) >= v for k, v in need.items()) for n in nodes):
+            have = "; ".join(f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes) or "none alive"
+            raise ExecutorError(
+                f"experiment '{exp.name}': each task asks Ray for {_describe(need)}, which no node of the cluster "
+                f"has (nodes: {have}); lower `threads`, or add such a node"
+            )
+        return need
+
+    def _task(self, exp: Experiment) -> Any:
+        need = self.resources(exp)
+        return self.ray.remote(
+            num_cpus=need["CPU"],
+            num_gpus=need.get("GPU", 0),
+            max_retries=0,
+            retry_exceptions=False,
+            max_calls=1,  # a fresh worker process per group: the model and engine are freed with it
+            num_returns="streaming",
+        )(group_task)
+
+    def run(self, runs: Sequence[RunJobs], measure: MeasureFn, emit: Relay) -> None:
+        """Submit each run's first stage (its baseline group), then its next stage when that one has ended;
+        relay what comes back."""
+        self._init()
+        flight: dict[Any, _Flight] = {}  # streaming generator -> its run and job
+
+        def next_stage(run: _Run) -> None:
+            for job in next(run.stages, []):
+                # the node chooses the dtype for its own device (the driver's may differ)
+                flight[run.task.remote(measure, job.model_copy(update={"dtype": None}).model_dump_json())] = _Flight(
+                    run, job
+                )
+
+        try:
+            for jobs in runs:
+                self._start(jobs, next_stage)
+            while flight:
+                self._next_event(flight, emit, next_stage)
+        except BaseException:  # Ctrl-C, the driver could not write a record, or a bug
+            for refs in flight:
+                self._cancel(refs)
+            raise
+
+    def _start(self, jobs: RunJobs, next_stage: Callable[[_Run], None]) -> None:
+        """Submit the run's first stage, unless no node can meet what its tasks ask for (the run stops)."""
+        stages = jobs.stages()
+        first = next(stages, [])
+        if not first:
+            return
+        try:
+            task = self._task(first[0].experiment)
+        except ExecutorError as err:
+            jobs.stop(err)
+            return
+        next_stage(_Run(jobs, itertools.chain([first], stages), task))
+
+    def _next_event(self, flight: dict[Any, _Flight], emit: Relay, next_stage: Callable[[_Run], None]) -> None:
+        ready, _ = self.ray.wait(list(flight), num_returns=1)
+        refs = ready[0]
+        f = flight[refs]
+        try:
+            text = self.ray.get(next(refs))
+        except StopIteration:
+            reason = worker_died("ray task ended before reporting every cell", "")
+        except self.ray.exceptions.RayError as err:
+            message = str(err)
+            what = f"ray task failed: {type(err).__name__}: {message.splitlines()[0] if message else ''}"
+            reason = worker_died(what, message[-TRACE_TAIL:])
+        else:
+            emit(f.job, decode_event(text))
+            if f.run.jobs.stopped:  # this experiment stops (as it would alone); the others go on
+                for other in [g for g, x in flight.items() if x.run is f.run]:
+                    self._cancel(other)
+                    del flight[other]
+            return
+        del flight[refs]  # the job's task has ended
+        emit(f.job, Ended(reason=reason))
+        if not any(x.run is f.run for x in flight.values()):
+            next_stage(f.run)
+
+    def _cancel(self, refs: Any) -> None:
+        try:
+            self.ray.cancel(refs, force=True)
+        except Exception:  # already finished, or a Ray without cancel for streaming tasks
+            pass
