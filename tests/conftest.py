@@ -15,7 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 # measured ceilings saved by a user's `rooflens hw probe` must not leak into tests
 os.environ["ROOFLENS_HOME"] = tempfile.mkdtemp(prefix="rooflens-test-home-")
 
+from factories import TEST_ENGINES  # noqa: E402
 from rooflens.config import ModelSpec  # noqa: E402
+from rooflens.engines import registry  # noqa: E402
 from rooflens.models.loader import load_model  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -30,3 +32,11 @@ def tiny_llama():
 def smollm2():
     """The shipped real-weights model (converted once to safetensors in ROOFLENS_CACHE)."""
     return load_model(ModelSpec(source="builtin", id="smollm2-135m"), CPU, torch.float32)
+
+
+@pytest.fixture
+def test_engines(monkeypatch):
+    """The scripted test engines (factories.TEST_ENGINES) in the engine registry, for one test."""
+    registry.registered_engines()  # the built-ins and plug-ins first, as a run would load them
+    for cls in TEST_ENGINES:
+        monkeypatch.setitem(registry._REGISTRY, cls.name, cls)

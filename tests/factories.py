@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
-import pytest
 import torch
 
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import Experiment
-from rooflens.engines import base, registry
+from rooflens.engines import base
 from rooflens.engines.base import Engine, EngineOptions, TokenClock
 from rooflens.models.loader import ModelInfo
 from rooflens.results.record import (
@@ -27,6 +27,9 @@ from rooflens.results.record import (
     RooflineResult,
 )
 from rooflens.results.stats import summarize
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
 
 CPU_ENV = {
     "hardware": {"cpu_model": "Test CPU", "cpu_cores_logical": 2, "gpus": []},
@@ -207,11 +210,8 @@ class OptionUnavailableEngine(ScriptedEngine):
         raise base.EngineUnavailable("format int4 needs CUDA")
 
 
-@pytest.fixture
-def test_engines(monkeypatch):
-    base._load_all()
-    for cls in (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine):
-        monkeypatch.setitem(registry._REGISTRY, cls.name, cls)
+TEST_ENGINES = (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine)
+"""Engines without a model, registered for a test by the ``test_engines`` fixture (conftest.py)."""
 
 
 def clocked_generate(engine, prompts: torch.Tensor, n: int) -> torch.Tensor:

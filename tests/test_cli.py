@@ -5,7 +5,6 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from factories import test_engines  # noqa: F401 (fixture)
 from rooflens.cli import app
 from rooflens.results.store import load_records
 

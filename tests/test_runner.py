@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from factories import ScriptedEngine, test_engines, tiny_experiment  # noqa: F401 (fixture)
+from factories import ScriptedEngine, tiny_experiment
 from rooflens.bench.energy import EnergyMeter, NvmlEnergyCounterMeter, UnavailableMeter
 from rooflens.bench.repetitions import FixedLengthError, measure, run_once
 from rooflens.bench.runner import ExperimentRunner
