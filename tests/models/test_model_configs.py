@@ -7,13 +7,14 @@ which must be popped before the dict is handed to ``AutoConfig.for_model``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "src" / "rooflens" / "models" / "configs"
+from factories import REPO_ROOT
+
+CONFIG_DIR = REPO_ROOT / "src" / "rooflens" / "models" / "configs"
 
 # Parameter counts of the published checkpoints (unique parameters, tied weights once).
 KNOWN_PARAMS = {

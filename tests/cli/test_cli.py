@@ -37,6 +37,7 @@ def test_validate_ok_and_bad(tiny_yaml, tmp_path):
     assert "workloads[0].temprature: unknown key" in r.output
 
 
+@pytest.mark.slow
 def test_run_writes_records_and_prints_the_summary(tiny_yaml, tmp_path):
     r = runner.invoke(app, ["run", str(tiny_yaml), "--results", str(tmp_path / "res"), "--quiet"])
     assert r.exit_code == 0, r.output
@@ -132,6 +133,7 @@ def test_roofline_errors():
     assert r.exit_code == 2 and "positive integers" in r.output
 
 
+@pytest.mark.slow
 def test_hw_probe_quick(tmp_path, monkeypatch):
     monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path))
     r = runner.invoke(app, ["hw", "probe", "--device", "cpu", "--quick"])
@@ -149,6 +151,7 @@ def scripted(tmp_path, options: str, name="s.yaml", extra=""):
     return p
 
 
+@pytest.mark.slow
 def test_run_exits_1_when_a_cell_failed_and_0_when_one_is_only_unavailable(test_engines, tmp_path):
     r = runner.invoke(
         app, ["run", str(scripted(tmp_path, "{fail_on_batch: 2}")), "--results", str(tmp_path / "a"), "-q"]
@@ -199,6 +202,7 @@ def test_unwritable_output_folders_are_refused_before_measuring(test_engines, tm
     assert not (tmp_path / "res").exists()  # refused before the first cell: nothing measured, nothing lost
 
 
+@pytest.mark.slow
 def test_report_name_cannot_escape_the_reports_folder(test_engines, tmp_path):
     runner.invoke(app, ["run", str(scripted(tmp_path, "{}")), "--results", str(tmp_path / "res"), "-q"])
     for bad in ("..", ".", "../x", "a/b"):
@@ -211,6 +215,7 @@ def test_report_name_cannot_escape_the_reports_folder(test_engines, tmp_path):
     assert r.exit_code == 2 and "is a directory" in r.output
 
 
+@pytest.mark.slow
 def test_labels_with_math_text_render(test_engines, tmp_path):
     p = tmp_path / "m.yaml"
     p.write_text(

@@ -160,6 +160,7 @@ def with_meter(monkeypatch, meter: EnergyMeter) -> None:
     monkeypatch.setattr("rooflens.bench.workbench.meter_for", lambda exp, device: meter)
 
 
+@pytest.mark.slow
 def test_sweep_writes_every_cell_and_survives_a_failing_cell(test_engines, tmp_path, monkeypatch):
     exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}])
     with_meter(monkeypatch, StepMeter())
@@ -227,6 +228,7 @@ def test_interrupted_sweep_keeps_finished_cells(test_engines, tmp_path):
     assert records[2].status == "failed" and records[2].reason.type == "KeyboardInterrupt"
 
 
+@pytest.mark.slow
 def test_records_load_into_a_dataframe(test_engines, tmp_path, monkeypatch):
     exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}])
     with_meter(monkeypatch, StepMeter())
@@ -375,6 +377,7 @@ def test_a_cell_that_would_not_fit_is_unavailable_with_the_numbers(test_engines,
     assert "available RAM is 0.04 GB" in big.reason.message
 
 
+@pytest.mark.slow
 def test_a_draft_model_counts_in_the_memory_check(tmp_path, monkeypatch):
     from rooflens.bench import preflight
 
@@ -395,6 +398,7 @@ def test_a_draft_model_counts_in_the_memory_check(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_an_engine_can_run_in_its_own_dtype(test_engines, tmp_path):
     exp = experiment(
         [{"name": "hf"}, {"name": "hf", "label": "hf-bf16", "dtype": "bfloat16"}], batch_sizes=(1,), dtype="float32"
@@ -423,6 +427,7 @@ class _Notes:
     def cell_finished(self, *a): ...
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["auto", "never"])
 def test_probe_auto_measures_missing_ceilings_once_and_says_so(mode, tmp_path, monkeypatch):
     from rooflens.roofline import probe as probe_module

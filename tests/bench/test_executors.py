@@ -15,6 +15,7 @@ import pytest
 import tomllib
 from typer.testing import CliRunner
 
+from factories import TESTS_DIR
 from rooflens.bench.executors import Executor, ExecutorError, make_executor
 from rooflens.bench.executors.base import describe_exit, one_by_one
 from rooflens.bench.executors.ray_executor import MISSING_RAY
@@ -27,7 +28,7 @@ from rooflens.cli import app
 from rooflens.config import ConfigError, Experiment
 from rooflens.results.store import load_records
 
-PLUGIN = Path(__file__).parent / "plugins" / "rooflens_abort_engine"
+PLUGIN = TESTS_DIR / "plugins" / "rooflens_abort_engine"
 
 
 def tiny(engines: list[dict], validate: bool = True, **extra) -> Experiment:
@@ -139,6 +140,7 @@ def test_executors_get_jobs_and_a_function_never_the_driver():
         assert not imports.search(path.read_text()), path.name
 
 
+@pytest.mark.slow
 def test_measure_group_with_an_inline_emit_gives_the_records_of_the_runner(tmp_path):
     exp = tiny(TWO_HF)
     runner = ExperimentRunner(exp, source="x.yaml", results_root=tmp_path / "runner")
@@ -161,6 +163,7 @@ def test_measure_group_with_an_inline_emit_gives_the_records_of_the_runner(tmp_p
 # ---------------------------------------------------------------------------- subprocess
 
 
+@pytest.mark.slow
 def test_inline_and_subprocess_give_the_same_cells_statuses_and_schema(tmp_path):
     exp = tiny(TWO_HF)
     inline = ExperimentRunner(exp, results_root=tmp_path / "inline").run()
@@ -185,6 +188,7 @@ def test_inline_and_subprocess_give_the_same_cells_statuses_and_schema(tmp_path)
     assert os.getpid() not in pids["hf"] | pids["hf-static"]
 
 
+@pytest.mark.slow
 def test_a_run_stopping_error_in_a_worker_stops_the_driver(tmp_path):
     """A prompt longer than the context is found by the worker (it holds the model) and raised in the driver."""
     exp = validate_experiment(
@@ -214,6 +218,7 @@ class CtrlCAt(SilentObserver):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_worker_and_records_the_cell_in_progress(tmp_path):
     exp = tiny([{"name": "hf"}])
     runner = ExperimentRunner(exp, results_root=tmp_path, observer=CtrlCAt(2), executor=make_executor("subprocess"))
@@ -255,6 +260,7 @@ def abort_plugin(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PYTHONPATH", with_site(tmp_path / "site"))
 
 
+@pytest.mark.slow
 def test_a_worker_killed_by_a_signal_fails_its_own_cells_and_the_sweep_goes_on(abort_plugin, tmp_path):
     exp = tiny([{"name": "abort"}, {"name": "hf"}], validate=False, baseline="abort")  # the abort group runs first
     result = ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("subprocess")).run()
@@ -270,6 +276,7 @@ def test_a_worker_killed_by_a_signal_fails_its_own_cells_and_the_sweep_goes_on(a
     assert [r.cell.engine_label for r in result.records] == ["abort", "abort", "hf", "hf"]  # cell order
 
 
+@pytest.mark.slow
 def test_the_cli_runs_the_experiment_in_workers_when_asked(tmp_path):
     yaml = tmp_path / "x.yaml"
     yaml.write_text(
@@ -371,6 +378,7 @@ def overlap(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool:
     return max(a[0], b[0]) < min(a[1], b[1])
 
 
+@pytest.mark.slow
 def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(ray_cluster, tmp_path):
     # the local cluster's workers see the abort plug-in (on their PYTHONPATH)
     exp = tiny([{"name": "abort"}, *TWO_HF], validate=False, baseline="abort")
@@ -402,6 +410,7 @@ def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(ray_cluster
         assert inline[cell].status == "ok" and keys(record) == keys(inline[cell])
 
 
+@pytest.mark.slow
 def test_ray_places_tasks_by_their_requests_and_refuses_what_no_node_has(ray_cluster, tmp_path):
     ray_exec = make_executor("ray")
     assert ray_exec.resources(tiny(TWO_HF)) == {"CPU": 2}  # threads unset: the smallest node, whole
@@ -424,6 +433,7 @@ TWO_FILES = {
 }
 
 
+@pytest.mark.slow
 def test_two_experiment_files_in_one_ray_call(ray_cluster, tmp_path):
     files = []
     for name, lines in TWO_FILES.items():
@@ -457,6 +467,7 @@ def test_two_experiment_files_in_one_ray_call(ray_cluster, tmp_path):
     assert overlap(spans[("par", "hf-static")], spans[("par", "hf-again")])
 
 
+@pytest.mark.slow
 def test_several_files_inline_run_one_after_another_and_exit_with_the_worst(tmp_path):
     ok, long, other = tmp_path / "ok.yaml", tmp_path / "long.yaml", tmp_path / "other.yaml"
     body = "model: shape:tiny-llama\nengines: [{name: hf}]\ndevice: cpu\nenergy: false\n"

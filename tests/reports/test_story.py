@@ -1,5 +1,7 @@
 """The summary's closing sentences, checked against hand-built records with known figures."""
 
+import pytest
+
 from factories import make_record, placed_record
 from rooflens.reports.story import story
 from rooflens.results.record import EnergyResult, Quantity
@@ -66,6 +68,7 @@ def test_no_sentence_without_figures():
     assert story([make_record("broken", 1, 0.0, status="failed")]) == ["broken at batch 1 is failed: broken broke."]
 
 
+@pytest.mark.slow
 def test_html_and_markdown_reports_carry_the_sentences(tmp_path):
     from rooflens.reports.html import render_html, render_markdown
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from factories import REPO_ROOT
+
+ROOT = REPO_ROOT
 BASELINE = ROOT / "benchmarks" / "baselines" / "ci-smoke"
 
 # In a fresh interpreter: invoke the CLI in-process, then report its exit code and the heavy modules loaded.
@@ -43,12 +44,14 @@ def _run(*args: str) -> dict:
     ],
     ids=lambda a: " ".join(a[:2]) if isinstance(a, tuple) else str(a),
 )
+@pytest.mark.slow
 def test_command_answers_without_torch(args):
     result = _run(*args)
     assert result["exit"] == 0, result["output"]
     assert result["heavy"] == [], f"`rooflens {' '.join(args)}` imported {result['heavy']}"
 
 
+@pytest.mark.slow
 def test_report_renders_without_torch(tmp_path):
     result = _run("report", str(BASELINE), "--out", str(tmp_path))
     assert result["exit"] == 0, result["output"]
@@ -56,6 +59,7 @@ def test_report_renders_without_torch(tmp_path):
     assert list(tmp_path.glob("*.html"))
 
 
+@pytest.mark.slow
 def test_the_probe_sees_torch_when_a_command_does_load_it(tmp_path):
     """The check above can fail: an engine name that is not built in is looked up in the full registry."""
     text = (ROOT / "experiments" / "quickstart.yaml").read_text().replace("- name: hf", "- name: no-such-engine")

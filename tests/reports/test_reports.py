@@ -59,6 +59,7 @@ def test_plots_have_the_expected_axes(records):
     assert plots.engine_statistics([records[0]]) is None
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_and_lists_problems(records, tmp_path):
     path = render_html(records, tmp_path, "demo")
     html = path.read_text()

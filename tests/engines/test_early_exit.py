@@ -147,6 +147,7 @@ def test_draft_head_one_step_at_a_time_equals_the_whole_sequence(tiny_llama):
 # ---------------------------------------------------------------------------- training and its cache
 
 
+@pytest.mark.slow
 def test_training_is_cached_by_model_and_settings(tiny_llama, tmp_path):
     model = tiny_llama.model
     s = TrainSettings.from_options(EarlyExitOptions(**TINY))

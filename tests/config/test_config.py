@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from factories import REPO_ROOT
 from rooflens.bench.validate import load_experiment, validate_experiment
 from rooflens.config import ConfigError, builtin_experiment_path
 
@@ -152,10 +153,9 @@ def test_config_hash_is_stable_and_sensitive():
 
 
 def test_shipped_experiments_validate():
-    from pathlib import Path
 
     load_experiment(builtin_experiment_path())
-    for p in sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")):
+    for p in sorted((REPO_ROOT / "experiments").glob("*.yaml")):
         load_experiment(p)
 
 

@@ -211,6 +211,7 @@ def test_cli_hw_all_json_lists_every_profile():
     assert data["measured"] == []
 
 
+@pytest.mark.slow
 def test_cli_hw_all_table_png_and_records(tmp_path):
     folder = tmp_path / "results"
     write_record(folder, _llama_record(batch=1, decode=60.0, tok_per_j=0.2))

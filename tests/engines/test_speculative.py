@@ -186,6 +186,7 @@ def test_prompt_lookup_proposals():
 # ---------------------------------------------------------------------------- lossless greedy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proposer", list(PROPOSERS))
 def test_greedy_output_equals_the_baseline_token_for_token(tiny_llama, proposer):
     prompts = [make_prompts(tiny_llama, "synthetic", 1, 12, seed=s) for s in range(3)]
@@ -199,6 +200,7 @@ def test_greedy_output_equals_the_baseline_token_for_token(tiny_llama, proposer)
             assert all(1 <= n <= gamma + 1 for _, n in clock.events)
 
 
+@pytest.mark.slow
 def test_adaptive_gamma_is_lossless_too(tiny_llama, exact_rig):
     p = make_prompts(tiny_llama, "synthetic", 1, 12, seed=4)
     for model in (tiny_llama, exact_rig):
@@ -213,6 +215,7 @@ def test_adaptive_gamma_is_lossless_too(tiny_llama, exact_rig):
     assert st["acceptance_rate"] == 1.0 and st["gamma_mean"] > 2
 
 
+@pytest.mark.slow
 def test_exact_rig_accepts_everything_and_saves_target_passes(tiny_llama, exact_rig):
     p = make_prompts(tiny_llama, "synthetic", 1, 12, seed=1)
     ref = hf_reference(exact_rig, p, 24)
@@ -319,6 +322,7 @@ def test_statistics_add_up(tiny_llama, exact_rig):
         assert all(isinstance(v, EngineStat) and v.description for v in engine.stats().values())
 
 
+@pytest.mark.slow
 def test_runner_records_stats_and_refuses_batch_two(tmp_path):
     exp = validate_experiment(
         {
@@ -383,6 +387,7 @@ def _chi2(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(((counts - expected) ** 2 / expected).sum())
 
 
+@pytest.mark.slow
 def test_speculative_sampling_preserves_the_target_distribution():
     """Target and draft: two differently seeded 1-layer Llamas with vocab 16 that disagree (the draft's
     distribution is far from the target's). The engine generates 4 tokens: token 1 comes from the prefill,

@@ -74,6 +74,7 @@ def _arrows(ax):
     return [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
 
 
+@pytest.mark.slow
 def test_roofline_chart_draws_one_arrow_per_move_in_its_cell_panel(placed):
     fig = roofline_chart.records_chart(placed)
     overview, *panels = fig.axes

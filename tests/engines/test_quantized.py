@@ -85,6 +85,7 @@ def test_registered():
     assert get_engine("quantized") is QuantizedEngine
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_generates_exactly_n_tokens_for_a_batch(case, prepared, tiny_llama):
     engine = prepared(case)
@@ -211,6 +212,7 @@ def test_copy_drops_the_compiled_call_bound_to_the_original(tiny_llama):
 # ---------------------------------------------------------------------------- availability and options
 
 
+@pytest.mark.slow
 def test_int4_weight_only_is_unavailable_on_cpu_with_the_reason(tiny_llama, tmp_path):
     if not HAS_TORCHAO:
         pytest.skip("torchao is not installed (pip install torchao)")
@@ -302,6 +304,7 @@ def test_valid_options_resolve_their_defaults():
 experiment = functools.partial(tiny_experiment, batch_sizes=(1,))
 
 
+@pytest.mark.slow
 def test_runner_records_stats_and_roofline_bits(tmp_path):
     exp = experiment(
         [
@@ -334,6 +337,7 @@ def test_runner_records_stats_and_roofline_bits(tmp_path):
         assert ratio == pytest.approx(rec.roofline.weight_bits / 32)
 
 
+@pytest.mark.slow
 def test_rooflens_triton_kernel_matches_the_torch_reference(tiny_llama):
     """kernel: triton runs rooflens's Triton kernel (here in the interpreter) inside the engine."""
     import os

@@ -1,5 +1,7 @@
 """Fuzzing the experiment loader: thousands of mutated experiment files, each one either loads or is a ConfigError.
 
+import pytest
+
 The files are the shipped ``experiments/*.yaml`` mutated at random (seeded, so a failure reproduces):
 byte-level (flipped, inserted, deleted bytes, truncation, stray unicode or non-UTF-8 bytes, duplicated
 or swapped lines, a value replaced by an extreme one, anchors and aliases) and structure-level (delete
@@ -14,15 +16,16 @@ import random
 import re
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from factories import REPO_ROOT
 from rooflens.bench.validate import load_experiment
 from rooflens.config import ConfigError
 
-SEEDS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+SEEDS = sorted((REPO_ROOT / "experiments").glob("*.yaml"))
 N_FILES = 3000
 MAX_FILE_BYTES = 300_000
 WALL_LIMIT_S = 120
@@ -243,6 +246,7 @@ def _time_is_up(signum: int, frame: Any) -> None:
     raise Hang(f"still running after {WALL_LIMIT_S} s")
 
 
+@pytest.mark.slow
 def test_mutated_experiments_load_or_give_a_config_error(tmp_path):
     rng = random.Random(20240611)
     seeds = [(p.read_bytes(), yaml.safe_load(p.read_bytes())) for p in SEEDS]

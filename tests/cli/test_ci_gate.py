@@ -6,11 +6,12 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from factories import REPO_ROOT
 from rooflens.cli import app
 from rooflens.results.record import ErrorInfo
 from rooflens.results.store import load_records, write_record
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def ci_compare_args(current: Path) -> list[str]:

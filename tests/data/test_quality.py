@@ -46,6 +46,7 @@ def test_smollm2_perplexity_is_that_of_a_trained_model(smollm2):
     assert 3 < ppl < 60  # a trained 135M model on plain English; random weights would give ~49152
 
 
+@pytest.mark.slow
 def test_random_weight_records_carry_no_quality_and_real_ones_do(tmp_path, tiny_llama):
     exp = validate_experiment(
         {
