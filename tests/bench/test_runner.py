@@ -453,3 +453,29 @@ def test_probe_auto_measures_missing_ceilings_once_and_says_so(mode, tmp_path, m
     assert "measuring them once" in notes.lines[0] and "saved to" in notes.lines[-1]
     assert sources == {"measured"}
     assert all(r.roofline.decode.efficiency_pct() is not None for r in first + second)
+
+
+@pytest.mark.parametrize("cpu", ["avx2-only", "avx512-bf16"])
+def test_dtype_auto_follows_the_cpu_and_every_byte_count_follows_the_dtype(cpu, test_engines, tmp_path, monkeypatch):
+    """Both branches of ``dtype: auto`` on a CPU, forced (the suite must not depend on the CPU CI gets): the
+    record names the dtype chosen and why, and the roofline's weight bits and the KV bytes follow it."""
+    from rooflens.device.cpu import CpuInfo
+    from rooflens.models import loader
+
+    flags = ["avx2", "fma"] + (["avx512f", "avx512_bf16"] if cpu == "avx512-bf16" else [])
+    monkeypatch.setattr(loader, "detect_cpu", lambda: CpuInfo(model="test CPU", flags=frozenset(flags)))
+    monkeypatch.setattr(loader, "_gemv_seconds", lambda dtype: 1e-4 if dtype == torch.bfloat16 else 3e-4)
+    exp = experiment([{"name": "hf"}], batch_sizes=(1,), dtype="auto")
+    rec = ExperimentRunner(exp, results_root=tmp_path).run().records[0]
+    assert rec.status == "ok", rec.reason
+    bf16 = cpu == "avx512-bf16"
+    assert rec.model.dtype == ("bfloat16" if bf16 else "float32")
+    assert ("native bf16 (avx512_bf16)" if bf16 else "no native bfloat16") in rec.model.dtype_reason
+    bits = 16.0 if bf16 else 32.0
+    assert rec.roofline.weight_bits == bits
+    from rooflens.models.loader import shipped_config
+    from rooflens.roofline.analytic import ModelShape, Precision, decode_cost
+
+    shape = ModelShape.from_config(shipped_config("tiny-llama")[0])
+    dec = decode_cost(shape, batch=1, context_len=rec.roofline.decode_context, precision=Precision(bits, bits, bits))
+    assert rec.roofline.decode.bytes.value == pytest.approx(dec.bytes)
