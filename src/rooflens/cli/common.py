@@ -46,10 +46,12 @@ def write_text(path: Path, text: str, what: str) -> None:
 
 def check_device(value: str) -> str:
     """A --device option: auto, cpu, cuda or cuda:N (the experiment schema's rule), or exit 2."""
-    from rooflens.device.spec import DEVICE_RE
+    from rooflens.device.spec import DeviceSpecError, parse_device
     from rooflens.text import quote
 
-    if not DEVICE_RE.fullmatch(value):
+    try:
+        parse_device(value)
+    except DeviceSpecError:
         fail(f"--device {quote(value)}: allowed auto, cpu, cuda, cuda:N")
     return value
 

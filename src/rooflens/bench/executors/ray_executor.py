@@ -28,6 +28,7 @@ from rooflens.bench.executors.base import Executor, ExecutorError, Relay, RunJob
 from rooflens.bench.executors.ray_task import group_task
 from rooflens.bench.job import Ended, GroupJob, MeasureFn, decode_event
 from rooflens.config import Experiment
+from rooflens.device.spec import parse_device
 
 MISSING_RAY = "executor 'ray' needs the ray package: pip install 'rooflens[ray]'"
 TRACE_TAIL = 2048
@@ -80,7 +81,9 @@ class RayExecutor(Executor):
                 f"(as cuda:0): use device 'cuda', not '{exp.device}'"
             )
         nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
-        gpu = exp.device.startswith("cuda") or (exp.device == "auto" and any(n.get("GPU", 0) > 0 for n in nodes))
+        gpu = parse_device(exp.device).type == "cuda" or (
+            exp.device == "auto" and any(n.get("GPU", 0) > 0 for n in nodes)
+        )
         if gpu:
             need = {"CPU": float(exp.threads or 1), "GPU": 1.0}
         elif exp.threads:
