@@ -114,8 +114,7 @@ def _render_figure(fig: Figure, path: Path) -> str:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    write_atomic(path, data)  # a reader (a browser, CI's artifact upload) never sees half a PNG
     return base64.b64encode(data).decode()
 
 

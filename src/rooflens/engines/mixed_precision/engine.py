@@ -7,7 +7,8 @@ rung and a scheduler steps down the ladder (:mod:`.schedulers`). A ladder of one
 quantization run by the same loop: the fair reference for a PMPD cell.
 
 PMPD's own set-up maps to ``prefill_bits: 4, ladder: [3, 2]`` (prefill at 4 bits, decode 3 -> 2). On a CPU
-the rooflens kernels run 3- and 2-bit codes in the 4-bit layout, so only 8 -> 4 changes speed there.
+rooflens's AVX2 kernel reads 8-, 4- and 2-bit codes as stored and runs 3-bit codes in the 4-bit packing, so
+4 -> 3 changes no bytes there while 3 -> 2 does (torch's int4 kernel, the fallback, runs both in 4 bits).
 """
 
 from __future__ import annotations
