@@ -158,6 +158,31 @@ class Repetitions(_Strict):
         return self
 
 
+class ValidityLimits(_Strict):
+    """When a cell's measurement counts as valid; the rules are :mod:`rooflens.bench.validity`'s."""
+
+    max_cv: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="largest CV (std / mean) of the primary metric (decode tok/s) over the repetitions, a fraction "
+        "(0.1 = 10%); default 0.05 on a GPU, 0.10 on a CPU (the device the cell ran on)",
+    )
+    max_other_load: float = Field(
+        default=0.5,
+        ge=0,
+        le=64,
+        description="largest 1-minute load average beyond the run's own threads, as a share of the logical CPUs, "
+        "at the start and at the end of a cell's measured window",
+    )
+    max_clock_drop: float = Field(
+        default=0.10,
+        gt=0,
+        le=1,
+        description="largest drop of the CPU clock across a CPU cell's measured window, a fraction of its highest",
+    )
+
+
 class Output(_Strict):
     results_dir: str = "results"
     reports_dir: str = "reports"
@@ -173,6 +198,7 @@ class Experiment(_Strict):
     baseline: str | None = Field(default=None, description="label of the engine the others are ratios of")
     workloads: list[Workload] = Field(min_length=1)
     repetitions: Repetitions = Repetitions()
+    validity: ValidityLimits = ValidityLimits()
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     hardware: str = "auto"
@@ -241,12 +267,14 @@ class Experiment(_Strict):
     def config_hash(self) -> str:
         """Hash of the validated experiment (defaults filled in), stable across key order.
 
-        ``executor`` says where cells run and ``probe`` whether missing ceilings are measured first, not
-        what is measured: both are left out, so runs of one experiment under different executors (and
-        records from before the fields existed) compare.
+        ``executor`` says where cells run, ``probe`` whether missing ceilings are measured first and
+        ``validity`` how a measurement is judged, not what is measured: they are left out, so runs of one
+        experiment under different executors or limits (and records from before the fields existed) compare.
         """
         blob = json.dumps(
-            self.model_dump(mode="json", exclude={"executor", "probe"}), sort_keys=True, separators=(",", ":")
+            self.model_dump(mode="json", exclude={"executor", "probe", "validity"}),
+            sort_keys=True,
+            separators=(",", ":"),
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -25,6 +25,7 @@ from rooflens.bench.preflight import PreflightError, cell_memory_need, check_con
 from rooflens.bench.record_base import record_base
 from rooflens.bench.record_parts import energy_of, memory_of, metrics_of
 from rooflens.bench.repetitions import CellMeasurement, measure
+from rooflens.bench.validity import judge_cell
 from rooflens.bench.workbench import Workbench, done_with, workbench_for
 from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import Engine, EngineUnavailable
@@ -204,7 +205,7 @@ def _timed(group: _Group, index: int, cell: Cell, emit: Emit) -> CellMeasurement
 
 def _results(group: _Group, cell: Cell, m: CellMeasurement) -> dict[str, Any]:
     """The measured parts of an ``ok`` record."""
-    model, w, engine = group.model, cell.workload, group.engine
+    model, w, engine, exp = group.model, cell.workload, group.engine, group.job.experiment
     assert isinstance(engine, Engine)
     reps = len(m.timings)
     metrics = metrics_of(m.timings)
@@ -229,6 +230,7 @@ def _results(group: _Group, cell: Cell, m: CellMeasurement) -> dict[str, Any]:
         "repetitions": RepetitionInfo(
             warmup=m.warmup, measured=reps, measured_seconds=m.measured_seconds, stopped_by=m.stopped_by
         ),
+        "validity": judge_cell(exp.validity, exp.repetitions, metrics, reps, m.measured_seconds, m.window),
     }
 
 

@@ -1,5 +1,6 @@
 """The timed loop of one cell: warm-up runs (discarded), then measured repetitions until both ``min_reps``
-and ``min_seconds`` are met (capped at ``max_reps``), inside one energy window and one peak-memory window."""
+and ``min_seconds`` are met (capped at ``max_reps``), inside one energy window and one peak-memory window,
+watched for the machine's conditions (load, clocks: :mod:`rooflens.bench.conditions`) between repetitions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rooflens.bench.conditions import WindowConditions, WindowWatch
 from rooflens.bench.energy import EnergyMeter, EnergyReading
 from rooflens.bench.memory import MemoryPeak, PeakMemory
 from rooflens.bench.timing import RepTiming, rep_timing
@@ -30,6 +32,7 @@ class CellMeasurement:
     memory: MemoryPeak
     stats: dict
     tokens: torch.Tensor  # new tokens of the first measured repetition
+    window: WindowConditions  # the machine's conditions across the measured window
 
 
 def run_once(engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device) -> tuple[RepTiming, torch.Tensor]:
@@ -53,6 +56,7 @@ def measure(
     device: torch.device,
     on_rep: Callable[[int, bool], None] = lambda n, warm: None,
     now: Callable[[], float] = time.perf_counter,
+    watch: WindowWatch | None = None,
 ) -> CellMeasurement:
     for i in range(reps.warmup):
         run_once(engine, prompts, n_new, device)
@@ -62,6 +66,8 @@ def measure(
     min_seconds = max(reps.min_seconds, meter.min_window_s if meter.available else 0.0)
     timings: list[RepTiming] = []
     first_tokens = None
+    watch = watch or WindowWatch(device)
+    watch.start()
     with PeakMemory(device) as mem:
         meter.start()
         t0 = now()
@@ -72,6 +78,7 @@ def measure(
                 first_tokens = tokens.detach().cpu()
             elapsed = now() - t0
             on_rep(len(timings), False)
+            watch.sample()
             if len(timings) >= reps.max_reps:
                 stopped_by = "max_reps"
                 break
@@ -79,4 +86,7 @@ def measure(
                 stopped_by = "min_reps_and_seconds"
                 break
         reading = meter.stop()
-    return CellMeasurement(timings, reps.warmup, elapsed, stopped_by, reading, mem.result, engine.stats(), first_tokens)
+    window = watch.stop()
+    return CellMeasurement(
+        timings, reps.warmup, elapsed, stopped_by, reading, mem.result, engine.stats(), first_tokens, window
+    )

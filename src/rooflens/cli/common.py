@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from rooflens.config import Experiment
     from rooflens.results.record import Record
 
+INVALID_EXIT = 4
+"""The exit code of `run --strict` and `compare --strict` when a measurement is invalid (and nothing worse happened)."""
+
 # a pipe or CI log gets a wide table instead of rich's default 80 columns
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)

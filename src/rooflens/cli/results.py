@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from rooflens.cli.common import console, fail, records_or_exit, render_report, unwritable, write_text
+from rooflens.cli.common import INVALID_EXIT, console, fail, records_or_exit, render_report, unwritable, write_text
 
 
 def show(folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)")) -> None:
@@ -114,9 +114,14 @@ def compare(
     markdown: Optional[Path] = typer.Option(
         None, "--markdown", help="also write the result as markdown ('-' = stdout)"
     ),
+    strict: bool = typer.Option(
+        False, "--strict", help="exit 4 when a comparison is invalid (a cell measured invalid on either side)"
+    ),
 ) -> None:
     """Exit 1 when a cell ok in BASE failed, is unavailable or is missing in CURRENT, or on a significant
-    regression larger than the threshold; 0 otherwise; 2 on unusable input."""
+    regression larger than the threshold; 0 otherwise; 2 on unusable input. A cell measured invalid (on either
+    side) gets the verdict `invalid` and never fails the gate, except with --strict: exit 4 (when nothing
+    else failed)."""
     from rooflens.reports.console import compare_table, lost_table
     from rooflens.results.compare import (
         DEFAULT_METRICS,
@@ -149,6 +154,11 @@ def compare(
         console.print(f"[dim]only in current: {', '.join(result.only_in_current)}[/]")
     if markdown is not None:
         write_text(markdown, to_markdown(result, threshold, alpha), "--markdown")
+    if result.invalid:
+        console.print(
+            f"[magenta]{len(result.invalid)} comparison(s) not judged: a measurement is invalid"
+            f"{'' if strict else ' (--strict fails on them)'}[/]"
+        )
     if result.failed:
         console.print(
             f"[bold red]{len(result.lost)} lost cell(s), {len(result.regressions)} significant regression(s) "
@@ -156,3 +166,5 @@ def compare(
         )
         raise typer.Exit(1)
     console.print("no significant regression")
+    if strict and result.invalid:
+        raise typer.Exit(INVALID_EXIT)

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from rooflens.cli.common import console, err_console, fail, load_experiment_or_exit, render_report
+from rooflens.cli.common import INVALID_EXIT, console, err_console, fail, load_experiment_or_exit, render_report
 
 if TYPE_CHECKING:
     from rooflens.bench.runner import ExperimentRunner, RunResult
     from rooflens.config import Experiment
+    from rooflens.results.record import Record
 
 
 def run(
@@ -33,6 +34,9 @@ def run(
         "--ray-address",
         help="Ray cluster to join (e.g. auto, ray://head:10001); default: RAY_ADDRESS, else a local cluster",
     ),
+    strict: bool = typer.Option(
+        False, "--strict", help=f"exit {INVALID_EXIT} when any cell's measurement is invalid (CV, load, clocks, ...)"
+    ),
 ) -> None:
     """Run experiments: every engine x workload x batch size, one JSON record per cell.
 
@@ -41,8 +45,10 @@ def run(
 
     Exit codes: 0 every cell ok or unavailable (an engine that cannot run on this device);
     1 at least one cell failed; 2 the experiment could not start (invalid file, a model that
-    cannot be loaded or does not fit, an output folder that cannot be written); 130 interrupted
-    (Ctrl-C): the records of finished cells are kept. With several files: the worst of theirs.
+    cannot be loaded or does not fit, an output folder that cannot be written); 4 with --strict,
+    a cell's measurement is invalid (its record says why) and none failed; 130 interrupted
+    (Ctrl-C): the records of finished cells are kept. With several files: the worst of theirs
+    (2, then 1, then 4). Without --strict, invalid cells are reported and the exit code is unchanged.
     """
     from rich.markup import escape
 
@@ -75,15 +81,21 @@ def run(
         fail(str(err))
     except KeyboardInterrupt:
         fail(sweep.interrupted(), 130)
-    code = 0
-    for (exp, source), runner, result in zip(sweep.experiments, sweep.runners, outcomes):
-        code = max(code, _outcome(exp, source, runner, result, report))
+    codes = [
+        _outcome(exp, source, runner, result, report, strict)
+        for (exp, source), runner, result in zip(sweep.experiments, sweep.runners, outcomes)
+    ]
+    code = max(codes, key=SEVERITY.index)
     if code:
         raise typer.Exit(code)
 
 
+SEVERITY = (0, INVALID_EXIT, 1, 2)
+"""Exit codes of one experiment, mildest first: several files exit with the worst of theirs."""
+
+
 def _outcome(
-    exp: Experiment, source: str, runner: ExperimentRunner, result: RunResult | Exception, report: bool
+    exp: Experiment, source: str, runner: ExperimentRunner, result: RunResult | Exception, report: bool, strict: bool
 ) -> int:
     """Print what one experiment measured (or what stopped it); its exit code."""
     from rich.markup import escape
@@ -110,14 +122,22 @@ def _outcome(
         console.print(f"- {escape(line)}", highlight=False)
     if report:
         render_report(result.records, Path(exp.output.reports_dir), exp.name)
+    invalid = [r for r in result.records if r.validity.invalid]
+    if invalid:
+        err_console.print(
+            f"[magenta]{len(invalid)} cell(s) invalid{'' if strict else ' (--strict fails on them)'}:[/] "
+            + escape(", ".join(f"{_name(r)} ({'; '.join(x.message for x in r.validity.reasons)})" for r in invalid)),
+            highlight=False,
+        )
     failed = [r for r in result.records if r.status == "failed"]
-    if not failed:
-        return 0
-    err_console.print(
-        f"[bold red]{len(failed)} cell(s) failed:[/] "
-        + ", ".join(f"{r.cell.engine_label} {r.cell.workload} b{r.cell.batch_size}" for r in failed)
-    )
-    return 1
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} cell(s) failed:[/] " + escape(", ".join(map(_name, failed))))
+        return 1
+    return INVALID_EXIT if strict and invalid else 0
+
+
+def _name(r: Record) -> str:
+    return f"{r.cell.engine_label} {r.cell.workload} b{r.cell.batch_size}"
 
 
 def validate(experiment: Path = typer.Argument(..., help="experiment YAML")) -> None:

@@ -1,9 +1,11 @@
-"""The host CPU: model name, instruction-set flags (``/proc/cpuinfo``, else py-cpuinfo) and core counts."""
+"""The host CPU: model name, instruction-set flags (``/proc/cpuinfo``, else py-cpuinfo), core counts and the
+current clock of each core (cpufreq in sysfs)."""
 
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,28 @@ def cpu_cores() -> tuple[int, int | None]:
     logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
     physical = psutil.cpu_count(logical=False)
     return int(logical), int(physical) if physical else None
+
+
+CPUFREQ_ROOT = Path("/sys/devices/system/cpu")
+"""Where Linux exposes each CPU's cpufreq folder (``cpu<N>/cpufreq/scaling_cur_freq``, kHz)."""
+
+
+def cpu_clocks_khz(cpus: Iterable[int] | None = None, root: Path | None = None) -> dict[int, int]:
+    """The current clock (kHz) of each CPU in ``cpus`` (default: all) that exposes one; empty where none
+    does (a VM, a container without sysfs, macOS, Windows)."""
+    base = root if root is not None else CPUFREQ_ROOT
+    wanted = None if cpus is None else set(cpus)
+    out: dict[int, int] = {}
+    try:
+        folders = list(base.glob("cpu[0-9]*"))
+    except OSError:
+        return out
+    for folder in folders:
+        index = folder.name.removeprefix("cpu")
+        if not index.isdigit() or (wanted is not None and int(index) not in wanted):
+            continue
+        try:
+            out[int(index)] = int((folder / "cpufreq" / "scaling_cur_freq").read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return out

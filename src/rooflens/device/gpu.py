@@ -23,12 +23,16 @@ from pydantic import BaseModel, ConfigDict
 from rooflens.text import first_line
 
 __all__ = [
+    "CLOCK_EVENT_REASONS",
+    "CLOCK_SLOWDOWNS",
     "GpuError",
     "GpuInfo",
     "GpuNotVisibleError",
     "NvmlUnavailableError",
     "VisibleGpu",
+    "clock_event_reader",
     "cuda_gpu",
+    "describe_clock_events",
     "detect_gpus",
     "is_not_supported",
     "nvml",
@@ -280,3 +284,53 @@ def detect_gpus() -> tuple[list[GpuInfo], str | None, Literal["nvml", "torch.cud
         return found[0], found[1], "nvml"
     gpus, cuda_version = _detect_torch()
     return gpus, cuda_version, "torch.cuda" if gpus else None
+
+
+# --------------------------------------------------------------------------- clocks
+
+
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x1: "GPU idle",
+    0x2: "applications clocks setting",
+    0x4: "software power cap",
+    0x8: "hardware slowdown",
+    0x10: "sync boost",
+    0x20: "software thermal slowdown",
+    0x40: "hardware thermal slowdown",
+    0x80: "hardware power brake slowdown",
+    0x100: "display clock setting",
+}
+"""NVML's clocks-event (formerly clocks-throttle) reason bits, as the NVML API defines them."""
+
+CLOCK_SLOWDOWNS = 0x8 | 0x20 | 0x40 | 0x80
+"""The reasons that mean heat or the hardware lowered the clock below what the load asked for."""
+
+
+def describe_clock_events(mask: int) -> list[str]:
+    """The names of the reason bits set in ``mask`` (unknown bits as hex)."""
+    names = [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]
+    unknown = mask & ~sum(CLOCK_EVENT_REASONS)
+    return names + ([f"unknown reasons {unknown:#x}"] if unknown else [])
+
+
+def clock_event_reader(cuda_index: int) -> Callable[[], int]:
+    """A reader of the reasons the clocks of the board behind ``cuda:<cuda_index>`` are below their maximum
+    at the moment it is called, as NVML's bit mask (:data:`CLOCK_EVENT_REASONS`). The GPU is looked up once,
+    here; both this and the reader raise :class:`GpuError` where NVML cannot say."""
+    g = cuda_gpu(cuda_index)
+    nv = nvml()
+    call = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+        nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None
+    )
+    if call is None:
+        raise NvmlUnavailableError("this pynvml has no clocks-event reasons call")
+
+    def read() -> int:
+        try:
+            return int(call(g.board))
+        except nv.NVMLError as exc:
+            raise GpuError(
+                f"NVML cannot read the clocks-event reasons of cuda:{cuda_index}: {first_line(exc)}"
+            ) from exc
+
+    return read

@@ -3,6 +3,7 @@
 Metrics with repetitions are judged by the regression gate's own test (``results.compare``): a
 one-sided Mann-Whitney U on the raw repetitions, a bootstrap for the speedup over the run's baseline
 engine. Tokens/J and quality are one value per cell: their change is shown and never called significant.
+A cell measured invalid on either side gets the gate's ``invalid`` verdict, with the reason.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rooflens.results.compare import compare_records
 from rooflens.results.derived import baseline_of, cell_key
 from rooflens.results.record import Quantity, Record
 
-Verdict = Literal["regression", "improvement", "unchanged", "too few samples", "one value"]
+Verdict = Literal["regression", "improvement", "unchanged", "too few samples", "invalid", "one value"]
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,9 @@ def _repeated(
     for row in rows:
         spec = specs[row.metric]
         relative = ":" in row.metric
-        if row.p_value is None:
+        if row.verdict == "invalid":
+            test = f"not judged, measurement invalid ({row.reason})"
+        elif row.p_value is None:
             test = f"too few repetitions (n={row.n_base} vs {row.n_current}, 3 needed)"
         elif relative:
             test = f"bootstrap of the ratio of medians (n={row.n_base} vs {row.n_current})"

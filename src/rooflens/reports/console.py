@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -49,11 +50,11 @@ def models_table(builtin: Mapping[str, Mapping[str, str]], shipped_configs: Iter
     return table
 
 
-_VERDICT_STYLE = {"regression": "bold red", "improvement": "green"}
+_VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "invalid": "magenta"}
 
 
 def compare_table(result: CompareResult, title: str) -> Table:
-    """Per matching cell and metric: the medians, the change, the p-value and the verdict."""
+    """Per matching cell and metric: the medians, the change, the p-value and the verdict (with why, if invalid)."""
     table = Table(title=title)
     for col in ("cell", "metric", "base", "current", "change", "p", "verdict"):
         table.add_column(col, justify="left" if col in ("cell", "metric", "verdict") else "right")
@@ -66,7 +67,7 @@ def compare_table(result: CompareResult, title: str) -> Table:
             f"{r.current_median:.4g}",
             f"{r.change:+.1%}",
             "-" if r.p_value is None else f"{r.p_value:.3g}",
-            f"[{style}]{r.verdict}[/]" if style else r.verdict,
+            (f"[{style}]{r.verdict}[/]" if style else r.verdict) + (f" ({escape(r.reason)})" if r.reason else ""),
         )
     return table
 

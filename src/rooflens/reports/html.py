@@ -17,7 +17,7 @@ import rooflens
 from rooflens.fsutil import write_atomic
 from rooflens.reports import engine_panels, plots, roofline_chart
 from rooflens.reports.story import story
-from rooflens.reports.table import cell_row, energy_notes, format_value, header, visible_columns
+from rooflens.reports.table import cell_row, energy_notes, format_value, header, validity_notes, visible_columns
 from rooflens.results.record import Record
 from rooflens.text import safe_name
 
@@ -147,7 +147,7 @@ def _groups(records: list[Record]) -> list[dict]:
                 "columns": [{"header": header(c), "numeric": c.numeric} for c in cols],
                 "rows": [
                     {
-                        "status_class": r.status,
+                        "status_class": "invalid" if r.validity.invalid else r.status,
                         "cells": [
                             {
                                 "text": format_value(c, row[c.key]),
@@ -160,7 +160,7 @@ def _groups(records: list[Record]) -> list[dict]:
                     for r, row in zip(recs, rows)
                 ],
                 "baselines": sorted({str(r.experiment.get("baseline")) for r in recs}),
-                "notes": energy_notes(recs),
+                "notes": energy_notes(recs) + validity_notes(recs),
                 "story": story(recs),
             }
         )
@@ -185,6 +185,16 @@ def render_html(records: list[Record], out_dir: Path, name: str) -> Path:
         }
         for r in records
         if r.status != "ok"
+    ] + [
+        {
+            "engine": r.cell.engine_label,
+            "batch": r.cell.batch_size,
+            "workload": r.cell.workload,
+            "status": "invalid",
+            "reason": "; ".join(x.message for x in r.validity.reasons),
+        }
+        for r in records
+        if r.validity.invalid
     ]
     html = env.get_template("report.html.j2").render(
         title=name,
@@ -217,6 +227,6 @@ def render_markdown(records: list[Record]) -> str:
             lines.append("| " + " | ".join(format_value(c, row[c.key]).replace("|", "\\|") for c in cols) + " |")
         lines.append("")
         lines += [f"- {line}" for line in story(recs)]
-        lines += ["", *(f"_{n}_" for n in energy_notes(recs))]
+        lines += ["", *(f"_{n}_" for n in energy_notes(recs) + validity_notes(recs))]
         lines.append("")
     return "\n".join(lines)

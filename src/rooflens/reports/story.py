@@ -2,7 +2,9 @@
 
 Every sentence quotes figures from the records (medians of measured repetitions, the roofline
 position computed from them) and names the engine, batch and workload it is about; nothing is
-said about a figure that is missing, except why it is missing.
+said about a figure that is missing, except why it is missing. A cell whose measurement is invalid
+(:class:`~rooflens.results.record.Validity`) is never ranked (fastest, closest to the roofline, best
+trade), nor is a speedup over an invalid baseline cell: one sentence names the invalid cells and why.
 """
 
 from __future__ import annotations
@@ -34,13 +36,21 @@ def _quality(r: Record) -> tuple[float, str] | None:
     return None
 
 
+def _ranked_speedup(r: Record, records: list[Record]) -> float | None:
+    """The speedup over the run's baseline cell, None where there is none or its measurement is invalid."""
+    base = baseline_of(r, records)
+    return None if base is None or base.validity.invalid else speedup(r, records)
+
+
 def _fastest(ok: list[Record], records: list[Record], several: bool) -> list[str]:
     by_cell: dict[tuple[str, int], list[Record]] = defaultdict(list)
     for r in ok:
-        if r.cell.engine_label != r.experiment.get("baseline") and speedup(r, records) is not None:
+        if r.cell.engine_label != r.experiment.get("baseline") and _ranked_speedup(r, records) is not None:
             by_cell[(r.cell.workload, r.cell.batch_size)].append(r)
+    skipped = {(r.cell.workload, r.cell.batch_size) for r in records if r.validity.invalid}
     out = []
-    for _cell, rs in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for cell, rs in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        among = " (of the valid cells)" if cell in skipped else ""
         best = max(rs, key=lambda r: speedup(r, records) or 0.0)
         base = baseline_of(best, records)
         s = speedup(best, records) or 0.0
@@ -49,18 +59,18 @@ def _fastest(ok: list[Record], records: list[Record], several: bool) -> list[str
         noise = max(best.metrics["decode_tok_s"].cv, base.metrics["decode_tok_s"].cv)
         if abs(s - 1.0) <= noise:
             out.append(
-                f"No clear winner at {_where(best, several)}: the best, {best.cell.engine_label}, is {s:.2f}x the "
+                f"No clear winner at {_where(best, several)}{among}: the best, {best.cell.engine_label}, is {s:.2f}x the "
                 f"baseline {base.cell.engine_label} ({_decode(base):.1f} decode tok/s), within the run-to-run "
                 f"spread (CV {100 * noise:.0f}%)."
             )
         elif s > 1.0:
             out.append(
-                f"Fastest at {_where(best, several)}: {best.cell.engine_label}, {_decode(best):.1f} decode tok/s, "
+                f"Fastest at {_where(best, several)}{among}: {best.cell.engine_label}, {_decode(best):.1f} decode tok/s, "
                 f"{s:.2f}x the baseline {base.cell.engine_label} ({_decode(base):.1f} tok/s)."
             )
         else:
             out.append(
-                f"No engine beat the baseline {base.cell.engine_label} at {_where(best, several)} "
+                f"No engine{among} beat the baseline {base.cell.engine_label} at {_where(best, several)} "
                 f"({_decode(base):.1f} decode tok/s); {best.cell.engine_label} came closest at {s:.2f}x."
             )
     return out
@@ -83,7 +93,9 @@ def _closest_to_roofline(ok: list[Record], several: bool) -> list[str]:
 
 def _best_trade(ok: list[Record], records: list[Record], several: bool) -> list[str]:
     """Among engines faster than their baseline, the most quality kept (the top of the Pareto frontier)."""
-    faster = [r for r in ok if r.cell.engine_label != r.experiment.get("baseline") and (speedup(r, records) or 0) > 1]
+    faster = [
+        r for r in ok if r.cell.engine_label != r.experiment.get("baseline") and (_ranked_speedup(r, records) or 0) > 1
+    ]
     scored = [(r, q) for r in faster if (q := _quality(r)) is not None]
     if not scored:
         return []
@@ -102,6 +114,18 @@ def _best_trade(ok: list[Record], records: list[Record], several: bool) -> list[
             f"Going faster costs quality: {fast.cell.engine_label} reaches {speedup(fast, records):.2f}x with {ftext}."
         )
     return out
+
+
+def _invalid(records: list[Record], several: bool) -> list[str]:
+    """The cells measured but not vouched for, with their reasons (they are left out of every ranking)."""
+    cells = [
+        f"{r.cell.engine_label} at {_where(r, several)} ({'; '.join(x.message for x in r.validity.reasons)})"
+        for r in records
+        if r.validity.invalid
+    ]
+    if not cells:
+        return []
+    return [f"Not ranked, measurement invalid: {', '.join(cells)}."]
 
 
 def _not_measured(records: list[Record], several: bool) -> list[str]:
@@ -135,12 +159,13 @@ def _not_measured(records: list[Record], several: bool) -> list[str]:
 
 def story(records: list[Record]) -> list[str]:
     """The summary's closing sentences: fastest engine, closest to the roofline, best quality for its
-    speed, and what could not be measured here and why."""
-    ok = [r for r in records if r.status == "ok" and "decode_tok_s" in r.metrics]
+    speed (among valid cells), the invalid cells, and what could not be measured here and why."""
+    ok = [r for r in records if r.status == "ok" and "decode_tok_s" in r.metrics and not r.validity.invalid]
     several = len({r.cell.workload for r in records}) > 1
     return [
         *_fastest(ok, records, several),
         *_closest_to_roofline(ok, several),
         *_best_trade(ok, records, several),
+        *_invalid(records, several),
         *_not_measured(records, several),
     ]

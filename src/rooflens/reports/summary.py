@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from rich.table import Table
 
-from rooflens.reports.table import cell_row, energy_notes, format_value, header, visible_columns
+from rooflens.reports.table import cell_row, energy_notes, format_value, header, validity_notes, visible_columns
 from rooflens.results.record import Record
 
 
@@ -17,12 +17,13 @@ def summary_table(records: Iterable[Record], title: str = "rooflens results") ->
     table = Table(title=title)
     for c in cols:
         table.add_column(header(c), justify="right" if c.numeric else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*(format_value(c, row[c.key]) for c in cols))
+    for r, row in zip(records, rows):
+        table.add_row(*(format_value(c, row[c.key]) for c in cols), style="red" if r.validity.invalid else None)
     table.caption = "\n".join(
         [
             "medians over the measured repetitions; CV of decode tok/s; speedup = decode tok/s over the baseline engine of the same run",
             *energy_notes(records),
+            *validity_notes(records),
         ]
     )
     return table

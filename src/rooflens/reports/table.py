@@ -36,6 +36,7 @@ COLUMNS = (
     Column("perplexity", "ppl", digits=2),
     Column("roofline_eff_pct", "roofline eff.", "%"),
     Column("reps", "reps", digits=0),
+    Column("validity", "valid", numeric=False),
     Column("status", "status", numeric=False),
 )
 
@@ -67,6 +68,7 @@ def cell_row(r: Record, records: list[Record]) -> dict[str, Any]:
         "perplexity": q.perplexity.value if q and q.perplexity else None,
         "roofline_eff_pct": eff,
         "reps": r.repetitions.measured if r.repetitions else None,
+        "validity": None if r.validity.status == "n/a" else r.validity.summary(),
         "status": r.status,  # the reasons: the summary's sentences, the report's problem table, the record
     }
 
@@ -87,6 +89,16 @@ def energy_notes(records: list[Record]) -> list[str]:
     """Why tokens/J is missing, once per distinct reason."""
     reasons = {r.energy.reason for r in records if r.energy is not None and not r.energy.measured and r.energy.reason}
     return [f"tok/J n/a: {reason}" for reason in sorted(reasons)]
+
+
+def validity_notes(records: list[Record]) -> list[str]:
+    """What the valid column means, once some cell has been judged."""
+    if not any(r.validity.status != "n/a" for r in records):
+        return []
+    return [
+        "valid: the cell passed its checks (CV of decode tok/s, repetitions and seconds asked, load average, "
+        "clocks); invalid cells are listed with their reasons and never ranked"
+    ]
 
 
 def visible_columns(rows: list[dict[str, Any]]) -> list[Column]:

@@ -9,6 +9,10 @@ tested with a one-sided Mann-Whitney U on the raw repetitions. Relative metrics
 run) cancel most machine-wide drift, so they are the ones to gate on for noisy shared CI
 machines; their p-value comes from a bootstrap that resamples the engine's and the baseline's
 repetitions of both runs, so the spread of all four sets counts.
+
+No regression (nor improvement) is called on a cell whose measurement is invalid on either side (for a
+``speedup:`` metric, the run's baseline cell counts too): its verdict is ``invalid``, with the reason,
+and it does not fail the gate (``CompareResult.invalid`` lists them; ``compare --strict`` fails on them).
 """
 
 from __future__ import annotations
@@ -49,9 +53,10 @@ class Row:
     change: float  # signed relative change of the medians, positive = better
     p_value: float | None
     significant: bool
-    verdict: Literal["regression", "improvement", "unchanged", "too few samples"]
+    verdict: Literal["regression", "improvement", "unchanged", "too few samples", "invalid"]
     n_base: int
     n_current: int
+    reason: str = ""  # why the verdict is invalid: which side, which cell, which rule
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,13 @@ class CompareResult:
         return [r for r in self.rows if r.verdict == "regression"]
 
     @property
+    def invalid(self) -> list[Row]:
+        """Comparisons not judged: a cell (or its run's baseline cell) measured invalid on either side."""
+        return [r for r in self.rows if r.verdict == "invalid"]
+
+    @property
     def failed(self) -> bool:
-        """The gate's verdict: a lost cell or a significant regression."""
+        """The gate's verdict: a lost cell or a significant regression (invalid comparisons never count)."""
         return bool(self.lost or self.regressions)
 
 
@@ -149,9 +159,66 @@ def _bootstrap_p(
     return float(np.mean(change >= 1)), float(np.mean(change <= 1))
 
 
+def _invalid_reason(cells: dict[str, Record | None]) -> str:
+    """``current: cv 14% > 10%`` for each named record (side, or side's baseline) whose measurement is invalid."""
+    return "; ".join(
+        f"{side}: {'; '.join(x.message for x in r.validity.reasons)}"
+        for side, r in cells.items()
+        if r is not None and r.validity.invalid
+    )
+
+
 def _describe(key: tuple) -> str:
     experiment, model, engine, workload, _, _, batch, hardware, _ = key
     return f"{experiment}/{model}/{engine}/{workload}/b{batch}"
+
+
+_Side = tuple[Record, list[Record]]  # a cell's record, and the set it came from (for the run's baseline cell)
+
+
+def _row(key: tuple, metric: str, base: _Side, current: _Side, threshold: float, alpha: float) -> Row | None:
+    """One metric of one matched cell; None where either side lacks its samples."""
+    (rb, base_set), (rc, current_set) = base, current
+    name = metric.removeprefix(RELATIVE_PREFIX)
+    better = BETTER[name]
+    relative = metric.startswith(RELATIVE_PREFIX)
+    if relative:
+        pb, pc = _relative(rb, base_set, name), _relative(rc, current_set, name)
+        if pb is None or pc is None:
+            return None
+        xs, ys = pb[0], pc[0]
+        mx = statistics.median(pb[0]) / statistics.median(pb[1])
+        my = statistics.median(pc[0]) / statistics.median(pc[1])
+        n_min = min(len(v) for v in (*pb, *pc))
+    else:
+        xs, ys = _samples(rb, name), _samples(rc, name)  # type: ignore[assignment]
+        if not xs or not ys:
+            return None
+        mx, my = statistics.median(xs), statistics.median(ys)
+        n_min = min(len(xs), len(ys))
+    change = (my - mx) / mx if better == "higher" else (mx - my) / mx
+    if n_min < 3:
+        p, sig, verdict = None, False, "too few samples"
+    else:
+        if relative:
+            p_worse, p_better = _bootstrap_p(pb, pc, better)
+        else:
+            worse = "less" if better == "higher" else "greater"
+            p_worse = float(mannwhitneyu(ys, xs, alternative=worse).pvalue)
+            p_better = float(mannwhitneyu(ys, xs, alternative="greater" if worse == "less" else "less").pvalue)
+        if change < 0:
+            p, sig = p_worse, p_worse <= alpha
+            verdict = "regression" if sig and -change > threshold else "unchanged"
+        else:
+            p, sig = p_better, p_better <= alpha
+            verdict = "improvement" if sig and change > threshold else "unchanged"
+    sides: dict[str, Record | None] = {"base": rb, "current": rc}
+    if relative:
+        sides |= {"base's baseline": baseline_of(rb, base_set), "current's baseline": baseline_of(rc, current_set)}
+    why = _invalid_reason(sides)
+    return Row(
+        _describe(key), metric, better, mx, my, change, p, sig, "invalid" if why else verdict, len(xs), len(ys), why
+    )
 
 
 def compare_records(
@@ -187,42 +254,12 @@ def compare_records(
         if not allow_hardware_mismatch:
             raise CompareInputError("different hardware: " + "; ".join(mismatched) + " (use --allow-hardware-mismatch)")
         notes.append("hardware differs (allowed): " + "; ".join(mismatched))
-    rows = []
-    for key in common:
-        for metric in metrics:
-            name = metric.removeprefix(RELATIVE_PREFIX)
-            better = BETTER[name]
-            if metric.startswith(RELATIVE_PREFIX):
-                pb, pc = _relative(b[key], base, name), _relative(c[key], current, name)
-                if pb is None or pc is None:
-                    continue
-                xs, ys = pb[0], pc[0]
-                mx = statistics.median(pb[0]) / statistics.median(pb[1])
-                my = statistics.median(pc[0]) / statistics.median(pc[1])
-                n_min = min(len(v) for v in (*pb, *pc))
-            else:
-                xs, ys = _samples(b[key], name), _samples(c[key], name)
-                if not xs or not ys:
-                    continue
-                mx, my = statistics.median(xs), statistics.median(ys)
-                n_min = min(len(xs), len(ys))
-            change = (my - mx) / mx if better == "higher" else (mx - my) / mx
-            if n_min < 3:
-                p, sig, verdict = None, False, "too few samples"
-            else:
-                if metric.startswith(RELATIVE_PREFIX):
-                    p_worse, p_better = _bootstrap_p(pb, pc, better)
-                else:
-                    worse = "less" if better == "higher" else "greater"
-                    p_worse = float(mannwhitneyu(ys, xs, alternative=worse).pvalue)
-                    p_better = float(mannwhitneyu(ys, xs, alternative="greater" if worse == "less" else "less").pvalue)
-                if change < 0:
-                    p, sig = p_worse, p_worse <= alpha
-                    verdict = "regression" if sig and -change > threshold else "unchanged"
-                else:
-                    p, sig = p_better, p_better <= alpha
-                    verdict = "improvement" if sig and change > threshold else "unchanged"
-            rows.append(Row(_describe(key), metric, better, mx, my, change, p, sig, verdict, len(xs), len(ys)))
+    rows = [
+        row
+        for key in common
+        for metric in metrics
+        if (row := _row(key, metric, (b[key], base), (c[key], current), threshold, alpha)) is not None
+    ]
     return CompareResult(
         rows=rows,
         lost=[_lost(k, every.get(k)) for k in b if k not in c],
@@ -237,8 +274,9 @@ def _md_cell(text: str) -> str:
 
 def to_markdown(result: CompareResult, threshold: float, alpha: float) -> str:
     lines = [
-        f"**rooflens compare**: {len(result.lost)} lost cell(s), {len(result.regressions)} regression(s) "
-        f"(threshold {threshold:.0%}, one-sided Mann-Whitney U, alpha {alpha})",
+        f"**rooflens compare**: {len(result.lost)} lost cell(s), {len(result.regressions)} regression(s), "
+        f"{len(result.invalid)} invalid comparison(s) (threshold {threshold:.0%}, one-sided Mann-Whitney U, "
+        f"alpha {alpha})",
         "",
     ]
     if result.lost:
@@ -251,8 +289,9 @@ def to_markdown(result: CompareResult, threshold: float, alpha: float) -> str:
     ]
     for r in result.rows:
         p = "-" if r.p_value is None else f"{r.p_value:.3g}"
+        verdict = f"{r.verdict} ({_md_cell(r.reason)})" if r.reason else r.verdict
         lines.append(
-            f"| {r.cell} | {r.metric} | {r.base_median:.4g} | {r.current_median:.4g} | {r.change:+.1%} | {p} | {r.verdict} |"
+            f"| {r.cell} | {r.metric} | {r.base_median:.4g} | {r.current_median:.4g} | {r.change:+.1%} | {p} | {verdict} |"
         )
     lines += [f"_{n}_" for n in result.notes]
     return "\n".join(lines) + "\n"

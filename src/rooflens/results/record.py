@@ -176,6 +176,48 @@ class RepetitionInfo(_Model):
     stopped_by: Literal["min_reps_and_seconds", "max_reps"]
 
 
+ValidityCheck = Literal[
+    "cv", "repetitions", "seconds", "load_at_start", "load_at_end", "cpu_clock", "gpu_throttle", "other_measurement"
+]
+
+
+class ValidityReason(_Model):
+    """One broken rule of a cell's validity: what was measured, and the limit it broke."""
+
+    check: ValidityCheck
+    value: float
+    limit: float | None  # None where the rule has no number (an NVML slowdown reason, another measurement)
+    unit: str
+    source: Provenance
+    message: str  # short, for tables: "cv 14% > 10%"
+
+
+class Validity(_Model):
+    """Whether a cell's figures can be vouched for: ``valid``, or ``invalid`` with the reasons.
+
+    ``n/a``: not judged (the cell did not measure, or its record predates the check). The rules are
+    :mod:`rooflens.bench.validity`'s; ``limits`` holds those applied, ``measured`` the conditions they were
+    applied to, ``notes`` what could not be checked here and why (never a reason).
+    """
+
+    status: Literal["valid", "invalid", "n/a"] = "n/a"
+    reasons: list[ValidityReason] = Field(default_factory=list)
+    limits: dict[str, float] = Field(default_factory=dict)
+    measured: dict[str, float] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    other_measurement: bool | None = None  # another measurement on the machine in the window; None: not checked
+
+    @property
+    def invalid(self) -> bool:
+        return self.status == "invalid"
+
+    def summary(self) -> str:
+        """``valid``, ``n/a`` or ``invalid (cv 14% > 10%; ...)``."""
+        if not self.invalid:
+            return self.status
+        return f"invalid ({'; '.join(r.message for r in self.reasons)})"
+
+
 class ErrorInfo(_Model):
     type: str
     message: str
@@ -199,6 +241,7 @@ class Record(_Model):
     quality: QualityResult | None = None
     roofline: RooflineResult | None = None
     repetitions: RepetitionInfo | None = None
+    validity: Validity = Field(default_factory=Validity)
     environment: dict[str, Any]
     started_at: str
     finished_at: str
