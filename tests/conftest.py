@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 # measured ceilings saved by a user's `rooflens hw probe` must not leak into tests
 os.environ["ROOFLENS_HOME"] = tempfile.mkdtemp(prefix="rooflens-test-home-")
 
-from factories import TEST_ENGINES  # noqa: E402
+from factories import TEST_ENGINES, VIRTUAL_TIME  # noqa: E402
 from rooflens.config import ModelSpec  # noqa: E402
 from rooflens.engines import registry  # noqa: E402
 from rooflens.models.loader import load_model  # noqa: E402
@@ -40,3 +40,23 @@ def test_engines(monkeypatch):
     registry.registered_engines()  # the built-ins and plug-ins first, as a run would load them
     for cls in TEST_ENGINES:
         monkeypatch.setitem(registry._REGISTRY, cls.name, cls)
+
+
+@pytest.fixture
+def virtual_time(monkeypatch):
+    """The timed loop's token clocks read factories.VIRTUAL_TIME, which only PacedEngine moves."""
+    from rooflens.bench import repetitions
+    from rooflens.engines.base import TokenClock
+
+    monkeypatch.setattr(repetitions, "TokenClock", lambda device: TokenClock(device, now=VIRTUAL_TIME))
+    return VIRTUAL_TIME
+
+
+@pytest.fixture
+def quiet_machine(monkeypatch, tmp_path):
+    """A machine whose conditions never make a cell invalid: load 0, no cpufreq to read (a note), no NVML."""
+    from rooflens.bench import conditions
+    from rooflens.device import cpu
+
+    monkeypatch.setattr(conditions, "read_loadavg", lambda: 0.0)
+    monkeypatch.setattr(cpu, "CPUFREQ_ROOT", tmp_path / "no-cpufreq")

@@ -25,6 +25,8 @@ from rooflens.results.record import (
     Record,
     RepetitionInfo,
     RooflineResult,
+    Validity,
+    ValidityReason,
 )
 from rooflens.results.stats import summarize
 
@@ -145,6 +147,16 @@ def make_record(
     )
 
 
+def judged(record: Record, *messages: str) -> Record:
+    """``record`` judged: ``valid`` without messages, else ``invalid`` with one CV-style reason per message."""
+    reasons = [
+        ValidityReason(check="cv", value=0.14, limit=0.10, unit="fraction", source="derived", message=m)
+        for m in messages
+    ]
+    record.validity = Validity(status="invalid" if reasons else "valid", reasons=reasons)
+    return record
+
+
 def tiny_experiment(engines, batch_sizes=(1, 2), **extra) -> Experiment:
     """A validated experiment on the random tiny Llama: prompt 8, gen 5, 1 warm-up, 2+ reps, CPU, float32.
 
@@ -210,7 +222,46 @@ class OptionUnavailableEngine(ScriptedEngine):
         raise base.EngineUnavailable("format int4 needs CUDA")
 
 
-TEST_ENGINES = (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine)
+class VirtualClock:
+    """A clock that moves only when told: token timestamps that do not depend on the machine's speed."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+VIRTUAL_TIME = VirtualClock()
+"""What :class:`PacedEngine` advances; the ``virtual_time`` fixture makes the timed loop's clocks read it."""
+
+
+class PacedEngine(ScriptedEngine):
+    """A scripted engine whose tokens take ``token_s[i]`` virtual seconds each in its i-th generation
+    (warm-ups included, cycling): a steady list is a quiet engine, an uneven one a noisy engine."""
+
+    name = "paced"
+
+    class Options(ScriptedEngine.Options):
+        token_s: list[float] = [0.01]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def generate(self, input_ids, max_new_tokens, clock):
+        step = self.options.token_s[self.calls % len(self.options.token_s)]
+        self.calls += 1
+        for _ in range(max_new_tokens):
+            VIRTUAL_TIME.advance(step)
+            clock.tokens(1)
+        return torch.zeros(input_ids.shape[0], max_new_tokens, dtype=torch.long)
+
+
+TEST_ENGINES = (ScriptedEngine, CudaOnlyEngine, BrokenPrepareEngine, OptionUnavailableEngine, PacedEngine)
 """Engines without a model, registered for a test by the ``test_engines`` fixture (conftest.py)."""
 
 

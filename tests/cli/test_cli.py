@@ -173,6 +173,7 @@ def test_run_help_documents_the_exit_codes():
         "0 every cell ok or unavailable",
         "1 at least one cell failed",
         "2 the experiment could not start",
+        "4 with --strict, a cell's measurement is invalid",
         "130",
     ):
         assert phrase in " ".join(r.output.split())
@@ -361,3 +362,25 @@ def test_train_flags_come_from_the_engine_option_schemas():
             expected = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
             assert params[flag.param].default == expected, (command, flag)
             assert params[flag.param].help == (flag.help or field.description), (command, flag)
+
+
+@pytest.mark.slow
+def test_run_strict_exits_4_on_an_invalid_cell_and_without_it_only_says_so(
+    test_engines, virtual_time, quiet_machine, tmp_path
+):
+    noisy = tmp_path / "noisy.yaml"
+    noisy.write_text(
+        TINY.replace("engines: [{name: hf}]", "engines: [{name: paced, options: {token_s: [0.01, 0.002, 0.02]}}]")
+        .replace("batch_sizes: [1, 2]", "batch_sizes: [1]")
+        .replace("min_reps: 2", "min_reps: 3")
+    )
+    r = runner.invoke(app, ["run", str(noisy), "--results", str(tmp_path / "a"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "1 cell(s) invalid (--strict fails on them): paced p8-g4 b1 (cv " in r.output
+    assert "Not ranked, measurement invalid: paced at batch 1 (cv " in r.output
+    r = runner.invoke(app, ["run", str(noisy), "--results", str(tmp_path / "b"), "-q", "--strict"])
+    assert r.exit_code == 4, r.output
+    quiet = tmp_path / "quiet.yaml"
+    quiet.write_text(noisy.read_text().replace("[0.01, 0.002, 0.02]", "[0.01]"))
+    r = runner.invoke(app, ["run", str(quiet), "--results", str(tmp_path / "c"), "-q", "--strict"])
+    assert r.exit_code == 0 and "cell(s) invalid" not in r.output and "│ valid │" in r.output, r.output

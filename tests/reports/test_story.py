@@ -2,7 +2,7 @@
 
 import pytest
 
-from factories import make_record, placed_record
+from factories import judged, make_record, placed_record
 from rooflens.reports.story import story
 from rooflens.results.record import EnergyResult, Quantity
 
@@ -92,3 +92,26 @@ def test_a_run_without_ceilings_says_how_to_get_them():
         "No roofline efficiency: Test CPU has no datasheet ceilings and no probe yet (`rooflens hw probe` "
         "measures them, or `probe: auto` in the experiment)."
     )
+
+
+def test_an_invalid_cell_is_never_ranked_and_the_sentence_says_why():
+    records = _run()
+    judged(records[1], "cv 14% > 10%")  # int4 at batch 1 was the fastest
+    lines = story(records)
+    assert not any(line.startswith("Fastest at batch 1: int4") for line in lines)
+    assert (
+        "Fastest at batch 1 (of the valid cells): spec, 180.0 decode tok/s, 1.80x the baseline hf (100.0 tok/s)."
+        in lines
+    )
+    assert "Not ranked, measurement invalid: int4 at batch 1 (cv 14% > 10%)." in lines
+    assert not any(
+        "Closest to the roofline: int4" in line or "Best quality for its speed: int4" in line for line in lines
+    )
+
+
+def test_no_speedup_is_ranked_against_an_invalid_baseline():
+    records = _run()
+    judged(records[0], "load 3.2 at end > 3.0 (2 own + 0.5 x 2 cores)")  # hf at batch 1, the baseline
+    lines = story(records)
+    assert not any(line.startswith(("Fastest at batch 1", "No clear winner at batch 1")) for line in lines)
+    assert "Not ranked, measurement invalid: hf at batch 1 (load 3.2 at end > 3.0 (2 own + 0.5 x 2 cores))." in lines

@@ -3,7 +3,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from factories import make_record
+from factories import judged, make_record
 from rooflens.cli import app
 from rooflens.results.compare import CompareInputError, compare_records, parse_threshold
 from rooflens.results.store import write_record
@@ -169,3 +169,47 @@ def test_compare_refuses_a_bad_alpha_and_an_unwritable_markdown_path(tmp_path):
         assert r.exit_code == 2 and "--alpha" in r.output and "between 0 and 1" in r.output, r.output
     r = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "base"), "--markdown", str(tmp_path)])
     assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output
+
+
+def test_no_regression_is_called_on_an_invalid_cell():
+    base = run({"hf": 100.0, "fast": 150.0}, seed=0, run_id="a")
+    cur = run({"hf": 100.0, "fast": 120.0}, seed=100, run_id="b")  # a real 20 % slowdown of fast
+    judged(cur[1], "cv 14% > 10%")
+    res = compare_records(base, cur, threshold=0.05)
+    row = next(r for r in res.rows if r.cell.endswith("/fast/w/b1") and r.metric == "decode_tok_s")
+    assert row.verdict == "invalid" and row.reason == "current: cv 14% > 10%"
+    assert row.change == pytest.approx(-0.2, abs=0.03)  # the figures are still shown
+    assert not res.regressions and not res.failed and res.invalid
+    judged(base[0], "load 3.2 at end > 3.0 (2 own + 0.5 x 2 cores)")
+    hf = next(r for r in compare_records(base, cur).rows if r.cell.endswith("/hf/w/b1"))
+    assert hf.verdict == "invalid" and hf.reason.startswith("base: load 3.2 at end")
+
+
+def test_a_speedup_over_an_invalid_baseline_cell_is_not_judged():
+    base = run({"hf": 100.0, "fast": 150.0}, seed=0, run_id="a")
+    cur = run({"hf": 100.0, "fast": 120.0}, seed=100, run_id="b")
+    judged(cur[0], "cv 14% > 10%")  # the current run's baseline engine
+    (row,) = compare_records(base, cur, metrics=("speedup:decode_tok_s",)).rows
+    assert row.verdict == "invalid" and row.reason == "current's baseline: cv 14% > 10%"
+
+
+def test_compare_strict_fails_on_invalid_comparisons_with_exit_4(tmp_path):
+    base = run({"hf": 100.0, "fast": 150.0}, seed=0, run_id="a")
+    cur = run({"hf": 100.0, "fast": 120.0}, seed=100, run_id="b")
+    judged(cur[1], "cv 14% > 10%")
+    for folder, recs in (("base", base), ("cur", cur)):
+        for r in recs:
+            write_record(tmp_path / folder, r)
+    args = ["compare", str(tmp_path / "base"), str(tmp_path / "cur"), "--markdown", str(tmp_path / "c.md")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "invalid (current: cv 14% > 10%)" in r.output and "--strict fails on them" in r.output
+    assert "| invalid (current: cv 14% > 10%) |" in (tmp_path / "c.md").read_text()
+    r = CliRunner().invoke(app, [*args, "--strict"])
+    assert r.exit_code == 4, r.output
+    # a real regression elsewhere still exits 1, strict or not
+    cur[0] = make_record("hf", decode=60.0, seed=300, run_id="b")
+    for r in cur:
+        write_record(tmp_path / "worse", r)
+    r = CliRunner().invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "worse"), "--strict"])
+    assert r.exit_code == 1, r.output

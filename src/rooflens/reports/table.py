@@ -96,8 +96,7 @@ def validity_notes(records: list[Record]) -> list[str]:
     if not any(r.validity.status != "n/a" for r in records):
         return []
     return [
-        "valid: the cell passed its checks (CV of decode tok/s, repetitions and seconds asked, load average, "
-        "clocks); invalid cells are listed with their reasons and never ranked"
+        "valid: the cell passed its checks (CV, repetitions, seconds, load, clocks); invalid cells are never ranked"
     ]
 
 
