@@ -3,7 +3,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from factories import make_record, two_runs
+from factories import judged, make_record, two_runs
 from rooflens.cli import app
 from rooflens.reports.changes import changes
 from rooflens.reports.changes_page import render_changes_html, render_changes_markdown, rows
@@ -77,3 +77,12 @@ def test_report_command_with_two_folders_writes_the_changes(tmp_path):
     assert r.exit_code == 2 and "--threshold" in r.output
     r = runner.invoke(app, ["report", str(tmp_path / "A"), str(tmp_path / "B"), str(tmp_path / "A")])
     assert r.exit_code == 2 and "give one" in r.output
+
+
+def test_a_cell_measured_invalid_is_not_called_a_regression_in_the_changes():
+    base, current = two_runs()
+    judged(current[1], "cv 14% > 10%")  # fast, which slowed down 160 -> 130
+    fast = {ch.metric.key: ch for ch in changes(base, current).cells[1].changes}
+    d = fast["decode_tok_s"]
+    assert d.verdict == "invalid" and d.test == "not judged, measurement invalid (current: cv 14% > 10%)"
+    assert fast["agreement"].verdict == "one value"

@@ -8,7 +8,7 @@ from factories import judged, make_record
 from rooflens.reports.html import render_html, render_markdown
 from rooflens.reports.summary import summary_table
 from rooflens.reports.table import cell_row, visible_columns
-from rooflens.results.store import load_records, write_record
+from rooflens.results.store import load_records, record_row, write_record
 
 
 def _records():
@@ -28,6 +28,10 @@ def test_the_summary_table_has_a_valid_column_with_the_reasons():
     rows = [cell_row(r, records) for r in records]
     assert [row["validity"] for row in rows] == ["valid", "invalid (cv 14% > 10%)"]
     assert "validity" in [c.key for c in visible_columns(rows)]
+    assert [(x["validity"], x["validity_reasons"]) for x in map(record_row, records)] == [
+        ("valid", None),
+        ("invalid", "cv 14% > 10%"),
+    ]
     text = _text(summary_table(records))
     assert "invalid (cv 14% > 10%)" in text and "invalid cells are never ranked" in text
 

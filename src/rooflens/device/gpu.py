@@ -299,6 +299,8 @@ CLOCK_EVENT_REASONS: dict[int, str] = {
     0x40: "hardware thermal slowdown",
     0x80: "hardware power brake slowdown",
     0x100: "display clock setting",
+    0x200: "board limit",
+    0x400: "reliability",
 }
 """NVML's clocks-event (formerly clocks-throttle) reason bits, as the NVML API defines them."""
 

@@ -106,6 +106,8 @@ def record_row(r: Record) -> dict:
         "device": r.device,
         "hardware": r.hardware_profile.get("name"),
         "started_at": r.started_at,
+        "validity": r.validity.status,
+        "validity_reasons": "; ".join(x.message for x in r.validity.reasons) or None,
     }
     for name, m in r.metrics.items():
         row[name] = m.median
