@@ -95,7 +95,7 @@ def test_load_beyond_the_runs_own_threads_is_a_reason_at_start_or_end():
     # 2 own threads + 0.5 x 4 cores = 4.0 allowed
     v = judge(w=window(load_start=3.9, load_end=4.5))
     assert [(r.check, r.value, r.limit) for r in v.reasons] == [("load_at_end", 4.5, 4.0)]
-    assert "load 4.5 at end > 4.0 (2 own + 0.5 x 4 cores)" in v.summary()
+    assert "load 4.50 at end > 4.00 (2 own + 0.5 x 4 cores)" in v.summary()
     # a GPU cell's own share is one thread: 1 + 2 = 3.0 allowed
     v = judge(w=window("cuda", load_start=3.5, gpu_samples=1))
     assert [(r.check, r.limit) for r in v.reasons] == [("load_at_start", 3.0)]
@@ -290,3 +290,8 @@ def test_cells_that_did_not_measure_are_not_judged(test_engines, quiet_machine, 
     exp = tiny_experiment([{"name": "cuda-only"}], batch_sizes=(1,))
     r = ExperimentRunner(exp, results_root=tmp_path).run().records[0]
     assert r.status == "unavailable" and r.validity.status == "n/a"
+
+
+def test_a_cv_just_over_the_limit_reads_as_over_it():
+    v = judge([100.0, 110.4, 89.6, 110.4, 89.6], limits=ValidityLimits(max_cv=0.10))
+    assert v.summary().startswith("invalid (cv 10.") and v.summary().endswith("% > 10%)")

@@ -56,6 +56,12 @@ class _Verdict:
         )
 
 
+def _percents(value: float, limit: float) -> tuple[str, str]:
+    """``("14%", "10%")``, with a decimal where whole percents would read equal (``("10.4%", "10%")``)."""
+    digits = 0 if round(100 * value) > round(100 * limit) else 1
+    return f"{100 * value:.{digits}f}%", f"{100 * limit:.{digits if (100 * limit) % 1 else 0}f}%"
+
+
 def max_cv(limits: ValidityLimits, device_type: str) -> float:
     """The CV limit of a cell on a device of this type: the experiment's, else the device type's default."""
     if limits.max_cv is not None:
@@ -117,7 +123,8 @@ def _check_cv(v: _Verdict, limits: ValidityLimits, device_type: str, metrics: di
         return
     cv = v.measured[f"cv_{name}"] = m.cv
     if cv > limit:
-        v.reason("cv", cv, limit, "fraction", "derived", f"cv {100 * cv:.0f}% > {100 * limit:.0f}%")
+        shown, most = _percents(cv, limit)
+        v.reason("cv", cv, limit, "fraction", "derived", f"cv {shown} > {most}")
 
 
 def _check_repetitions(v: _Verdict, asked: Repetitions, reps: int, seconds: float) -> None:
@@ -126,7 +133,7 @@ def _check_repetitions(v: _Verdict, asked: Repetitions, reps: int, seconds: floa
     if reps < asked.min_reps:
         v.reason("repetitions", reps, asked.min_reps, "reps", "measured", f"{reps} reps < min_reps {asked.min_reps}")
     if seconds < asked.min_seconds:
-        message = f"{seconds:.2g} s < min_seconds {asked.min_seconds:g}"
+        message = f"{seconds:.3f}".rstrip("0").rstrip(".") + f" s < min_seconds {asked.min_seconds:g}"
         v.reason("seconds", seconds, asked.min_seconds, "s", "measured", message)
 
 
@@ -139,7 +146,7 @@ def _check_load(v: _Verdict, limits: ValidityLimits, w: WindowConditions) -> Non
         v.measured[f"load_1m_at_{when}"] = load
         if load > allowed:
             message = (
-                f"load {load:.1f} at {when} > {allowed:.1f} ({own} own + {limits.max_other_load:g} x {w.cores} cores)"
+                f"load {load:.2f} at {when} > {allowed:.2f} ({own} own + {limits.max_other_load:g} x {w.cores} cores)"
             )
             v.reason(f"load_at_{when}", load, allowed, "runnable tasks (1-min load average)", "measured", message)
 
@@ -151,10 +158,9 @@ def _check_cpu_clock(v: _Verdict, limits: ValidityLimits, w: WindowConditions) -
     v.measured["cpu_khz_min"], v.measured["cpu_khz_max"] = w.cpu_khz_min, w.cpu_khz_max
     drop = v.measured["cpu_clock_drop"] = 1 - w.cpu_khz_min / w.cpu_khz_max
     if drop > limit:
-        message = (
-            f"cpu clock -{100 * drop:.0f}% ({w.cpu_khz_max / 1e6:.2f} -> {w.cpu_khz_min / 1e6:.2f} GHz) "
-            f"> {100 * limit:.0f}%"
-        )
+        shown, most = _percents(drop, limit)
+        clocks = f"{w.cpu_khz_max / 1e6:.2f} -> {w.cpu_khz_min / 1e6:.2f} GHz"
+        message = f"cpu clock -{shown} ({clocks}) > {most}"
         v.reason("cpu_clock", drop, limit, "fraction", "derived", message)
 
 
