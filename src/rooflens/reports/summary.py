@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from rich.table import Table
 
-from rooflens.reports.table import cell_row, energy_notes, format_value, header, visible_columns
+from rooflens.reports.table import cell_row, energy_notes, format_value, header, probe_notes, visible_columns
 from rooflens.results.record import Record
 
 
@@ -23,6 +23,7 @@ def summary_table(records: Iterable[Record], title: str = "rooflens results") ->
         [
             "medians over the measured repetitions; CV of decode tok/s; speedup = decode tok/s over the baseline engine of the same run",
             *energy_notes(records),
+            *probe_notes(records),
         ]
     )
     return table
