@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rooflens.fsutil import home_dir, slug, write_atomic
 from rooflens.results.stats import summarize
@@ -278,7 +278,10 @@ def load_probe(device_name: str, threads: int, root: Path | None = None) -> Prob
         return None
     try:
         result = ProbeResult.model_validate_json(text)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        raise ValueError(f"{path}: not a valid probe result ({where})") from exc
+    except ValueError as exc:  # not JSON at all
         raise ValueError(f"{path}: not a valid probe result ({first_line(exc)})") from exc
     if result.key_threads != threads:
         raise ValueError(f"{path}: holds a probe at {result.key_threads} threads, not {threads}")
