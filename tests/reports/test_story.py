@@ -92,3 +92,13 @@ def test_a_run_without_ceilings_says_how_to_get_them():
         "No roofline efficiency: Test CPU has no datasheet ceilings and no probe yet (`rooflens hw probe` "
         "measures them, or `probe: auto` in the experiment)."
     )
+
+
+def test_a_run_whose_automatic_probe_was_refused_says_so():
+    record = placed_record(make_record("hf", 1, 100.0), 4e9, 0.010)
+    record.roofline.ceilings = []
+    record.roofline.probe_note = "the automatic probe was refused (attempt 1: invalid (bandwidth: CV 39.0 % > 10.0 %))"
+    assert story([record])[-1] == (
+        "No roofline efficiency: Test CPU has no datasheet ceilings and the automatic probe was refused as noisy "
+        "(each record's roofline.probe_note says why; `rooflens hw probe` on a quiet machine measures them)."
+    )
