@@ -335,3 +335,105 @@ def placed_record(record, decode_bytes, tpot, bits=32.0, tokens_per_pass=1.0, la
         decode=_phase_position("decode", 2e9 * layers / 30, decode_bytes, tpot, bits),
     )
     return record
+
+
+# ---------------------------------------------------------------------------- probes
+
+
+def probe_stat(value: float, unit: str = "FLOP/s", spread: float = 0.01, n: int = 20):
+    """A tight (or, with a large ``spread``, noisy) probe statistic around ``value``, deterministic."""
+    from rooflens.roofline.probe_file import ProbeStat
+
+    samples = [value * (1 - spread * ((i * 7) % 5) / 4) for i in range(n)]
+    return ProbeStat.from_samples(samples, unit, "hand-made")
+
+
+def valid_probe(
+    name: str = "Test CPU (R) @ 2.0GHz",
+    threads: int = 2,
+    measured_at: str | None = None,
+    device: str = "cpu",
+    bandwidth: float = 50e9,
+):
+    """A valid saved-probe result (one valid attempt) with fp32, bf16 and int8 ceilings, measured now by default."""
+    from datetime import datetime, timezone
+
+    from rooflens.roofline.probe_file import AttemptLoad, ProbeAttempt, ProbeResult
+    from rooflens.roofline.probe_rules import RULES
+
+    measured_at = measured_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    bw = probe_stat(bandwidth, "B/s")
+    gemm = {"fp32": probe_stat(200e9), "bf16": probe_stat(800e9), "int8": probe_stat(1e12, "OP/s")}
+    load = AttemptLoad(
+        cores=2,
+        load_avg_before=[0.1, 0.1, 0.1],
+        load_avg_after=[0.9, 0.3, 0.1],
+        load_judged=True,
+        other_cpu_before=0.01,
+        other_cpu_during=0.02,
+        window_before_s=1.0,
+        judged=device == "cpu",
+    )
+    attempt = ProbeAttempt(
+        number=1, started_at=measured_at, bandwidth=bw, gemm=gemm, load=load, verdict="valid", reasons=[]
+    )
+    return ProbeResult(
+        device=device,
+        device_name=name,
+        profile=None,
+        bandwidth=bw,
+        gemm=gemm,
+        skipped={"tf32": "CUDA only"},
+        threads=threads,
+        torch_version="2.13.0",
+        measured_at=measured_at,
+        sizes={"copy_bytes": 512 * 2**20, "gemm_n": 2048, "llc_bytes": 32 * 2**20},
+        attempts=[attempt],
+        chosen=1,
+        rules=RULES.as_dict(),
+    )
+
+
+class FakeActivity:
+    """Stands in for rooflens.device.activity: every window reports ``share`` of the CPU used by others."""
+
+    def __init__(self, share: float = 0.0, load: tuple[float, float, float] = (0.05, 0.05, 0.05), cores: int = 2):
+        self.share, self.load, self.cores, self.windows = share, load, cores, 0
+
+    def watch(self):
+        from rooflens.device.activity import CpuActivity
+
+        self.windows += 1
+        activity = CpuActivity(wall_s=1.0, cores=self.cores, other_cpu_s=self.share * self.cores, load_avg=self.load)
+        return type("Window", (), {"stop": lambda _self: activity})()
+
+    def install(self, monkeypatch) -> FakeActivity:
+        from rooflens.device import activity
+        from rooflens.roofline import probe
+
+        monkeypatch.setattr(activity, "watch", self.watch)
+        monkeypatch.setattr(activity, "load_average", lambda: self.load)
+        monkeypatch.setattr(probe, "QUIET_WINDOW_S", 0.0)
+        monkeypatch.setattr(probe, "RETRY_PAUSE_S", 0.0)
+        return self
+
+
+def lenient_probe_rules(monkeypatch) -> None:
+    """Probe rules nothing fails (tests that measure tiny sizes for real, on a shared machine)."""
+    from rooflens.roofline import probe_rules
+
+    monkeypatch.setattr(
+        probe_rules,
+        "RULES",
+        probe_rules.ProbeRules(
+            bandwidth_max_cv=1e9,
+            gemm_max_cv=1e9,
+            min_median_to_best=0.0,
+            min_reps=1,
+            max_load_per_core=1e9,
+            max_other_cpu_share=1e9,
+            min_copy_to_llc=0.0,
+            max_age_days=1e9,
+        ),
+    )

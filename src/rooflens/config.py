@@ -211,8 +211,9 @@ class Experiment(_Strict):
     )
     probe: Literal["never", "auto"] = Field(
         default="never",
-        description="auto: on a device with neither datasheet ceilings nor a saved probe, measure them first "
-        "(`rooflens hw probe --quick`, seconds; saved and reused), so every record has a roofline efficiency",
+        description="auto: on a device with neither datasheet ceilings nor a valid saved probe at the run's "
+        "threads, measure them first (as `rooflens hw probe` does, 10-40 s on a CPU; saved and reused only when "
+        "valid, else refused and the records say why), so every record has a roofline efficiency",
     )
 
     @field_validator("model", mode="before")

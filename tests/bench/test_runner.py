@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from factories import ScriptedEngine, tiny_experiment
+from factories import FakeActivity, ScriptedEngine, lenient_probe_rules, tiny_experiment
 from rooflens.bench.energy import EnergyMeter, NvmlEnergyCounterMeter, UnavailableMeter
 from rooflens.bench.repetitions import FixedLengthError, measure, run_once
 from rooflens.bench.runner import ExperimentRunner
@@ -433,6 +433,8 @@ def test_probe_auto_measures_missing_ceilings_once_and_says_so(mode, tmp_path, m
     from rooflens.roofline import probe as probe_module
 
     monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path / "home"))  # no saved probe for this CPU
+    FakeActivity().install(monkeypatch)  # a quiet machine, and rules nothing fails: timing is not tested here
+    lenient_probe_rules(monkeypatch)
     calls = []
     real = probe_module.probe
 
@@ -448,11 +450,58 @@ def test_probe_auto_measures_missing_ceilings_once_and_says_so(mode, tmp_path, m
     sources = {c.source for r in first + second for c in r.roofline.ceilings}
     if mode == "never":
         assert calls == [] and notes.lines == [] and sources == set()
+        assert all("no probe of" in r.roofline.probe_note for r in first + second)  # the records say why
         return
     assert len(calls) == 1, "the saved probe is reused by the second run"
+    assert calls[0].get("quick") is None, "the automatic probe measures what `rooflens hw probe` does"
     assert "measuring them once" in notes.lines[0] and "saved to" in notes.lines[-1]
     assert sources == {"measured"}
     assert all(r.roofline.decode.efficiency_pct() is not None for r in first + second)
+    threads = torch.get_num_threads()
+    for r in first + second:  # each record names the probe it used
+        (measured,) = [c for c in r.roofline.ceilings if c.source == "measured"]
+        assert measured.probe.file.endswith(f"-t{threads}.json") and measured.probe.valid
+        assert measured.probe.threads == threads and measured.probe.age_s >= 0 and r.roofline.probe_note is None
+
+
+@pytest.mark.slow
+def test_a_refused_automatic_probe_leaves_the_run_without_measured_ceilings_and_says_why(tmp_path, monkeypatch):
+    from rooflens.roofline import probe as probe_module
+
+    monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path / "home"))
+    FakeActivity(share=0.6, load=(1.9, 1.0, 0.5)).install(monkeypatch)  # something else busy on one core
+    exp = tiny_experiment([{"name": "hf"}], batch_sizes=(1, 2), dtype="float32", probe="auto")
+    notes = _Notes()
+    runner = ExperimentRunner(exp, results_root=tmp_path / "r", observer=notes)
+    records = runner.run().records
+    assert any("refused: no valid probe" in line and "nothing saved" in line for line in notes.lines)
+    assert not (tmp_path / "home" / "probes").exists() or not list((tmp_path / "home" / "probes").iterdir())
+    assert len(records) == 2 and all(r.status == "ok" for r in records), "the run goes on"
+    for r in records:
+        assert [c.source for c in r.roofline.ceilings] == []  # never the noisy ones
+        assert r.roofline.probe_note.startswith("the automatic probe was refused")
+        assert "other processes used 60.0 % of the CPU time" in r.roofline.probe_note
+    assert runner.probe is None and runner.probe_refused.startswith("the automatic probe was refused")
+    assert probe_module.ATTEMPTS == 3
+
+
+def test_a_one_thread_probe_is_not_used_by_a_two_thread_run(tmp_path, monkeypatch):
+    from factories import valid_probe
+    from rooflens.roofline.probe_file import save_probe
+
+    monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path / "home"))
+    two = ExperimentRunner(tiny_experiment([{"name": "hf"}], threads=2, probe="auto"), results_root=tmp_path)
+    two.resolve_hardware()
+    save_probe(valid_probe(two.device_name, threads=1))
+    two.resolve_hardware()
+    assert two.probe_threads == 2 and two.probe is None and two.needs_probe  # probe: auto measures at 2
+    assert "probes at 1 threads are not used" in two.probe_note
+    one = ExperimentRunner(tiny_experiment([{"name": "hf"}], threads=1, probe="auto"), results_root=tmp_path)
+    one.resolve_hardware()
+    assert one.probe is not None and one.probe.threads == 1 and not one.needs_probe
+    save_probe(valid_probe(two.device_name, threads=2))
+    two.resolve_hardware()
+    assert two.probe is not None and two.probe.threads == 2 and not two.needs_probe
 
 
 @pytest.mark.parametrize("cpu", ["avx2-only", "avx512-bf16"])
@@ -479,3 +528,22 @@ def test_dtype_auto_follows_the_cpu_and_every_byte_count_follows_the_dtype(cpu, 
     shape = ModelShape.from_config(shipped_config("tiny-llama")[0])
     dec = decode_cost(shape, batch=1, context_len=rec.roofline.decode_context, precision=Precision(bits, bits, bits))
     assert rec.roofline.decode.bytes.value == pytest.approx(dec.bytes)
+
+
+def test_a_refusal_reaches_the_records_of_later_jobs(tmp_path, monkeypatch):
+    """Under subprocess or Ray a cell's process is not the probe's: the driver hands it the refusal."""
+    from rooflens.bench import workbench
+    from rooflens.roofline.hardware import resolve_profile
+
+    monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path / "home"))
+    runner = ExperimentRunner(tiny_experiment([{"name": "hf"}], probe="auto"), results_root=tmp_path)
+    runner.resolve_hardware()
+    runner.probe_refused = "the automatic probe was refused (attempt 1: invalid ...)"
+    job = runner.job([0], "subprocess")
+    assert job.probe_note == runner.probe_refused and not job.probe
+    assert runner.job([], "subprocess", probe=True).probe_note is None
+    resolved = resolve_profile("auto", "cpu")
+    probe, note = workbench._ceilings(job, resolved, torch.device("cpu"), "float32", lambda event: None)
+    assert probe is None and note == runner.probe_refused
+    plain = job.model_copy(update={"probe_note": None})
+    assert "no probe of" in workbench._ceilings(plain, resolved, torch.device("cpu"), "float32", print)[1]

@@ -133,13 +133,48 @@ def test_roofline_errors():
     assert r.exit_code == 2 and "positive integers" in r.output
 
 
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_hw_probe_quick(tmp_path, monkeypatch):
+def test_hw_probe_quick(tmp_path, monkeypatch, one_thread):
+    from factories import FakeActivity, lenient_probe_rules
+
     monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path))
-    r = runner.invoke(app, ["hw", "probe", "--device", "cpu", "--quick"])
+    FakeActivity().install(monkeypatch)  # quiet, and rules nothing fails: the timing itself is not tested
+    lenient_probe_rules(monkeypatch)
+    r = runner.invoke(app, ["hw", "probe", "--device", "cpu", "--quick", "--threads", "1"])
     assert r.exit_code == 0, r.output
     assert "bandwidth GB/s" in r.output and "fp32 TFLOP/s" in r.output and "saved:" in r.output
-    assert list((tmp_path / "probes").glob("*.json"))
+    assert "attempt 1: valid" in r.output and "valid at attempt 1 of 1" in r.output
+    assert "at 1 threads" in r.output
+    assert [p.name[-8:] for p in (tmp_path / "probes").glob("*.json")] == ["-t1.json"]
+
+
+def test_hw_probe_refused_on_a_busy_machine_saves_nothing(tmp_path, monkeypatch, one_thread):
+    from factories import FakeActivity
+
+    monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path))
+    FakeActivity(share=0.5, load=(1.8, 1.0, 0.5)).install(monkeypatch)
+    r = runner.invoke(app, ["hw", "probe", "--device", "cpu", "--threads", "1"])
+    assert r.exit_code == 1, r.output
+    assert "refused: no valid probe" in r.output and "in 3 attempts; nothing saved" in r.output
+    assert "other processes used 50.0 % of the CPU time before the measurement" in r.output
+    assert "`rooflens hw probe --threads 1`" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "probes").exists()
+    r = runner.invoke(app, ["hw", "probe", "--device", "cpu", "--json"])
+    assert r.exit_code == 1 and '"refused"' in r.output and '"attempts"' in r.output
+
+
+def test_hw_probe_threads_is_for_cpus():
+    r = runner.invoke(app, ["hw", "probe", "--device", "cuda", "--threads", "2"])
+    assert r.exit_code == 2 and ("for --device cpu only" in r.output or "CUDA" in r.output)
 
 
 # ---------------------------------------------------------------------------- exit codes and one-line errors

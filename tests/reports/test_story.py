@@ -115,3 +115,13 @@ def test_no_speedup_is_ranked_against_an_invalid_baseline():
     lines = story(records)
     assert not any(line.startswith(("Fastest at batch 1", "No clear winner at batch 1")) for line in lines)
     assert "Not ranked, measurement invalid: hf at batch 1 (load 3.2 at end > 3.0 (2 own + 0.5 x 2 cores))." in lines
+
+
+def test_a_run_whose_automatic_probe_was_refused_says_so():
+    record = placed_record(make_record("hf", 1, 100.0), 4e9, 0.010)
+    record.roofline.ceilings = []
+    record.roofline.probe_note = "the automatic probe was refused (attempt 1: invalid (bandwidth: CV 39.0 % > 10.0 %))"
+    assert story([record])[-1] == (
+        "No roofline efficiency: Test CPU has no datasheet ceilings and the automatic probe was refused as noisy "
+        "(each record's roofline.probe_note says why; `rooflens hw probe` on a quiet machine measures them)."
+    )

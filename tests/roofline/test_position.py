@@ -67,3 +67,56 @@ def test_unsupported_architecture_gives_a_reason():
         ceilings=[],
     )
     assert r.prefill is None and r.decode is None and "llama" in r.reason
+
+
+# ---------------------------------------------------------------------------- the probe a record names
+
+
+def test_the_record_names_the_probe_its_cv_and_age():
+    from datetime import datetime, timezone
+
+    from factories import valid_probe
+    from rooflens.results.record import RooflineResult
+
+    probe = valid_probe(threads=2, measured_at="2026-01-01T00:00:00+00:00")
+    at = datetime(2026, 1, 3, 12, tzinfo=timezone.utc)
+    ceilings = ceilings_for(get_profile("cpu-generic"), "float32", probe, at=at)
+    (measured,) = [c for c in ceilings if c.source == "measured"]
+    ref = measured.probe
+    assert ref.file == "test-cpu-r-2-0ghz-t2.json" and ref.file in measured.ref
+    assert (ref.device_name, ref.threads, ref.measured_at) == (probe.device_name, 2, probe.measured_at)
+    assert ref.age_s == 2.5 * 86400
+    assert ref.bandwidth_cv == probe.bandwidth.cv and ref.peak_flops_cv == probe.gemm["fp32"].cv
+    assert ref.bandwidth_median_to_best == pytest.approx(probe.bandwidth.median / probe.bandwidth.max)
+    assert ref.valid and ref.rules["bandwidth_max_cv"] == 0.10 and ref.rules["gemm_max_cv"] == 0.05
+    r = roofline_position(
+        CONFIG, "float32", batch=1, prompt_len=100, gen_len=20, ttft_s=0.1, tpot_s=0.01,
+        hints=RooflineHints(), ceilings=ceilings, probe_note="ignored: there are measured ceilings",
+    )  # fmt: skip
+    assert r.probe_note is None and "measured" in r.decode.efficiency
+    again = RooflineResult.model_validate_json(r.model_dump_json())
+    assert again.ceilings[-1].probe == ref
+    # a record written before probes were named still loads
+    old = r.model_dump(mode="json")
+    for c in old["ceilings"]:
+        c.pop("probe")
+    old.pop("probe_note")
+    assert RooflineResult.model_validate(old).ceilings[-1].probe is None
+
+
+def test_no_measured_ceilings_say_why():
+    from factories import valid_probe
+    from rooflens.roofline.position import why_unmeasured
+
+    note = "no probe of Test CPU at 2 threads (x); `rooflens hw probe` on a quiet machine measures them"
+    r = roofline_position(
+        CONFIG, "float32", batch=1, prompt_len=100, gen_len=20, ttft_s=0.1, tpot_s=0.01,
+        hints=RooflineHints(), ceilings=ceilings_for(get_profile("cpu-generic"), "float32"), probe_note=note,
+    )  # fmt: skip
+    assert r.probe_note == note and r.ceilings == []
+    probe = valid_probe()
+    assert why_unmeasured(None, "float32", note) == note
+    assert why_unmeasured(probe, "float32", note) is None
+    assert (
+        why_unmeasured(probe, "float16", None) == "the probe test-cpu-r-2-0ghz-t2.json has no fp16 GEMM (not measured)"
+    )

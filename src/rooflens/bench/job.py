@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from rooflens.config import Experiment
 from rooflens.results.record import ErrorInfo, Record
-from rooflens.roofline.probe import ProbeResult
+from rooflens.roofline.probe_file import ProbeResult
 
 References = dict[str, list[list[int]]]
 """The baseline engine's greedy tokens (first measured repetition) by ``"<workload index>:<batch size>"``."""
@@ -55,6 +55,9 @@ class GroupJob(BaseModel):
     probe: bool = Field(
         default=False, description="measure the device's roofline ceilings first when it has none (probe: auto)"
     )
+    probe_note: str | None = Field(
+        default=None, description="why the run has no measured ceilings (its automatic probe was refused), for records"
+    )
     references: References = Field(default_factory=dict)
     placement: dict[str, Any] = Field(
         default_factory=dict, description="where the process runs, beyond executor and pid (a Ray node, its GPUs)"
@@ -76,6 +79,7 @@ class Ready(_Event):
     event: Literal["ready"] = "ready"
     environment: dict[str, Any]
     probe: ProbeResult | None = Field(default=None, description="the ceilings it measures against, if any")
+    probe_note: str | None = Field(default=None, description="why it has no measured ceilings, if so")
 
 
 class Loading(_Event):

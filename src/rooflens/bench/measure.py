@@ -32,7 +32,7 @@ from rooflens.engines.base import Engine, EngineUnavailable
 from rooflens.engines.registry import build_engine, engine_options, get_engine
 from rooflens.models.loader import LoadedModel, ModelLoadError
 from rooflens.results.record import ErrorInfo, QualityResult, Quantity, Record, RepetitionInfo
-from rooflens.roofline.position import ceilings_for, roofline_position
+from rooflens.roofline.position import ceilings_for, roofline_position, why_unmeasured
 
 FATAL_ERRORS: dict[str, type[Exception]] = {"PreflightError": PreflightError, "ModelLoadError": ModelLoadError}
 """Errors that stop a whole run (the CLI exits 2): sent as :class:`Fatal`, raised again by the driver."""
@@ -46,7 +46,7 @@ def measure_group(job: GroupJob, emit: Emit) -> None:
     """Measure the job's group in this process, telling ``emit`` every event as it happens."""
     bench = workbench_for(job, emit)
     try:
-        emit(Ready(environment=bench.environment, probe=bench.probe))
+        emit(Ready(environment=bench.environment, probe=bench.probe, probe_note=bench.probe_note))
         if job.group:
             _measure_cells(job, bench, emit)
     except tuple(FATAL_ERRORS.values()) as err:
@@ -219,6 +219,7 @@ def _results(group: _Group, cell: Cell, m: CellMeasurement) -> dict[str, Any]:
         tpot_s=metrics["tpot_s"].median,
         hints=engine.roofline_hints(),
         ceilings=ceilings_for(group.bench.profile, model.info.dtype, group.bench.probe),
+        probe_note=why_unmeasured(group.bench.probe, model.info.dtype, group.bench.probe_note),
     )
     return {
         "metrics": metrics,

@@ -44,6 +44,7 @@ from rooflens.bench.job import (
 )
 from rooflens.bench.measure import fatal_error, measure_group
 from rooflens.bench.record_base import hardware_profile_info, record_base
+from rooflens.bench.workbench import probe_threads
 from rooflens.config import Experiment
 from rooflens.device.detect import detect_hardware
 from rooflens.models.loader import choose_dtype, dtype_name, resolve_device
@@ -51,7 +52,7 @@ from rooflens.results.record import ErrorInfo, Record
 from rooflens.results.store import ensure_writable, write_record
 from rooflens.roofline.hardware import resolve_profile
 from rooflens.roofline.position import ceilings_for
-from rooflens.roofline.probe import ProbeResult, load_probe
+from rooflens.roofline.probe_file import ProbeResult, lookup_probe
 from rooflens.text import safe_name
 
 
@@ -123,6 +124,9 @@ class ExperimentRunner:
         self.profile_info: dict[str, Any] = {}
         self.device_name: str | None = None
         self.probe: ProbeResult | None = None
+        self.probe_threads = 0  # the thread count its probe is keyed by (0: a GPU)
+        self.probe_note: str | None = None  # why there is no probe, when there is none
+        self.probe_refused: str | None = None  # why the automatic probe saved none, for the later jobs' records
         self.needs_probe = False
 
     def run(self) -> RunResult:
@@ -139,7 +143,10 @@ class ExperimentRunner:
         profile = resolve_profile(self.exp.hardware, str(self.device), hardware=detect_hardware())
         self.profile_info = hardware_profile_info(profile)
         self.device_name = profile.device_name
-        self.probe = load_probe(profile.device_name) if profile.device_name else None
+        self.probe_threads = probe_threads(self.device, self.exp.threads)
+        found = lookup_probe(profile.device_name, self.probe_threads) if profile.device_name else None
+        self.probe = found.probe if found else None
+        self.probe_note = found.note if found else None
         self.needs_probe = bool(
             self.exp.probe == "auto"
             and profile.device_name
@@ -157,6 +164,7 @@ class ExperimentRunner:
             dtype=DtypeSpec(name=dtype_name(self.dtype), reason=self.dtype_choice.reason),
             threads=self.exp.threads,
             probe=probe,
+            probe_note=None if probe else self.probe_refused,
             references=dict(self.references),
         )
 
@@ -177,6 +185,8 @@ class ExperimentRunner:
             case Ready():
                 state.environment = event.environment
                 self.probe = event.probe or self.probe  # the ceilings the records are measured against
+                if job.probe and event.probe is None:  # the automatic probe was refused (or failed): why, for records
+                    self.probe_refused = self.probe_note = event.probe_note
             case Loading():
                 obs.model_loading(event.label)
             case Note():
@@ -279,12 +289,13 @@ class _Jobs(RunJobs):
 
 
 def _probe_jobs(runners: Sequence[ExperimentRunner], executor: str) -> list[RunJobs]:
-    """``probe: auto`` on a device with no ceilings: one probe job per device, measured before any cell."""
+    """``probe: auto`` on a device with no ceilings: one probe job per device and thread count, before any cell."""
     jobs: list[RunJobs] = []
-    devices: set[str | None] = set()
+    devices: set[str] = set()
     for runner in runners:
-        if runner.needs_probe and runner.device_name not in devices:
-            devices.add(runner.device_name)
+        key = f"{runner.device_name}-t{runner.probe_threads}"
+        if runner.needs_probe and key not in devices:
+            devices.add(key)
             jobs.append(_Jobs(runner, executor, probe=True))
     return jobs
 

@@ -37,7 +37,8 @@ from rooflens.models.loader import (
 )
 from rooflens.roofline.hardware import HardwareProfile, ResolvedProfile, resolve_profile
 from rooflens.roofline.position import ceilings_for
-from rooflens.roofline.probe import ProbeResult, load_probe
+from rooflens.roofline.probe_file import ProbeResult, describe_attempt, lookup_probe
+from rooflens.text import first_line
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Workbench:
     profile: HardwareProfile
     hardware_profile: dict[str, Any]  # the records' hardware_profile
     probe: ProbeResult | None
+    probe_note: str | None  # why there is no probe, for the records
     environment: dict[str, Any]
     meter: EnergyMeter
     models: dict[torch.dtype, LoadedModel] = field(default_factory=dict)
@@ -93,7 +95,7 @@ def set_up(job: GroupJob, emit: Emit) -> Workbench:
     )
     detected = detect_hardware()
     resolved = resolve_profile(exp.hardware, str(device), hardware=detected)
-    probe = _ceilings(job, resolved, device, dtype_name(choice.dtype), emit)
+    probe, probe_note = _ceilings(job, resolved, device, dtype_name(choice.dtype), emit)
     environment = capture_environment(detected.model_dump(mode="json"))
     environment["placement"] = {"executor": job.executor, "pid": os.getpid(), **job.placement}
     return Workbench(
@@ -103,38 +105,59 @@ def set_up(job: GroupJob, emit: Emit) -> Workbench:
         profile=resolved.profile,
         hardware_profile=hardware_profile_info(resolved),
         probe=probe,
+        probe_note=probe_note,
         environment=environment,
         meter=meter_for(exp, device),
     )
 
 
+def probe_threads(device: torch.device, threads: int | None = None) -> int:
+    """The thread count a probe of ``device`` is keyed by: ``threads`` (default: torch's CPU threads now)
+    on a CPU, 0 for a GPU."""
+    return 0 if device.type == "cuda" else threads or torch.get_num_threads()
+
+
 def _ceilings(
     job: GroupJob, resolved: ResolvedProfile, device: torch.device, dtype: str, emit: Emit
-) -> ProbeResult | None:
-    """The saved probe of this device; a probe job measures it first where the device has no ceilings."""
+) -> tuple[ProbeResult | None, str | None]:
+    """The valid saved probe at this process's thread count, or why there is none; a probe job measures
+    it first where the device has no ceilings."""
     name = resolved.device_name
-    saved = load_probe(name) if name else None
-    if job.probe and name and not ceilings_for(resolved.profile, dtype, saved):
-        return first_probe(device, name, emit) or saved
-    return saved
+    if not name:
+        return None, job.probe_note or "no device name to find a probe by"
+    found = lookup_probe(name, probe_threads(device))
+    if job.probe and not ceilings_for(resolved.profile, dtype, found.probe):
+        measured, why_not = first_probe(device, name, emit)
+        return (measured, None) if measured is not None else (None, why_not)
+    return found.probe, None if found.probe is not None else job.probe_note or found.note
 
 
-def first_probe(device: torch.device, device_name: str, emit: Emit) -> ProbeResult | None:
-    """``probe: auto`` on a device with no ceilings: measure them once (quick sizes) and save them for later
-    runs, so that every record of this one has a roofline efficiency. Said on the console, never silent."""
-    from rooflens.roofline.probe import ProbeError, probe, save_probe
+def first_probe(device: torch.device, device_name: str, emit: Emit) -> tuple[ProbeResult | None, str | None]:
+    """``probe: auto`` on a device with no ceilings: measure them once, as `rooflens hw probe` does, and save
+    them for later runs at these threads when they are valid, so that every record of this one has a
+    roofline efficiency. Said on the console, never silent: the probe, and the refusal of a noisy one.
+    Returns the probe, or None and why (for the records)."""
+    from rooflens.roofline.probe import ProbeError, ProbeRefused, probe
+    from rooflens.roofline.probe_file import save_probe
 
+    threads = probe_threads(device)
+    at = f" at {threads} threads" if threads else ""
     emit(
         Note(
-            text=f"no ceilings for {device_name}: measuring them once (`rooflens hw probe --quick`, a few seconds; "
-            "saved and reused by later runs; `rooflens hw probe` measures them longer)"
+            text=f"no ceilings for {device_name}{at}: measuring them once (as `rooflens hw probe` does: "
+            "10-40 s on a CPU, up to 3 attempts; saved only when valid, and reused by later runs"
+            f"{at})"
         )
     )
     try:
-        result = probe(str(device), quick=True)
+        result = probe(str(device), progress=lambda line: emit(Note(text=f"probe: {line}")))
+    except ProbeRefused as err:
+        emit(Note(text=f"{err}\nthis run goes on without measured ceilings"))
+        tries = " | ".join(describe_attempt(a) for a in err.attempts)
+        return None, f"the automatic probe was refused ({tries}); `rooflens hw probe` on a quiet machine measures them"
     except (ProbeError, ValueError, RuntimeError) as err:
-        emit(Note(text=f"the probe failed ({err}): records will have no roofline efficiency"))
-        return None
+        emit(Note(text=f"the probe failed ({err}): records will have no measured roofline ceilings"))
+        return None, f"the automatic probe failed: {first_line(err)}"
     ceilings = ", ".join(
         f"{k} {v.max / 1e12:.3g} {'TOP/s' if k == 'int8' else 'TFLOP/s'}" for k, v in result.gemm.items()
     )
@@ -143,7 +166,7 @@ def first_probe(device: torch.device, device_name: str, emit: Emit) -> ProbeResu
             text=f"measured ceilings: {result.bandwidth.max / 1e9:.1f} GB/s, {ceilings}; saved to {save_probe(result)}"
         )
     )
-    return result
+    return result, None
 
 
 class _Kept:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
+from rich.markup import escape
 
 from rooflens.cli.common import check_device, console, err_console, fail
 
@@ -60,28 +63,51 @@ def hw_detect(device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N
 
 def hw_probe(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
-    quick: bool = typer.Option(False, "--quick", help="small sizes, a few seconds (less accurate)"),
-    save: bool = typer.Option(True, "--save/--no-save", help="save the result as this machine's measured ceilings"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    quick: bool = typer.Option(False, "--quick", help="small GEMMs and fewer reps (less accurate; judged the same)"),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="CPU: torch threads to probe at (a run uses only a probe at its own threads)"
+    ),
+    save: bool = typer.Option(True, "--save/--no-save", help="save a valid result as this machine's measured ceilings"),
+    as_json: bool = typer.Option(False, "--json", help="print the result (refused: its attempts) as JSON"),
 ) -> None:
-    """Measure this machine's real ceilings: copy bandwidth and GEMM peak per dtype, with spread."""
+    """Measure this machine's real ceilings: copy bandwidth and GEMM peak per dtype, with spread.
+
+    Valid only when every statistic's spread is small and the machine was quiet; else retried, then
+    refused (exit 1, nothing saved). About 10-40 s an attempt on a CPU, up to 3 attempts.
+    """
+    import json
+
+    import torch
+
     from rooflens.reports.roofline_console import probe_table
     from rooflens.roofline.hardware import get_profile
-    from rooflens.roofline.probe import ProbeError, probe, save_probe
+    from rooflens.roofline.probe import ProbeError, ProbeRefused, probe
+    from rooflens.roofline.probe_file import describe_attempt, save_probe
 
     dev = _device_here(device)
+    if threads is not None:
+        if dev.startswith("cuda"):
+            fail("--threads: a GPU probe does not depend on the CPU threads; give it for --device cpu only")
+        torch.set_num_threads(threads)
     try:
-        result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+        result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
+    except ProbeRefused as err:
+        if as_json:
+            print(json.dumps({"refused": str(err), "attempts": [a.model_dump(mode="json") for a in err.attempts]}))
+        fail(escape(str(err)), code=1)
     except (ProbeError, ValueError) as err:
-        fail(str(err))
+        fail(escape(str(err)))
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
         console.print(probe_table(result, get_profile(result.profile) if result.profile else None))
         for k, why in result.skipped.items():
-            console.print(f"[dim]skipped {k}: {why}[/]")
+            console.print(f"[dim]skipped {k}: {escape(why)}[/]")
+        for attempt in result.attempts:
+            console.print(f"[dim]{escape(describe_attempt(attempt))}[/]")
     if save:
         path = save_probe(result)
+        at = f"at {result.key_threads} threads" if result.key_threads else "on this GPU"
         (err_console if as_json else console).print(
-            f"saved: {path} (used as measured ceilings by `run` and `roofline` on this machine)"
+            f"saved: {path} (the measured ceilings of `run` {at} and of `roofline` on this machine)"
         )

@@ -112,10 +112,14 @@ def _outcome(
     ok = sum(r.status == "ok" for r in result.records)
     console.print(f"{ok}/{len(result.records)} cells ok; records in {result.folder}")
     if runner.probe is not None:
+        threads = runner.probe.key_threads
         console.print(
             f"[dim]roofline ceilings: measured by `rooflens hw probe` at {runner.probe.measured_at}"
+            f"{f', {threads} threads' if threads else ''}"
             f"{'' if runner.profile_info['matched'] else ' (no datasheet profile for this device)'}[/]"
         )
+    elif runner.probe_refused:
+        console.print(f"[dim]no measured ceilings: {escape(runner.probe_refused)}[/]", highlight=False)
     elif not runner.profile_info["matched"]:
         console.print(f"[dim]hardware: {runner.profile_info['reason']}[/]")
     for line in story(result.records):

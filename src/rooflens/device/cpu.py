@@ -125,3 +125,37 @@ def cpu_clocks_khz(cpus: Iterable[int] | None = None, root: Path | None = None) 
         except (OSError, ValueError):
             continue
     return out
+
+
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def _cache_size(text: str) -> int | None:
+    """``/sys`` cache sizes ("32768K", "1M") in bytes; None for anything else."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = text.rstrip("KMG"), text[len(text.rstrip("KMG")) :]
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        return None
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def last_level_cache_bytes(sys_cpu: Path = Path("/sys/devices/system/cpu")) -> int | None:
+    """The machine's last-level cache in bytes, all its instances together (e.g. one L3 per socket or
+    per CCD), from ``/sys/devices/system/cpu/cpu*/cache/index*``; None where that is not readable.
+
+    A memory-bandwidth probe must stream far more than this, or it measures the cache.
+    """
+    levels: dict[int, dict[str, int]] = {}  # level -> shared_cpu_list -> bytes (one entry per instance)
+    for index in sys_cpu.glob("cpu[0-9]*/cache/index[0-9]*"):
+        try:
+            kind = (index / "type").read_text().strip()
+            level = int((index / "level").read_text())
+            size = _cache_size((index / "size").read_text())
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and size:
+            levels.setdefault(level, {})[shared or index.parent.parent.name] = size
+    if not levels:
+        return None
+    return sum(levels[max(levels)].values())

@@ -15,7 +15,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from rooflens.roofline.analytic import PhaseCost, Projection
     from rooflens.roofline.hardware import Ceiling, HardwareProfile
-    from rooflens.roofline.probe import ProbeResult
+    from rooflens.roofline.probe_file import ProbeResult
 
 __all__ = ["costs_table", "op_table", "probe_table", "profile_table", "profiles_table", "projections_table"]
 
@@ -164,7 +164,8 @@ def probe_table(result: ProbeResult, profile: HardwareProfile | None) -> Table:
     """Measured ceilings with their spread, and each as a share of the datasheet's (with a profile)."""
     table = Table(
         title=f"measured ceilings: {result.device_name} ({result.device}, {result.threads} threads, "
-        f"load {result.load_avg[0] if result.load_avg else float('nan'):.2f})"
+        f"load {result.load_avg[0] if result.load_avg else float('nan'):.2f}; "
+        f"valid at attempt {result.chosen} of {len(result.attempts)})"
     )
     for col in ("ceiling", "best", "median", "p10", "p90", "CV %", "vs datasheet", "size"):
         table.add_column(col, justify="left" if col == "ceiling" else "right")

@@ -149,10 +149,16 @@ def _not_measured(records: list[Record], several: bool) -> list[str]:
             roofline.add(r.roofline.reason)
         elif not r.roofline.ceilings:
             hw = r.hardware_profile.get("display_name") or r.hardware_profile.get("name", "this device")
-            roofline.add(
-                f"{hw} has no datasheet ceilings and no probe yet (`rooflens hw probe` measures them, "
-                "or `probe: auto` in the experiment)"
-            )
+            if (r.roofline.probe_note or "").startswith("the automatic probe was refused"):
+                roofline.add(
+                    f"{hw} has no datasheet ceilings and the automatic probe was refused as noisy (each "
+                    "record's roofline.probe_note says why; `rooflens hw probe` on a quiet machine measures them)"
+                )
+            else:
+                roofline.add(
+                    f"{hw} has no datasheet ceilings and no probe yet (`rooflens hw probe` measures them, "
+                    "or `probe: auto` in the experiment)"
+                )
     out += [f"No roofline efficiency: {reason}" for reason in sorted(roofline)]
     return [s if s.endswith(".") else s + "." for s in out]
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rooflens.results.derived import speedup
-from rooflens.results.record import Record
+from rooflens.results.record import CeilingRef, Record
+from rooflens.roofline.probe_rules import ref_reasons
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ COLUMNS = (
     Column("rouge_l", "ROUGE-L", digits=3),
     Column("perplexity", "ppl", digits=2),
     Column("roofline_eff_pct", "roofline eff.", "%"),
+    Column("roofline_probe", "probe", numeric=False),  # "invalid": eff. against a probe that no longer validates
     Column("reps", "reps", digits=0),
     Column("validity", "valid", numeric=False),
     Column("status", "status", numeric=False),
@@ -67,6 +69,7 @@ def cell_row(r: Record, records: list[Record]) -> dict[str, Any]:
         "rouge_l": q.rouge_l.value if q and q.rouge_l else None,
         "perplexity": q.perplexity.value if q and q.perplexity else None,
         "roofline_eff_pct": eff,
+        "roofline_probe": "invalid" if probe_reasons(r) else None,
         "reps": r.repetitions.measured if r.repetitions else None,
         "validity": None if r.validity.status == "n/a" else r.validity.summary(),
         "status": r.status,  # the reasons: the summary's sentences, the report's problem table, the record
@@ -97,6 +100,35 @@ def validity_notes(records: list[Record]) -> list[str]:
         return []
     return [
         "valid: the cell passed its checks (CV, repetitions, seconds, load, clocks); invalid cells are never ranked"
+    ]
+
+
+def _measured_ceiling(r: Record) -> CeilingRef | None:
+    """The measured ceilings the record's roofline efficiency is computed against, if it is."""
+    if r.roofline is None or r.roofline.decode is None or "measured" not in r.roofline.decode.efficiency:
+        return None
+    return next((c for c in r.roofline.ceilings if c.source == "measured"), None)
+
+
+def probe_reasons(r: Record) -> list[str]:
+    """Why the probe behind the record's roofline efficiency no longer validates (empty: it does, or none)."""
+    ceiling = _measured_ceiling(r)
+    return ref_reasons(ceiling) if ceiling is not None else []
+
+
+def probe_notes(records: list[Record]) -> list[str]:
+    """Once per probe that no longer validates: which, why, and how many cells' efficiency it is behind."""
+    found: dict[str, tuple[list[str], int]] = {}
+    for r in records:
+        reasons = probe_reasons(r)
+        ceiling = _measured_ceiling(r)
+        if reasons and ceiling is not None:
+            name = ceiling.probe.file if ceiling.probe else ceiling.ref
+            found[name] = (reasons, found.get(name, (reasons, 0))[1] + 1)
+    return [
+        f"probe invalid: the roofline eff. of {n} cell{'s' * (n != 1)} is against {name}, which no longer "
+        f"validates ({'; '.join(reasons)}); `rooflens hw probe` on a quiet machine, then run again"
+        for name, (reasons, n) in sorted(found.items())
     ]
 
 

@@ -101,6 +101,26 @@ class QualityResult(_Model):
     note: str | None = None
 
 
+class ProbeRef(_Model):
+    """The probe a set of measured ceilings came from, and how good it was when the record was made.
+
+    Enough to judge it again later against the rules of the day (``rooflens show`` marks positions
+    whose probe no longer validates): its spread, its age at the run and its verdict.
+    """
+
+    file: str  # the probe file's name in the user's probes folder: <device-slug>-t<threads>.json
+    device_name: str
+    threads: int  # the CPU threads it was measured at (0: a GPU probe, whatever the CPU threads)
+    measured_at: str  # UTC ISO 8601
+    age_s: float  # derived: the record's time minus measured_at
+    bandwidth_cv: float  # measured: CV of the copy bandwidth's reps
+    peak_flops_cv: float  # measured: CV of this dtype's GEMM reps
+    bandwidth_median_to_best: float  # measured: median rep / best rep
+    peak_flops_median_to_best: float
+    valid: bool  # its verdict under ``rules`` when the record was made
+    rules: dict[str, float] = Field(default_factory=dict)  # the limits it was judged by
+
+
 class CeilingRef(_Model):
     """One set of roofline ceilings: from the hardware profile's datasheet, or measured by `hw probe`."""
 
@@ -109,6 +129,7 @@ class CeilingRef(_Model):
     dtype: str
     bandwidth: Quantity
     peak_flops: Quantity
+    probe: ProbeRef | None = None  # measured ceilings: the probe they came from (None in older records)
 
 
 class PhasePosition(_Model):
@@ -156,6 +177,7 @@ class RooflineResult(_Model):
     prefill: PhasePosition | None = None
     decode: PhasePosition | None = None
     reason: str | None = None
+    probe_note: str | None = None  # why there are no measured ceilings (no valid probe at this thread count, ...)
 
 
 class CellSpec(_Model):

@@ -2,17 +2,21 @@
 
 Inputs are the model config, the cell (batch, prompt and generation lengths), the measured
 medians of TTFT and TPOT, the engine's :class:`RooflineHints`, and the ceilings (datasheet
-from the hardware profile, measured from `rooflens hw probe` when a probe file exists).
+from the hardware profile, measured from `rooflens hw probe` when a valid probe at the run's thread
+count exists: the record names that probe, its spread and its age).
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
-from rooflens.results.record import CeilingRef, PhasePosition, Quantity, RooflineResult
+from rooflens.results.record import CeilingRef, PhasePosition, ProbeRef, Quantity, RooflineResult
 from rooflens.roofline.analytic import ModelShape, PhaseCost, Precision, decode_context, decode_cost, prefill_cost
 from rooflens.roofline.hardware import HardwareProfile
 from rooflens.roofline.hints import RooflineHints
+from rooflens.roofline.probe_file import ProbeResult, probe_path, saved_reasons
+from rooflens.roofline.probe_rules import RULES
 
 ANALYTIC = "rooflens.roofline.analytic (per-op FLOPs and bytes from the model config; eager attention)"
 DTYPE_KEYS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -23,8 +27,29 @@ def _q(value: float | None, unit: str, source: str, how: str) -> Quantity:
     return Quantity(value=value, unit=unit, source=source, how=how)
 
 
-def ceilings_for(profile: HardwareProfile, dtype: str, probe: Any | None = None) -> list[CeilingRef]:
-    """Datasheet ceilings (when the profile has both numbers) and measured ones (when probed)."""
+def probe_ref(probe: ProbeResult, dtype: str, at: datetime | None = None) -> ProbeRef:
+    """What a record says of the probe its measured ``dtype`` ceilings come from, judged at ``at`` (now)."""
+    at = at or datetime.now(timezone.utc)
+    bw, gemm = probe.bandwidth, probe.gemm[dtype]
+    return ProbeRef(
+        file=probe_path(probe.device_name, probe.key_threads).name,
+        device_name=probe.device_name,
+        threads=probe.key_threads,
+        measured_at=probe.measured_at,
+        age_s=round((at - datetime.fromisoformat(probe.measured_at)).total_seconds(), 1),
+        bandwidth_cv=bw.cv,
+        peak_flops_cv=gemm.cv,
+        bandwidth_median_to_best=bw.median / bw.max,
+        peak_flops_median_to_best=gemm.median / gemm.max,
+        valid=not saved_reasons(probe, at),
+        rules=RULES.as_dict(),
+    )
+
+
+def ceilings_for(
+    profile: HardwareProfile, dtype: str, probe: ProbeResult | None = None, *, at: datetime | None = None
+) -> list[CeilingRef]:
+    """Datasheet ceilings (when the profile has both numbers) and measured ones (when probed, naming the probe)."""
     key = DTYPE_KEYS.get(dtype, dtype)
     out = []
     bw, peak = profile.bandwidth_si(), profile.peak_flops_si(key)
@@ -39,16 +64,30 @@ def ceilings_for(profile: HardwareProfile, dtype: str, probe: Any | None = None)
             )
         )
     if probe is not None and key in probe.gemm:
+        ref = probe_ref(probe, key, at)
         out.append(
             CeilingRef(
                 source="measured",
-                ref=f"rooflens hw probe, {probe.measured_at}",
+                ref=f"rooflens hw probe, {probe.measured_at}, {ref.file}",
                 dtype=key,
                 bandwidth=_q(probe.bandwidth.max, "B/s", "measured", probe.bandwidth.how),
                 peak_flops=_q(probe.gemm[key].max, "FLOP/s", "measured", probe.gemm[key].how),
+                probe=ref,
             )
         )
     return out
+
+
+def why_unmeasured(probe: ProbeResult | None, dtype: str, note: str | None) -> str | None:
+    """Why a record in ``dtype`` has no measured ceilings: ``note`` (no valid probe at its threads, a
+    refused probe), or the probe lacks the dtype; None when it has them."""
+    key = DTYPE_KEYS.get(dtype, dtype)
+    if probe is None:
+        return note
+    if key in probe.gemm:
+        return None
+    file = probe_path(probe.device_name, probe.key_threads).name
+    return f"the probe {file} has no {key} GEMM ({probe.skipped.get(key, 'not measured')})"
 
 
 def _position(
@@ -101,12 +140,18 @@ def roofline_position(
     tpot_s: float,
     hints: RooflineHints,
     ceilings: list[CeilingRef],
+    probe_note: str | None = None,
 ) -> RooflineResult:
-    """The record's roofline section; an unsupported architecture gives a result with a reason."""
+    """The record's roofline section; an unsupported architecture gives a result with a reason.
+
+    ``probe_note`` says why there are no measured ceilings; kept only when there are none.
+    """
+    if any(c.source == "measured" for c in ceilings):
+        probe_note = None
     try:
         shape = ModelShape.from_config(config)
     except ValueError as err:
-        return RooflineResult(analytic_model=ANALYTIC, reason=str(err))
+        return RooflineResult(analytic_model=ANALYTIC, reason=str(err), probe_note=probe_note)
     bits = DTYPE_BITS.get(dtype, 16.0)
     p_prefill = Precision(weight_bits=hints.bits_for("prefill") or bits, act_bits=bits, kv_bits=bits)
     precision = Precision(weight_bits=hints.bits_for("decode") or bits, act_bits=bits, kv_bits=bits)
@@ -134,6 +179,7 @@ def roofline_position(
         layers_executed=layers if layers is not None else float(shape.num_layers),
         engine_note=hints.note,
         ceilings=ceilings,
+        probe_note=probe_note,
         prefill=_position("prefill", prefill, 1.0, ttft_s, "median TTFT", ceilings, p_prefill.weight_bits),
         decode=_position("decode", decode, k, tpot_s, "median TPOT", ceilings, precision.weight_bits),
     )

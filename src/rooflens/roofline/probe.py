@@ -1,10 +1,11 @@
-"""Empirical ceilings of the running machine (`rooflens hw probe`).
+"""Empirical ceilings of the running machine (`rooflens hw probe`, and ``probe: auto`` in a run).
 
 Two micro-benchmarks, in the spirit of the Berkeley Empirical Roofline Toolkit but with the
 kernels LLM inference actually runs:
 
 * **memory bandwidth**: a large device-to-device ``dst.copy_(src)``; bytes moved = read + write
-  = 2 x buffer size. The buffer is far larger than any cache (512 MiB on CPU, 1 GiB on CUDA).
+  = 2 x buffer size. The buffer is far larger than any cache: on CPU 512 MiB, or 4x the
+  last-level cache where that is larger (read from ``/sys``); 1 GiB on CUDA.
 * **GEMM throughput** per dtype: a large square matmul of fresh random (``randn``) matrices,
   2 n^3 FLOPs per call (int8: OPs). fp8 and int8 go through ``torch._scaled_mm`` /
   ``torch._int_mm`` when torch supports them on the device and are listed in ``skipped``
@@ -17,39 +18,45 @@ a few GFLOP/s) would take minutes at the default size: a short pre-check (n=256,
 cheap) estimates its speed and the dtype is then measured at a smaller n that fits a time
 budget, noted in ``how``.
 
-Results are saved per device name in the user's directory (``$ROOFLENS_HOME`` or
-``~/.config/rooflens``, sub-folder ``probes``), never inside the package.
+**Valid or refused.** Each attempt first watches the machine for :data:`QUIET_WINDOW_S` seconds,
+then measures while watching it, and is judged by :mod:`rooflens.roofline.probe_rules` (spread of
+every statistic, copy size against the cache, load average and other processes' CPU time). An
+invalid attempt is retried after :data:`RETRY_PAUSE_S` seconds, up to :data:`ATTEMPTS` attempts;
+then :func:`probe` raises :class:`ProbeRefused`, naming what failed in each attempt and the load
+seen: nothing is returned to save. The automatic probe of a run (``probe: auto``) measures the
+same sizes as ``rooflens hw probe``.
+
+How long it takes: on a CPU one attempt is about 1 s of watching, a few seconds of copies and up
+to :data:`GEMM_BUDGET_S` seconds per GEMM dtype (four on most CPUs): 10-40 s; a refusal after
+three attempts, about 1-2 minutes. On a GPU an attempt takes a few seconds.
+
+Results are saved per device and thread count by :mod:`rooflens.roofline.probe_file`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from rooflens.device import activity
+from rooflens.device.cpu import last_level_cache_bytes
 from rooflens.device.detect import device_name
 from rooflens.device.spec import DeviceUnavailableError, pinned_device
-from rooflens.fsutil import home_dir, slug, write_atomic
-from rooflens.results.stats import summarize
-from rooflens.roofline.hardware import HardwareProfile, ResolvedProfile, _normalize_dtype, match_profile
+from rooflens.roofline import probe_rules
+from rooflens.roofline.hardware import _normalize_dtype, match_profile
+from rooflens.roofline.probe_file import AttemptLoad, ProbeAttempt, ProbeResult, ProbeStat, describe_attempt
 from rooflens.text import first_line
 
 __all__ = [
+    "ATTEMPTS",
     "GEMM_DTYPES",
     "ProbeError",
-    "ProbeResult",
-    "ProbeStat",
-    "load_probe",
+    "ProbeRefused",
     "probe",
-    "probe_path",
-    "save_probe",
 ]
 
 #: GEMM dtypes a probe knows, in the order they are measured.
@@ -61,7 +68,7 @@ _GiB = 2**30
 # Default sizes: (full, quick).
 _COPY_BYTES = {"cpu": (512 * _MiB, 64 * _MiB), "cuda": (1 * _GiB, 64 * _MiB)}
 _GEMM_N = {"cpu": (2048, 512), "cuda": (8192, 2048)}
-_REPS = (20, 5)
+_REPS = (20, probe_rules.MIN_REPS)  # a spread needs at least MIN_REPS reps, quick or not
 _WARMUP = {"cpu": (2, 1), "cuda": (5, 2)}  # GPUs need a few calls to reach boost clocks
 
 #: CPU only: seconds one dtype's GEMM warm-up + reps may take before n is reduced.
@@ -74,6 +81,13 @@ _PRECHECK_TRIES = 3  # the pre-check keeps the fastest of up to this many calls 
 _PRECHECK_CONFIRM_MAX_S = 0.5  # ... while the calls so far took less than this
 _N_STEP = 64  # a reduced n is a multiple of this
 
+#: Attempts a probe makes before it refuses.
+ATTEMPTS = 3
+#: Seconds between attempts (a passing burst of load may be over).
+RETRY_PAUSE_S = 10.0
+#: Seconds the machine is watched, idle, before each attempt measures.
+QUIET_WINDOW_S = 1.0
+
 Clock = Callable[[], float]
 Timer = Callable[[Callable[[], object]], float]  # seconds one call takes
 
@@ -82,96 +96,12 @@ class ProbeError(RuntimeError):
     """The probe cannot run as asked (e.g. CUDA requested but not available)."""
 
 
-# --------------------------------------------------------------------------- models
+class ProbeRefused(ProbeError):
+    """No attempt was valid: the ceilings are not to be used or saved. ``attempts`` holds every one."""
 
-
-class ProbeStat(BaseModel):
-    """Per-rep rates of one measurement and their summary (``max`` = best rep = the ceiling)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    unit: str  # "B/s", "FLOP/s" (int8: "OP/s")
-    median: float
-    p10: float
-    p90: float
-    min: float
-    max: float
-    cv: float
-    samples: list[float]
-    how: str
-
-    @classmethod
-    def from_samples(cls, samples: Sequence[float], unit: str, how: str) -> ProbeStat:
-        """Summarize per-rep rates (at least one)."""
-        s = summarize(samples)
-        return cls(
-            unit=unit,
-            median=float(s["median"]),
-            p10=float(s["p10"]),
-            p90=float(s["p90"]),
-            min=float(s["min"]),
-            max=float(s["max"]),
-            cv=float(s["cv"]),
-            samples=[float(x) for x in samples],
-            how=how,
-        )
-
-    def value(self, stat: Literal["max", "median"] = "max") -> float:
-        """The best rep (``"max"``, the conventional ceiling) or the median."""
-        if stat == "max":
-            return self.max
-        if stat == "median":
-            return self.median
-        raise ValueError(f"stat must be 'max' or 'median', not {stat!r}")
-
-
-class ProbeResult(BaseModel):
-    """Measured ceilings of one device, as saved by :func:`save_probe`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    device: str  # "cpu" / "cuda:0"
-    device_name: str
-    profile: str | None  # matching datasheet profile, if any
-    bandwidth: ProbeStat
-    gemm: dict[str, ProbeStat] = Field(default_factory=dict)
-    skipped: dict[str, str] = Field(default_factory=dict)
-    threads: int
-    torch_version: str
-    measured_at: str  # UTC ISO 8601
-    sizes: dict[str, int] = Field(default_factory=dict)
-    load_avg: list[float] | None = None  # os.getloadavg() when the probe started
-    wall_s: float | None = None  # wall time of the whole probe
-
-    def bandwidth_si(self, stat: Literal["max", "median"] = "max") -> float:
-        """Measured memory bandwidth in bytes/s."""
-        return self.bandwidth.value(stat)
-
-    def peak_flops_si(self, dtype: str, stat: Literal["max", "median"] = "max") -> float | None:
-        """Measured GEMM FLOP/s (OP/s for int8) for ``dtype``; ``None`` if not measured."""
-        found = self.gemm.get(_normalize_dtype(dtype))
-        return found.value(stat) if found is not None else None
-
-    def ratios(
-        self,
-        profile: HardwareProfile | ResolvedProfile,
-        *,
-        stat: Literal["max", "median"] = "max",
-    ) -> dict[str, float | None]:
-        """Measured / datasheet for ``"bandwidth"`` and each measured dtype.
-
-        ``None`` where the datasheet has no number. ``stat`` picks the best rep (default) or
-        the median of the measurement.
-        """
-        if isinstance(profile, ResolvedProfile):
-            profile = profile.profile
-        out: dict[str, float | None] = {}
-        sheet_bw = profile.bandwidth_si()
-        out["bandwidth"] = self.bandwidth.value(stat) / sheet_bw if sheet_bw else None
-        for dtype, measured in self.gemm.items():
-            sheet = profile.peak_flops_si(dtype)
-            out[dtype] = measured.value(stat) / sheet if sheet else None
-        return out
+    def __init__(self, message: str, attempts: list[ProbeAttempt]):
+        super().__init__(message)
+        self.attempts = attempts
 
 
 # --------------------------------------------------------------------------- timing
@@ -425,6 +355,7 @@ class _Plan:
     reps: int
     warmup: int
     budget_s: float  # CPU only: seconds one dtype's GEMM may take before n is reduced
+    llc_bytes: int | None  # CPU only: the last-level cache the copy must dwarf
 
 
 def _probe_device(device: str) -> Any:
@@ -452,7 +383,8 @@ def _plan(
     unknown = [d for d in wanted if d not in GEMM_DTYPES]
     if unknown:
         raise ValueError(f"unknown dtype(s) {unknown}; known: {', '.join(GEMM_DTYPES)}")
-    size = int(copy_bytes) if copy_bytes is not None else _pick(_COPY_BYTES, dev, quick)
+    llc = last_level_cache_bytes() if dev.type == "cpu" else None
+    size = int(copy_bytes) if copy_bytes is not None else _copy_size(dev, quick, llc)
     n = int(gemm_n) if gemm_n is not None else _pick(_GEMM_N, dev, quick)
     n_reps = int(reps) if reps is not None else (_REPS[1] if quick else _REPS[0])
     if size < 4 or n < 1 or n_reps < 1:
@@ -468,23 +400,17 @@ def _plan(
         reps=n_reps,
         warmup=_pick(_WARMUP, dev, quick),
         budget_s=QUICK_GEMM_BUDGET_S if quick else GEMM_BUDGET_S,
+        llc_bytes=llc,
     )
 
 
-def _load_average(dev: Any, say: Callable[[str], None]) -> list[float] | None:
-    """``os.getloadavg()`` (None where there is none); warns when a busy CPU will make the CPU ceilings read low."""
-    try:
-        load_avg = [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-    if dev.type == "cpu":
-        cpus = os.cpu_count() or 1
-        if load_avg[0] > 0.5 * cpus:
-            say(
-                f"warning: load average {load_avg[0]:.2f} on {cpus} CPUs: other processes "
-                "compete for cores and memory bandwidth, so the ceilings will read low"
-            )
-    return load_avg
+def _copy_size(dev: Any, quick: bool, llc_bytes: int | None) -> int:
+    """The default copy: the device's size, and on a CPU at least MIN_COPY_TO_LLC x its last-level cache."""
+    size = _pick(_COPY_BYTES, dev, quick)
+    if llc_bytes:
+        floor = math.ceil(probe_rules.MIN_COPY_TO_LLC * llc_bytes / _MiB) * _MiB
+        size = max(size, floor)
+    return int(size)
 
 
 @dataclass
@@ -544,79 +470,194 @@ def probe(
     progress: Callable[[str], None] | None = None,
     clock: Clock | None = None,
 ) -> ProbeResult:
-    """Measure memory bandwidth and GEMM throughput of ``device`` ("cpu", "cuda[:i]", "auto").
+    """Measure memory bandwidth and GEMM throughput of ``device`` ("cpu", "cuda[:i]", "auto"): a valid
+    result, or :class:`ProbeRefused` after :data:`ATTEMPTS` invalid attempts.
 
     ``dtypes`` defaults to all of :data:`GEMM_DTYPES`; the ones that cannot run here (tf32
     off CUDA, fp8/int8 without torch support) land in ``skipped`` with the reason. ``quick``
-    uses small sizes and 5 reps. ``copy_bytes``, ``gemm_n`` and ``reps`` override the sizes.
+    uses small GEMMs and :data:`~rooflens.roofline.probe_rules.MIN_REPS` reps (the copy stays
+    beyond the cache). ``copy_bytes``, ``gemm_n`` and ``reps`` override the sizes.
     ``progress`` receives one line per step. ``clock`` (seconds) replaces the timer
     (``time.perf_counter`` on CPU, CUDA events on CUDA), e.g. a fake clock in tests.
     Raises :class:`ProbeError` when CUDA is requested but unavailable.
     """
+    return _probe_until_valid(
+        device,
+        dtypes=dtypes,
+        quick=quick,
+        copy_bytes=copy_bytes,
+        gemm_n=gemm_n,
+        reps=reps,
+        progress=progress,
+        clock=clock,
+    )
+
+
+@dataclass(frozen=True)
+class _Rig:
+    """What every attempt of one probe measures with."""
+
+    dev: Any
+    plan: _Plan
+    timer: Timer
+    timer_name: str
+    gen: Any
+    say: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """One attempt's figures."""
+
+    bandwidth: ProbeStat
+    copy_bytes: int
+    gemms: _GemmResults
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _measure(rig: _Rig) -> _Measured:
+    plan, dev, say = rig.plan, rig.dev, rig.say
+    say(f"bandwidth: copy {_fmt_bytes(plan.copy_bytes)} on {dev}, {plan.reps} reps")
+    bandwidth, nbytes = _probe_bandwidth(dev, plan.copy_bytes, rig.timer, rig.timer_name, plan.warmup, plan.reps)
+    say(f"bandwidth: {bandwidth.max / 1e9:.1f} GB/s best, {bandwidth.median / 1e9:.1f} median")
+    gemms = _probe_gemms(plan, dev, rig.gen, rig.timer, rig.timer_name, say)
+    return _Measured(bandwidth=bandwidth, copy_bytes=nbytes, gemms=gemms)
+
+
+def _attempt(number: int, rig: _Rig, *, judge_load: bool) -> tuple[ProbeAttempt, _Measured | None]:
+    """Watch the machine, measure if it is quiet, judge: the attempt, and its figures when it measured.
+
+    The load average is judged only while no attempt of this probe has measured (``judge_load``):
+    its 1-minute average still counts the previous attempt's own threads. A GPU probe records the
+    machine's load without judging it.
+    """
+    rules, cpu = probe_rules.RULES, rig.dev.type == "cpu"
+    started_at, load_before = _now_iso(), activity.load_average()
+    window = activity.watch()
+    time.sleep(QUIET_WINDOW_S)
+    before = window.stop()
+    reasons: list[str] = []
+    if cpu:
+        reasons += probe_rules.load_reasons(load_before, before.cores, rules) if judge_load else []
+        reasons += probe_rules.other_cpu_reasons(before.other_share, "before the measurement", rules)
+    load = {
+        "cores": before.cores,
+        "load_avg_before": list(load_before) if load_before else None,
+        "load_judged": cpu and judge_load,
+        "other_cpu_before": round(before.other_share, 4),
+        "window_before_s": round(before.wall_s, 3),
+        "judged": cpu,
+    }
+    if reasons:  # busy already: measuring would only confirm it
+        after = AttemptLoad(**load, load_avg_after=list(before.load_avg or []) or None, other_cpu_during=None)
+        return ProbeAttempt(
+            number=number, started_at=started_at, bandwidth=None, load=after, verdict="invalid", reasons=reasons
+        ), None
+    window = activity.watch()
+    measured = _measure(rig)
+    during = window.stop()
+    if cpu:
+        reasons += probe_rules.other_cpu_reasons(during.other_share, "during the measurement", rules)
+        reasons += probe_rules.copy_reasons(measured.copy_bytes, rig.plan.llc_bytes, rules)
+    reasons += probe_rules.spread_reasons(measured.bandwidth, measured.gemms.gemm, rules)
+    after = AttemptLoad(
+        **load,
+        load_avg_after=list(during.load_avg) if during.load_avg else None,
+        other_cpu_during=round(during.other_share, 4),
+    )
+    attempt = ProbeAttempt(
+        number=number,
+        started_at=started_at,
+        bandwidth=measured.bandwidth,
+        gemm=measured.gemms.gemm,
+        load=after,
+        verdict="invalid" if reasons else "valid",
+        reasons=reasons,
+    )
+    return attempt, measured
+
+
+def _probe_until_valid(
+    device: str,
+    *,
+    dtypes: Sequence[str] | None,
+    quick: bool,
+    copy_bytes: int | None,
+    gemm_n: int | None,
+    reps: int | None,
+    progress: Callable[[str], None] | None,
+    clock: Clock | None,
+) -> ProbeResult:
+    """Up to :data:`ATTEMPTS` attempts, :data:`RETRY_PAUSE_S` apart: the first valid one, else ProbeRefused."""
     import torch
 
     started = time.perf_counter()
-    say = progress or (lambda _msg: None)
     dev = _probe_device(device)
     plan = _plan(dev, dtypes, quick, copy_bytes, gemm_n, reps)
-    load_avg = _load_average(dev, say)
-    name = device_name(dev)
     timer, timer_name = _make_timer(dev, clock)
     gen = torch.Generator(device=dev)
     gen.manual_seed(0)
+    rig = _Rig(dev, plan, timer, timer_name, gen, progress or (lambda _msg: None))
+    attempts: list[ProbeAttempt] = []
+    for number in range(1, ATTEMPTS + 1):
+        if attempts:
+            rig.say(f"retrying in {RETRY_PAUSE_S:g} s (attempt {number} of {ATTEMPTS})")
+            time.sleep(RETRY_PAUSE_S)
+        attempt, measured = _attempt(number, rig, judge_load=all(a.bandwidth is None for a in attempts))
+        attempts.append(attempt)
+        rig.say(describe_attempt(attempt))
+        if measured is not None and attempt.verdict == "valid":
+            return _result(rig, attempts, measured, time.perf_counter() - started)
+    raise ProbeRefused(_refusal(dev, attempts), attempts)
 
-    say(f"bandwidth: copy {_fmt_bytes(plan.copy_bytes)} on {dev}, {plan.reps} reps")
-    bandwidth, nbytes = _probe_bandwidth(dev, plan.copy_bytes, timer, timer_name, plan.warmup, plan.reps)
-    say(f"bandwidth: {bandwidth.max / 1e9:.1f} GB/s best, {bandwidth.median / 1e9:.1f} median")
-    gemms = _probe_gemms(plan, dev, gen, timer, timer_name, say)
 
+def _result(rig: _Rig, attempts: list[ProbeAttempt], measured: _Measured, wall_s: float) -> ProbeResult:
+    """The saved form of a probe whose last attempt is valid (its figures are the ceilings)."""
+    import torch
+
+    dev, plan, chosen = rig.dev, rig.plan, attempts[-1]
+    name = device_name(dev)
     profile = match_profile(name)
+    llc = {"llc_bytes": plan.llc_bytes} if plan.llc_bytes else {}
     return ProbeResult(
         device=str(dev) if dev.type == "cpu" else f"cuda:{dev.index}",
         device_name=name,
         profile=profile.name if profile is not None else None,
-        bandwidth=bandwidth,
-        gemm=gemms.gemm,
-        skipped=gemms.skipped,
+        bandwidth=measured.bandwidth,
+        gemm=measured.gemms.gemm,
+        skipped=measured.gemms.skipped,
         threads=torch.get_num_threads(),
         torch_version=str(torch.__version__),
-        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        sizes={"copy_bytes": nbytes, "gemm_n": plan.gemm_n, "reps": plan.reps, "warmup": plan.warmup, **gemms.sizes},
-        load_avg=load_avg,
-        wall_s=round(time.perf_counter() - started, 3),
+        measured_at=chosen.started_at,
+        sizes={
+            "copy_bytes": measured.copy_bytes,
+            "gemm_n": plan.gemm_n,
+            "reps": plan.reps,
+            "warmup": plan.warmup,
+            **llc,
+            **measured.gemms.sizes,
+        },
+        load_avg=chosen.load.load_avg_before,
+        wall_s=round(wall_s, 3),
+        attempts=attempts,
+        chosen=chosen.number,
+        rules=probe_rules.RULES.as_dict(),
     )
 
 
-# --------------------------------------------------------------------------- storage
+def _refusal(dev: Any, attempts: list[ProbeAttempt]) -> str:
+    """What failed in each attempt, the load seen, and how to probe later."""
+    import torch
 
-
-def probe_path(device_name: str, root: Path | None = None) -> Path:
-    """Where the probe of ``device_name`` is kept: ``<root>/probes/<slug>.json``.
-
-    ``root`` defaults to ``$ROOFLENS_HOME`` or ``~/.config/rooflens`` (a user file, never the
-    package).
-    """
-    return home_dir(root) / "probes" / f"{slug(device_name)}.json"
-
-
-def save_probe(result: ProbeResult, root: Path | None = None) -> Path:
-    """Write ``result`` to :func:`probe_path` atomically (temp file + ``os.replace``)."""
-    path = probe_path(result.device_name, root)
-    write_atomic(path, result.model_dump_json(indent=2) + "\n")
-    return path
-
-
-def load_probe(device_name: str, root: Path | None = None) -> ProbeResult | None:
-    """The saved probe of ``device_name``, or ``None`` if there is none.
-
-    Raises ValueError naming the file when it exists but is not a valid probe.
-    """
-    path = probe_path(device_name, root)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    try:
-        return ProbeResult.model_validate_json(text)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ValueError(f"{path}: not a valid probe result ({first_line(exc)})") from exc
+    threads = torch.get_num_threads()
+    at = f"{dev}, {threads} thread{'s' * (threads != 1)}" if dev.type == "cpu" else str(dev)
+    later = "`rooflens hw probe` on a quiet machine (other programs closed)"
+    if dev.type == "cpu":
+        later += f"; `rooflens hw probe --threads {threads}` for runs at {threads} threads"
+    lines = [f"refused: no valid probe of {device_name(dev)} ({at}) in {len(attempts)} attempts; nothing saved"]
+    lines += [f"  {describe_attempt(a)}" for a in attempts]
+    lines.append(f"probe later: {later}")
+    return "\n".join(lines)

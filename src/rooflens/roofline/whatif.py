@@ -21,7 +21,7 @@ from rooflens.roofline.analytic import (
     project,
 )
 from rooflens.roofline.hardware import HardwareProfile, resolve_profile
-from rooflens.roofline.probe import load_probe
+from rooflens.roofline.probe_file import best_probe
 
 
 class WhatIfError(ValueError):
@@ -50,7 +50,8 @@ def ceilings(hw: str, compute_dtypes: tuple[str, ...]) -> tuple[HardwareProfile,
     except ValueError as err:
         raise WhatIfError(str(err)) from None
     profile = resolved.profile
-    probe = load_probe(resolved.device_name) if resolved.device_name else None
+    found = best_probe(resolved.device_name) if resolved.device_name else None  # the most threads: a projection
+    probe = found.probe if found else None
     for dtype in compute_dtypes:
         bw, peak = profile.bandwidth_si(), profile.peak_flops_si(dtype)
         if bw and peak:
@@ -60,11 +61,13 @@ def ceilings(hw: str, compute_dtypes: tuple[str, ...]) -> tuple[HardwareProfile,
                 probe.bandwidth.max,
                 probe.gemm[dtype].max,
                 "measured",
-                f"{resolved.device_name}, {dtype}, measured by rooflens hw probe at {probe.measured_at}",
+                f"{resolved.device_name}, {dtype}, measured by rooflens hw probe at {probe.measured_at}"
+                f"{f', {probe.key_threads} threads' if probe.key_threads else ''}",
             )
     raise NoCeilingsError(
         f"no {'/'.join(compute_dtypes)} ceilings for '{profile.name}' ({resolved.reason}); run `rooflens hw probe` "
         "on this machine or pass --hw <profile> (see `rooflens hw list`)"
+        f"{f' [{found.note}]' if found and found.note else ''}"
     )
 
 
