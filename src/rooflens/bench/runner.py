@@ -46,6 +46,7 @@ from rooflens.bench.measure import fatal_error, measure_group
 from rooflens.bench.record_base import hardware_profile_info, record_base
 from rooflens.config import Experiment
 from rooflens.device.detect import detect_hardware
+from rooflens.device.lock import wait_policy
 from rooflens.models.loader import choose_dtype, dtype_name, resolve_device
 from rooflens.results.record import ErrorInfo, Record
 from rooflens.results.store import ensure_writable, write_record
@@ -158,6 +159,7 @@ class ExperimentRunner:
             threads=self.exp.threads,
             probe=probe,
             references=dict(self.references),
+            wait_for_lock=wait_policy().wait,  # the caller's (rooflens run --no-wait), to the measuring process
         )
 
     def jobs(self, executor: str) -> _Jobs:

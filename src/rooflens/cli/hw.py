@@ -63,15 +63,28 @@ def hw_probe(
     quick: bool = typer.Option(False, "--quick", help="small sizes, a few seconds (less accurate)"),
     save: bool = typer.Option(True, "--save/--no-save", help="save the result as this machine's measured ceilings"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    no_wait: bool = typer.Option(
+        False,
+        "--no-wait",
+        help="exit 2 at once, naming it, when another measurement holds this machine's lock (default: wait for it)",
+    ),
 ) -> None:
-    """Measure this machine's real ceilings: copy bandwidth and GEMM peak per dtype, with spread."""
+    """Measure this machine's real ceilings: copy bandwidth and GEMM peak per dtype, with spread.
+
+    Measures alone: while a run or another probe holds the machine lock, it waits (or exits 2 with --no-wait)."""
+    from rich.markup import escape
+
+    from rooflens.device.lock import MachineBusy, waiting
     from rooflens.reports.roofline_console import probe_table
     from rooflens.roofline.hardware import get_profile
     from rooflens.roofline.probe import ProbeError, probe, save_probe
 
     dev = _device_here(device)
     try:
-        result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+        with waiting(not no_wait, lambda text: err_console.print(f"[yellow]{escape(text)}[/]", highlight=False)):
+            result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    except MachineBusy as err:
+        fail(escape(str(err)))
     except (ProbeError, ValueError) as err:
         fail(str(err))
     if as_json:

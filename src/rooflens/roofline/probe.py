@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rooflens.device.detect import device_name
+from rooflens.device.lock import holds_machine_lock
 from rooflens.device.spec import DeviceUnavailableError, pinned_device
 from rooflens.fsutil import home_dir, slug, write_atomic
 from rooflens.results.stats import summarize
@@ -533,6 +534,7 @@ def _probe_gemms(
     return out
 
 
+@holds_machine_lock("a probe of the roofline ceilings")  # one measurement per machine at a time
 def probe(
     device: str = "cpu",
     *,
