@@ -162,3 +162,18 @@ def test_a_holder_that_has_not_written_its_name_is_reported_as_such(own_lock_dir
     with FileLock(str(lock_path())), pytest.raises(MachineBusy, match="a process that has not written its name yet"):
         with waiting(wait=False), measuring("x"):
             pytest.fail("measured while the lock was held")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_of_the_holder_is_not_the_holder(own_lock_dir):
+    with measuring("the parent"):
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's hold is not its own, so it cannot measure now
+            try:
+                with waiting(wait=False), measuring("the child"):
+                    os._exit(1)
+            except MachineBusy:
+                os._exit(0)
+            os._exit(2)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -119,6 +119,15 @@ class _Hold:
     lock: Any = None  # the FileLock while held
     path: Path | None = None
 
+    @classmethod
+    def forget(cls) -> None:
+        """In a forked child: the parent's hold is the parent's (the child waits for it like anyone else)."""
+        cls.guard, cls.depth, cls.lock, cls.path = threading.RLock(), 0, None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Hold.forget)
+
 
 @contextmanager
 def measuring(what: str) -> Iterator[Path]:
