@@ -14,6 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 # measured ceilings saved by a user's `rooflens hw probe` must not leak into tests
 os.environ["ROOFLENS_HOME"] = tempfile.mkdtemp(prefix="rooflens-test-home-")
+# the machine lock of the tests' measurements is their own: a user's run (or another checkout's tests) never blocks them
+os.environ["ROOFLENS_LOCK_DIR"] = tempfile.mkdtemp(prefix="rooflens-test-lock-")
 
 from factories import TEST_ENGINES, VIRTUAL_TIME  # noqa: E402
 from rooflens.config import ModelSpec  # noqa: E402

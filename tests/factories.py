@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -437,3 +444,74 @@ def lenient_probe_rules(monkeypatch) -> None:
             max_age_days=1e9,
         ),
     )
+
+
+# ---------------------------------------------------------------------------- another process holding the machine lock
+
+BOUND_S = 60  # the longest a child holds the lock, or a test waits for it, whatever happens
+
+HOLDER_CHILD = f"""
+import os, signal, sys, time
+from pathlib import Path
+from rooflens.device.lock import measuring
+held, release, how = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+with measuring("a test's child"):
+    held.touch()
+    if how == "die":
+        os.kill(os.getpid(), signal.SIGKILL)  # dies holding the lock: no release, the holder file stays
+    deadline = time.monotonic() + {BOUND_S}
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+"""
+"""A child python holding the machine lock: ``-c HOLDER_CHILD HELD RELEASE hold|die`` (touches HELD once it holds)."""
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + BOUND_S
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child python that imports this checkout's rooflens (and inherits the test's lock folder)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+@contextmanager
+def child_holding(tmp_path: Path, how: str = "hold") -> Iterator[tuple[subprocess.Popen, Path]]:
+    """A child process that holds the machine lock (of this test's ROOFLENS_LOCK_DIR) until ``release`` exists."""
+    held, release = tmp_path / "held", tmp_path / "release"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER_CHILD, str(held), str(release), how], env=child_env())
+    try:
+        wait_for(lambda: held.exists() or proc.poll() is not None, "the child to take the lock")
+        assert held.exists(), f"the child exited with {proc.returncode} before taking the lock"
+        yield proc, release
+    finally:
+        release.touch()
+        try:
+            proc.wait(timeout=BOUND_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------- when groups were at work
+
+
+def task_spans(records) -> dict[tuple[str, str], tuple[datetime, datetime]]:
+    """When each group's Ray task was at work: from its worker's setup (``environment.captured_at``, before
+    the model load) to the end of its last cell, by (experiment, engine label)."""
+    spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+    for r in records:
+        key = (r.experiment["name"], r.cell.engine_label)
+        start = datetime.fromisoformat(r.environment["captured_at"])
+        end = datetime.fromisoformat(r.finished_at)
+        if key in spans:
+            start, end = min(start, spans[key][0]), max(end, spans[key][1])
+        spans[key] = (start, end)
+    return spans
+
+
+def overlap(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool:
+    return max(a[0], b[0]) < min(a[1], b[1])

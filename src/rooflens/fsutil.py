@@ -1,4 +1,4 @@
-"""Files and folders rooflens writes: atomic writes, and the user's cache and home folders.
+"""Files and folders rooflens writes: atomic writes, and the user's cache, home and runtime folders.
 
 Every file rooflens keeps (records, reports, probes, dispatch tables, trained artifacts, compiled kernels,
 converted models) is written beside its final path and moved into place, so a reader sees the old file or the
@@ -33,6 +33,38 @@ def home_dir(root: Path | None = None) -> Path:
         return Path(root)
     env = os.environ.get("ROOFLENS_HOME")
     return Path(env) if env else Path.home() / ".config" / "rooflens"
+
+
+def lock_dir() -> Path:
+    """The folder of the machine lock (:mod:`rooflens.device.lock`), created private (0700) if missing.
+
+    ``$ROOFLENS_LOCK_DIR`` if set (tests isolate the lock with it; a folder shared by several users makes the
+    lock theirs together); else ``$XDG_RUNTIME_DIR/rooflens`` when that runtime folder is set and writable
+    (per user, on a RAM file system, emptied at logout); else ``rooflens-<uid>`` in the temp folder, which
+    must be this user's own: a folder of that name made by another user is refused, not shared.
+    """
+    env = os.environ.get("ROOFLENS_LOCK_DIR")
+    if env:
+        path = Path(env)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
+        path = Path(runtime) / "rooflens"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+    path = Path(tempfile.gettempdir()) / f"rooflens-{_user_id()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+        raise PermissionError(
+            f"{path}: owned by another user, so it cannot hold this user's machine lock; "
+            "set ROOFLENS_LOCK_DIR to a folder of your own"
+        )
+    return path
+
+
+def _user_id() -> str:
+    return str(os.getuid()) if hasattr(os, "getuid") else slug(os.environ.get("USERNAME", "user"))
 
 
 def slug(text: str) -> str:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import re
 import shutil
 import sys
 import textwrap
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 import tomllib
 from typer.testing import CliRunner
 
-from factories import TESTS_DIR
+from factories import TESTS_DIR, overlap, task_spans
 from rooflens.bench.executors import Executor, ExecutorError, make_executor
 from rooflens.bench.executors.base import describe_exit, one_by_one
 from rooflens.bench.executors.ray_executor import MISSING_RAY
@@ -26,6 +26,7 @@ from rooflens.bench.runner import ExperimentRunner, SilentObserver
 from rooflens.bench.validate import validate_experiment
 from rooflens.cli import app
 from rooflens.config import ConfigError, Experiment
+from rooflens.device.lock import lock_path
 from rooflens.results.store import load_records
 
 PLUGIN = TESTS_DIR / "plugins" / "rooflens_abort_engine"
@@ -155,7 +156,11 @@ def test_measure_group_with_an_inline_emit_gives_the_records_of_the_runner(tmp_p
     assert list(records) == list(expected)
     for cell, record in records.items():
         assert record.status == expected[cell].status == "ok" and keys(record) == keys(expected[cell])
-        assert record.environment["placement"] == {"executor": "inline", "pid": os.getpid()}
+        assert record.environment["placement"] == {
+            "executor": "inline",
+            "pid": os.getpid(),
+            "exclusive": [f"machine lock {lock_path()}"],
+        }
         assert record.record_id.startswith(measured.run_id + "/") and record.experiment["file"] == "x.yaml"
     assert not (tmp_path / "direct").exists()  # measuring writes nothing: the driver writes records
 
@@ -347,35 +352,24 @@ def test_quality_against_the_baseline_crosses_groups(smollm2, tmp_path, monkeypa
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """One local Ray cluster of 2 CPUs for the module's tests; its workers see the abort plug-in."""
+    """One local Ray cluster of 2 CPUs, one measuring slot (rooflens_measure: 1), for the module's tests; its
+    workers see the abort plug-in."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'rooflens[ray]')")
     site = tmp_path_factory.mktemp("ray-site")
     install_abort_plugin(site)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", with_site(site))  # the cluster's workers inherit the driver's environment at init
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",  # a cluster of its own, never one another test started
+            num_cpus=2,
+            resources={"rooflens_measure": 1},
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     try:
         yield ray
     finally:
         ray.shutdown()
-
-
-def task_spans(records) -> dict[tuple[str, str], tuple[datetime, datetime]]:
-    """When each group's Ray task was at work: from its worker's setup (``environment.captured_at``, before
-    the model load) to the end of its last cell, by (experiment, engine label)."""
-    spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
-    for r in records:
-        key = (r.experiment["name"], r.cell.engine_label)
-        start = datetime.fromisoformat(r.environment["captured_at"])
-        end = datetime.fromisoformat(r.finished_at)
-        if key in spans:
-            start, end = min(start, spans[key][0]), max(end, spans[key][1])
-        spans[key] = (start, end)
-    return spans
-
-
-def overlap(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool:
-    return max(a[0], b[0]) < min(a[1], b[1])
 
 
 @pytest.mark.slow
@@ -413,9 +407,13 @@ def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(ray_cluster
 @pytest.mark.slow
 def test_ray_places_tasks_by_their_requests_and_refuses_what_no_node_has(ray_cluster, tmp_path):
     ray_exec = make_executor("ray")
-    assert ray_exec.resources(tiny(TWO_HF)) == {"CPU": 2}  # threads unset: the smallest node, whole
-    assert ray_exec.resources(tiny(TWO_HF, threads=1)) == {"CPU": 1}
-    with pytest.raises(ExecutorError, match=r"asks Ray for 64 CPU, which no node of the cluster has \(nodes: 2 CPU"):
+    # threads unset: the smallest node, whole; always the node's measuring slot
+    assert ray_exec.resources(tiny(TWO_HF)) == {"CPU": 2, "rooflens_measure": 1}
+    assert ray_exec.resources(tiny(TWO_HF, threads=1)) == {"CPU": 1, "rooflens_measure": 1}
+    with pytest.raises(
+        ExecutorError,
+        match=r"asks Ray for 64 CPU and 1 rooflens_measure, which no node of the cluster has \(nodes: 2 CPU",
+    ):
         ExperimentRunner(tiny(TWO_HF, threads=64), results_root=tmp_path, executor=ray_exec).run()
     assert not list(tmp_path.rglob("*.json"))  # refused before anything was submitted, not left waiting
     with pytest.raises(ExecutorError, match="use device 'cuda', not 'cuda:1'"):
@@ -423,8 +421,8 @@ def test_ray_places_tasks_by_their_requests_and_refuses_what_no_node_has(ray_clu
 
 
 TWO_FILES = {
-    # the groups after the baseline's ask for 1 CPU each: side by side on the 2-CPU cluster. Its cells take
-    # 0.5 s or more, so its baseline group outlasts solo's and both CPUs are free when the other two start.
+    # the groups after the baseline's ask for 1 CPU each, which the 2-CPU node has, but also for its one
+    # measuring slot (rooflens_measure): they run one after another, never side by side
     "par": "engines: [{name: hf}, {name: hf, label: hf-static, options: {cache: static}}, {name: hf, label: hf-again}]\n"
     "workloads: [{prompt_len: 8, gen_len: 4, batch_sizes: [1, 2]}]\n"
     "repetitions: {warmup: 0, min_reps: 1, min_seconds: 0.5}\n",
@@ -452,19 +450,21 @@ def test_two_experiment_files_in_one_ray_call(ray_cluster, tmp_path):
     (par_run,) = {x.experiment["run_id"] for x in par}
     (solo_run,) = {x.experiment["run_id"] for x in solo}
     assert par_run != solo_run and [p.name for p in (res / "par").iterdir()] == [par_run]
-    # where each ran: a fresh Ray worker per group, given 1 CPU, running 1 torch thread
+    # where each ran: a fresh Ray worker per group, given 1 CPU and the node's measuring slot, 1 torch thread
     for x in par + solo:
         placement = x.environment["placement"]
         assert placement["executor"] == "ray" and placement["pid"] != os.getpid()
         assert placement["node_id"] and placement["node_ip"] and len(placement["hostname_hash"]) == 12
         assert placement["gpu_ids"] == []
-        assert placement["resources"]["CPU"] == 1 and x.environment["torch_threads"] == 1
+        assert placement["resources"] == {"CPU": 1, "rooflens_measure": 1} and x.environment["torch_threads"] == 1
+        node_slot, machine_lock = placement["exclusive"]
+        assert node_slot == f"rooflens_measure resource on node {placement['node_id']}"
+        assert machine_lock.startswith("machine lock ") and machine_lock.endswith("measure.lock")
     assert len({x.environment["placement"]["pid"] for x in par + solo}) == 4
     spans = task_spans(par + solo)
-    # both baselines at once; then par's two other groups, side by side
-    assert overlap(spans[("par", "hf")], spans[("solo", "hf")])
+    # one node, one measuring slot: no two groups at work at once, par's baseline before its other groups
+    assert not any(overlap(a, b) for a, b in itertools.combinations(spans.values(), 2))
     assert spans[("par", "hf")][1] < min(spans[("par", "hf-static")][0], spans[("par", "hf-again")][0])
-    assert overlap(spans[("par", "hf-static")], spans[("par", "hf-again")])
 
 
 @pytest.mark.slow

@@ -49,7 +49,8 @@ class WindowConditions:
     notes: list[str] = field(default_factory=list)  # what could not be read here, and why
     other_measurement: bool | None = None
     """Whether another measurement ran on the machine in the window: True (a reason), False (checked:
-    none), None (not checked). For the machine lock to fill; nothing here sets it."""
+    none), None (not checked). :mod:`rooflens.bench.measure` sets False when the window ran under the machine
+    lock (no other rooflens measurement can run then); other programs show in the load checks."""
 
 
 class WindowWatch:

@@ -62,6 +62,10 @@ class GroupJob(BaseModel):
     placement: dict[str, Any] = Field(
         default_factory=dict, description="where the process runs, beyond executor and pid (a Ray node, its GPUs)"
     )
+    wait_for_lock: bool = Field(
+        default=True,
+        description="wait while another measurement holds the machine lock; False: stop the run (--no-wait)",
+    )
 
 
 Emit = Callable[["Event"], None]

@@ -3,6 +3,9 @@ calling process (the driver's own under ``inline``, a worker's or a Ray task's o
 
 Per cell: the memory pre-check, the engine (built and prepared at the group's first cell that fits,
 released after its last), then the timed repetitions (:mod:`rooflens.bench.repetitions`) and the record.
+The machine lock (:mod:`rooflens.device.lock`) is held from the start of the group's first measured window
+to the end of its last: no other measurement on this machine runs between its cells, so they share one
+state of the machine; model loading and the engine's preparation (training included) stay outside.
 A cell that fails becomes a ``failed`` record and the group goes on; Ctrl-C keeps a trace of the cell
 in progress (:class:`~rooflens.bench.job.Interrupted`) and stops. Records go to ``emit`` as each cell
 ends: the driver writes them.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +24,18 @@ import torch
 from rooflens.bench.cell_quality import measure_perplexity, quality_of
 from rooflens.bench.cells import Cell, expand_cells
 from rooflens.bench.environment import now_iso
-from rooflens.bench.job import Emit, Fatal, Finished, GroupJob, Interrupted, Ready, Rep, Started, reference_key
+from rooflens.bench.job import (
+    Emit,
+    Fatal,
+    Finished,
+    GroupJob,
+    Interrupted,
+    Note,
+    Ready,
+    Rep,
+    Started,
+    reference_key,
+)
 from rooflens.bench.preflight import PreflightError, cell_memory_need, check_context, memory_shortfall
 from rooflens.bench.record_base import record_base
 from rooflens.bench.record_parts import energy_of, memory_of, metrics_of
@@ -28,13 +43,18 @@ from rooflens.bench.repetitions import CellMeasurement, measure
 from rooflens.bench.validity import judge_cell
 from rooflens.bench.workbench import Workbench, done_with, workbench_for
 from rooflens.data.prompts import make_prompts
+from rooflens.device.lock import MachineBusy, measuring, waiting
 from rooflens.engines.base import Engine, EngineUnavailable
 from rooflens.engines.registry import build_engine, engine_options, get_engine
 from rooflens.models.loader import LoadedModel, ModelLoadError
 from rooflens.results.record import ErrorInfo, QualityResult, Quantity, Record, RepetitionInfo
 from rooflens.roofline.position import ceilings_for, roofline_position, why_unmeasured
 
-FATAL_ERRORS: dict[str, type[Exception]] = {"PreflightError": PreflightError, "ModelLoadError": ModelLoadError}
+FATAL_ERRORS: dict[str, type[Exception]] = {
+    "PreflightError": PreflightError,
+    "ModelLoadError": ModelLoadError,
+    "MachineBusy": MachineBusy,  # --no-wait, and another measurement holds the machine lock
+}
 """Errors that stop a whole run (the CLI exits 2): sent as :class:`Fatal`, raised again by the driver."""
 
 
@@ -43,7 +63,13 @@ def fatal_error(event: Fatal) -> Exception:
 
 
 def measure_group(job: GroupJob, emit: Emit) -> None:
-    """Measure the job's group in this process, telling ``emit`` every event as it happens."""
+    """Measure the job's group in this process, telling ``emit`` every event as it happens. While another
+    measurement holds the machine lock this waits, saying whom for (a note), or stops the run (``--no-wait``)."""
+    with waiting(job.wait_for_lock, lambda text: emit(Note(text=text))):
+        _measure_group(job, emit)
+
+
+def _measure_group(job: GroupJob, emit: Emit) -> None:
     bench = workbench_for(job, emit)
     try:
         emit(Ready(environment=bench.environment, probe=bench.probe, probe_note=bench.probe_note))
@@ -67,8 +93,17 @@ class _Group:
     bench: Workbench
     model: LoadedModel
     references: dict[str, torch.Tensor]  # the baseline's greedy tokens by reference_key
+    window: ExitStack  # holds the machine lock from the group's first measured window to the end of the group
     engine: Engine | ErrorInfo | None = None  # None until prepared; ErrorInfo: why it cannot run
     perplexity: Quantity | str | None = None
+    locked: bool = False
+
+    def hold_machine(self, cell: Cell) -> None:
+        """Take the machine lock at the group's first measured window; kept until the group ends."""
+        if not self.locked:
+            what = f"experiment {self.job.experiment.name}, engine {cell.engine.display}"
+            self.window.enter_context(measuring(what))
+            self.locked = True
 
 
 def _measure_cells(job: GroupJob, bench: Workbench, emit: Emit) -> None:
@@ -77,12 +112,13 @@ def _measure_cells(job: GroupJob, bench: Workbench, emit: Emit) -> None:
     model = bench.model_for(exp, cells[job.group[0]].engine, emit)  # one engine per group: one dtype
     check_context(exp, model.model.config, exp.model.label)
     references = {key: torch.tensor(tokens, dtype=torch.long) for key, tokens in job.references.items()}
-    group = _Group(job, bench, model, references)
-    for i in job.group:
-        cell = cells[i]
-        emit(Started(index=i))
-        record = _measure_cell(group, i, cell, emit)
-        emit(Finished(index=i, record=record, reference=_reference_of(group, cell)))
+    with ExitStack() as window:
+        group = _Group(job, bench, model, references, window)
+        for i in job.group:
+            cell = cells[i]
+            emit(Started(index=i))
+            record = _measure_cell(group, i, cell, emit)
+            emit(Finished(index=i, record=record, reference=_reference_of(group, cell)))
     if isinstance(group.engine, Engine):
         group.engine = None  # free the engine (and any model copy it made) before the next group's is prepared
         gc.collect()
@@ -112,6 +148,7 @@ def _measure_cell(group: _Group, index: int, cell: Cell, emit: Emit) -> Record:
     if refusal is not None:
         status, reason = refusal
         return Record(status=status, reason=reason, finished_at=now_iso(), **base)
+    group.hold_machine(cell)  # outside the try: MachineBusy (--no-wait) stops the run, it is no failure of this cell
     try:
         m = _timed(group, index, cell, emit)
     except KeyboardInterrupt:
@@ -221,6 +258,8 @@ def _results(group: _Group, cell: Cell, m: CellMeasurement) -> dict[str, Any]:
         ceilings=ceilings_for(group.bench.profile, model.info.dtype, group.bench.probe),
         probe_note=why_unmeasured(group.bench.probe, model.info.dtype, group.bench.probe_note),
     )
+    if group.locked:  # the machine lock kept every other rooflens measurement out of this window
+        m.window.other_measurement = False
     return {
         "metrics": metrics,
         "roofline": roofline,

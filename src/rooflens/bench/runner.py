@@ -47,6 +47,7 @@ from rooflens.bench.record_base import hardware_profile_info, record_base
 from rooflens.bench.workbench import probe_threads
 from rooflens.config import Experiment
 from rooflens.device.detect import detect_hardware
+from rooflens.device.lock import wait_policy
 from rooflens.models.loader import choose_dtype, dtype_name, resolve_device
 from rooflens.results.record import ErrorInfo, Record
 from rooflens.results.store import ensure_writable, write_record
@@ -166,6 +167,7 @@ class ExperimentRunner:
             probe=probe,
             probe_note=None if probe else self.probe_refused,
             references=dict(self.references),
+            wait_for_lock=wait_policy().wait,  # the caller's (rooflens run --no-wait), to the measuring process
         )
 
     def jobs(self, executor: str) -> _Jobs:

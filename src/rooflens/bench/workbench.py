@@ -26,6 +26,7 @@ from rooflens.bench.job import Emit, GroupJob, Loading, Note
 from rooflens.bench.record_base import hardware_profile_info
 from rooflens.config import EngineSpec, Experiment
 from rooflens.device.detect import detect_hardware
+from rooflens.device.lock import lock_path
 from rooflens.models.loader import (
     TORCH_DTYPES,
     DtypeChoice,
@@ -84,6 +85,14 @@ def meter_for(exp: Experiment, device: torch.device) -> EnergyMeter:
     return select_meter(str(device))
 
 
+def placement_of(job: GroupJob) -> dict[str, Any]:
+    """Where this process measures, and what kept every other measurement off the machine meanwhile
+    (``exclusive``: the machine lock, held around each measured window; under Ray, the node's reservation)."""
+    placement: dict[str, Any] = {"executor": job.executor, "pid": os.getpid(), **job.placement}
+    placement["exclusive"] = [*job.placement.get("exclusive", []), f"machine lock {lock_path()}"]
+    return placement
+
+
 def set_up(job: GroupJob, emit: Emit) -> Workbench:
     """Threads, device, dtype, profile, ceilings, environment and meter of this process, for the job's run."""
     exp = job.experiment
@@ -97,7 +106,7 @@ def set_up(job: GroupJob, emit: Emit) -> Workbench:
     resolved = resolve_profile(exp.hardware, str(device), hardware=detected)
     probe, probe_note = _ceilings(job, resolved, device, dtype_name(choice.dtype), emit)
     environment = capture_environment(detected.model_dump(mode="json"))
-    environment["placement"] = {"executor": job.executor, "pid": os.getpid(), **job.placement}
+    environment["placement"] = placement_of(job)
     return Workbench(
         run_id=job.run_id,
         device=device,

@@ -69,16 +69,23 @@ def hw_probe(
     ),
     save: bool = typer.Option(True, "--save/--no-save", help="save a valid result as this machine's measured ceilings"),
     as_json: bool = typer.Option(False, "--json", help="print the result (refused: its attempts) as JSON"),
+    no_wait: bool = typer.Option(
+        False,
+        "--no-wait",
+        help="exit 2 at once, naming it, when another measurement holds this machine's lock (default: wait for it)",
+    ),
 ) -> None:
     """Measure this machine's real ceilings: copy bandwidth and GEMM peak per dtype, with spread.
 
     Valid only when every statistic's spread is small and the machine was quiet; else retried, then
-    refused (exit 1, nothing saved). About 10-40 s an attempt on a CPU, up to 3 attempts.
+    refused (exit 1, nothing saved). About 10-40 s an attempt on a CPU, up to 3 attempts. Measures alone:
+    while a run or another probe holds the machine lock, it waits (or exits 2 with --no-wait).
     """
     import json
 
     import torch
 
+    from rooflens.device.lock import MachineBusy, waiting
     from rooflens.reports.roofline_console import probe_table
     from rooflens.roofline.hardware import get_profile
     from rooflens.roofline.probe import ProbeError, ProbeRefused, probe
@@ -90,7 +97,10 @@ def hw_probe(
             fail("--threads: a GPU probe does not depend on the CPU threads; give it for --device cpu only")
         torch.set_num_threads(threads)
     try:
-        result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
+        with waiting(not no_wait, lambda text: err_console.print(f"[yellow]{escape(text)}[/]", highlight=False)):
+            result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
+    except MachineBusy as err:
+        fail(escape(str(err)))
     except ProbeRefused as err:
         if as_json:
             print(json.dumps({"refused": str(err), "attempts": [a.model_dump(mode="json") for a in err.attempts]}))

@@ -37,18 +37,27 @@ def run(
     strict: bool = typer.Option(
         False, "--strict", help=f"exit {INVALID_EXIT} when any cell's measurement is invalid (CV, load, clocks, ...)"
     ),
+    no_wait: bool = typer.Option(
+        False,
+        "--no-wait",
+        help="exit 2 at once, naming it, when another measurement holds this machine's lock (default: wait for it)",
+    ),
 ) -> None:
     """Run experiments: every engine x workload x batch size, one JSON record per cell.
 
     Several files share one executor: under ray one cluster, with all their groups in flight together;
     otherwise one experiment after another. Each keeps its own results folder, summary and report.
 
+    One measurement per machine at a time: while another run or probe holds the machine lock, this one
+    waits (saying who holds it), or with --no-wait stops.
+
     Exit codes: 0 every cell ok or unavailable (an engine that cannot run on this device);
     1 at least one cell failed; 2 the experiment could not start (invalid file, a model that
-    cannot be loaded or does not fit, an output folder that cannot be written); 4 with --strict,
-    a cell's measurement is invalid (its record says why) and none failed; 130 interrupted
-    (Ctrl-C): the records of finished cells are kept. With several files: the worst of theirs
-    (2, then 1, then 4). Without --strict, invalid cells are reported and the exit code is unchanged.
+    cannot be loaded or does not fit, an output folder that cannot be written, with --no-wait
+    another measurement holding the machine lock); 4 with --strict, a cell's measurement is invalid
+    (its record says why) and none failed; 130 interrupted (Ctrl-C): the records of finished cells
+    are kept. With several files: the worst of theirs (2, then 1, then 4). Without --strict, invalid
+    cells are reported and the exit code is unchanged.
     """
     from rich.markup import escape
 
@@ -60,25 +69,27 @@ def run(
     except SweepError as err:
         fail(escape(str(err)))  # "rooflens[ray]" is not markup
     from rooflens.cli.progress import ProgressObserver, progress_bar
+    from rooflens.device.lock import MachineBusy, waiting
     from rooflens.models.loader import ModelLoadError
     from rooflens.results.store import OutputError, RecordExistsError
 
     progress = progress_bar(quiet)
     name_rows = len(loaded) > 1
     try:
-        for runner in sweep.build_runners(
-            results, lambda exp: ProgressObserver(progress, exp.name if name_rows else ""), reports=report
-        ):
-            exp = runner.exp
-            console.print(
-                f"rooflens: experiment [bold]{exp.name}[/] ({runner.source}) on {runner.device}, "
-                f"dtype {str(runner.dtype).removeprefix('torch.')}"
-                + (f", executor {exp.executor}" if exp.executor != "inline" else "")
-            )
-        with progress:
-            outcomes = sweep.run()
-    except (ModelLoadError, OutputError, RecordExistsError) as err:
-        fail(str(err))
+        with waiting(not no_wait, lambda text: err_console.print(f"[yellow]{escape(text)}[/]", highlight=False)):
+            for runner in sweep.build_runners(
+                results, lambda exp: ProgressObserver(progress, exp.name if name_rows else ""), reports=report
+            ):
+                exp = runner.exp
+                console.print(
+                    f"rooflens: experiment [bold]{exp.name}[/] ({runner.source}) on {runner.device}, "
+                    f"dtype {str(runner.dtype).removeprefix('torch.')}"
+                    + (f", executor {exp.executor}" if exp.executor != "inline" else "")
+                )
+            with progress:
+                outcomes = sweep.run()
+    except (ModelLoadError, OutputError, RecordExistsError, MachineBusy) as err:
+        fail(escape(str(err)))
     except KeyboardInterrupt:
         fail(sweep.interrupted(), 130)
     codes = [

@@ -43,6 +43,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rooflens.device.detect import device_name
+from rooflens.device.lock import measuring
 from rooflens.device.spec import pinned_device
 from rooflens.fsutil import home_dir, slug, write_atomic
 from rooflens.kernels.lowbit import QuantizedWeight, quantize
@@ -301,31 +302,32 @@ def calibrate(
     )
     fmt = f"{bits}-bit g{group_size} {'sym' if symmetric else 'asym'}, {str(dtype).removeprefix('torch.')} x"
     gen = torch.Generator(device=dev).manual_seed(0)
-    for n, k in shapes:
-        qws = weight_copies(
-            quantize(torch.randn(n, k, device=dev, generator=gen) * 0.02, bits, group_size, symmetric),
-            rotate_mb * 2**20,
-        )
-        us: dict[str, list[float]] = {p: [] for p in PATHS}
-        for m in ms:
-            x = torch.randn(m, k, device=dev, generator=gen).to(dtype)
-            for p in PATHS:
+    with measuring(f"a kernel calibration on {dev}"):
+        for n, k in shapes:
+            qws = weight_copies(
+                quantize(torch.randn(n, k, device=dev, generator=gen) * 0.02, bits, group_size, symmetric),
+                rotate_mb * 2**20,
+            )
+            us: dict[str, list[float]] = {p: [] for p in PATHS}
+            for m in ms:
+                x = torch.randn(m, k, device=dev, generator=gen).to(dtype)
+                for p in PATHS:
 
-                def one_pass(p: str = p, x: torch.Tensor = x) -> None:
-                    for q in qws:  # noqa: F821 (del below)
-                        lowbit_linear(x, q, path=p)
+                    def one_pass(p: str = p, x: torch.Tensor = x) -> None:
+                        for q in qws:  # noqa: F821 (del below)
+                            lowbit_linear(x, q, path=p)
 
-                us[p].append(time_ms(one_pass, reps, warmup) * 1e3 / len(qws))
-        gemv_max_m, flat_max_m = fit_crossover(ms, us)
-        table.buckets[bucket(n, k)] = Crossover(
-            gemv_max_m=gemv_max_m,
-            flat_max_m=flat_max_m,
-            format=fmt,
-            ms=ms,
-            us=us,
-            measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        del qws
-        torch.cuda.empty_cache()
+                    us[p].append(time_ms(one_pass, reps, warmup) * 1e3 / len(qws))
+            gemv_max_m, flat_max_m = fit_crossover(ms, us)
+            table.buckets[bucket(n, k)] = Crossover(
+                gemv_max_m=gemv_max_m,
+                flat_max_m=flat_max_m,
+                format=fmt,
+                ms=ms,
+                us=us,
+                measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            )
+            del qws
+            torch.cuda.empty_cache()
     write_atomic(cache_path(dev), table.model_dump_json(indent=2) + "\n")
     return table

@@ -15,6 +15,7 @@ import torch
 from rooflens.config import ModelSpec
 from rooflens.device import spec as device_spec
 from rooflens.device.cpu import detect_cpu
+from rooflens.device.lock import measuring
 from rooflens.fsutil import atomic_folder, cache_dir
 from rooflens.models.catalog import BUILTIN_MODELS, ModelLoadError, shipped_config_data
 from rooflens.results.record import ModelInfo
@@ -92,7 +93,8 @@ def choose_dtype(spec: str, device: torch.device) -> DtypeChoice:
     native = [f for f in NATIVE_BF16_FLAGS if f in detect_cpu().interesting_flags]
     if not native:
         return DtypeChoice(torch.float32, "auto: float32; this CPU has no native bfloat16 (no AVX512_BF16 or AMX)")
-    t32, t16 = _gemv_seconds(torch.float32), _gemv_seconds(torch.bfloat16)
+    with measuring("the dtype: auto micro-benchmark"):  # timed alone, as the run it decides for will be
+        t32, t16 = _gemv_seconds(torch.float32), _gemv_seconds(torch.bfloat16)
     measured = f"a 1x2048 @ 2048x2048 matmul took {t16 * 1e6:.0f} us in bfloat16, {t32 * 1e6:.0f} us in float32"
     if t16 < 0.9 * t32:
         return DtypeChoice(torch.bfloat16, f"auto: bfloat16; native bf16 ({', '.join(native)}) and {measured}")

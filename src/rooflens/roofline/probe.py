@@ -45,6 +45,7 @@ from typing import Any
 from rooflens.device import activity
 from rooflens.device.cpu import last_level_cache_bytes
 from rooflens.device.detect import device_name
+from rooflens.device.lock import holds_machine_lock
 from rooflens.device.spec import DeviceUnavailableError, pinned_device
 from rooflens.roofline import probe_rules
 from rooflens.roofline.hardware import _normalize_dtype, match_profile
@@ -459,6 +460,7 @@ def _probe_gemms(
     return out
 
 
+@holds_machine_lock("a probe of the roofline ceilings")  # one measurement per machine at a time
 def probe(
     device: str = "cpu",
     *,

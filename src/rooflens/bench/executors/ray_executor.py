@@ -2,30 +2,35 @@
 
 Placement: each experiment's baseline group runs first (its greedy tokens are the quality
 reference of the other groups), then the experiment's other groups are submitted at once and Ray
-places them by what each task asks for, so that measurements running side by side do not share
-what they measure:
+places them by what each task asks for, so that no two measurements share a node:
 
-- a CUDA group asks for one GPU: never two measuring tasks on one GPU;
-- a CPU group asks for ``threads`` CPUs, or, with ``threads`` unset, for as many CPUs as the
-  smallest node has (a task then has a node to itself); the task pins torch's threads to the CPUs
-  Ray granted it, so a node never runs more measuring threads than it has cores.
+- every task asks for one unit of the node's ``rooflens_measure`` resource (:data:`MEASURE_RESOURCE`),
+  which a node declares once (``ray start --resources='{"rooflens_measure": 1}'``; a local cluster
+  started here declares it): a node measures one group at a time, and a group has the node's memory
+  bandwidth, caches and energy counter to itself. A cluster without the resource is refused;
+- a CUDA group also asks for one GPU; a CPU group for ``threads`` CPUs, or, with ``threads`` unset,
+  for as many CPUs as the smallest measuring node has; the task pins torch's threads to the CPUs
+  Ray granted it.
 
-A request no node can grant is refused before anything is submitted (Ray would wait for such a node
-forever). Records stream back to the driver as each cell ends (a streaming generator task) and the
-driver writes them. A task is never retried: a crash would otherwise be measured again silently; it
-becomes ``failed`` records for the cells it had not finished, as under ``subprocess``.
+Within the task, the machine lock (:mod:`rooflens.device.lock`) still guards every measured window, so a
+``rooflens run`` outside Ray on the same machine waits for it too. A request no node can grant is refused
+before anything is submitted (Ray would wait for such a node forever). Records stream back to the
+driver as each cell ends (a streaming generator task) and the driver writes them. A task is never
+retried: a crash would otherwise be measured again silently; it becomes ``failed`` records for the
+cells it had not finished, as under ``subprocess``.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rooflens.bench.executors.base import Executor, ExecutorError, Relay, RunJobs, worker_died
-from rooflens.bench.executors.ray_task import group_task
+from rooflens.bench.executors.ray_task import MEASURE_RESOURCE, group_task
 from rooflens.bench.job import Ended, GroupJob, MeasureFn, decode_event
 from rooflens.config import Experiment
 from rooflens.device.spec import parse_device
@@ -69,9 +74,15 @@ class RayExecutor(Executor):
         self.address = address
 
     def _init(self) -> None:
-        if not self.ray.is_initialized():
-            # address None: RAY_ADDRESS if set, else a new local cluster
-            self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        if self.ray.is_initialized():
+            return
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            self.ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:  # a new local cluster of one node, this machine, which measures one group at a time
+            self.ray.init(
+                address="local", resources={MEASURE_RESOURCE: 1}, include_dashboard=False, log_to_driver=False
+            )
 
     def resources(self, exp: Experiment) -> dict[str, float]:
         """What each task of ``exp`` asks Ray for; an :class:`ExecutorError` when no alive node has it."""
@@ -81,17 +92,28 @@ class RayExecutor(Executor):
                 f"(as cuda:0): use device 'cuda', not '{exp.device}'"
             )
         nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        measuring = [n for n in nodes if n.get(MEASURE_RESOURCE, 0) >= 1]
+        if not measuring:
+            raise ExecutorError(
+                f"experiment '{exp.name}': no node of the Ray cluster declares the '{MEASURE_RESOURCE}' resource, "
+                "which keeps two measurements off one node; start each node that measures with "
+                f"`ray start ... --resources='{{\"{MEASURE_RESOURCE}\": 1}}'`"
+            )
         gpu = parse_device(exp.device).type == "cuda" or (
-            exp.device == "auto" and any(n.get("GPU", 0) > 0 for n in nodes)
+            exp.device == "auto" and any(n.get("GPU", 0) > 0 for n in measuring)
         )
         if gpu:
             need = {"CPU": float(exp.threads or 1), "GPU": 1.0}
         elif exp.threads:
             need = {"CPU": float(exp.threads)}
         else:  # the whole (smallest) node: its cores are all the task's
-            need = {"CPU": min((n["CPU"] for n in nodes if n.get("CPU", 0) >= 1), default=1.0) // 1}
+            need = {"CPU": min((n["CPU"] for n in measuring if n.get("CPU", 0) >= 1), default=1.0) // 1}
+        need[MEASURE_RESOURCE] = 1.0  # the node's measuring slot: one group at a time
         if not any(all(n.get(k, 0) >= v for k, v in need.items()) for n in nodes):
-            have = "; ".join(f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes) or "none alive"
+            have = "; ".join(
+                f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU, {n.get(MEASURE_RESOURCE, 0):g} {MEASURE_RESOURCE}"
+                for n in nodes
+            )
             raise ExecutorError(
                 f"experiment '{exp.name}': each task asks Ray for {_describe(need)}, which no node of the cluster "
                 f"has (nodes: {have}); lower `threads`, or add such a node"
@@ -103,6 +125,7 @@ class RayExecutor(Executor):
         return self.ray.remote(
             num_cpus=need["CPU"],
             num_gpus=need.get("GPU", 0),
+            resources={MEASURE_RESOURCE: need[MEASURE_RESOURCE]},
             max_retries=0,
             retry_exceptions=False,
             max_calls=1,  # a fresh worker process per group: the model and engine are freed with it

@@ -20,6 +20,8 @@ from typing import Any
 from rooflens.bench.job import GroupJob, MeasureFn, encode_event
 
 SENT = ("ready", "note", "record", "interrupted", "fatal")
+MEASURE_RESOURCE = "rooflens_measure"
+"""The custom Ray resource of a node that measures: one unit per group measuring there (nodes declare 1)."""
 
 
 def group_task(measure: MeasureFn, job_json: str) -> Iterator[str]:
@@ -39,6 +41,8 @@ def group_task(measure: MeasureFn, job_json: str) -> Iterator[str]:
             "gpu_ids": list(ray.get_gpu_ids()),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "resources": granted,
+            # what kept other measurements off the node during the task (the machine lock is added by the workbench)
+            "exclusive": [f"{MEASURE_RESOURCE} resource on node {context.get_node_id()}"],
         }
     }
     if granted.get("CPU", 0) >= 1:
