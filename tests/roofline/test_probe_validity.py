@@ -80,28 +80,31 @@ def test_a_noisy_sample_set_is_invalid_and_says_which_statistic_and_by_how_much(
     noisy_gemm = probe_stat(188e9, spread=0.97)
     reasons = spread_reasons(noisy_bw, {"fp32": noisy_gemm, "bf16": probe_stat(800e9)}, RULES)
     assert any(r.startswith(f"bandwidth: CV {100 * noisy_bw.cv:.1f} % > 10.0 %") for r in reasons), reasons
-    assert any(r.startswith(f"gemm fp32: CV {100 * noisy_gemm.cv:.1f} % > 5.0 %") for r in reasons), reasons
-    assert any(r.startswith("gemm fp32: median") and "of best < 85.0 %" in r for r in reasons)
+    assert any(r.startswith(f"gemm fp32: CV {100 * noisy_gemm.cv:.1f} % > 10.0 %") for r in reasons), reasons
+    assert any(r.startswith("gemm fp32: median") and "of best < 80.0 %" in r for r in reasons)
     assert not any("bf16" in r for r in reasons)
 
 
-def test_gemms_are_held_to_a_tighter_cv_than_bandwidth():
+def test_bandwidth_and_gemms_are_held_to_their_cv_limits():
     seven = probe_stat(100e9, spread=0.2)  # CV ~7 %
     assert 0.05 < seven.cv < 0.10
     assert stat_reasons("bandwidth", seven, RULES.bandwidth_max_cv, RULES) == []
-    assert stat_reasons("gemm fp32", seven, RULES.gemm_max_cv, RULES) != []
+    assert stat_reasons("gemm fp32", seven, RULES.gemm_max_cv, RULES) == []
+    noisy = probe_stat(100e9, spread=0.4)  # CV ~18 %
+    assert noisy.cv > 0.10
+    assert stat_reasons("gemm fp32", noisy, RULES.gemm_max_cv, RULES) != []
 
 
 def test_too_few_reps_and_a_lucky_best_rep_are_invalid():
     few = probe_stat(100e9, n=5)
     assert stat_reasons("gemm fp32", few, RULES.gemm_max_cv, RULES) == ["gemm fp32: 5 reps < 10"]
     lucky = probe_stat(100e9, n=20).model_copy(update={"max": 150e9})  # one outlier far above the median
-    assert any("of best < 85.0 %" in r for r in stat_reasons("x", lucky, 1.0, RULES))
+    assert any("of best < 80.0 %" in r for r in stat_reasons("x", lucky, 1.0, RULES))
 
 
 def test_quiet_rules_against_the_core_count():
-    assert probe_rules.load_reasons([0.9, 0.5, 0.2], 2, RULES) == []
-    assert probe_rules.load_reasons([1.5, 0.5, 0.2], 2, RULES) == ["load average 1.50 on 2 cores > 1.00 (0.5 per core)"]
+    assert probe_rules.load_reasons([1.9, 0.5, 0.2], 2, RULES) == []
+    assert probe_rules.load_reasons([2.5, 0.5, 0.2], 2, RULES) == ["load average 2.50 on 2 cores > 2.00 (1 per core)"]
     assert probe_rules.load_reasons(None, 2, RULES) == []
     assert probe_rules.other_cpu_reasons(0.05, "during it", RULES) == []
     assert probe_rules.other_cpu_reasons(0.5, "during it", RULES) == [
@@ -151,7 +154,7 @@ def test_a_noisy_probe_is_retried_then_refused_and_never_saved(monkeypatch, tmp_
 
 
 def test_a_busy_machine_is_not_measured_retried_then_refused(monkeypatch, tmp_path):
-    busy = FakeActivity(share=0.6, load=(1.9, 1.2, 0.8)).install(monkeypatch)
+    busy = FakeActivity(share=0.6, load=(2.9, 1.2, 0.8)).install(monkeypatch)
     clock = CyclingClock([1e-3])
     with pytest.raises(ProbeRefused) as refused:
         _bandwidth_only(clock)
@@ -162,7 +165,7 @@ def test_a_busy_machine_is_not_measured_retried_then_refused(monkeypatch, tmp_pa
     for a in attempts:
         assert a.bandwidth is None and a.load.other_cpu_before == pytest.approx(0.6)
         assert "other processes used 60.0 % of the CPU time before the measurement (limit 10.0 %)" in a.reasons
-        assert "load average 1.90 on 2 cores > 1.00 (0.5 per core)" in a.reasons
+        assert "load average 2.90 on 2 cores > 2.00 (1 per core)" in a.reasons
     assert _saved_files(tmp_path) == []
 
 
@@ -204,7 +207,7 @@ def test_a_probe_valid_on_its_second_attempt_keeps_both(monkeypatch, tmp_path):
 
 def test_the_load_average_is_judged_until_an_attempt_has_measured(monkeypatch):
     """After an attempt of its own, the 1-minute load average counts the probe's threads: not judged."""
-    FakeActivity(share=0.0, load=(1.5, 1.0, 0.5)).install(monkeypatch)
+    FakeActivity(share=0.0, load=(2.5, 1.0, 0.5)).install(monkeypatch)
     with pytest.raises(ProbeRefused) as refused:
         _bandwidth_only(CyclingClock([1e-3]))
     first, second, _ = refused.value.attempts
@@ -213,7 +216,7 @@ def test_the_load_average_is_judged_until_an_attempt_has_measured(monkeypatch):
     monkeypatch.setattr(probemod, "ATTEMPTS", 2)
     clock = CyclingClock(NOISY)
     FakeActivity(share=0.0, load=(0.1, 0.1, 0.1)).install(monkeypatch)
-    loads = iter([(0.1, 0.1, 0.1), (1.5, 1.0, 0.5)])  # low before attempt 1, high (its own) before attempt 2
+    loads = iter([(0.1, 0.1, 0.1), (2.5, 1.0, 0.5)])  # low before attempt 1, high (its own) before attempt 2
     monkeypatch.setattr(activity, "load_average", lambda: next(loads))
     with pytest.raises(ProbeRefused) as refused:
         _bandwidth_only(clock)

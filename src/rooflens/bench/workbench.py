@@ -141,6 +141,11 @@ def _ceilings(
     return found.probe, None if found.probe is not None else job.probe_note or found.note
 
 
+AUTO_PROBE_CPU_DTYPES = ("fp32", "bf16")
+"""The GEMMs ``probe: auto`` measures on a CPU: the dtypes ``dtype: auto`` picks there. fp16 (no fast path on
+most CPUs: minutes at full size), fp8 and int8 are ``rooflens hw probe``'s; skipping them halves the probe."""
+
+
 def first_probe(device: torch.device, device_name: str, emit: Emit) -> tuple[ProbeResult | None, str | None]:
     """``probe: auto`` on a device with no ceilings: measure them once, as `rooflens hw probe` does, and save
     them for later runs at these threads when they are valid, so that every record of this one has a
@@ -159,7 +164,8 @@ def first_probe(device: torch.device, device_name: str, emit: Emit) -> tuple[Pro
         )
     )
     try:
-        result = probe(str(device), progress=lambda line: emit(Note(text=f"probe: {line}")))
+        dtypes = AUTO_PROBE_CPU_DTYPES if device.type == "cpu" else None
+        result = probe(str(device), dtypes=dtypes, progress=lambda line: emit(Note(text=f"probe: {line}")))
     except ProbeRefused as err:
         emit(Note(text=f"{err}\nthis run goes on without measured ceilings"))
         tries = " | ".join(describe_attempt(a) for a in err.attempts)

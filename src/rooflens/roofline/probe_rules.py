@@ -30,14 +30,18 @@ from rooflens.results.record import CeilingRef
 
 #: Largest coefficient of variation of the copy bandwidth's reps.
 BANDWIDTH_MAX_CV = 0.10
-#: Largest coefficient of variation of a GEMM's reps (compute is steadier than memory).
-GEMM_MAX_CV = 0.05
-#: Smallest median rep / best rep of any statistic.
-MIN_MEDIAN_TO_BEST = 0.85
+#: Largest coefficient of variation of a GEMM's reps. Measured on a quiet 2-vCPU cloud VM (AMD EPYC,
+#: 2026-12-03): GEMM CVs of 2.8-11 % over 20 reps of n=2048 with nothing else running, so the 5 % first
+#: proposed would refuse a quiet machine; under load the issue saw 73 %.
+GEMM_MAX_CV = 0.10
+#: Smallest median rep / best rep of any statistic (the same quiet VM: 0.77-0.98).
+MIN_MEDIAN_TO_BEST = 0.80
 #: Fewest measured reps a spread is computed from.
 MIN_REPS = 10
-#: Largest 1-minute load average per logical core when a CPU probe starts.
-MAX_LOAD_PER_CORE = 0.5
+#: Largest 1-minute load average per logical core when a CPU probe starts. Lenient on purpose: the average
+#: lags by minutes (after a run it still counts that run's threads: 1.08 on 2 idle cores here), so the
+#: direct check, other processes' CPU time in a window before and during the probe, is the strict one.
+MAX_LOAD_PER_CORE = 1.0
 #: Largest share of the machine's core-seconds other processes may use before and during a CPU probe.
 MAX_OTHER_CPU_SHARE = 0.10
 #: Smallest copy size as a multiple of the last-level cache (CPU).
