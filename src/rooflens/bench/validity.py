@@ -19,8 +19,9 @@ and the limit it broke):
 - ``gpu_throttle`` (GPU cells): NVML reported a slowdown clocks-event reason (hardware slowdown, software or
   hardware thermal slowdown, hardware power brake) in any sample of the window. The software power cap
   alone is a note: a GPU at its power limit is its sustained state, not a disturbance.
-- ``other_measurement``: another measurement ran on the machine in the window (filled by the machine lock;
-  not checked, and said so in a note, until something fills it).
+- ``other_measurement``: another measurement ran on the machine in the window. A window measured under the
+  machine lock (:mod:`rooflens.device.lock`) records False: no other rooflens measurement could run; other
+  programs show in the load checks. Where nothing filled it, a note says it was not checked.
 
 What cannot be read on this machine (no load average, no cpufreq, no NVML) is a note, never a reason.
 Cells that did not measure are ``n/a``.
