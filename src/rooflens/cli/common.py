@@ -47,6 +47,16 @@ def write_text(path: Path, text: str, what: str) -> None:
         unwritable(what, path, err)
 
 
+def machine_lock_policy(no_wait: bool):
+    """The machine lock's policy for a measuring command: wait, telling the user once whom for (stderr), or
+    with ``--no-wait`` stop at once (:class:`~rooflens.device.lock.MachineBusy`)."""
+    from rich.markup import escape
+
+    from rooflens.device.lock import waiting
+
+    return waiting(not no_wait, lambda text: err_console.print(f"[yellow]{escape(text)}[/]", highlight=False))
+
+
 def check_device(value: str) -> str:
     """A --device option: auto, cpu, cuda or cuda:N (the experiment schema's rule), or exit 2."""
     from rooflens.device.spec import DeviceSpecError, parse_device

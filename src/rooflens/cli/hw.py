@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from rooflens.cli.common import check_device, console, err_console, fail
+from rooflens.cli.common import check_device, console, err_console, fail, machine_lock_policy
 
 
 def hw_list() -> None:
@@ -85,7 +85,7 @@ def hw_probe(
 
     import torch
 
-    from rooflens.device.lock import MachineBusy, waiting
+    from rooflens.device.lock import MachineBusy
     from rooflens.reports.roofline_console import probe_table
     from rooflens.roofline.hardware import get_profile
     from rooflens.roofline.probe import ProbeError, ProbeRefused, probe
@@ -97,7 +97,7 @@ def hw_probe(
             fail("--threads: a GPU probe does not depend on the CPU threads; give it for --device cpu only")
         torch.set_num_threads(threads)
     try:
-        with waiting(not no_wait, lambda text: err_console.print(f"[yellow]{escape(text)}[/]", highlight=False)):
+        with machine_lock_policy(no_wait):
             result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
     except MachineBusy as err:
         fail(escape(str(err)))

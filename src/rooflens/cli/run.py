@@ -7,10 +7,19 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from rooflens.cli.common import INVALID_EXIT, console, err_console, fail, load_experiment_or_exit, render_report
+from rooflens.cli.common import (
+    INVALID_EXIT,
+    console,
+    err_console,
+    fail,
+    load_experiment_or_exit,
+    machine_lock_policy,
+    render_report,
+)
 
 if TYPE_CHECKING:
     from rooflens.bench.runner import ExperimentRunner, RunResult
+    from rooflens.bench.sweep import Sweep
     from rooflens.config import Experiment
     from rooflens.results.record import Record
 
@@ -68,17 +77,31 @@ def run(
         sweep = Sweep.plan(loaded, executor, ray_address)
     except SweepError as err:
         fail(escape(str(err)))  # "rooflens[ray]" is not markup
+    outcomes = _measure(sweep, results, report, quiet, no_wait, several=len(loaded) > 1)
+    codes = [
+        _outcome(exp, source, runner, result, report, strict)
+        for (exp, source), runner, result in zip(sweep.experiments, sweep.runners, outcomes)
+    ]
+    code = max(codes, key=SEVERITY.index)
+    if code:
+        raise typer.Exit(code)
+
+
+def _measure(sweep: Sweep, results: Path | None, report: bool, quiet: bool, no_wait: bool, several: bool) -> list:
+    """Build each experiment's runner (saying what runs where), then run the sweep under the machine lock's
+    policy with a progress bar; a run that cannot start, or Ctrl-C, ends the command with its exit code."""
+    from rich.markup import escape
+
     from rooflens.cli.progress import ProgressObserver, progress_bar
-    from rooflens.device.lock import MachineBusy, waiting
+    from rooflens.device.lock import MachineBusy
     from rooflens.models.loader import ModelLoadError
     from rooflens.results.store import OutputError, RecordExistsError
 
     progress = progress_bar(quiet)
-    name_rows = len(loaded) > 1
     try:
-        with waiting(not no_wait, lambda text: err_console.print(f"[yellow]{escape(text)}[/]", highlight=False)):
+        with machine_lock_policy(no_wait):
             for runner in sweep.build_runners(
-                results, lambda exp: ProgressObserver(progress, exp.name if name_rows else ""), reports=report
+                results, lambda exp: ProgressObserver(progress, exp.name if several else ""), reports=report
             ):
                 exp = runner.exp
                 console.print(
@@ -87,18 +110,11 @@ def run(
                     + (f", executor {exp.executor}" if exp.executor != "inline" else "")
                 )
             with progress:
-                outcomes = sweep.run()
+                return sweep.run()
     except (ModelLoadError, OutputError, RecordExistsError, MachineBusy) as err:
         fail(escape(str(err)))
     except KeyboardInterrupt:
         fail(sweep.interrupted(), 130)
-    codes = [
-        _outcome(exp, source, runner, result, report, strict)
-        for (exp, source), runner, result in zip(sweep.experiments, sweep.runners, outcomes)
-    ]
-    code = max(codes, key=SEVERITY.index)
-    if code:
-        raise typer.Exit(code)
 
 
 SEVERITY = (0, INVALID_EXIT, 1, 2)

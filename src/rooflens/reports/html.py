@@ -17,15 +17,7 @@ import rooflens
 from rooflens.fsutil import write_atomic
 from rooflens.reports import engine_panels, plots, roofline_chart
 from rooflens.reports.story import story
-from rooflens.reports.table import (
-    cell_row,
-    energy_notes,
-    format_value,
-    header,
-    probe_notes,
-    validity_notes,
-    visible_columns,
-)
+from rooflens.reports.table import cell_row, format_value, header, table_notes, visible_columns
 from rooflens.results.record import Record
 from rooflens.text import safe_name
 
@@ -168,7 +160,7 @@ def _groups(records: list[Record]) -> list[dict]:
                     for r, row in zip(recs, rows)
                 ],
                 "baselines": sorted({str(r.experiment.get("baseline")) for r in recs}),
-                "notes": energy_notes(recs) + validity_notes(recs) + probe_notes(recs),
+                "notes": table_notes(recs),
                 "story": story(recs),
             }
         )
@@ -235,6 +227,6 @@ def render_markdown(records: list[Record]) -> str:
             lines.append("| " + " | ".join(format_value(c, row[c.key]).replace("|", "\\|") for c in cols) + " |")
         lines.append("")
         lines += [f"- {line}" for line in story(recs)]
-        lines += ["", *(f"_{n}_" for n in energy_notes(recs) + validity_notes(recs) + probe_notes(recs))]
+        lines += ["", *(f"_{n}_" for n in table_notes(recs))]
         lines.append("")
     return "\n".join(lines)

@@ -6,15 +6,7 @@ from collections.abc import Iterable
 
 from rich.table import Table
 
-from rooflens.reports.table import (
-    cell_row,
-    energy_notes,
-    format_value,
-    header,
-    probe_notes,
-    validity_notes,
-    visible_columns,
-)
+from rooflens.reports.table import cell_row, format_value, header, table_notes, visible_columns
 from rooflens.results.record import Record
 
 
@@ -30,9 +22,7 @@ def summary_table(records: Iterable[Record], title: str = "rooflens results") ->
     table.caption = "\n".join(
         [
             "medians over the measured repetitions; CV of decode tok/s; speedup = decode tok/s over the baseline engine of the same run",
-            *energy_notes(records),
-            *validity_notes(records),
-            *probe_notes(records),
+            *table_notes(records),
         ]
     )
     return table

@@ -132,6 +132,11 @@ def probe_notes(records: list[Record]) -> list[str]:
     ]
 
 
+def table_notes(records: list[Record]) -> list[str]:
+    """Every note a summary table carries under it: energy, validity, probes that no longer validate."""
+    return energy_notes(records) + validity_notes(records) + probe_notes(records)
+
+
 def visible_columns(rows: list[dict[str, Any]]) -> list[Column]:
     """Columns that have at least one value (quality and roofline appear once some cell has them)."""
     always = {"engine", "batch", "workload", "decode_tok_s", "tok_per_j", "status"}
