@@ -207,7 +207,17 @@ class Experiment(_Strict):
     energy: bool = True
     output: Output = Output()
     executor: Literal["inline", "subprocess", "ray"] = Field(
-        default="inline", description="where the cells run: this process, a fresh process per engine, or Ray tasks"
+        default="inline",
+        description="where the cells run: this process, a fresh process per job (per engine under schedule: blocks, "
+        "the whole experiment when interleaved), or Ray tasks",
+    )
+    schedule: Literal["interleaved", "blocks"] = Field(
+        default="interleaved",
+        description="interleaved: the engines of each workload and batch size are measured in rounds (one repetition "
+        "of each per round, in a rotating order), so the machine's drift hits all of them alike and speedups come "
+        "from paired rounds; it falls back to blocks when their prepared states do not fit in memory together. "
+        "blocks: each engine's repetitions in one block, one engine after another (one process per engine under "
+        "the subprocess and ray executors)",
     )
     probe: Literal["never", "auto"] = Field(
         default="never",
@@ -268,12 +278,13 @@ class Experiment(_Strict):
     def config_hash(self) -> str:
         """Hash of the validated experiment (defaults filled in), stable across key order.
 
-        ``executor`` says where cells run, ``probe`` whether missing ceilings are measured first and
-        ``validity`` how a measurement is judged, not what is measured: they are left out, so runs of one
-        experiment under different executors or limits (and records from before the fields existed) compare.
+        ``executor`` says where cells run, ``schedule`` in what order their repetitions are taken, ``probe``
+        whether missing ceilings are measured first and ``validity`` how a measurement is judged, not what is
+        measured: they are left out, so runs of one experiment under different executors, schedules or limits
+        (and records from before the fields existed) compare.
         """
         blob = json.dumps(
-            self.model_dump(mode="json", exclude={"executor", "probe", "validity"}),
+            self.model_dump(mode="json", exclude={"executor", "schedule", "probe", "validity"}),
             sort_keys=True,
             separators=(",", ":"),
         )

@@ -51,3 +51,17 @@ def cell_groups(cells: Sequence[Cell]) -> list[list[int]]:
         else:
             groups.append([i])
     return groups
+
+
+def cell_slices(indices: Sequence[int], cells: Sequence[Cell]) -> list[list[int]]:
+    """``indices`` by workload and batch size (first-seen order), each slice in the given (engine) order: the
+    cells measured side by side in interleaved rounds."""
+    slices: dict[tuple[int, int], list[int]] = {}
+    for i in indices:
+        slices.setdefault((cells[i].workload_index, cells[i].batch_size), []).append(i)
+    return list(slices.values())
+
+
+def last_cell_of_engines(indices: Sequence[int], cells: Sequence[Cell]) -> dict[str, int]:
+    """Each engine's last cell among ``indices`` (by engine label): its engine can be freed after that cell."""
+    return {cells[i].engine.display: i for i in indices}

@@ -42,6 +42,7 @@ __all__ = [
     "PowerSamplingMeter",
     "RaplMeter",
     "UnavailableMeter",
+    "combine_readings",
     "select_meter",
     "tokens_per_joule",
 ]
@@ -579,3 +580,30 @@ def tokens_per_joule(tokens: int, reading: EnergyReading) -> float | None:
     if reading.joules is None or reading.joules <= 0:
         return None
     return tokens / reading.joules
+
+
+def combine_readings(readings: list[EnergyReading]) -> EnergyReading:
+    """One reading for several windows of one meter (an engine's repetitions in interleaved rounds): joules and
+    seconds summed; unmeasured when any window is. Short windows are counted, not hidden: summing them is only as
+    good as each window's own reading (a counter is read at both ends of each)."""
+    if not readings:
+        raise ValueError("no readings to combine")
+    first = readings[0]
+    seconds = sum(r.seconds for r in readings)
+    missing = next((r for r in readings if r.joules is None), None)
+    warnings = list(dict.fromkeys(w for r in readings for w in r.warnings if not w.startswith("window of ")))
+    short = sum(r.short_window for r in readings)
+    if short:
+        warnings.append(
+            f"{short} of {len(readings)} per-repetition windows were shorter than the {first.meter} minimum; "
+            "their summed energy is unreliable"
+        )
+    return EnergyReading(
+        joules=None if missing else sum(r.joules or 0.0 for r in readings),
+        seconds=seconds,
+        meter=first.meter,
+        domain=first.domain,
+        short_window=bool(short),
+        warnings=tuple(warnings),
+        reason=missing.reason if missing else None,
+    )

@@ -83,3 +83,10 @@ class PeakMemory:
             peak = max(self._baseline, end)
             how = "process RSS read before and after the measured repetitions (no resettable high-water mark here: peaks in between are missed)"
         self.result = MemoryPeak("process_rss", peak, self._baseline, how)
+
+
+def highest_peak(peaks: list[MemoryPeak]) -> MemoryPeak:
+    """The highest of several windows' peaks (an engine's repetitions in interleaved rounds), the first baseline."""
+    top = max(peaks, key=lambda p: p.peak_bytes)
+    how = f"{top.how}; highest over {len(peaks)} per-repetition windows (interleaved rounds)"
+    return MemoryPeak(top.kind, top.peak_bytes, peaks[0].baseline_bytes, how)

@@ -36,12 +36,14 @@ def metrics_of(timings: list[RepTiming]) -> dict[str, Metric]:
     }
 
 
-def energy_of(reading: EnergyReading, tokens: int, reps: int) -> EnergyResult:
+def energy_of(
+    reading: EnergyReading, tokens: int, reps: int, window: str = "the window of all measured repetitions"
+) -> EnergyResult:
     if reading.joules is None:
         return EnergyResult(
             measured=False, meter=reading.meter, domain=reading.domain, reason=reading.reason, window_s=reading.seconds
         )
-    how = f"{reading.meter} over the window of all measured repetitions ({reading.domain})"
+    how = f"{reading.meter} over {window} ({reading.domain})"
     return EnergyResult(
         measured=True,
         meter=reading.meter,

@@ -33,6 +33,7 @@ class CellMeasurement:
     stats: dict
     tokens: torch.Tensor  # new tokens of the first measured repetition
     window: WindowConditions  # the machine's conditions across the measured window
+    rounds: list[int] | None = None  # interleaved (rooflens.bench.rounds): the round of each repetition
 
 
 def run_once(engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device) -> tuple[RepTiming, torch.Tensor]:

@@ -1,7 +1,9 @@
 """The driver: plans an experiment's cells into jobs, hands them to an executor, and writes each record.
 
-The cells (engine x workload x batch size, :mod:`rooflens.bench.cells`) are grouped by engine, one
-:class:`~rooflens.bench.job.GroupJob` per group. The baseline engine's group runs first: its greedy
+The cells (engine x workload x batch size, :mod:`rooflens.bench.cells`) go to the executor as
+jobs (:class:`~rooflens.bench.job.GroupJob`). Under ``schedule: interleaved`` (the default) one job holds them
+all: its process prepares every engine and measures each workload and batch size in rounds. Under
+``schedule: blocks`` there is one job per engine, and the baseline engine's runs first: its greedy
 tokens go with every later job (the quality reference). ``probe: auto`` on a device with no roofline
 ceilings adds one probe job before any cell, measured where the cells are. The executor calls
 :func:`~rooflens.bench.measure.measure_group` with each job, in whatever process it runs it, and
@@ -86,7 +88,7 @@ class _GroupState:
 
     job: GroupJob
     done: set[int] = field(default_factory=set)
-    started: int | None = None
+    started: set[int] = field(default_factory=set)  # cells started, finished or not (interleaved: several at once)
     environment: dict[str, Any] | None = None  # the measuring process's, once it is ready
     model: Any = None  # the model info of the group's records, once there is one
 
@@ -194,7 +196,7 @@ class ExperimentRunner:
             case Note():
                 obs.note(event.text)
             case Started():
-                state.started = event.index
+                state.started.add(event.index)
                 obs.cell_started(event.index, self.total_cells, self.cells[event.index])
             case Rep():
                 obs.repetition_done(self.cells[event.index], event.measured, event.warmup)
@@ -238,9 +240,9 @@ class ExperimentRunner:
         """Ctrl-C: keep a trace of each cell in progress that has none yet, before the sweep stops."""
         reason = ErrorInfo(type="KeyboardInterrupt", message="interrupted by the user")
         for state in self._groups.values():
-            if state.started is not None and state.started not in state.done:
-                state.done.add(state.started)
-                write_record(self.folder, self._lost_record(state, state.started, reason))
+            for index in sorted(state.started - state.done):
+                state.done.add(index)
+                write_record(self.folder, self._lost_record(state, index, reason))
 
     def _lost_record(self, state: _GroupState, index: int, reason: ErrorInfo) -> Record:
         """A ``failed`` record for a cell whose measuring process ended before it reported one."""
@@ -264,7 +266,8 @@ class ExperimentRunner:
 
 
 class _Jobs(RunJobs):
-    """A run's jobs for an executor: the baseline's group, then the others (with its tokens)."""
+    """A run's jobs for an executor: interleaved, one job of all cells; in blocks, the baseline's group, then the
+    others (with its tokens)."""
 
     def __init__(self, runner: ExperimentRunner, executor: str, *, probe: bool = False):
         self.runner = runner
@@ -275,6 +278,9 @@ class _Jobs(RunJobs):
         r = self.runner
         if self.probe:
             yield [r.job([], self.executor, probe=True)]
+            return
+        if r.exp.schedule == "interleaved":
+            yield [r.job(range(len(r.cells)), self.executor)]
             return
         first, *later = cell_groups(r.cells)
         if not self.stopped:

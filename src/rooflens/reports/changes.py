@@ -168,7 +168,7 @@ def _repeated(
         elif row.p_value is None:
             test = f"too few repetitions (n={row.n_base} vs {row.n_current}, 3 needed)"
         elif relative:
-            test = f"bootstrap of the ratio of medians (n={row.n_base} vs {row.n_current})"
+            test = f"bootstrap of the speedup, paired rounds where interleaved (n={row.n_base} vs {row.n_current})"
         else:
             test = f"one-sided Mann-Whitney U (n={row.n_base} vs {row.n_current})"
         source = "derived" if relative else rc.metrics[row.metric].source

@@ -21,7 +21,8 @@ def summary_table(records: Iterable[Record], title: str = "rooflens results") ->
         table.add_row(*(format_value(c, row[c.key]) for c in cols), style="red" if r.validity.invalid else None)
     table.caption = "\n".join(
         [
-            "medians over the measured repetitions; CV of decode tok/s; speedup = decode tok/s over the baseline engine of the same run",
+            "medians over the measured repetitions; CV of decode tok/s; speedup = decode tok/s over the baseline engine of the same run "
+            "(median of paired rounds where interleaved, else the ratio of medians)",
             *table_notes(records),
         ]
     )

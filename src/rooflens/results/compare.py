@@ -5,10 +5,11 @@ regression whatever the metrics say (a broken engine must fail the gate). A chan
 is a regression when it is both *significant* (p <= alpha) and *larger than the threshold*
 (relative change of the medians), in the metric's bad direction. Absolute metrics are
 tested with a one-sided Mann-Whitney U on the raw repetitions. Relative metrics
-(``speedup:<metric>``: the engine's median over the median of the baseline engine in the same
-run) cancel most machine-wide drift, so they are the ones to gate on for noisy shared CI
-machines; their p-value comes from a bootstrap that resamples the engine's and the baseline's
-repetitions of both runs, so the spread of all four sets counts.
+(``speedup:<metric>``, :func:`rooflens.results.derived.speedup`: the median of per-round ratios to the
+baseline engine where the run interleaved them, else the ratio of the two medians) cancel most
+machine-wide drift, so they are the ones to gate on for noisy shared CI machines; their p-value comes
+from a bootstrap that resamples the paired rounds (or the engine's and the baseline's repetitions apart)
+of both runs.
 
 No regression (nor improvement) is called on a cell whose measurement is invalid on either side (for a
 ``speedup:`` metric, the run's baseline cell counts too): its verdict is ``invalid``, with the reason,
@@ -24,7 +25,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from rooflens.results.derived import baseline_of, cell_key
+from rooflens.results.derived import baseline_of, cell_key, paired_ratios
 from rooflens.results.record import Record
 
 BETTER: dict[str, Literal["higher", "lower"]] = {
@@ -132,28 +133,48 @@ def _samples(r: Record, metric: str) -> list[float] | None:
     return list(m.samples) if m and m.samples else None
 
 
-def _relative(r: Record, records: list[Record], metric: str) -> tuple[list[float], list[float]] | None:
-    """The engine's and its run's baseline engine's repetitions of ``metric`` (None for the baseline itself)."""
+@dataclass(frozen=True)
+class _Ratio:
+    """The samples behind an engine's speedup over its run's baseline: the per-round ratios where the two were
+    interleaved, else both engines' repetitions (blocks)."""
+
+    paired: list[float] | None
+    engine: list[float]
+    baseline: list[float]
+
+    @property
+    def median(self) -> float:
+        if self.paired:
+            return statistics.median(self.paired)
+        return statistics.median(self.engine) / statistics.median(self.baseline)
+
+    @property
+    def n(self) -> int:
+        return len(self.paired) if self.paired else min(len(self.engine), len(self.baseline))
+
+    def draws(self, rng: np.random.Generator) -> np.ndarray:
+        """Bootstrap medians of the ratio: rounds resampled as pairs, or each engine's repetitions apart."""
+        if self.paired:
+            p = np.asarray(self.paired)
+            return np.median(rng.choice(p, (BOOTSTRAP_DRAWS, len(p))), axis=1)
+        eng, ref = np.asarray(self.engine), np.asarray(self.baseline)
+        e = np.median(rng.choice(eng, (BOOTSTRAP_DRAWS, len(eng))), axis=1)
+        return e / np.median(rng.choice(ref, (BOOTSTRAP_DRAWS, len(ref))), axis=1)
+
+
+def _relative(r: Record, records: list[Record], metric: str) -> _Ratio | None:
+    """The samples of ``r``'s ratio to its run's baseline engine (None for the baseline itself)."""
     base = baseline_of(r, records)
     if base is None or base.cell.engine_label == r.cell.engine_label:
         return None
     xs, bs = _samples(r, metric), _samples(base, metric)
-    return (xs, bs) if xs and bs else None
+    return _Ratio(paired_ratios(r, base, metric), xs, bs) if xs and bs else None
 
 
-def _bootstrap_p(
-    base: tuple[list[float], list[float]], cur: tuple[list[float], list[float]], better: str
-) -> tuple[float, float]:
-    """One-sided bootstrap p-values (worse, better) of the change of a ratio of medians."""
+def _bootstrap_p(base: _Ratio, cur: _Ratio, better: str) -> tuple[float, float]:
+    """One-sided bootstrap p-values (worse, better) of the change of a ratio."""
     rng = np.random.default_rng(0)
-
-    def ratios(pair: tuple[list[float], list[float]]) -> np.ndarray:
-        eng, ref = (np.asarray(v) for v in pair)
-        e = np.median(rng.choice(eng, (BOOTSTRAP_DRAWS, len(eng))), axis=1)
-        r = np.median(rng.choice(ref, (BOOTSTRAP_DRAWS, len(ref))), axis=1)
-        return e / r
-
-    change = ratios(cur) / ratios(base)
+    change = cur.draws(rng) / base.draws(rng)
     if better == "lower":
         change = 1 / change
     return float(np.mean(change >= 1)), float(np.mean(change <= 1))
@@ -186,18 +207,16 @@ def _row(key: tuple, metric: str, base: _Side, current: _Side, threshold: float,
         pb, pc = _relative(rb, base_set, name), _relative(rc, current_set, name)
         if pb is None or pc is None:
             return None
-        xs, ys = pb[0], pc[0]
-        mx = statistics.median(pb[0]) / statistics.median(pb[1])
-        my = statistics.median(pc[0]) / statistics.median(pc[1])
-        n_min = min(len(v) for v in (*pb, *pc))
+        mx, my = pb.median, pc.median
+        n_x, n_y = pb.n, pc.n
     else:
-        xs, ys = _samples(rb, name), _samples(rc, name)  # type: ignore[assignment]
+        xs, ys = _samples(rb, name), _samples(rc, name)
         if not xs or not ys:
             return None
         mx, my = statistics.median(xs), statistics.median(ys)
-        n_min = min(len(xs), len(ys))
+        n_x, n_y = len(xs), len(ys)
     change = (my - mx) / mx if better == "higher" else (mx - my) / mx
-    if n_min < 3:
+    if min(n_x, n_y) < 3:
         p, sig, verdict = None, False, "too few samples"
     else:
         if relative:
@@ -216,9 +235,7 @@ def _row(key: tuple, metric: str, base: _Side, current: _Side, threshold: float,
     if relative:
         sides |= {"base's baseline": baseline_of(rb, base_set), "current's baseline": baseline_of(rc, current_set)}
     why = _invalid_reason(sides)
-    return Row(
-        _describe(key), metric, better, mx, my, change, p, sig, "invalid" if why else verdict, len(xs), len(ys), why
-    )
+    return Row(_describe(key), metric, better, mx, my, change, p, sig, "invalid" if why else verdict, n_x, n_y, why)
 
 
 def compare_records(

@@ -194,8 +194,21 @@ class CellSpec(_Model):
 class RepetitionInfo(_Model):
     warmup: int
     measured: int
-    measured_seconds: float
+    measured_seconds: float = Field(
+        description="blocks: the measured window; interleaved: this engine's own repetitions"
+    )
     stopped_by: Literal["min_reps_and_seconds", "max_reps"]
+    schedule: Literal["blocks", "interleaved"] = Field(
+        default="blocks",
+        description="blocks: the repetitions in one block; interleaved: in rounds with the engines of ``rounds_with``",
+    )
+    rounds: list[int] | None = Field(
+        default=None, description="interleaved: the round of each measured repetition (the order of the samples)"
+    )
+    rounds_with: list[str] = Field(
+        default_factory=list, description="interleaved: the other engines' labels measured in the same rounds"
+    )
+    schedule_note: str = Field(default="", description="why this schedule (e.g. why not interleaved)")
 
 
 ValidityCheck = Literal[

@@ -1,15 +1,16 @@
 """Executors: where the measuring function runs the driver's jobs.
 
-The driver (:mod:`rooflens.bench.runner`) splits an experiment's cells into groups, one per engine
-(one model load and one engine ``prepare`` each), makes each group a job, and hands the jobs and the
-measuring function (:func:`rooflens.bench.measure.measure_group`) to an executor; it writes each
+The driver (:mod:`rooflens.bench.runner`) makes an experiment's cells into jobs (all of them in one job
+under ``schedule: interleaved``, one job per engine under ``schedule: blocks``), and hands the jobs and
+the measuring function (:func:`rooflens.bench.measure.measure_group`) to an executor; it writes each
 record the executor relays back.
 
 - ``inline``: in the driver's own process (the default).
 - ``subprocess``: each job in a fresh worker process, one after another; a worker that dies
   turns the cells it had not finished into ``failed`` records and the sweep goes on.
 - ``ray``: each job as a Ray task, on a local or an existing Ray cluster (optional extra); after
-  the baseline's group, the other groups run side by side as far as their resource requests allow.
+  the baseline's group, the other groups run side by side on different nodes as far as their resource
+  requests allow (never two on one node).
 """
 
 from __future__ import annotations

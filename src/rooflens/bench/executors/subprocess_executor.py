@@ -1,8 +1,9 @@
 """The ``subprocess`` executor: each job in a fresh worker process, one job at a time.
 
-A fresh process per engine means one engine's crash (a native abort, a segfault, the kernel's
-out-of-memory killer) costs only that engine's unfinished cells, and no engine inherits another's
-allocator state or threads. Jobs run one after another, never two measuring processes at once,
+A fresh process per job means a crash (a native abort, a segfault, the kernel's out-of-memory killer)
+costs only that job's unfinished cells: one engine's under ``schedule: blocks`` (one job per engine, and
+no engine inherits another's allocator state or threads), every engine's unfinished cells under
+``schedule: interleaved`` (one job measures them all, side by side). Jobs run one after another, never two measuring processes at once,
 so a worker has the machine's cores to itself (the driver only waits on a pipe meanwhile).
 """
 
