@@ -51,6 +51,7 @@ def virtual_time(monkeypatch):
     from rooflens.engines.base import TokenClock
 
     monkeypatch.setattr(repetitions, "TokenClock", lambda device: TokenClock(device, now=VIRTUAL_TIME))
+    VIRTUAL_TIME.t = 0.0
     return VIRTUAL_TIME
 
 

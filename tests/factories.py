@@ -248,12 +248,15 @@ VIRTUAL_TIME = VirtualClock()
 
 class PacedEngine(ScriptedEngine):
     """A scripted engine whose tokens take ``token_s[i]`` virtual seconds each in its i-th generation
-    (warm-ups included, cycling): a steady list is a quiet engine, an uneven one a noisy engine."""
+    (warm-ups included, cycling): a steady list is a quiet engine, an uneven one a noisy engine. A drifting
+    machine: from virtual time ``drift_at_s`` on, every token takes ``drift_factor`` times as long."""
 
     name = "paced"
 
     class Options(ScriptedEngine.Options):
         token_s: list[float] = [0.01]
+        drift_at_s: float | None = None
+        drift_factor: float = 1.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -261,6 +264,9 @@ class PacedEngine(ScriptedEngine):
 
     def generate(self, input_ids, max_new_tokens, clock):
         step = self.options.token_s[self.calls % len(self.options.token_s)]
+        o = self.options
+        if o.drift_at_s is not None and VIRTUAL_TIME.t >= o.drift_at_s:
+            step *= o.drift_factor
         self.calls += 1
         for _ in range(max_new_tokens):
             VIRTUAL_TIME.advance(step)

@@ -170,7 +170,7 @@ def test_measure_group_with_an_inline_emit_gives_the_records_of_the_runner(tmp_p
 
 @pytest.mark.slow
 def test_inline_and_subprocess_give_the_same_cells_statuses_and_schema(tmp_path):
-    exp = tiny(TWO_HF)
+    exp = tiny(TWO_HF, schedule="blocks")  # a job per engine (interleaved: one job, test_interleave.py)
     inline = ExperimentRunner(exp, results_root=tmp_path / "inline").run()
     sub = ExperimentRunner(exp, results_root=tmp_path / "sub", executor=make_executor("subprocess")).run()
     assert [p.name for p in sorted(inline.folder.iterdir())] == [p.name for p in sorted(sub.folder.iterdir())]
@@ -267,7 +267,8 @@ def abort_plugin(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_a_worker_killed_by_a_signal_fails_its_own_cells_and_the_sweep_goes_on(abort_plugin, tmp_path):
-    exp = tiny([{"name": "abort"}, {"name": "hf"}], validate=False, baseline="abort")  # the abort group runs first
+    # in blocks, the abort group runs first, in a worker of its own
+    exp = tiny([{"name": "abort"}, {"name": "hf"}], validate=False, baseline="abort", schedule="blocks")
     result = ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("subprocess")).run()
     records = by_cell(load_records(result.folder))
     assert [records[k].status for k in sorted(records)] == ["failed", "failed", "ok", "ok"]
@@ -279,6 +280,15 @@ def test_a_worker_killed_by_a_signal_fails_its_own_cells_and_the_sweep_goes_on(a
         assert len(reason.traceback) <= 2048
     assert records[("hf", 2)].metrics["e2e_s"].n >= 1
     assert [r.cell.engine_label for r in result.records] == ["abort", "abort", "hf", "hf"]  # cell order
+
+
+@pytest.mark.slow
+def test_interleaved_engines_share_one_worker_and_its_crash_fails_all_their_unfinished_cells(abort_plugin, tmp_path):
+    exp = tiny([{"name": "abort"}, {"name": "hf"}], validate=False, baseline="abort")
+    result = ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("subprocess")).run()
+    records = by_cell(load_records(result.folder))
+    assert sorted(records) == [("abort", 1), ("abort", 2), ("hf", 1), ("hf", 2)]
+    assert all(r.status == "failed" and r.reason.type == "WorkerDied" for r in records.values())
 
 
 @pytest.mark.slow
@@ -322,7 +332,7 @@ class InProcessWorkers(Executor):
 @pytest.mark.slow
 def test_quality_against_the_baseline_crosses_groups(smollm2, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "rooflens.bench.measure.measure_perplexity", lambda engine, model, shared: "not measured in this test"
+        "rooflens.bench.group.measure_perplexity", lambda engine, model, shared: "not measured in this test"
     )
     monkeypatch.setattr("rooflens.bench.workbench.load_model", lambda *args, **kwargs: smollm2)  # once per session
     exp = validate_experiment(
@@ -335,6 +345,7 @@ def test_quality_against_the_baseline_crosses_groups(smollm2, tmp_path, monkeypa
             "energy": False,
             "workloads": [{"prompt_len": 8, "gen_len": 4, "batch_sizes": [1, 2]}],
             "repetitions": {"warmup": 0, "min_reps": 1, "min_seconds": 0},
+            "schedule": "blocks",
         }
     )
     workers = InProcessWorkers()
@@ -375,7 +386,7 @@ def ray_cluster(tmp_path_factory):
 @pytest.mark.slow
 def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(ray_cluster, tmp_path):
     # the local cluster's workers see the abort plug-in (on their PYTHONPATH)
-    exp = tiny([{"name": "abort"}, *TWO_HF], validate=False, baseline="abort")
+    exp = tiny([{"name": "abort"}, *TWO_HF], validate=False, baseline="abort", schedule="blocks")
     result = ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("ray")).run()
     assert [(r.cell.engine_label, r.cell.batch_size, r.status) for r in result.records] == [
         ("abort", 1, "failed"),
@@ -424,6 +435,7 @@ TWO_FILES = {
     # the groups after the baseline's ask for 1 CPU each, which the 2-CPU node has, but also for its one
     # measuring slot (rooflens_measure): they run one after another, never side by side
     "par": "engines: [{name: hf}, {name: hf, label: hf-static, options: {cache: static}}, {name: hf, label: hf-again}]\n"
+    "schedule: blocks\n"
     "workloads: [{prompt_len: 8, gen_len: 4, batch_sizes: [1, 2]}]\n"
     "repetitions: {warmup: 0, min_reps: 1, min_seconds: 0.5}\n",
     "solo": "engines: [{name: hf}]\nworkloads: [{prompt_len: 8, gen_len: 4}]\n"

@@ -57,6 +57,7 @@ def test_two_nodes_never_measure_two_groups_at_once_on_one_node(two_nodes, tmp_p
             "device": "cpu",
             "dtype": "float32",
             "threads": 1,  # 1 CPU each: without the measuring slot, two would fit on one node
+            "schedule": "blocks",  # a task per engine (interleaved: one task measures them all)
             "energy": False,
         }
     )

@@ -162,8 +162,8 @@ def with_meter(monkeypatch, meter: EnergyMeter) -> None:
 
 @pytest.mark.slow
 def test_sweep_writes_every_cell_and_survives_a_failing_cell(test_engines, tmp_path, monkeypatch):
-    exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}])
-    with_meter(monkeypatch, StepMeter())
+    exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}], schedule="blocks")
+    with_meter(monkeypatch, StepMeter())  # blocks: one window per cell
     result = ExperimentRunner(exp, results_root=tmp_path).run()
     files = sorted(p.name for p in result.folder.glob("*"))
     assert files == ["hf__p8-g5__b1.json", "hf__p8-g5__b2.json", "scripted__p8-g5__b1.json", "scripted__p8-g5__b2.json"]
@@ -230,8 +230,8 @@ def test_interrupted_sweep_keeps_finished_cells(test_engines, tmp_path):
 
 @pytest.mark.slow
 def test_records_load_into_a_dataframe(test_engines, tmp_path, monkeypatch):
-    exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}])
-    with_meter(monkeypatch, StepMeter())
+    exp = experiment([{"name": "hf"}, {"name": "scripted", "options": {"fail_on_batch": 2}}], schedule="blocks")
+    with_meter(monkeypatch, StepMeter())  # blocks: one window per cell
     ExperimentRunner(exp, results_root=tmp_path).run()
     (tmp_path / "notes.json").write_text(json.dumps({"not": "a record"}))  # skipped, not an error
     df = records_dataframe(tmp_path)
