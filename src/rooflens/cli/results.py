@@ -110,7 +110,15 @@ def compare(
         help="metric to compare (repeatable); speedup:<metric> compares the ratio to the run's baseline engine",
     ),
     alpha: float = typer.Option(0.05, "--alpha", help="significance level of the one-sided Mann-Whitney U test"),
-    allow_hardware_mismatch: bool = typer.Option(False, "--allow-hardware-mismatch"),
+    allow_hardware_mismatch: bool = typer.Option(
+        False, "--allow-hardware-mismatch", help="compare records measured on different detected hardware"
+    ),
+    allow_mismatch: list[str] = typer.Option(
+        None,
+        "--allow-mismatch",
+        help="compare cells that differ in this setting (repeatable): dtype, threads, engine_options, kernel, "
+        "config_hash",
+    ),
     markdown: Optional[Path] = typer.Option(
         None, "--markdown", help="also write the result as markdown ('-' = stdout)"
     ),
@@ -119,7 +127,9 @@ def compare(
     ),
 ) -> None:
     """Exit 1 when a cell ok in BASE failed, is unavailable or is missing in CURRENT, or on a significant
-    regression larger than the threshold; 0 otherwise; 2 on unusable input. A cell measured invalid (on either
+    regression larger than the threshold; 0 otherwise; 2 on unusable input (nothing matches, different
+    hardware, cells measured with different settings). Of a folder holding several runs of an experiment,
+    the newest complete run is compared. A cell measured invalid (on either
     side) gets the verdict `invalid` and never fails the gate, except with --strict: exit 4 (when nothing
     else failed)."""
     from rooflens.reports.console import compare_table, lost_table
@@ -142,6 +152,7 @@ def compare(
             threshold=threshold,
             alpha=alpha,
             allow_hardware_mismatch=allow_hardware_mismatch,
+            allow_mismatch=frozenset(allow_mismatch or ()),
         )
     except (CompareInputError, RecordLoadError) as err:
         fail(str(err))

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rooflens.results.compare import compare_records
-from rooflens.results.derived import baseline_of, cell_key
+from rooflens.results.derived import CellKey, baseline_of, cell_key
+from rooflens.results.identity import SETTINGS
 from rooflens.results.record import Quantity, Record
+from rooflens.results.runs import newest_complete_runs
+
+ANY = frozenset(SETTINGS)  # a report shows every matched cell; differing settings are notes, not refusals
 
 Verdict = Literal["regression", "improvement", "unchanged", "too few samples", "invalid", "one value"]
 
@@ -93,26 +97,22 @@ class ChangeReport:
         return sum(1 for c in self.cells for ch in c.changes if ch.verdict == verdict)
 
 
-def _latest(records: list[Record]) -> dict[tuple, Record]:
-    """The newest record of each cell, as the regression gate picks it."""
-    out: dict[tuple, Record] = {}
-    for r in sorted(records, key=lambda r: r.started_at):
-        out[cell_key(r)] = r
-    return out
+def _latest(records: list[Record]) -> dict[CellKey, Record]:
+    """The record of each cell, from the runs the regression gate takes (newest_complete_runs)."""
+    return {cell_key(r): r for r in sorted(records, key=lambda r: r.started_at)}
 
 
-def _namer(keys: list[tuple]) -> dict[tuple, str]:
+def _namer(keys: list[CellKey]) -> dict[CellKey, str]:
     """Short cell names: engine, workload and batch, prefixed by experiment/model only when those vary."""
-    prefix = len({(k[0], k[1]) for k in keys}) > 1
-    hardware = len({(k[7], k[8]) for k in keys}) > 1
+    prefix = len({(k.experiment, k.model) for k in keys}) > 1
+    devices = len({k.device for k in keys}) > 1
     out = {}
     for k in keys:
-        experiment, model, engine, workload, _, _, batch, profile, device = k
-        name = f"{engine} {workload} b{batch}"
+        name = f"{k.engine} {k.workload} b{k.batch}"
         if prefix:
-            name = f"{experiment}/{model}: {name}"
-        if hardware:
-            name += f" ({profile}, {device})"
+            name = f"{k.experiment}/{k.model}: {name}"
+        if devices:
+            name += f" ({k.device})"
         out[k] = name
     return out
 
@@ -143,7 +143,13 @@ def _repeated(
     rows, notes = [], []
     if absolute:
         res = compare_records(
-            [rb], [rc], metrics=absolute, threshold=threshold, alpha=alpha, allow_hardware_mismatch=True
+            [rb],
+            [rc],
+            metrics=absolute,
+            threshold=threshold,
+            alpha=alpha,
+            allow_hardware_mismatch=True,
+            allow_mismatch=ANY,
         )
         rows += res.rows
         notes += res.notes
@@ -156,6 +162,7 @@ def _repeated(
             threshold=threshold,
             alpha=alpha,
             allow_hardware_mismatch=True,
+            allow_mismatch=ANY,
         )
         rows += res.rows  # the baseline's own cell has no relative row: these are rb's
         notes += res.notes
@@ -205,9 +212,11 @@ def changes(
     alpha: float = 0.05,
 ) -> ChangeReport:
     """Every cell of both sets: matched ok cells metric by metric, status changes, cells on one side only."""
+    base, base_notes = newest_complete_runs(base, base_label)
+    current, current_notes = newest_complete_runs(current, current_label)
     b, c = _latest(base), _latest(current)
     names = _namer(list(dict.fromkeys([*b, *c])))
-    cells, status, notes = [], [], []
+    cells, status, notes = [], [], [*base_notes, *current_notes]
     for key, rb in b.items():
         rc = c.get(key)
         if rc is None:
@@ -219,9 +228,7 @@ def changes(
         else:
             status.append(StatusChange(names[key], rb.status, rc.status, _reason(rc) or _reason(rb)))
     if b and c and not any(k in c for k in b):
-        notes.append(
-            "no cell matches: cells match on experiment, model, engine label, workload, batch size and hardware profile"
-        )
+        notes.append("no cell matches: cells match on experiment, model, engine label, workload, batch size and device")
     return ChangeReport(
         base=_side(base_label, base),
         current=_side(current_label, current),

@@ -25,8 +25,10 @@ from typing import Literal
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from rooflens.results.derived import baseline_of, cell_key, paired_ratios
+from rooflens.results.derived import CellKey, baseline_of, cell_key, paired_ratios
+from rooflens.results.identity import SETTINGS, hardware_id, setting_mismatches
 from rooflens.results.record import Record
+from rooflens.results.runs import newest_complete_runs
 
 BETTER: dict[str, Literal["higher", "lower"]] = {
     "decode_tok_s": "higher",
@@ -103,22 +105,12 @@ def parse_threshold(text: str) -> float:
     return value
 
 
-def _hardware_id(r: Record) -> str:
-    hw = r.environment.get("hardware", {})
-    gpus = ",".join(g["name"] for g in hw.get("gpus", []))
-    return f"{hw.get('cpu_model')} | {gpus or 'no GPU'} | {r.device}"
+def _latest(records: list[Record]) -> dict[CellKey, Record]:
+    """Each cell's record (one run per experiment: the newest of a cell if a run has several)."""
+    return {cell_key(r): r for r in sorted(records, key=lambda r: r.started_at)}
 
 
-def _latest(records: list[Record], ok_only: bool) -> dict[tuple, Record]:
-    """The newest record of each cell (of any status unless ``ok_only``)."""
-    out: dict[tuple, Record] = {}
-    for r in sorted(records, key=lambda r: r.started_at):
-        if r.status == "ok" or not ok_only:
-            out[cell_key(r)] = r
-    return out
-
-
-def _lost(key: tuple, now: Record | None) -> LostCell:
+def _lost(key: CellKey, now: Record | None) -> LostCell:
     if now is None:
         return LostCell(_describe(key), "missing", "no record of this cell in the current set")
     reason = now.reason.message.splitlines()[0] if now.reason and now.reason.message else "no reason recorded"
@@ -189,15 +181,14 @@ def _invalid_reason(cells: dict[str, Record | None]) -> str:
     )
 
 
-def _describe(key: tuple) -> str:
-    experiment, model, engine, workload, _, _, batch, hardware, _ = key
-    return f"{experiment}/{model}/{engine}/{workload}/b{batch}"
+def _describe(key: CellKey) -> str:
+    return key.describe()
 
 
 _Side = tuple[Record, list[Record]]  # a cell's record, and the set it came from (for the run's baseline cell)
 
 
-def _row(key: tuple, metric: str, base: _Side, current: _Side, threshold: float, alpha: float) -> Row | None:
+def _row(key: CellKey, metric: str, base: _Side, current: _Side, threshold: float, alpha: float) -> Row | None:
     """One metric of one matched cell; None where either side lacks its samples."""
     (rb, base_set), (rc, current_set) = base, current
     name = metric.removeprefix(RELATIVE_PREFIX)
@@ -246,31 +237,34 @@ def compare_records(
     threshold: float = 0.05,
     alpha: float = 0.05,
     allow_hardware_mismatch: bool = False,
+    allow_mismatch: frozenset[str] = frozenset(),
 ) -> CompareResult:
+    """Compare the newest complete run of each experiment in ``base`` with the same in ``current``, cell by cell.
+
+    Refused (:class:`CompareInputError`) when no cell matches, when the detected hardware differs (unless
+    ``allow_hardware_mismatch``) or when a matched cell's settings differ in a field not in ``allow_mismatch``
+    (:data:`rooflens.results.identity.SETTINGS`: dtype, threads, engine_options, kernel, config_hash)."""
+    unknown = sorted(set(allow_mismatch) - set(SETTINGS))
+    if unknown:
+        raise CompareInputError(f"--allow-mismatch {', '.join(unknown)}: allowed {', '.join(SETTINGS)}")
     for m in metrics:
         if m.removeprefix(RELATIVE_PREFIX) not in BETTER:
             allowed = ", ".join([*BETTER, *(RELATIVE_PREFIX + k for k in BETTER)])
             raise CompareInputError(f"unknown metric {m!r} (allowed: {allowed})")
-    b, every = _latest(base, ok_only=True), _latest(current, ok_only=False)
+    base, base_notes = newest_complete_runs(base, "base")
+    current, current_notes = newest_complete_runs(current, "current")
+    every_base, every = _latest(base), _latest(current)
+    b = {k: r for k, r in every_base.items() if r.status == "ok"}
     if not any(k in every for k in b):
         raise CompareInputError(
             f"no matching cells: base has {len(b)} ok cell(s), current {len(every)} cell(s); cells match on experiment, "
-            "model, engine label, workload, batch size and hardware profile"
+            "model, engine label, workload, batch size and device"
         )
     c = {k: r for k, r in every.items() if r.status == "ok"}
     common = [k for k in b if k in c]
-    notes = []
-    mismatched = sorted(
-        {
-            f"{_hardware_id(b[k])}  vs  {_hardware_id(every[k])}"
-            for k in b
-            if k in every and _hardware_id(b[k]) != _hardware_id(every[k])
-        }
-    )
-    if mismatched:
-        if not allow_hardware_mismatch:
-            raise CompareInputError("different hardware: " + "; ".join(mismatched) + " (use --allow-hardware-mismatch)")
-        notes.append("hardware differs (allowed): " + "; ".join(mismatched))
+    notes = [*base_notes, *current_notes]
+    notes += _check_hardware(b, every, allow_hardware_mismatch)
+    notes += _check_settings(b, c, common, allow_mismatch)
     rows = [
         row
         for key in common
@@ -283,6 +277,41 @@ def compare_records(
         only_in_current=[_describe(k) for k in every if k not in b],
         notes=notes,
     )
+
+
+def _check_hardware(b: dict[CellKey, Record], every: dict[CellKey, Record], allow: bool) -> list[str]:
+    """Refuse (or note, when allowed) cells measured on different detected hardware."""
+    mismatched = sorted(
+        {
+            f"{hardware_id(b[k])}  vs  {hardware_id(every[k])}"
+            for k in b
+            if k in every and hardware_id(b[k]) != hardware_id(every[k])
+        }
+    )
+    if not mismatched:
+        return []
+    if not allow:
+        raise CompareInputError("different hardware: " + "; ".join(mismatched) + " (use --allow-hardware-mismatch)")
+    return ["hardware differs (allowed): " + "; ".join(mismatched)]
+
+
+def _check_settings(
+    b: dict[CellKey, Record], c: dict[CellKey, Record], common: list[CellKey], allow: frozenset[str]
+) -> list[str]:
+    """Refuse matched cells whose settings differ in a field not allowed; note the allowed differences."""
+    refused, allowed = [], []
+    for key in common:
+        for name, (x, y) in setting_mismatches(b[key], c[key]).items():
+            text = f"{_describe(key)}: {name} {x} in base, {y} in current"
+            (allowed if name in allow else refused).append((name, text))
+    if refused:
+        names = sorted({name for name, _ in refused})
+        shown = "; ".join(text for _, text in refused[:5]) + ("; ..." if len(refused) > 5 else "")
+        raise CompareInputError(
+            f"the cells were not measured alike ({shown}); "
+            f"compare like with like, or allow it with {' '.join(f'--allow-mismatch {n}' for n in names)}"
+        )
+    return [f"settings differ (allowed): {text}" for _, text in allowed[:5]]
 
 
 def _md_cell(text: str) -> str:

@@ -9,23 +9,38 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from rooflens.results.record import Record
 
 
-def cell_key(r: Record) -> tuple:
-    """Identifies a cell across runs: experiment, model, engine, workload, batch, hardware."""
+class CellKey(NamedTuple):
+    """Identifies a cell across runs. What it ran on and how (hardware, dtype, threads, options) is checked
+    apart (:mod:`rooflens.results.identity`)."""
+
+    experiment: str | None
+    model: str | None
+    engine: str
+    workload: str
+    prompt_len: int
+    gen_len: int
+    batch: int
+    device: str
+
+    def describe(self) -> str:
+        return f"{self.experiment}/{self.model}/{self.engine}/{self.workload}/b{self.batch}"
+
+
+def cell_key(r: Record) -> CellKey:
     c = r.cell
-    model = r.model.label if r.model else None
-    return (
+    return CellKey(
         r.experiment.get("name"),
-        model,
+        r.model.label if r.model else None,
         c.engine_label,
         c.workload,
         c.prompt_len,
         c.gen_len,
         c.batch_size,
-        r.hardware_profile.get("name"),
         r.device,
     )
 
