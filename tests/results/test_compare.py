@@ -119,7 +119,9 @@ def test_relative_metric_counts_the_baselines_own_noise():
         alpha=0.01,
     )
     assert [r.verdict for r in quiet.rows] == ["regression"]
-    assert [r.verdict for r in noisy.rows] == ["unchanged"] and noisy.rows[0].p_value > 0.01
+    # the baseline's noise counts: the same loss is not called, and the design says it could not have seen it
+    assert [r.verdict for r in noisy.rows] == ["inconclusive"] and noisy.rows[0].p_value > 0.01
+    assert "only a change of" in noisy.rows[0].reason
 
 
 def test_a_cell_that_broke_is_a_regression_with_its_reason(tmp_path):

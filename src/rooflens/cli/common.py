@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 INVALID_EXIT = 4
 """The exit code of `run --strict` and `compare --strict` when a measurement is invalid (and nothing worse happened)."""
+INCONCLUSIVE_EXIT = 3
+"""The exit code of `compare` when a comparison could not have detected the threshold (too few repetitions for the
+noise it saw) and nothing worse happened; --allow-inconclusive turns it into 0."""
 
 # a pipe or CI log gets a wide table instead of rich's default 80 columns
 console = Console(width=None if sys.stdout.isatty() else 200)

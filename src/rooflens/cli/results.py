@@ -7,7 +7,16 @@ from typing import Optional
 
 import typer
 
-from rooflens.cli.common import INVALID_EXIT, console, fail, records_or_exit, render_report, unwritable, write_text
+from rooflens.cli.common import (
+    INCONCLUSIVE_EXIT,
+    INVALID_EXIT,
+    console,
+    fail,
+    records_or_exit,
+    render_report,
+    unwritable,
+    write_text,
+)
 
 
 def show(folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)")) -> None:
@@ -125,11 +134,18 @@ def compare(
     strict: bool = typer.Option(
         False, "--strict", help="exit 4 when a comparison is invalid (a cell measured invalid on either side)"
     ),
+    allow_inconclusive: bool = typer.Option(
+        False,
+        "--allow-inconclusive",
+        help="exit 0 (not 3) when a comparison could not have detected the threshold with the noise it saw",
+    ),
 ) -> None:
     """Exit 1 when a cell ok in BASE failed, is unavailable or is missing in CURRENT, or on a significant
     regression larger than the threshold; 0 otherwise; 2 on unusable input (nothing matches, different
-    hardware, cells measured with different settings). Of a folder holding several runs of an experiment,
-    the newest complete run is compared. A cell measured invalid (on either
+    hardware, cells measured with different settings); 3 when nothing failed but a comparison is inconclusive
+    (with the noise it saw and its repetitions it could not have detected the threshold: the verdict says how
+    many repetitions would), unless --allow-inconclusive. Of a folder holding several runs of an
+    experiment, the newest complete run is compared. A cell measured invalid (on either
     side) gets the verdict `invalid` and never fails the gate, except with --strict: exit 4 (when nothing
     else failed)."""
     from rooflens.reports.console import compare_table, lost_table
@@ -176,6 +192,13 @@ def compare(
             f"over {threshold:.0%}[/]"
         )
         raise typer.Exit(1)
+    if result.inconclusive:
+        console.print(
+            f"[yellow]{len(result.inconclusive)} comparison(s) inconclusive: the threshold could not have been "
+            f"detected with the noise and repetitions measured{'' if allow_inconclusive else ' (exit 3)'}[/]"
+        )
+        if not allow_inconclusive:
+            raise typer.Exit(INCONCLUSIVE_EXIT)
     console.print("no significant regression")
     if strict and result.invalid:
         raise typer.Exit(INVALID_EXIT)

@@ -19,7 +19,7 @@ from rooflens.results.runs import newest_complete_runs
 
 ANY = frozenset(SETTINGS)  # a report shows every matched cell; differing settings are notes, not refusals
 
-Verdict = Literal["regression", "improvement", "unchanged", "too few samples", "invalid", "one value"]
+Verdict = Literal["regression", "improvement", "unchanged", "inconclusive", "invalid", "one value"]
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,8 @@ def _repeated(
         relative = ":" in row.metric
         if row.verdict == "invalid":
             test = f"not judged, measurement invalid ({row.reason})"
-        elif row.p_value is None:
-            test = f"too few repetitions (n={row.n_base} vs {row.n_current}, 3 needed)"
+        elif row.verdict == "inconclusive":
+            test = f"inconclusive: {row.reason}"
         elif relative:
             test = f"bootstrap of the speedup, paired rounds where interleaved (n={row.n_base} vs {row.n_current})"
         else:

@@ -50,7 +50,7 @@ def models_table(builtin: Mapping[str, Mapping[str, str]], shipped_configs: Iter
     return table
 
 
-_VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "invalid": "magenta"}
+_VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "invalid": "magenta", "inconclusive": "yellow"}
 
 
 def compare_table(result: CompareResult, title: str) -> Table:

@@ -11,6 +11,12 @@ machine-wide drift, so they are the ones to gate on for noisy shared CI machines
 from a bootstrap that resamples the paired rounds (or the engine's and the baseline's repetitions apart)
 of both runs.
 
+A change that is not called is ``unchanged`` only when the design could have detected the threshold
+(:mod:`rooflens.results.power`: the noise both sides showed, their repetitions, alpha, 80 % power, and a
+rank test's smallest attainable p); otherwise it is ``inconclusive``, with what it could detect and how
+many repetitions would do (``CompareResult.inconclusive``; ``compare`` exits 3 on them unless
+``--allow-inconclusive``). Fewer than 3 repetitions on a side are inconclusive too.
+
 No regression (nor improvement) is called on a cell whose measurement is invalid on either side (for a
 ``speedup:`` metric, the run's baseline cell counts too): its verdict is ``invalid``, with the reason,
 and it does not fail the gate (``CompareResult.invalid`` lists them; ``compare --strict`` fails on them).
@@ -27,6 +33,7 @@ from scipy.stats import mannwhitneyu
 
 from rooflens.results.derived import CellKey, baseline_of, cell_key, paired_ratios
 from rooflens.results.identity import SETTINGS, hardware_id, setting_mismatches
+from rooflens.results.power import median_log_variance, power_gap, rank_test_floor
 from rooflens.results.record import Record
 from rooflens.results.runs import newest_complete_runs
 
@@ -56,10 +63,10 @@ class Row:
     change: float  # signed relative change of the medians, positive = better
     p_value: float | None
     significant: bool
-    verdict: Literal["regression", "improvement", "unchanged", "too few samples", "invalid"]
+    verdict: Literal["regression", "improvement", "unchanged", "inconclusive", "invalid"]
     n_base: int
     n_current: int
-    reason: str = ""  # why the verdict is invalid: which side, which cell, which rule
+    reason: str = ""  # why the verdict is invalid (which side, which cell, which rule) or inconclusive
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,11 @@ class CompareResult:
     def invalid(self) -> list[Row]:
         """Comparisons not judged: a cell (or its run's baseline cell) measured invalid on either side."""
         return [r for r in self.rows if r.verdict == "invalid"]
+
+    @property
+    def inconclusive(self) -> list[Row]:
+        """Comparisons that could not have detected the threshold (too few repetitions for their noise)."""
+        return [r for r in self.rows if r.verdict == "inconclusive"]
 
     @property
     def failed(self) -> bool:
@@ -143,6 +155,13 @@ class _Ratio:
     @property
     def n(self) -> int:
         return len(self.paired) if self.paired else min(len(self.engine), len(self.baseline))
+
+    @property
+    def log_variance(self) -> float:
+        """Variance of the log of the ratio's estimate (power.median_log_variance)."""
+        if self.paired:
+            return median_log_variance(self.paired)
+        return median_log_variance(self.engine) + median_log_variance(self.baseline)
 
     def draws(self, rng: np.random.Generator) -> np.ndarray:
         """Bootstrap medians of the ratio: rounds resampled as pairs, or each engine's repetitions apart."""
@@ -207,26 +226,33 @@ def _row(key: CellKey, metric: str, base: _Side, current: _Side, threshold: floa
         mx, my = statistics.median(xs), statistics.median(ys)
         n_x, n_y = len(xs), len(ys)
     change = (my - mx) / mx if better == "higher" else (mx - my) / mx
-    if min(n_x, n_y) < 3:
-        p, sig, verdict = None, False, "too few samples"
+    if relative:
+        variance, floor = pb.log_variance + pc.log_variance, None
     else:
+        variance, floor = median_log_variance(xs) + median_log_variance(ys), rank_test_floor(n_x, n_y)
+    gap = power_gap(variance, min(n_x, n_y), alpha, threshold, floor)
+    p, sig, verdict = None, False, "inconclusive"
+    if min(n_x, n_y) >= 3:
         if relative:
             p_worse, p_better = _bootstrap_p(pb, pc, better)
         else:
             worse = "less" if better == "higher" else "greater"
             p_worse = float(mannwhitneyu(ys, xs, alternative=worse).pvalue)
             p_better = float(mannwhitneyu(ys, xs, alternative="greater" if worse == "less" else "less").pvalue)
-        if change < 0:
-            p, sig = p_worse, p_worse <= alpha
-            verdict = "regression" if sig and -change > threshold else "unchanged"
-        else:
-            p, sig = p_better, p_better <= alpha
-            verdict = "improvement" if sig and change > threshold else "unchanged"
+        p = p_worse if change < 0 else p_better
+        sig = p <= alpha
+        if sig and abs(change) > threshold:
+            verdict = "regression" if change < 0 else "improvement"
+        else:  # "unchanged" only where the design could have seen the threshold
+            verdict = "inconclusive" if gap else "unchanged"
     sides: dict[str, Record | None] = {"base": rb, "current": rc}
     if relative:
         sides |= {"base's baseline": baseline_of(rb, base_set), "current's baseline": baseline_of(rc, current_set)}
     why = _invalid_reason(sides)
-    return Row(_describe(key), metric, better, mx, my, change, p, sig, "invalid" if why else verdict, n_x, n_y, why)
+    if why:
+        verdict = "invalid"
+    reason = why or (gap if verdict == "inconclusive" else "") or ""
+    return Row(_describe(key), metric, better, mx, my, change, p, sig, verdict, n_x, n_y, reason)
 
 
 def compare_records(
