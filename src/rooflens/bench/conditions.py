@@ -107,3 +107,28 @@ class WindowWatch:
         except gpu.GpuError as err:
             c.notes.append(f"GPU clocks-event reasons not readable here: {err}")
             self._gpu_read = None
+
+
+def merged_window(windows: list[WindowConditions]) -> WindowConditions:
+    """One window's conditions for several measured windows of one cell (``rooflens ab``'s blocks): the load at
+    the first start and the last end, the clocks over all of them, every note once."""
+    first, last = windows[0], windows[-1]
+    lows = [w.cpu_khz_min for w in windows if w.cpu_khz_min is not None]
+    highs = [w.cpu_khz_max for w in windows if w.cpu_khz_max is not None]
+    reasons = 0
+    for w in windows:
+        reasons |= w.gpu_reasons
+    return WindowConditions(
+        device_type=first.device_type,
+        threads=first.threads,
+        cores=first.cores,
+        load_start=first.load_start,
+        load_end=last.load_end,
+        cpu_khz_min=min(lows) if lows else None,
+        cpu_khz_max=max(highs) if highs else None,
+        cpu_samples=sum(w.cpu_samples for w in windows),
+        gpu_reasons=reasons,
+        gpu_samples=sum(w.gpu_samples for w in windows),
+        notes=list(dict.fromkeys(n for w in windows for n in w.notes)),
+        other_measurement=last.other_measurement,
+    )

@@ -28,6 +28,7 @@ from rooflens.bench.record_parts import energy_of, memory_of, metrics_of
 from rooflens.bench.repetitions import CellMeasurement
 from rooflens.bench.validity import judge_cell
 from rooflens.bench.workbench import Workbench
+from rooflens.config import Repetitions
 from rooflens.data.prompts import make_prompts
 from rooflens.device.lock import measuring
 from rooflens.engines.base import Engine, EngineUnavailable
@@ -169,9 +170,15 @@ def _traceback_of(err: BaseException) -> str:
 
 
 def measured_record(
-    group: Group, cell: Cell, base: dict[str, Any], m: CellMeasurement, schedule: dict[str, Any]
+    group: Group,
+    cell: Cell,
+    base: dict[str, Any],
+    m: CellMeasurement,
+    schedule: dict[str, Any],
+    asked: Repetitions | None = None,
 ) -> Record:
-    """The ``ok`` record of a measured cell; ``schedule``: the RepetitionInfo fields that say how it was taken."""
+    """The ``ok`` record of a measured cell; ``schedule``: the RepetitionInfo fields that say how it was taken;
+    ``asked``: the repetitions its validity is judged against (default: the experiment's)."""
     model, w, exp = group.model(cell), cell.workload, group.job.experiment
     engine = group.engines[cell.engine.display]
     assert isinstance(engine, Engine)
@@ -205,7 +212,7 @@ def measured_record(
         repetitions=RepetitionInfo(
             warmup=m.warmup, measured=reps, measured_seconds=m.measured_seconds, stopped_by=m.stopped_by, **schedule
         ),
-        validity=judge_cell(exp.validity, exp.repetitions, metrics, reps, m.measured_seconds, m.window),
+        validity=judge_cell(exp.validity, asked or exp.repetitions, metrics, reps, m.measured_seconds, m.window),
         **base,
     )
 

@@ -110,6 +110,15 @@ class Rep(_Event):
     warmup: bool
 
 
+class Block(_Event):
+    """``rooflens ab``: a block of repetitions of one cell, measured as the driver asked."""
+
+    event: Literal["block"] = "block"
+    index: int
+    round: int
+    measured: int
+
+
 class Finished(_Event):
     """A cell's record; a baseline cell's also carries its greedy tokens, the reference of the later groups."""
 
@@ -143,7 +152,8 @@ class Ended(_Event):
 
 
 Event = Annotated[
-    Ready | Loading | Note | Started | Rep | Finished | Interrupted | Fatal | Ended, Field(discriminator="event")
+    Ready | Loading | Note | Started | Rep | Block | Finished | Interrupted | Fatal | Ended,
+    Field(discriminator="event"),
 ]
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 

@@ -103,13 +103,15 @@ class ExperimentRunner:
         results_root: Path | None = None,
         observer: RunObserver | None = None,
         executor: Executor | None = None,
+        run_suffix: str = "",
     ):
-        """``executor``: where the cells run (default: the one the experiment names, ``inline`` unless set)."""
+        """``executor``: where the cells run (default: the one the experiment names, ``inline`` unless set);
+        ``run_suffix``: ends the run id (``rooflens ab`` marks its sides with it)."""
         self.exp = exp
         self.source = source
         self.observer = observer or SilentObserver()
         self.executor = executor
-        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2) + run_suffix
         root = Path(results_root) if results_root is not None else Path(exp.output.results_dir)
         self.folder = root / safe_name(exp.name) / self.run_id
         self.device = resolve_device(exp.device)

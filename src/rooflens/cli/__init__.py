@@ -4,6 +4,7 @@ Each command parses its options, calls the library and prints what comes back:
 
 - :mod:`.run`: run, validate
 - :mod:`.results`: show, report, compare
+- :mod:`.ab`: ab (two revisions measured side by side)
 - :mod:`.catalog`: engines, models
 - :mod:`.roofline`: roofline
 - :mod:`.hw`: hw list | show | detect | probe
@@ -19,7 +20,7 @@ import logging
 
 import typer
 
-from rooflens.cli import catalog, hw, results, roofline, run, train
+from rooflens.cli import ab, catalog, hw, results, roofline, run, train
 
 # Known-harmless import noise of optional libraries (torchao's CUDA-only extensions on a CPU build,
 # torch's pytree deprecation notes): keep the CLI's output about the measurement.
@@ -41,6 +42,7 @@ app.command()(catalog.engines)
 app.command()(catalog.models)
 app.command()(results.show)
 app.command()(results.compare)
+app.command()(ab.ab)
 app.command()(roofline.roofline)
 
 hw_app.command("list")(hw.hw_list)

@@ -198,9 +198,10 @@ class RepetitionInfo(_Model):
         description="blocks: the measured window; interleaved: this engine's own repetitions"
     )
     stopped_by: Literal["min_reps_and_seconds", "max_reps"]
-    schedule: Literal["blocks", "interleaved"] = Field(
+    schedule: Literal["blocks", "interleaved", "ab"] = Field(
         default="blocks",
-        description="blocks: the repetitions in one block; interleaved: in rounds with the engines of ``rounds_with``",
+        description="blocks: the repetitions in one block; interleaved: in rounds with the engines of ``rounds_with``; "
+        "ab: in blocks alternating with another revision's worker (rooflens ab), ``rounds`` pairing them",
     )
     rounds: list[int] | None = Field(
         default=None, description="interleaved: the round of each measured repetition (the order of the samples)"

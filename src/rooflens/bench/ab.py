@@ -1,0 +1,217 @@
+"""``rooflens ab``: two revisions (or two experiment variants) measured on one machine, in one job, interleaved.
+
+Each side is one long-lived worker process (:mod:`rooflens.bench.ab_worker`) started with an isolated path
+and the side's source folder first: a git revision checked out into a temporary worktree, or the working
+tree. Both load their model and prepare their engines once; then, cell by cell, the driver asks them in
+turn for short blocks of repetitions, in rounds whose order flips each round (A B, B A, A B, ...), so the
+machine's drift reaches both sides alike and only one side measures at a time (each block also holds the
+machine lock). Each side's records go to their own run folder (run id ending ``-base`` / ``-head``), the
+revision in ``environment.placement.ab``; the verdict pairs the two sides round by round
+(:mod:`rooflens.results.ab_verdict`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from rooflens.bench.executors.base import stderr_tail, worker_died
+from rooflens.bench.job import Block, Ended, Event, Fatal, Finished, GroupJob, Ready, decode_event
+from rooflens.bench.measure import fatal_error
+from rooflens.bench.runner import ExperimentRunner, RunObserver
+from rooflens.config import Experiment
+from rooflens.results.record import Record
+
+BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from rooflens.bench.ab_worker import main; sys.exit(main(int(sys.argv[2])))"
+"""What a worker runs (``python -I -c BOOT SRC FD``): the side's source folder first on an isolated path."""
+
+
+class AbError(RuntimeError):
+    """rooflens ab cannot run as asked (a revision that is not a commit, a worker that died); the message says why."""
+
+
+@dataclass(frozen=True)
+class SideSource:
+    name: str  # "base" | "head"
+    revision: str  # a commit, or "working tree"
+    src: Path  # the folder put first on the worker's path
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=120)
+    except OSError as err:
+        raise AbError(f"git is needed to check revisions out: {err}") from None
+    if out.returncode != 0:
+        raise AbError(f"git {' '.join(args)} in {repo}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+@contextmanager
+def checkouts(src: Path, base: str, head: str, same: bool = False) -> Iterator[tuple[SideSource, SideSource]]:
+    """``src`` (a folder of a git repository) at revisions ``base`` and ``head``, each in a temporary worktree
+    (one worktree for both with ``same``, the A/A test); removed afterwards."""
+    src = src.resolve()
+    root = Path(_git(src, "rev-parse", "--show-toplevel")).resolve()
+    rel = src.relative_to(root)
+    shas = {}
+    for name, rev in (("base", base), ("head", head)):
+        try:
+            shas[name] = _git(root, "rev-parse", "--verify", f"{rev}^{{commit}}")
+        except AbError:
+            raise AbError(f"{name.upper()} {rev!r}: not a commit of {root}") from None
+    with tempfile.TemporaryDirectory(prefix="rooflens-ab-") as tmp:
+        made = []
+        try:
+            for name in ("base",) if same else ("base", "head"):
+                where = Path(tmp) / name
+                _git(root, "worktree", "add", "--detach", str(where), shas[name])
+                made.append(where)
+            sides = [
+                SideSource(name, shas[name], made[0 if same else i] / rel) for i, name in enumerate(("base", "head"))
+            ]
+            yield sides[0], sides[1]
+        finally:
+            for where in made:
+                subprocess.run(
+                    ["git", "-C", str(root), "worktree", "remove", "--force", str(where)], capture_output=True
+                )
+
+
+@dataclass
+class Side:
+    """One side's worker process, its runner (the run folder it writes) and its job."""
+
+    source: SideSource
+    runner: ExperimentRunner
+    job: GroupJob
+    log: Path
+    proc: subprocess.Popen | None = None
+    events: IO[str] | None = None
+    records: list[Record] = field(default_factory=list)
+
+    def start(self, python: str) -> None:
+        read_fd, write_fd = os.pipe()
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [python, "-I", "-c", BOOT, str(self.source.src), str(write_fd)],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=log,
+                pass_fds=(write_fd,),
+                text=True,
+            )
+        os.close(write_fd)
+        self.events = os.fdopen(read_fd, "r", encoding="utf-8")
+
+    def ask(self, op: dict, until: type) -> None:
+        """Send a command; relay events until one of type ``until`` (Fatal or a dead worker: AbError)."""
+        assert self.proc is not None and self.proc.stdin is not None and self.events is not None
+        self.proc.stdin.write(json.dumps(op) + "\n")
+        self.proc.stdin.flush()
+        for line in self.events:
+            if not line.endswith("\n"):
+                break
+            event = decode_event(line)
+            self._relay(event)
+            if isinstance(event, until):
+                return
+        self._died()
+
+    def finish(self, cells: int) -> None:
+        """Ask for the records (one per cell) and wait for the worker to exit."""
+        self.ask({"op": "finish"}, Finished)
+        while len(self.records) < cells:
+            assert self.events is not None
+            line = self.events.readline()
+            if not line.endswith("\n"):
+                self._died()
+            self._relay(decode_event(line))
+        assert self.proc is not None
+        self.proc.wait()
+
+    def _relay(self, event: Event) -> None:
+        if isinstance(event, Fatal):
+            raise fatal_error(event)
+        if isinstance(event, Block):
+            return
+        self.runner.handle(self.job, event)
+        if isinstance(event, Finished):
+            self.records.append(event.record)
+
+    def _died(self) -> None:
+        assert self.proc is not None
+        code = self.proc.wait()
+        what = f"the {self.source.name} worker ({self.source.revision[:12]}) exited with {code}"
+        self.runner.handle(self.job, Ended(reason=worker_died(what, stderr_tail(self.log))))
+        raise AbError(f"{what}; its log ends:\n{stderr_tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.events is not None:
+            self.events.close()
+
+
+@dataclass(frozen=True)
+class AbPlan:
+    base: tuple[Experiment, str]  # the experiment each side runs, and its file
+    head: tuple[Experiment, str]
+    rounds: int = 10
+    block_reps: int = 2
+    results_root: Path | None = None
+
+
+def _side(source: SideSource, exp: Experiment, file: str, plan: AbPlan, observer: RunObserver, tmp: Path) -> Side:
+    runner = ExperimentRunner(
+        exp, source=file, results_root=plan.results_root, observer=observer, run_suffix=f"-{source.name}"
+    )
+    job = runner.job(range(len(runner.cells)), "ab")
+    placement = {"ab": {"side": source.name, "revision": source.revision, "src": str(source.src)}}
+    return Side(source, runner, job.model_copy(update={"placement": placement}), tmp / f"{source.name}.log")
+
+
+def check_same_cells(base: Experiment, head: Experiment) -> None:
+    """Both sides must have the same cells, in the same order (they are paired cell by cell)."""
+    from rooflens.bench.cells import expand_cells
+
+    def names(exp: Experiment) -> list[str]:
+        return [f"{c.engine.display} {c.workload.display} b{c.batch_size}" for c in expand_cells(exp)]
+
+    a, b = names(base), names(head)
+    if a != b:
+        raise AbError(f"the two experiments have different cells: base {a}, head {b}")
+
+
+def run_ab(
+    plan: AbPlan, sources: tuple[SideSource, SideSource], observer: RunObserver, python: str = sys.executable
+) -> tuple[Side, Side]:
+    """Measure both sides, interleaved; returns them with their records (written to their run folders)."""
+    check_same_cells(plan.base[0], plan.head[0])
+    with tempfile.TemporaryDirectory(prefix="rooflens-ab-logs-") as tmp:
+        a = _side(sources[0], *plan.base, plan, observer, Path(tmp))
+        b = _side(sources[1], *plan.head, plan, observer, Path(tmp))
+        b.job = b.job.model_copy(update={"dtype": a.job.dtype})  # one dtype for both, chosen once
+        try:
+            for side in (a, b):
+                side.start(python)
+                side.ask({"op": "start", "job": side.job.model_dump(mode="json")}, Ready)
+            for index in range(len(a.runner.cells)):
+                for r in range(plan.rounds):
+                    for side in (a, b) if r % 2 == 0 else (b, a):
+                        side.ask({"op": "block", "index": index, "round": r, "reps": plan.block_reps}, Block)
+            for side in (a, b):
+                side.finish(len(side.runner.cells))
+        finally:
+            for side in (a, b):
+                side.stop()
+    return a, b

@@ -1,0 +1,116 @@
+"""`rooflens ab`: two revisions, or two experiment variants, measured side by side on this machine, one verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rooflens.cli.common import INCONCLUSIVE_EXIT, console, fail, write_text
+
+DEFAULT_SRC = Path("src")
+
+
+def _schema_only(path: Path):
+    """The experiment, checked against the schema only: its engines may exist only in a side's source tree (a
+    plug-in under test), so the workers check them."""
+    from rooflens.config import ConfigError, parse_experiment, read_experiment_file
+
+    try:
+        return parse_experiment(read_experiment_file(path), str(path)), str(path)
+    except ConfigError as err:
+        fail(f"invalid experiment\n{err}")
+
+
+def ab(
+    base: Optional[str] = typer.Argument(None, help="git revision measured as the base (e.g. main, HEAD~1)"),
+    head: Optional[str] = typer.Argument(None, help="git revision measured against it (e.g. HEAD)"),
+    experiment: Optional[Path] = typer.Argument(None, help="the experiment both revisions run"),
+    src: Path = typer.Option(
+        DEFAULT_SRC, "--src", help="the source folder (in a git repository) put first on the workers' path"
+    ),
+    configs: Optional[list[Path]] = typer.Option(
+        None, "--configs", help="two experiment files measured against each other on the working tree (give twice)"
+    ),
+    aa: bool = typer.Option(
+        False, "--aa", help="measure BASE against itself (the noise floor: nothing may be flagged)"
+    ),
+    rounds: int = typer.Option(10, "--rounds", min=3, help="rounds per cell (each: one block of each side)"),
+    block_reps: int = typer.Option(2, "--block-reps", min=1, help="repetitions in a block"),
+    max_regression: str = typer.Option("5%", "--max-regression", help="largest tolerated worsening of a metric"),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level (one-sided Wilcoxon signed-rank test)"),
+    metric: list[str] = typer.Option(
+        None, "--metric", help="metric to judge (repeatable; default decode_tok_s, ttft_s)"
+    ),
+    results: Optional[Path] = typer.Option(None, "--results", help="results folder (default: the experiment's)"),
+    markdown: Optional[Path] = typer.Option(
+        None, "--markdown", help="also write the verdict as markdown ('-' = stdout)"
+    ),
+    allow_inconclusive: bool = typer.Option(False, "--allow-inconclusive", help="exit 0 (not 3) on inconclusive cells"),
+) -> None:
+    """Measure BASE and HEAD (or --configs A B) in one job on this machine, interleaved, and judge every cell.
+
+    Each side is a long-lived worker of its own revision (checked out into a temporary worktree; its --src
+    folder first on an isolated path); the driver alternates short blocks between them (A B, B A, ...), so
+    the machine's drift hits both alike, and pairs them round by round. Exit 1 on a lost cell or a
+    significant regression beyond --max-regression (every engine, the baseline too); 3 when nothing failed
+    but a cell could not have shown the threshold with the noise measured (the verdict says how many rounds
+    would), unless --allow-inconclusive; 2 on unusable input; 0 otherwise.
+    """
+    from rich.markup import escape
+
+    from rooflens.bench.ab import AbError, AbPlan, SideSource, checkouts, run_ab
+    from rooflens.bench.runner import SilentObserver
+    from rooflens.reports.console import compare_table, lost_table
+    from rooflens.results.ab_verdict import AB_METRICS, ab_verdict
+    from rooflens.results.compare import CompareInputError, parse_threshold, to_markdown
+
+    if configs:
+        if len(configs) != 2 or base or head or experiment or aa:
+            fail("--configs takes two experiment files (--configs A.yaml --configs B.yaml) and no revisions")
+        loaded = (_schema_only(configs[0]), _schema_only(configs[1]))
+    else:
+        if aa and experiment is None and head is not None:  # BASE EXPERIMENT --aa
+            experiment, head = Path(head), base
+        if aa:
+            head = base
+        if base is None or head is None or experiment is None:
+            fail("give BASE HEAD EXPERIMENT, or BASE EXPERIMENT with --aa, or --configs A.yaml --configs B.yaml")
+        loaded = (_schema_only(experiment), _schema_only(experiment))
+    try:
+        threshold = parse_threshold(max_regression)
+    except CompareInputError as err:
+        fail(str(err))
+    if not 0 < alpha < 1:
+        fail(f"--alpha {alpha:g}: must be between 0 and 1 (exclusive), e.g. 0.05")
+    plan = AbPlan(loaded[0], loaded[1], rounds=rounds, block_reps=block_reps, results_root=results)
+    try:
+        if configs:
+            sources = (
+                SideSource("base", "working tree", src.resolve()),
+                SideSource("head", "working tree", src.resolve()),
+            )
+            a, b = run_ab(plan, sources, SilentObserver())
+        else:
+            with checkouts(src, base, head, same=aa) as sources:
+                a, b = run_ab(plan, sources, SilentObserver())
+        result = ab_verdict(a.records, b.records, metrics=tuple(metric or AB_METRICS), threshold=threshold, alpha=alpha)
+    except (AbError, CompareInputError) as err:
+        fail(escape(str(err)))
+    title = f"ab: {a.source.revision[:12]} -> {b.source.revision[:12]} ({rounds} rounds of {block_reps}; threshold {threshold:.0%}, alpha {alpha})"
+    console.print(compare_table(result, title))
+    if result.lost:
+        console.print(lost_table(result))
+    console.print(f"records: {a.runner.folder} (base), {b.runner.folder} (head)")
+    if markdown is not None:
+        write_text(markdown, to_markdown(result, threshold, alpha), "--markdown")
+    if result.failed:
+        console.print(
+            f"[bold red]{len(result.lost)} lost cell(s), {len(result.regressions)} significant regression(s)[/]"
+        )
+        raise typer.Exit(1)
+    if result.inconclusive and not allow_inconclusive:
+        console.print(f"[yellow]{len(result.inconclusive)} comparison(s) inconclusive (exit 3)[/]")
+        raise typer.Exit(INCONCLUSIVE_EXIT)
+    console.print("no significant regression")

@@ -1,0 +1,173 @@
+"""rooflens ab: two commits of a plug-in engine measured side by side; a slower head is caught, an equal one is
+not; the verdict's pairing and power check."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from factories import make_record, metric
+from rooflens.cli import app
+from rooflens.results.ab_verdict import ab_verdict, round_medians
+from rooflens.results.record import RepetitionInfo
+from rooflens.results.store import load_records
+
+ENGINE = '''
+"""A plug-in engine under test: each token takes {ms} ms (a sleep), so its speed is known."""
+
+import time
+
+import torch
+
+from rooflens.engines.base import Engine
+
+
+class SleepyEngine(Engine):
+    name = "sleepy"
+    summary = "test engine: sleeps per token"
+
+    def generate(self, input_ids, max_new_tokens, clock):
+        for _ in range(max_new_tokens):
+            time.sleep({ms} / 1000)
+            clock.tokens(1)
+        return torch.zeros(input_ids.shape[0], max_new_tokens, dtype=torch.long)
+'''
+
+EXPERIMENT = """
+name: ab-test
+model: shape:tiny-llama
+engines: [{name: sleepy}]
+workloads: [{prompt_len: 4, gen_len: 6}]
+repetitions: {warmup: 1, min_reps: 1, min_seconds: 0}
+device: cpu
+dtype: float32
+threads: 1
+energy: false
+validity: {max_cv: 1.0, max_other_load: 64}
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def commit(repo: Path, ms: float, message: str, comment: str = "") -> str:
+    pkg = repo / "src" / "rooflens_sleepy"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text(ENGINE.format(ms=ms) + comment)
+    info = repo / "src" / "rooflens_sleepy-0.1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rooflens-sleepy\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[rooflens.engines]\nsleepy = rooflens_sleepy:SleepyEngine\n")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def plugin_repo(tmp_path):
+    repo = tmp_path / "plugin"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "exp.yaml").write_text(EXPERIMENT)
+    revs = {
+        "base": commit(repo, 4, "base"),
+        "slower": commit(repo, 5, "head: 25 % more per token"),
+    }
+    git(repo, "checkout", "-q", revs["base"])
+    revs["same"] = commit(repo, 4, "head: a comment only", comment="# nothing that runs\n")
+    return repo, revs
+
+
+def ab(repo: Path, base: str, head: str, tmp_path: Path, *extra: str):
+    args = ["ab", base, head, str(repo / "exp.yaml"), "--src", str(repo / "src"), "--rounds", "6"]
+    args += ["--block-reps", "2", "--max-regression", "10%", "--metric", "decode_tok_s", "--results", str(tmp_path)]
+    return CliRunner().invoke(app, [*args, *extra])
+
+
+@pytest.mark.slow
+def test_ab_catches_a_head_that_sleeps_longer_and_passes_one_that_does_not(plugin_repo, tmp_path):
+    repo, revs = plugin_repo
+    slower = ab(repo, revs["base"], revs["slower"], tmp_path / "slower")
+    assert slower.exit_code == 1, slower.output
+    assert "regression" in slower.output
+    base_records = load_records(tmp_path / "slower")
+    sides = {r.environment["placement"]["ab"]["side"]: r for r in base_records}
+    assert sides["base"].environment["placement"]["ab"]["revision"] == revs["base"]
+    assert sides["head"].environment["placement"]["ab"]["revision"] == revs["slower"]
+    assert sides["head"].experiment["run_id"].endswith("-head") and sides["base"].repetitions.schedule == "ab"
+    assert sides["base"].repetitions.rounds == [r for r in range(6) for _ in range(2)]
+    head_over_base = sides["head"].metrics["decode_tok_s"].median / sides["base"].metrics["decode_tok_s"].median
+    assert head_over_base == pytest.approx(4 / 5, rel=0.1)
+
+    same = ab(repo, revs["base"], revs["same"], tmp_path / "same")
+    assert same.exit_code == 0, same.output
+    assert "unchanged" in same.output and "regression" not in same.output.replace("significant regression", "")
+
+
+@pytest.mark.slow
+def test_ab_refuses_a_revision_that_is_not_a_commit(plugin_repo, tmp_path):
+    repo, revs = plugin_repo
+    r = ab(repo, revs["base"], "no-such-branch", tmp_path)
+    assert r.exit_code == 2 and "HEAD 'no-such-branch': not a commit of" in r.output
+
+
+# ---------------------------------------------------------------------------- the verdict, on made-up records
+
+
+def ab_record(side: str, per_round: list[float], reps: int = 2, engine: str = "hf"):
+    r = make_record(engine=engine, run_id=f"x-{side}")
+    samples = [v for v in per_round for _ in range(reps)]
+    r.metrics["decode_tok_s"] = metric(samples)
+    r.repetitions = RepetitionInfo(
+        warmup=1,
+        measured=len(samples),
+        measured_seconds=1.0,
+        stopped_by="min_reps_and_seconds",
+        schedule="ab",
+        rounds=[k for k in range(len(per_round)) for _ in range(reps)],
+    )
+    return r
+
+
+DRIFT = [100, 80, 120, 90, 130, 85, 115, 95, 125, 105]  # the machine, round by round (CV ~16 %)
+
+
+def test_rounds_pair_the_sides_so_a_10_percent_loss_shows_through_the_drift():
+    base = ab_record("base", DRIFT)
+    head = ab_record("head", [0.9 * x for x in DRIFT])
+    assert round_medians(base, "decode_tok_s") == {k: float(v) for k, v in enumerate(DRIFT)}
+    (row,) = ab_verdict([base], [head], metrics=("decode_tok_s",), threshold=0.05, alpha=0.05).rows
+    assert row.verdict == "regression" and row.change == pytest.approx(-0.1)
+
+
+def test_a_design_that_cannot_see_the_threshold_is_inconclusive_never_unchanged():
+    rng = [1.0, 1.3, 0.75, 1.2, 0.8]  # the head/base ratio of each round: noise of ~25 %
+    base = ab_record("base", DRIFT[:5])
+    head = ab_record("head", [x * f for x, f in zip(DRIFT[:5], rng)])
+    (row,) = ab_verdict([base], [head], metrics=("decode_tok_s",), threshold=0.05, alpha=0.05).rows
+    assert row.verdict == "inconclusive" and "a side would detect 5%" in row.reason
+    # two rounds: a signed-rank test cannot reach p <= 0.05 with fewer than 5 pairs, whatever they show
+    (two,) = ab_verdict([ab_record("base", [100, 100])], [ab_record("head", [50, 50])], metrics=("decode_tok_s",)).rows
+    assert two.verdict == "inconclusive" and not math.isnan(two.change)
+
+
+def test_quiet_equal_sides_are_unchanged_and_a_lost_cell_fails():
+    base = ab_record("base", DRIFT)
+    head = ab_record("head", [x * (1 + 0.002 * (-1) ** k) for k, x in enumerate(DRIFT)])
+    res = ab_verdict([base], [head], metrics=("decode_tok_s",), threshold=0.05)
+    assert [r.verdict for r in res.rows] == ["unchanged"] and not res.failed
+    broken = make_record(engine="hf", run_id="x-head", status="failed")
+    res = ab_verdict([base], [broken], metrics=("decode_tok_s",))
+    assert res.failed and [x.status for x in res.lost] == ["failed"]
+
+
+def test_the_cli_needs_two_revisions_and_an_experiment(tmp_path):
+    r = CliRunner().invoke(app, ["ab", "main"])
+    assert r.exit_code == 2 and "give BASE HEAD EXPERIMENT" in r.output
+    r = CliRunner().invoke(app, ["ab", "--configs", str(tmp_path / "a.yaml")])
+    assert r.exit_code == 2 and "--configs takes two experiment files" in r.output
