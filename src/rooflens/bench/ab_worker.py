@@ -54,7 +54,6 @@ class AbSession:
     def __init__(self, job: GroupJob, send: Emit):
         self.job, self.send = job, send
         self.bench = workbench_for(job, send)
-        send(Ready(environment=self.bench.environment, probe=self.bench.probe, probe_note=self.bench.probe_note))
         self.cells = expand_cells(job.experiment)
         self.group = Group(job, self.bench, send, {}, ExitStack())
         self.state: dict[int, _Cell] = {}
@@ -65,6 +64,8 @@ class AbSession:
             if refused is not None:
                 status, reason = refused
                 state.refused = Record(status=status, reason=reason, finished_at=now_iso(), **state.base)
+        # ready only once every engine is prepared: the other side measures nothing while this one still works
+        send(Ready(environment=self.bench.environment, probe=self.bench.probe, probe_note=self.bench.probe_note))
 
     def block(self, index: int, round_: int, reps: int) -> None:
         state, cell = self.state[index], self.cells[index]

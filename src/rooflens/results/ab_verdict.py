@@ -54,7 +54,7 @@ def paired_row(base: Record, head: Record, metric: str, threshold: float, alpha:
     logs = [math.log(x) if better == "higher" else -math.log(x) for x in ratios]  # > 0: head better
     n = len(logs)
     change = math.expm1(statistics.median(logs))
-    gap = power_gap(median_log_variance(ratios), n, alpha, threshold, floor=0.5**n)
+    gap = power_gap(median_log_variance(ratios), n, alpha, threshold, floor=0.5**n, unit="paired rounds")
     p, sig, verdict = None, False, "inconclusive"
     if n >= 3 and any(logs):
         p = float(wilcoxon(logs, alternative="less" if change < 0 else "greater").pvalue)

@@ -226,11 +226,12 @@ def _row(key: CellKey, metric: str, base: _Side, current: _Side, threshold: floa
         mx, my = statistics.median(xs), statistics.median(ys)
         n_x, n_y = len(xs), len(ys)
     change = (my - mx) / mx if better == "higher" else (mx - my) / mx
+    paired = relative and bool(pb.paired and pc.paired)
     if relative:
         variance, floor = pb.log_variance + pc.log_variance, None
     else:
         variance, floor = median_log_variance(xs) + median_log_variance(ys), rank_test_floor(n_x, n_y)
-    gap = power_gap(variance, min(n_x, n_y), alpha, threshold, floor)
+    gap = power_gap(variance, min(n_x, n_y), alpha, threshold, floor, unit="rounds" if paired else "repetitions a side")
     p, sig, verdict = None, False, "inconclusive"
     if min(n_x, n_y) >= 3:
         if relative:

@@ -52,21 +52,20 @@ def repetitions_needed(n: int, detectable: float, threshold: float) -> int:
     return max(n + 1, math.ceil(n * scale))
 
 
-def power_gap(variance: float, n: int, alpha: float, threshold: float, floor: float | None = None) -> str | None:
+def power_gap(
+    variance: float, n: int, alpha: float, threshold: float, floor: float | None = None, unit: str = "repetitions"
+) -> str | None:
     """Why this design could not have detected ``threshold`` (None when it could): what it could detect, and
-    about how many repetitions a side it would need."""
+    about how many ``unit`` (repetitions a side, or paired rounds) it would need."""
     if n < 3:
-        return f"{n} repetition(s) on a side: at least 3 are needed to judge a change"
+        return f"{n} {unit}: at least 3 are needed to judge a change"
     if floor is not None and floor > alpha:
-        return (
-            f"a rank test of {n} repetitions a side cannot reach p <= {alpha:g} (its smallest p is {floor:.3g}); "
-            "more repetitions are needed"
-        )
+        return f"a rank test of {n} {unit} cannot reach p <= {alpha:g} (its smallest p is {floor:.3g}); more are needed"
     mde = detectable_change(variance, alpha)
     if mde <= threshold:
         return None
     need = repetitions_needed(n, mde, threshold)
     return (
-        f"with this noise and {n} repetitions a side only a change of {mde:.1%} or more is detected "
-        f"(alpha {alpha:g}, power {POWER:.0%}); about {need} a side would detect {threshold:.0%}"
+        f"with this noise and {n} {unit} only a change of {mde:.1%} or more is detected "
+        f"(alpha {alpha:g}, power {POWER:.0%}); about {need} would detect {threshold:.0%}"
     )
