@@ -172,3 +172,19 @@ def test_the_cli_needs_two_revisions_and_an_experiment(tmp_path):
     assert r.exit_code == 2 and "give BASE HEAD EXPERIMENT" in r.output
     r = CliRunner().invoke(app, ["ab", "--configs", str(tmp_path / "a.yaml")])
     assert r.exit_code == 2 and "--configs takes two experiment files" in r.output
+
+
+def test_a_sides_cv_across_rounds_is_the_drift_the_pairing_cancels_other_reasons_still_count():
+    from factories import judged
+    from rooflens.results.record import ValidityReason
+
+    base, head = ab_record("base", DRIFT), ab_record("head", [0.9 * x for x in DRIFT])
+    judged(base, "cv 16% > 10%")  # a CV reason: not a reason here
+    (row,) = ab_verdict([base], [head], metrics=("decode_tok_s",)).rows
+    assert row.verdict == "regression"
+    busy = ValidityReason(
+        check="load_at_start", value=3.0, limit=1.5, unit="load", source="measured", message="load 3.0 > 1.5"
+    )
+    head.validity = head.validity.model_copy(update={"status": "invalid", "reasons": [busy]})
+    (row,) = ab_verdict([base], [head], metrics=("decode_tok_s",)).rows
+    assert row.verdict == "invalid" and row.reason == "head: load 3.0 > 1.5"

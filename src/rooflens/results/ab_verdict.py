@@ -6,7 +6,9 @@ rounds cancels. The change is the median ratio; its p-value a one-sided Wilcoxon
 log ratios; and "unchanged" is said only when the rounds could have shown the threshold
 (:mod:`rooflens.results.power`), else "inconclusive". Every engine is judged, the baseline engine too. A
 cell ok in BASE and not ok in HEAD is lost (a regression whatever the metrics say); a cell measured
-invalid on either side gets ``invalid``.
+invalid on either side gets ``invalid``, except for the CV rule: a side's CV spans all its rounds, so it
+holds the drift that the pairing cancels; the noise that matters here is the paired ratios', which the
+power check weighs (a side's CV is still in its record).
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def paired_row(base: Record, head: Record, metric: str, threshold: float, alpha:
     elif n >= 3:  # every round identical
         verdict, p = ("inconclusive" if gap else "unchanged"), 1.0
     why = "; ".join(
-        f"{side}: {r.validity.summary()}" for side, r in (("base", base), ("head", head)) if r.validity.invalid
+        f"{side}: {'; '.join(x.message for x in reasons)}"
+        for side, r in (("base", base), ("head", head))
+        if (reasons := [x for x in r.validity.reasons if x.check != "cv"])
     )
     reason = why or (gap if verdict == "inconclusive" else "") or ""
     return Row(
