@@ -3,14 +3,14 @@
 Each command parses its options, calls the library and prints what comes back:
 
 - :mod:`.run`: run, validate
-- :mod:`.results`: show, report, compare
+- :mod:`.results`: show, report, compare, history
 - :mod:`.ab`: ab (two revisions measured side by side)
 - :mod:`.catalog`: engines, models
 - :mod:`.roofline`: roofline
 - :mod:`.hw`: hw list | show | detect | probe
 - :mod:`.train`: train early-exit | mixed-precision
 
-Commands that run no model (validate, roofline, hw list/show, show, report, compare) import no torch:
+Commands that run no model (validate, roofline, hw list/show, show, report, compare, history) import no torch:
 every heavy import is inside the command that needs it.
 """
 
@@ -43,6 +43,7 @@ app.command()(catalog.models)
 app.command()(results.show)
 app.command()(results.compare)
 app.command()(ab.ab)
+app.command()(results.history)
 app.command()(roofline.roofline)
 
 hw_app.command("list")(hw.hw_list)

@@ -202,3 +202,47 @@ def compare(
     console.print("no significant regression")
     if strict and result.invalid:
         raise typer.Exit(INVALID_EXIT)
+
+
+def history(
+    results: list[Path] = typer.Argument(..., help="folders (or files) of records of many runs"),
+    metric: list[str] = typer.Option(None, "--metric", help="metric to follow (repeatable; default decode_tok_s)"),
+    out: Path = typer.Option(Path("reports"), "--out", help="folder of the page"),
+    name: str = typer.Option("history", "--name", help="the page's name: <out>/<name>.html"),
+    alpha: float = typer.Option(0.01, "--alpha", help="significance a change point must reach"),
+    min_change: str = typer.Option("5%", "--min-change", help="smallest change of the medians kept as a change point"),
+    markdown: Optional[Path] = typer.Option(
+        None, "--markdown", help="also write the changes as markdown ('-' = stdout)"
+    ),
+) -> None:
+    """Runs in time order, one series per cell and metric, change points found and marked with the commits
+    around them: a page with one trend plot per series. Exit 0; 2 on unusable input."""
+    from rooflens.reports.history_page import render_history_html, render_history_markdown
+    from rooflens.results.compare import BETTER, CompareInputError, parse_threshold
+    from rooflens.results.history import history as find_history
+    from rooflens.results.runs import runs_of
+
+    alpha = _alpha(alpha)
+    metrics = tuple(metric or ("decode_tok_s",))
+    unknown = [m for m in metrics if m not in BETTER]
+    if unknown:
+        fail(f"--metric {unknown[0]}: allowed {', '.join(BETTER)}")
+    try:
+        threshold = parse_threshold(min_change)
+    except CompareInputError as err:
+        fail(str(err).replace("threshold", "--min-change"))
+    records = [r for folder in results for r in records_or_exit(folder)]
+    series = find_history(records, metrics, alpha=alpha, min_change=threshold)
+    runs = len(runs_of(records))
+    try:
+        path = render_history_html(series, runs, out, name, alpha, threshold)
+    except OSError as err:
+        unwritable("report folder", out, err)
+    changes = sum(len(s.changes) for s in series)
+    console.print(f"history: {path} ({runs} runs, {len(series)} series, {changes} change point(s))")
+    for s in series:
+        for c in s.changes:
+            a, b = s.points[c.index - 1], s.points[c.index]
+            console.print(f"  {s.name}: {a.commit} -> {b.commit} {100 * c.change:+.1f}% (p {c.p_value:.2g})")
+    if markdown is not None:
+        write_text(markdown, render_history_markdown(series), "--markdown")

@@ -109,7 +109,8 @@ def jinja_env() -> jinja2.Environment:
     )
 
 
-def _render_figure(fig: Figure, path: Path) -> str:
+def render_figure(fig: Figure, path: Path) -> str:
+    """Write the figure as a PNG to ``path`` (atomically) and return it base64-encoded, for an inline image."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -127,7 +128,7 @@ def write_figures(records: list[Record], folder: Path) -> list[dict[str, str]]:
             if fig is None:
                 continue
             file = folder / f"{spec.name}.png"
-            out.append({"name": spec.name, "title": spec.title, "file": str(file), "data": _render_figure(fig, file)})
+            out.append({"name": spec.name, "title": spec.title, "file": str(file), "data": render_figure(fig, file)})
     return out
 
 
