@@ -25,7 +25,6 @@ from typing import IO
 
 from rooflens.bench.executors.base import stderr_tail, worker_died
 from rooflens.bench.job import Block, Ended, Event, Fatal, Finished, GroupJob, Ready, decode_event
-from rooflens.bench.measure import fatal_error
 from rooflens.bench.runner import ExperimentRunner, RunObserver
 from rooflens.config import Experiment
 from rooflens.results.record import Record
@@ -139,8 +138,8 @@ class Side:
         self.proc.wait()
 
     def _relay(self, event: Event) -> None:
-        if isinstance(event, Fatal):
-            raise fatal_error(event)
+        if isinstance(event, Fatal):  # a model that cannot load, a prompt longer than the context, --no-wait
+            raise AbError(f"the {self.source.name} worker ({self.source.revision[:12]}) stopped: {event.message}")
         if isinstance(event, Block):
             return
         self.runner.handle(self.job, event)

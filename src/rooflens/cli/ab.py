@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from rooflens.cli.common import INCONCLUSIVE_EXIT, console, fail, write_text
+from rooflens.cli.common import console, fail, write_text
+from rooflens.cli.gate import gate_exit, print_verdict
 
 DEFAULT_SRC = Path("src")
 
@@ -21,6 +22,22 @@ def _schema_only(path: Path):
         return parse_experiment(read_experiment_file(path), str(path)), str(path)
     except ConfigError as err:
         fail(f"invalid experiment\n{err}")
+
+
+def _what_to_measure(base, head, experiment, configs, aa):
+    """The two sides' experiments, and the revisions (``BASE EXPERIMENT --aa`` reads the second argument as the
+    experiment); exit 2 on a combination that does not make one."""
+    if configs:
+        if len(configs) != 2 or base or head or experiment or aa:
+            fail("--configs takes two experiment files (--configs A.yaml --configs B.yaml) and no revisions")
+        return (_schema_only(configs[0]), _schema_only(configs[1])), base, head
+    if aa and experiment is None and head is not None:
+        experiment, head = Path(head), base
+    if aa:
+        head = base
+    if base is None or head is None or experiment is None:
+        fail("give BASE HEAD EXPERIMENT, or BASE EXPERIMENT with --aa, or --configs A.yaml --configs B.yaml")
+    return (_schema_only(experiment), _schema_only(experiment)), base, head
 
 
 def ab(
@@ -62,22 +79,10 @@ def ab(
 
     from rooflens.bench.ab import AbError, AbPlan, SideSource, checkouts, run_ab
     from rooflens.bench.runner import SilentObserver
-    from rooflens.reports.console import compare_table, lost_table
     from rooflens.results.ab_verdict import AB_METRICS, ab_verdict
     from rooflens.results.compare import CompareInputError, parse_threshold, to_markdown
 
-    if configs:
-        if len(configs) != 2 or base or head or experiment or aa:
-            fail("--configs takes two experiment files (--configs A.yaml --configs B.yaml) and no revisions")
-        loaded = (_schema_only(configs[0]), _schema_only(configs[1]))
-    else:
-        if aa and experiment is None and head is not None:  # BASE EXPERIMENT --aa
-            experiment, head = Path(head), base
-        if aa:
-            head = base
-        if base is None or head is None or experiment is None:
-            fail("give BASE HEAD EXPERIMENT, or BASE EXPERIMENT with --aa, or --configs A.yaml --configs B.yaml")
-        loaded = (_schema_only(experiment), _schema_only(experiment))
+    loaded, base, head = _what_to_measure(base, head, experiment, configs, aa)
     try:
         threshold = parse_threshold(max_regression)
     except CompareInputError as err:
@@ -99,18 +104,9 @@ def ab(
     except (AbError, CompareInputError) as err:
         fail(escape(str(err)))
     title = f"ab: {a.source.revision[:12]} -> {b.source.revision[:12]} ({rounds} rounds of {block_reps}; threshold {threshold:.0%}, alpha {alpha})"
-    console.print(compare_table(result, title))
-    if result.lost:
-        console.print(lost_table(result))
+    print_verdict(result, title)
     console.print(f"records: {a.runner.folder} (base), {b.runner.folder} (head)")
     if markdown is not None:
-        write_text(markdown, to_markdown(result, threshold, alpha), "--markdown")
-    if result.failed:
-        console.print(
-            f"[bold red]{len(result.lost)} lost cell(s), {len(result.regressions)} significant regression(s)[/]"
-        )
-        raise typer.Exit(1)
-    if result.inconclusive and not allow_inconclusive:
-        console.print(f"[yellow]{len(result.inconclusive)} comparison(s) inconclusive (exit 3)[/]")
-        raise typer.Exit(INCONCLUSIVE_EXIT)
-    console.print("no significant regression")
+        test = "rounds paired, one-sided Wilcoxon signed-rank"
+        write_text(markdown, to_markdown(result, threshold, alpha, "rooflens ab", test), "--markdown")
+    gate_exit(result, threshold, allow_inconclusive=allow_inconclusive)

@@ -1,4 +1,4 @@
-"""`rooflens show`, `report` and `compare`: what a set of records says, as a table, a report or a verdict."""
+"""`rooflens show`, `report`, `compare` and `history`: what records say, as a table, a report, a verdict or a trend."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from typing import Optional
 import typer
 
 from rooflens.cli.common import (
-    INCONCLUSIVE_EXIT,
-    INVALID_EXIT,
     console,
     fail,
     records_or_exit,
@@ -17,6 +15,7 @@ from rooflens.cli.common import (
     unwritable,
     write_text,
 )
+from rooflens.cli.gate import gate_exit, print_verdict
 
 
 def show(folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)")) -> None:
@@ -148,7 +147,6 @@ def compare(
     experiment, the newest complete run is compared. A cell measured invalid (on either
     side) gets the verdict `invalid` and never fails the gate, except with --strict: exit 4 (when nothing
     else failed)."""
-    from rooflens.reports.console import compare_table, lost_table
     from rooflens.results.compare import (
         DEFAULT_METRICS,
         CompareInputError,
@@ -172,36 +170,10 @@ def compare(
         )
     except (CompareInputError, RecordLoadError) as err:
         fail(str(err))
-    console.print(compare_table(result, f"compare: {base} -> {current} (threshold {threshold:.0%}, alpha {alpha})"))
-    if result.lost:
-        console.print(lost_table(result))
-    for note in result.notes:
-        console.print(f"[yellow]{note}[/]")
-    if result.only_in_current:
-        console.print(f"[dim]only in current: {', '.join(result.only_in_current)}[/]")
+    print_verdict(result, f"compare: {base} -> {current} (threshold {threshold:.0%}, alpha {alpha})")
     if markdown is not None:
         write_text(markdown, to_markdown(result, threshold, alpha), "--markdown")
-    if result.invalid:
-        console.print(
-            f"[magenta]{len(result.invalid)} comparison(s) not judged: a measurement is invalid"
-            f"{'' if strict else ' (--strict fails on them)'}[/]"
-        )
-    if result.failed:
-        console.print(
-            f"[bold red]{len(result.lost)} lost cell(s), {len(result.regressions)} significant regression(s) "
-            f"over {threshold:.0%}[/]"
-        )
-        raise typer.Exit(1)
-    if result.inconclusive:
-        console.print(
-            f"[yellow]{len(result.inconclusive)} comparison(s) inconclusive: the threshold could not have been "
-            f"detected with the noise and repetitions measured{'' if allow_inconclusive else ' (exit 3)'}[/]"
-        )
-        if not allow_inconclusive:
-            raise typer.Exit(INCONCLUSIVE_EXIT)
-    console.print("no significant regression")
-    if strict and result.invalid:
-        raise typer.Exit(INVALID_EXIT)
+    gate_exit(result, threshold, strict=strict, allow_inconclusive=allow_inconclusive)
 
 
 def history(

@@ -345,11 +345,17 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def to_markdown(result: CompareResult, threshold: float, alpha: float) -> str:
+def to_markdown(
+    result: CompareResult,
+    threshold: float,
+    alpha: float,
+    command: str = "rooflens compare",
+    test: str = "one-sided Mann-Whitney U; bootstrap for speedups",
+) -> str:
     lines = [
-        f"**rooflens compare**: {len(result.lost)} lost cell(s), {len(result.regressions)} regression(s), "
-        f"{len(result.invalid)} invalid comparison(s) (threshold {threshold:.0%}, one-sided Mann-Whitney U, "
-        f"alpha {alpha})",
+        f"**{command}**: {len(result.lost)} lost cell(s), {len(result.regressions)} regression(s), "
+        f"{len(result.inconclusive)} inconclusive, {len(result.invalid)} invalid comparison(s) "
+        f"(threshold {threshold:.0%}, {test}, alpha {alpha})",
         "",
     ]
     if result.lost:
