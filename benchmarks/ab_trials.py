@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How often does the CI gate flag an injected slowdown, and how often does it flag nothing at all?
 
-    python benchmarks/ab_trials.py --trials 20 --factor 1.111 --out /tmp/ab-trials
+    python benchmarks/ab_trials.py --trials 20 --factor 1.111 --out /tmp/ab-trials [--threshold 10%] [--rounds 8]
 
 Each trial is one ``rooflens ab --configs`` at the CI settings of .ci/run (experiments/ci-ab.yaml, decode
 speed, the threshold and rounds given here): an A/A trial measures the experiment against itself; an
@@ -40,7 +40,7 @@ def slowed(experiment: dict, label: str, factor: float) -> dict:
 
 def trial(base: Path, head: Path, args, out: Path) -> tuple[int, list[str]]:
     cmd = [sys.executable, "-m", "rooflens.cli", "ab", "--configs", str(base), "--configs", str(head)]
-    cmd += ["--src", str(PLUGIN), "--metric", "decode_tok_s", "--max-regression", args.threshold]
+    cmd += ["--src", str(PLUGIN), "--metric", "decode_tok_s", "--max-regression", args.threshold, "--alpha", args.alpha]
     cmd += ["--rounds", str(args.rounds), "--results", str(out), "--markdown", str(out / "verdict.md")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     verdict = (out / "verdict.md").read_text() if (out / "verdict.md").exists() else done.stdout + done.stderr
@@ -52,7 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20, help="trials of each kind")
     ap.add_argument("--factor", type=float, default=1 / 0.9)
-    ap.add_argument("--threshold", default="5%")
+    ap.add_argument("--threshold", default="10%", help="as .ci/run")
+    ap.add_argument("--alpha", default="0.01", help="as .ci/run")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("results/ab-trials"))
     args = ap.parse_args()
