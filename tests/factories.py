@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from rooflens.bench.energy import EnergyMeter, _Measured
 from rooflens.bench.validate import validate_experiment
 from rooflens.config import Experiment
 from rooflens.engines import base
@@ -227,6 +228,19 @@ class OptionUnavailableEngine(ScriptedEngine):
 
     def prepare(self):
         raise base.EngineUnavailable("format int4 needs CUDA")
+
+
+class StepMeter(EnergyMeter):
+    """A fake energy counter: every window measures exactly 2 J."""
+
+    def __init__(self):
+        super().__init__(name="fake-counter", domain="test", min_window_s=0.0)
+
+    def _begin(self):
+        pass
+
+    def _end(self):
+        return _Measured(2.0)
 
 
 class VirtualClock:

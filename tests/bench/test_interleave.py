@@ -7,9 +7,9 @@ import statistics
 import pytest
 import torch
 
-from factories import PacedEngine, ScriptedEngine, tiny_experiment
+from factories import PacedEngine, ScriptedEngine, StepMeter, tiny_experiment
 from rooflens.bench import interleave
-from rooflens.bench.energy import EnergyMeter, EnergyReading, UnavailableMeter, _Measured, combine_readings
+from rooflens.bench.energy import EnergyReading, UnavailableMeter, combine_readings
 from rooflens.bench.executors import make_executor
 from rooflens.bench.memory import MemoryPeak, highest_peak
 from rooflens.bench.rounds import Contender, measure_rounds, rotation
@@ -34,19 +34,6 @@ class Logged(ScriptedEngine):
             raise RuntimeError(f"{self.label} broke")
         self.log.append(self.label)
         return super().generate(input_ids, max_new_tokens, clock)
-
-
-class TwoJoules(EnergyMeter):
-    """A fake counter: every window measures exactly 2 J."""
-
-    def __init__(self):
-        super().__init__(name="fake-counter", domain="test", min_window_s=0.0)
-
-    def _begin(self):
-        pass
-
-    def _end(self):
-        return _Measured(2.0)
 
 
 def contenders(tiny_llama, labels, log, **fail_at):
@@ -103,7 +90,7 @@ def test_an_engine_that_fails_sits_out_the_later_rounds_and_the_others_go_on(tin
 
 def test_energy_and_memory_are_read_per_repetition_and_summed_or_maximised(tiny_llama):
     cs = contenders(tiny_llama, "ab", [])
-    result = measure_rounds(cs, 3, Repetitions(warmup=0, min_reps=4, min_seconds=0), TwoJoules(), CPU)
+    result = measure_rounds(cs, 3, Repetitions(warmup=0, min_reps=4, min_seconds=0), StepMeter(), CPU)
     for m in result.measurements:
         assert m.energy.joules == pytest.approx(4 * 2.0)  # 2 J a window, 4 windows of its own
         assert "per-repetition windows" in m.memory.how

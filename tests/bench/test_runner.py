@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from factories import FakeActivity, ScriptedEngine, lenient_probe_rules, tiny_experiment
+from factories import FakeActivity, ScriptedEngine, StepMeter, lenient_probe_rules, tiny_experiment
 from rooflens.bench.energy import EnergyMeter, NvmlEnergyCounterMeter, UnavailableMeter
 from rooflens.bench.repetitions import FixedLengthError, measure, run_once
 from rooflens.bench.runner import ExperimentRunner
@@ -138,21 +138,6 @@ def test_energy_window_is_lengthened_to_the_meter_resolution(test_engines, tiny_
 
 
 # ---------------------------------------------------------------------------- the sweep
-
-
-class StepMeter(EnergyMeter):
-    """A fake counter: every window measures exactly 2 J."""
-
-    def __init__(self):
-        super().__init__(name="fake-counter", domain="test", min_window_s=0.0)
-
-    def _begin(self):
-        pass
-
-    def _end(self):
-        from rooflens.bench.energy import _Measured
-
-        return _Measured(2.0)
 
 
 def with_meter(monkeypatch, meter: EnergyMeter) -> None:
