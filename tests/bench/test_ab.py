@@ -188,3 +188,21 @@ def test_a_sides_cv_across_rounds_is_the_drift_the_pairing_cancels_other_reasons
     head.validity = head.validity.model_copy(update={"status": "invalid", "reasons": [busy]})
     (row,) = ab_verdict([base], [head], metrics=("decode_tok_s",)).rows
     assert row.verdict == "invalid" and row.reason == "head: load 3.0 > 1.5"
+
+
+@pytest.mark.slow
+def test_ab_configs_measures_two_variants_on_the_working_tree(plugin_repo, tmp_path):
+    repo, _ = plugin_repo
+    variant = repo / "variant.yaml"
+    variant.write_text(EXPERIMENT.replace("name: ab-test", "name: ab-variant"))  # same cells, another name
+    args = ["ab", "--configs", str(repo / "exp.yaml"), "--configs", str(variant), "--src", str(repo / "src")]
+    args += ["--rounds", "6", "--max-regression", "10%", "--metric", "decode_tok_s", "--results", str(tmp_path)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    sides = {rec.environment["placement"]["ab"]["side"]: rec for rec in load_records(tmp_path)}
+    assert sides["base"].experiment["name"] == "ab-test" and sides["head"].experiment["name"] == "ab-variant"
+    assert sides["head"].environment["placement"]["ab"]["revision"] == "working tree"
+    mismatch = repo / "other.yaml"
+    mismatch.write_text(EXPERIMENT.replace("gen_len: 6", "gen_len: 7"))
+    r = CliRunner().invoke(app, ["ab", "--configs", str(repo / "exp.yaml"), "--configs", str(mismatch)])
+    assert r.exit_code == 2 and "different cells" in r.output
