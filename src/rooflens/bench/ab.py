@@ -157,6 +157,8 @@ class Side:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
         if self.events is not None:
             self.events.close()
 
