@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How often does the CI gate flag an injected slowdown, and how often does it flag nothing at all?
 
-    python benchmarks/ab_trials.py --trials 20 --factor 1.111 --out /tmp/ab-trials [--threshold 10%] [--rounds 8]
+    python benchmarks/ab_trials.py --trials 20 --factor 1.111 --out results/ab-trials [--threshold 10%] [--rounds 8]
 
 Each trial is one ``rooflens ab --configs`` at the CI settings of .ci/run (experiments/ci-ab.yaml, decode
 speed, the threshold and rounds given here): an A/A trial measures the experiment against itself; an

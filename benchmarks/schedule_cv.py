@@ -2,7 +2,7 @@
 """How much of a speedup's spread is the machine's drift: the CV of ``speedup:decode_tok_s`` over repeated runs
 of one experiment, measured in blocks and interleaved.
 
-    python benchmarks/schedule_cv.py experiments/ci-smoke.yaml --runs 10 --out /tmp/schedule-cv
+    python benchmarks/schedule_cv.py experiments/ci-smoke.yaml --runs 10 --out results/schedule-cv
 
 Runs alternate between the two schedules (blocks, interleaved, blocks, ...), so that a slow drift of the
 machine over the whole benchmark reaches both alike. Each run is an ordinary ``rooflens run`` of the

@@ -26,8 +26,7 @@ from typing import Any
 from rooflens.bench.cells import expand_cells
 from rooflens.bench.conditions import merged_window
 from rooflens.bench.energy import combine_readings
-from rooflens.bench.environment import now_iso
-from rooflens.bench.group import Group, failed_record, measured_record, refusal
+from rooflens.bench.group import Group, failed_record, measured_record, refused_record
 from rooflens.bench.job import Block, Emit, Fatal, Finished, GroupJob, Note, Ready, encode_event
 from rooflens.bench.measure import FATAL_ERRORS
 from rooflens.bench.memory import highest_peak
@@ -44,6 +43,7 @@ class _Cell:
     base: dict[str, Any]
     refused: Record | None = None  # not measured (it would not fit, its engine cannot run it)
     failed: Record | None = None  # a block raised: no more blocks
+    prompts: Any = None  # the cell's prompt ids (a tensor), made once
     blocks: list[CellMeasurement] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
 
@@ -60,10 +60,9 @@ class AbSession:
         for i in job.group:
             cell = self.cells[i]
             state = self.state[i] = _Cell(self.group.base(cell))
-            refused = refusal(self.group, cell)
-            if refused is not None:
-                status, reason = refused
-                state.refused = Record(status=status, reason=reason, finished_at=now_iso(), **state.base)
+            state.refused = refused_record(self.group, cell, state.base)
+            if state.refused is None:
+                state.prompts = self.group.prompts(cell)  # once: every block of the cell uses them
         # ready only once every engine is prepared: the other side measures nothing while this one still works
         send(Ready(environment=self.bench.environment, probe=self.bench.probe, probe_note=self.bench.probe_note))
 
@@ -78,7 +77,7 @@ class AbSession:
                 with measuring(f"rooflens ab, {cell.engine.display} {cell.workload.display} b{cell.batch_size}"):
                     m = measure(
                         engine,
-                        self.group.prompts(cell),
+                        state.prompts,
                         cell.workload.gen_len,
                         asked,
                         self.bench.meter,

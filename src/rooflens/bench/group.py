@@ -102,6 +102,15 @@ def refusal(group: Group, cell: Cell) -> tuple[str, ErrorInfo] | None:
     return None
 
 
+def refused_record(group: Group, cell: Cell, base: dict[str, Any]) -> Record | None:
+    """The record of a cell that is not measured (:func:`refusal` says why), or None when it can be."""
+    refused = refusal(group, cell)
+    if refused is None:
+        return None
+    status, reason = refused
+    return Record(status=status, reason=reason, finished_at=now_iso(), **base)
+
+
 def memory_need(group: Group, cell: Cell, engine_weights: tuple[int, str] | None = None) -> MemoryNeed:
     """What the cell allocates beside the loaded model; ``engine_weights`` (bytes, what) overrides its engine's."""
     model, w = group.model(cell), cell.workload

@@ -14,7 +14,6 @@ from functools import partial
 from typing import Any
 
 from rooflens.bench.cells import Cell, cell_slices, last_cell_of_engines
-from rooflens.bench.environment import now_iso
 from rooflens.bench.group import (
     Group,
     failed_record,
@@ -22,7 +21,7 @@ from rooflens.bench.group import (
     measured_record,
     memory_need,
     reference_of,
-    refusal,
+    refused_record,
 )
 from rooflens.bench.job import Emit, Finished, Interrupted, Rep, Started
 from rooflens.bench.preflight import memory_shortfall
@@ -93,12 +92,11 @@ def _measure_slice(group: Group, cells: list[Cell], indices: list[int], emit: Em
         cell = cells[i]
         emit(Started(index=i))
         base = group.base(cell)
-        refused = refusal(group, cell)
+        refused = refused_record(group, cell, base)
         if refused is None:
             ready.append((i, cell, base))
-            continue
-        status, reason = refused
-        emit(Finished(index=i, record=Record(status=status, reason=reason, finished_at=now_iso(), **base)))
+        else:
+            emit(Finished(index=i, record=refused))
     if not ready:
         return
     labels = [cell.engine.display for _, cell, _ in ready]

@@ -22,14 +22,13 @@ from typing import Any
 import torch
 
 from rooflens.bench.cells import Cell, expand_cells, last_cell_of_engines
-from rooflens.bench.environment import now_iso
 from rooflens.bench.group import (
     Group,
     failed_record,
     interrupted_record,
     measured_record,
     reference_of,
-    refusal,
+    refused_record,
 )
 from rooflens.bench.interleave import measure_interleaved, plan_schedule
 from rooflens.bench.job import Emit, Fatal, Finished, GroupJob, Interrupted, Note, Ready, Rep, Started
@@ -107,10 +106,9 @@ def _measure_blocks(group: Group, cells: list[Cell], emit: Emit, schedule: dict[
 
 def _measure_cell(group: Group, index: int, cell: Cell, emit: Emit, schedule: dict[str, Any]) -> Record:
     base = group.base(cell)
-    refused = refusal(group, cell)
+    refused = refused_record(group, cell, base)
     if refused is not None:
-        status, reason = refused
-        return Record(status=status, reason=reason, finished_at=now_iso(), **base)
+        return refused
     group.hold_machine(f"engine {cell.engine.display}")  # outside the try: MachineBusy (--no-wait) stops the run
     try:
         m = _timed(group, index, cell, emit)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rooflens.results.compare import compare_records
-from rooflens.results.derived import CellKey, baseline_of, cell_key
+from rooflens.results.compare import compare_records, latest_by_cell
+from rooflens.results.derived import CellKey, baseline_of
 from rooflens.results.identity import SETTINGS
 from rooflens.results.record import Quantity, Record
 from rooflens.results.runs import newest_complete_runs
@@ -95,11 +95,6 @@ class ChangeReport:
 
     def count(self, verdict: str) -> int:
         return sum(1 for c in self.cells for ch in c.changes if ch.verdict == verdict)
-
-
-def _latest(records: list[Record]) -> dict[CellKey, Record]:
-    """The record of each cell, from the runs the regression gate takes (newest_complete_runs)."""
-    return {cell_key(r): r for r in sorted(records, key=lambda r: r.started_at)}
 
 
 def _namer(keys: list[CellKey]) -> dict[CellKey, str]:
@@ -214,7 +209,7 @@ def changes(
     """Every cell of both sets: matched ok cells metric by metric, status changes, cells on one side only."""
     base, base_notes = newest_complete_runs(base, base_label)
     current, current_notes = newest_complete_runs(current, current_label)
-    b, c = _latest(base), _latest(current)
+    b, c = latest_by_cell(base), latest_by_cell(current)
     names = _namer(list(dict.fromkeys([*b, *c])))
     cells, status, notes = [], [], [*base_notes, *current_notes]
     for key, rb in b.items():

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 from scipy.stats import wilcoxon
 
-from rooflens.results.compare import BETTER, CompareInputError, CompareResult, LostCell, Row
+from rooflens.results.compare import BETTER, CompareResult, LostCell, Row, check_metrics, verdict_of
 from rooflens.results.power import median_log_variance, power_gap
 from rooflens.results.record import Record
 
@@ -60,11 +60,7 @@ def paired_row(base: Record, head: Record, metric: str, threshold: float, alpha:
     p, sig, verdict = None, False, "inconclusive"
     if n >= 3 and any(logs):
         p = float(wilcoxon(logs, alternative="less" if change < 0 else "greater").pvalue)
-        sig = p <= alpha
-        if sig and abs(change) > threshold:
-            verdict = "regression" if change < 0 else "improvement"
-        else:
-            verdict = "inconclusive" if gap else "unchanged"
+        sig, verdict = verdict_of(change, p, alpha, threshold, gap)
     elif n >= 3:  # every round identical
         verdict, p = ("inconclusive" if gap else "unchanged"), 1.0
     why = "; ".join(
@@ -98,9 +94,7 @@ def ab_verdict(
     alpha: float = 0.05,
 ) -> CompareResult:
     """Every cell of the two sides, paired by round."""
-    for m in metrics:
-        if m not in BETTER:
-            raise CompareInputError(f"unknown metric {m!r} (allowed: {', '.join(BETTER)})")
+    check_metrics(metrics, relative=False)
     heads = {_key(r): r for r in head}
     rows, lost = [], []
     for rb in base:

@@ -105,6 +105,14 @@ class CompareResult:
         return bool(self.lost or self.regressions)
 
 
+def check_metrics(metrics: tuple[str, ...], relative: bool) -> None:
+    """CompareInputError naming a metric that cannot be compared (``speedup:`` ones only if ``relative``)."""
+    allowed = [*BETTER, *(RELATIVE_PREFIX + k for k in BETTER)] if relative else list(BETTER)
+    for m in metrics:
+        if m not in allowed:
+            raise CompareInputError(f"unknown metric {m!r} (allowed: {', '.join(allowed)})")
+
+
 def parse_threshold(text: str) -> float:
     """``5%`` or ``0.05`` -> 0.05."""
     t = text.strip()
@@ -117,8 +125,8 @@ def parse_threshold(text: str) -> float:
     return value
 
 
-def _latest(records: list[Record]) -> dict[CellKey, Record]:
-    """Each cell's record (one run per experiment: the newest of a cell if a run has several)."""
+def latest_by_cell(records: list[Record]) -> dict[CellKey, Record]:
+    """Each cell's record (from the runs newest_complete_runs chose: the newest of a cell if a run has several)."""
     return {cell_key(r): r for r in sorted(records, key=lambda r: r.started_at)}
 
 
@@ -191,6 +199,16 @@ def _bootstrap_p(base: _Ratio, cur: _Ratio, better: str) -> tuple[float, float]:
     return float(np.mean(change >= 1)), float(np.mean(change <= 1))
 
 
+def verdict_of(change: float, p: float, alpha: float, threshold: float, gap: str | None) -> tuple[bool, str]:
+    """Significant?, and the verdict of a change (positive = better) with p-value ``p``: a regression or
+    improvement only when significant and beyond the threshold; else unchanged, or inconclusive where the
+    design could not have seen the threshold (``gap`` says why, :func:`rooflens.results.power.power_gap`)."""
+    sig = p <= alpha
+    if sig and abs(change) > threshold:
+        return sig, "regression" if change < 0 else "improvement"
+    return sig, "inconclusive" if gap else "unchanged"
+
+
 def _invalid_reason(cells: dict[str, Record | None]) -> str:
     """``current: cv 14% > 10%`` for each named record (side, or side's baseline) whose measurement is invalid."""
     return "; ".join(
@@ -241,11 +259,7 @@ def _row(key: CellKey, metric: str, base: _Side, current: _Side, threshold: floa
             p_worse = float(mannwhitneyu(ys, xs, alternative=worse).pvalue)
             p_better = float(mannwhitneyu(ys, xs, alternative="greater" if worse == "less" else "less").pvalue)
         p = p_worse if change < 0 else p_better
-        sig = p <= alpha
-        if sig and abs(change) > threshold:
-            verdict = "regression" if change < 0 else "improvement"
-        else:  # "unchanged" only where the design could have seen the threshold
-            verdict = "inconclusive" if gap else "unchanged"
+        sig, verdict = verdict_of(change, p, alpha, threshold, gap)
     sides: dict[str, Record | None] = {"base": rb, "current": rc}
     if relative:
         sides |= {"base's baseline": baseline_of(rb, base_set), "current's baseline": baseline_of(rc, current_set)}
@@ -274,13 +288,10 @@ def compare_records(
     unknown = sorted(set(allow_mismatch) - set(SETTINGS))
     if unknown:
         raise CompareInputError(f"--allow-mismatch {', '.join(unknown)}: allowed {', '.join(SETTINGS)}")
-    for m in metrics:
-        if m.removeprefix(RELATIVE_PREFIX) not in BETTER:
-            allowed = ", ".join([*BETTER, *(RELATIVE_PREFIX + k for k in BETTER)])
-            raise CompareInputError(f"unknown metric {m!r} (allowed: {allowed})")
+    check_metrics(metrics, relative=True)
     base, base_notes = newest_complete_runs(base, "base")
     current, current_notes = newest_complete_runs(current, "current")
-    every_base, every = _latest(base), _latest(current)
+    every_base, every = latest_by_cell(base), latest_by_cell(current)
     b = {k: r for k, r in every_base.items() if r.status == "ok"}
     if not any(k in every for k in b):
         raise CompareInputError(

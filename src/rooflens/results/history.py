@@ -77,11 +77,12 @@ def build_series(records: list[Record], metrics: tuple[str, ...]) -> list[Series
         for r in run.records:
             if r.status != "ok":
                 continue
+            key = cell_key(r)
             for metric in metrics:
                 m = r.metrics.get(metric)
                 if m is None or not m.median or m.median <= 0:
                     continue
-                series = by.setdefault((cell_key(r), metric), Series(cell_key(r), metric))
+                series = by.setdefault((key, metric), Series(key, metric))
                 series.points.append(Point(run.run_id, run.started, _commit(r), m.median))
     return list(by.values())
 
