@@ -311,6 +311,19 @@ def test_the_cli_runs_the_experiment_in_workers_when_asked(tmp_path):
     assert rec.experiment["config"]["executor"] == "subprocess"
 
 
+@pytest.mark.slow
+def test_a_worker_never_imports_from_the_working_directory(tmp_path, monkeypatch):
+    # files planted where a user runs a downloaded experiment: under ``python -m`` both would run in the worker
+    planted = tmp_path / "downloads"
+    (planted / "rooflens").mkdir(parents=True)
+    for name in ("json.py", "random.py", "rooflens/__init__.py"):
+        (planted / name).write_text("raise SystemExit('planted code ran')\n")
+    monkeypatch.chdir(planted)
+    exp = tiny([{"name": "hf"}])
+    result = ExperimentRunner(exp, results_root=tmp_path / "out", executor=make_executor("subprocess")).run()
+    assert [r.status for r in result.records] == ["ok", "ok"], [r.reason for r in result.records]
+
+
 class InProcessWorkers(Executor):
     """The subprocess executor's protocol without the processes: each job and each event through JSON, the
     jobs measured by the function handed over, here (real weights load in seconds; per-engine perplexity on

@@ -28,7 +28,13 @@ from rooflens.bench.executors.base import (
 )
 from rooflens.bench.job import Ended, GroupJob, MeasureFn, decode_event
 
-WORKER_MODULE = "rooflens.bench.executors.subprocess_worker"
+BOOT = (
+    "import sys; del sys.path[0]; "  # '' (the working directory), which ``python -c`` puts first
+    "from rooflens.bench.executors.subprocess_worker import main; sys.exit(main(sys.argv[1:]))"
+)
+"""What a worker runs (``python -c BOOT TARGET JOB FD``). Never ``python -m``: that puts the working directory
+first on the path, so a planted ``json.py`` (or ``rooflens/``) where a user runs an experiment would run in
+every worker. PYTHONPATH and installed plug-ins still count: they are the user's own way to add engines."""
 
 
 def function_name(fn: MeasureFn) -> str:
@@ -59,7 +65,7 @@ class SubprocessExecutor(Executor):
             try:
                 with open(log_path, "wb") as log:
                     proc = subprocess.Popen(
-                        [self.python, "-m", WORKER_MODULE, target, str(job_path), str(write_fd)],
+                        [self.python, "-c", BOOT, target, str(job_path), str(write_fd)],
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=log,
