@@ -75,7 +75,6 @@ def ab(
     but a cell could not have shown the threshold with the noise measured (the verdict says how many rounds
     would), unless --allow-inconclusive; 2 on unusable input; 0 otherwise.
     """
-    from rich.markup import escape
 
     from rooflens.bench.ab import AbError, AbPlan, SideSource, checkouts, run_ab
     from rooflens.bench.runner import SilentObserver
@@ -102,7 +101,7 @@ def ab(
                 a, b = run_ab(plan, sources, SilentObserver())
         result = ab_verdict(a.records, b.records, metrics=tuple(metric or AB_METRICS), threshold=threshold, alpha=alpha)
     except (AbError, CompareInputError) as err:
-        fail(escape(str(err)))
+        fail(str(err))
     title = f"ab: {a.source.revision[:12]} -> {b.source.revision[:12]} ({rounds} rounds of {block_reps}; threshold {threshold:.0%}, alpha {alpha})"
     print_verdict(result, title)
     console.print(f"records: {a.runner.folder} (base), {b.runner.folder} (head)")

@@ -28,8 +28,11 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` (rich markup) on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    """Print ``error: message`` on stderr and exit with ``code``. The message is plain text, never markup: it
+    often holds user text (a path, a label, an engine's error) where ``[/]`` is just characters."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code)
 
 

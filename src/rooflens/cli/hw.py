@@ -100,13 +100,13 @@ def hw_probe(
         with machine_lock_policy(no_wait):
             result = probe(dev, quick=quick, progress=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
     except MachineBusy as err:
-        fail(escape(str(err)))
+        fail(str(err))
     except ProbeRefused as err:
         if as_json:
             print(json.dumps({"refused": str(err), "attempts": [a.model_dump(mode="json") for a in err.attempts]}))
-        fail(escape(str(err)), code=1)
+        fail(str(err), code=1)
     except (ProbeError, ValueError) as err:
-        fail(escape(str(err)))
+        fail(str(err))
     if as_json:
         print(result.model_dump_json(indent=2))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rooflens.cli.common import console
@@ -13,7 +14,7 @@ from rooflens.cli.common import console
 def progress_bar(quiet: bool = False) -> Progress:
     """What the command does now, how far, for how long; gone when it is done."""
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # labels are user text, not markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -42,7 +43,7 @@ class ProgressObserver:
     def note(self, text: str) -> None:
         """Something the run does besides measuring cells (a first probe of the machine): shown and kept."""
         self._say(text)
-        self.progress.console.print(f"[dim]{self.prefix}{text}[/]")
+        self.progress.console.print(f"[dim]{escape(self.prefix + text)}[/]")
 
     def cell_started(self, index: int, total: int, cell: Any) -> None:
         self._say(f"{cell.engine.display} {cell.workload.display} b{cell.batch_size}: warm-up", total=total)
@@ -57,6 +58,6 @@ class ProgressObserver:
         self._say(f"{cell.engine_label} {cell.workload} b{cell.batch_size} done", total=total, completed=self.finished)
         if record.status != "ok":
             self.progress.console.print(
-                f"[yellow]{self.prefix}{cell.engine_label} b{cell.batch_size}: {record.status}[/] - "
-                f"{record.reason.message.splitlines()[0]}"
+                f"[yellow]{escape(f'{self.prefix}{cell.engine_label} b{cell.batch_size}')}: {record.status}[/] - "
+                f"{escape((record.reason.message.splitlines() or [record.reason.type])[0])}"
             )

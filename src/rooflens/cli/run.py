@@ -68,7 +68,6 @@ def run(
     are kept. With several files: the worst of theirs (2, then 1, then 4). Without --strict, invalid
     cells are reported and the exit code is unchanged.
     """
-    from rich.markup import escape
 
     from rooflens.bench.sweep import Sweep, SweepError
 
@@ -76,7 +75,7 @@ def run(
     try:
         sweep = Sweep.plan(loaded, executor, ray_address)
     except SweepError as err:
-        fail(escape(str(err)))  # "rooflens[ray]" is not markup
+        fail(str(err))
     outcomes = _measure(sweep, results, report, quiet, no_wait, several=len(loaded) > 1)
     codes = [
         _outcome(exp, source, runner, result, report, strict)
@@ -105,14 +104,14 @@ def _measure(sweep: Sweep, results: Path | None, report: bool, quiet: bool, no_w
             ):
                 exp = runner.exp
                 console.print(
-                    f"rooflens: experiment [bold]{exp.name}[/] ({runner.source}) on {runner.device}, "
+                    f"rooflens: experiment [bold]{escape(exp.name)}[/] ({escape(runner.source)}) on {runner.device}, "
                     f"dtype {str(runner.dtype).removeprefix('torch.')}"
                     + (f", executor {exp.executor}" if exp.executor != "inline" else "")
                 )
             with progress:
                 return sweep.run()
     except (ModelLoadError, OutputError, RecordExistsError, MachineBusy) as err:
-        fail(escape(str(err)))
+        fail(str(err))
     except KeyboardInterrupt:
         fail(sweep.interrupted(), 130)
 

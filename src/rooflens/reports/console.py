@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from rooflens.results.compare import CompareResult
@@ -55,13 +56,13 @@ _VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "invalid": "
 
 def compare_table(result: CompareResult, title: str) -> Table:
     """Per matching cell and metric: the medians, the change, the p-value and the verdict (with why, if invalid)."""
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in ("cell", "metric", "base", "current", "change", "p", "verdict"):
         table.add_column(col, justify="left" if col in ("cell", "metric", "verdict") else "right")
     for r in result.rows:
         style = _VERDICT_STYLE.get(r.verdict)
         table.add_row(
-            r.cell,
+            Text(r.cell),
             r.metric,
             f"{r.base_median:.4g}",
             f"{r.current_median:.4g}",
@@ -78,7 +79,7 @@ def lost_table(result: CompareResult) -> Table:
     for col in ("cell", "now", "reason"):
         table.add_column(col, overflow="fold")
     for x in result.lost:
-        table.add_row(x.cell, f"[bold red]{x.status}[/]", x.reason)
+        table.add_row(Text(x.cell), f"[bold red]{x.status}[/]", Text(x.reason))
     return table
 
 
