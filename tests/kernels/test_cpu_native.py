@@ -1,5 +1,7 @@
 """rooflens's AVX2 kernel (kernels/csrc/lowbit_avx2.c) against the plain-torch reference of the format."""
 
+import subprocess
+
 import pytest
 import torch
 
@@ -111,7 +113,13 @@ def test_auto_takes_the_native_kernel_on_the_cpu():
 
 
 @pytest.mark.parametrize(
-    "cc, why", [("false", "could not build or load the native kernel: false failed"), ("no-such-cc", "no C compiler")]
+    "cc, why",
+    [
+        ("false", "could not build or load the native kernel: false failed"),
+        ("no-such-cc", "no C compiler"),
+        ("'no such cc' -O2", "no C compiler"),  # quoted as a shell would: one program name with spaces
+        ("env true", "could not build or load the native kernel"),  # a wrapper (as ccache gcc): env runs true
+    ],
 )
 def test_a_missing_or_broken_compiler_is_a_reason_not_a_crash(cc, why, monkeypatch, tmp_path):
     from rooflens.kernels import native
@@ -126,3 +134,31 @@ def test_a_missing_or_broken_compiler_is_a_reason_not_a_crash(cc, why, monkeypat
         )
     finally:
         native._load.cache_clear()  # the next caller builds (or finds) the real kernel again
+
+
+def test_a_cc_with_a_wrapper_is_split_as_a_shell_would(monkeypatch):
+    from rooflens.kernels import native
+
+    monkeypatch.setenv("CC", "env  'gcc'")  # as CC="ccache gcc": a wrapper, then the compiler
+    assert native.compiler() == ["env", "gcc"]
+
+
+def test_a_cached_library_without_the_kernel_symbols_is_a_reason_not_a_crash(monkeypatch, tmp_path):
+    from rooflens.kernels import native
+
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path))
+    cc = native.compiler()
+    if cc is None:
+        pytest.skip("no C compiler here")
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True).stdout
+    source = tmp_path / "other.c"
+    source.write_text("int something_else(void) { return 1; }\n")
+    monkeypatch.setattr(native, "SOURCE", source)  # a library of the same name, built from other code
+    other = native._build(cc)
+    assert other.exists() and version
+    native._load.cache_clear()
+    try:
+        why = native.native_unavailable()
+        assert why is not None and "lacks rl_lowbit_gemm" in why
+    finally:
+        native._load.cache_clear()

@@ -12,6 +12,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 from functools import cache
@@ -34,26 +35,25 @@ SIGNATURES = {  # name -> (argtypes, restype); see the C source for what each ar
 }
 
 
-def compiler() -> str | None:
-    """The C compiler to use: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH."""
-    env = os.environ.get("CC")
+def compiler() -> list[str] | None:
+    """The C compiler command to use: ``$CC`` split as a shell would (``ccache gcc``, a quoted path), else
+    ``cc``, ``gcc`` or ``clang`` on the PATH."""
+    env = shlex.split(os.environ.get("CC", ""))
     if env:
-        return shutil.which(env.split()[0]) and env
-    return next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+        return env if shutil.which(env[0]) else None
+    return next(([c] for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
 
 
-def _build(cc: str) -> Path:
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+def _build(cc: list[str]) -> Path:
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
     target = cache_dir("kernels") / f"{SOURCE.stem}-{key}.so"
     if target.exists():
         return target
     with atomic_output(target) as tmp:  # the linker writes the .so executable
-        done = subprocess.run(
-            [*cc.split(), *CFLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300
-        )
+        done = subprocess.run([*cc, *CFLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
         if done.returncode:
-            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {done.stderr.strip()[-600:]}")
+            raise RuntimeError(f"{shlex.join(cc)} failed on {SOURCE.name}: {done.stderr.strip()[-600:]}")
     return target
 
 
@@ -70,9 +70,13 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     import torch  # noqa: F401  (loads torch's libgomp.so.1 first, so the kernel shares its OpenMP runtime)
 
     try:
-        lib = ctypes.CDLL(str(_build(cc)))
+        path = _build(cc)
+        lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         return None, f"could not build or load the native kernel: {err}"
+    missing = [name for name in SIGNATURES if not hasattr(lib, name)]
+    if missing:
+        return None, f"the native kernel {path} lacks {', '.join(missing)}: not rooflens's build; delete it to rebuild"
     for name, (args, res) in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
