@@ -75,7 +75,6 @@ def ab(
     but a cell could not have shown the threshold with the noise measured (the verdict says how many rounds
     would), unless --allow-inconclusive; 2 on unusable input; 0 otherwise.
     """
-
     from rooflens.bench.ab import AbError, AbPlan, SideSource, checkouts, run_ab
     from rooflens.bench.runner import SilentObserver
     from rooflens.results.ab_verdict import AB_METRICS, ab_verdict

@@ -68,7 +68,6 @@ def run(
     are kept. With several files: the worst of theirs (2, then 1, then 4). Without --strict, invalid
     cells are reported and the exit code is unchanged.
     """
-
     from rooflens.bench.sweep import Sweep, SweepError
 
     loaded = [load_experiment_or_exit(path) for path in experiment or [None]]  # all checked before anything runs
