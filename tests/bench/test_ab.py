@@ -4,6 +4,7 @@ not; the verdict's pairing and power check."""
 from __future__ import annotations
 
 import math
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -150,8 +151,8 @@ def test_a_design_that_cannot_see_the_threshold_is_inconclusive_never_unchanged(
     base = ab_record("base", DRIFT[:5])
     head = ab_record("head", [x * f for x, f in zip(DRIFT[:5], rng)])
     (row,) = ab_verdict([base], [head], metrics=("decode_tok_s",), threshold=0.05, alpha=0.05).rows
-    assert row.verdict == "inconclusive" and "paired rounds only a change of" in row.reason
-    assert "would detect 5%" in row.reason
+    assert row.verdict == "inconclusive" and "5 paired rounds catch a 10% slowdown" in row.reason
+    assert "would catch it 95%" in row.reason
     # two rounds: a signed-rank test cannot reach p <= 0.05 with fewer than 5 pairs, whatever they show
     (two,) = ab_verdict([ab_record("base", [100, 100])], [ab_record("head", [50, 50])], metrics=("decode_tok_s",)).rows
     assert two.verdict == "inconclusive" and not math.isnan(two.change)
@@ -206,3 +207,93 @@ def test_ab_configs_measures_two_variants_on_the_working_tree(plugin_repo, tmp_p
     mismatch.write_text(EXPERIMENT.replace("gen_len: 6", "gen_len: 7"))
     r = CliRunner().invoke(app, ["ab", "--configs", str(repo / "exp.yaml"), "--configs", str(mismatch)])
     assert r.exit_code == 2 and "different cells" in r.output
+
+
+# ---------------------------------------------------------------------------- the power rule, against simulation
+
+
+def simulate_flags(n: int, sd: float, true_change: float, threshold: float, alpha: float, trials: int = 1500):
+    """How often the verdict's rule flags a regression on n paired rounds of normal log-ratio noise."""
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    from rooflens.results.ab_verdict import hodges_lehmann
+
+    rng = np.random.default_rng(7)
+    flagged = 0
+    for _ in range(trials):
+        logs = list(rng.normal(math.log1p(-true_change), sd, n))
+        est = math.expm1(hodges_lehmann(logs))
+        flagged += est < -threshold and wilcoxon(logs, alternative="less").pvalue <= alpha
+    return flagged / trials
+
+
+def spread(sd: float, n: int) -> list[float]:
+    """n log ratios with mean 0 and standard deviation exactly ``sd``."""
+    xs = [k - (n - 1) / 2 for k in range(n)]
+    return [x * sd / statistics.stdev(xs) for x in xs]
+
+
+@pytest.mark.parametrize("sd", [0.05, 0.15])
+def test_a_powered_design_catches_the_slowdown_it_was_sized_for_and_flags_no_change_rarely(sd):
+    from rooflens.results.ab_verdict import CATCH, catch_chance
+
+    threshold, detect, alpha = 0.05, 0.10, 0.01
+    n = next(n for n in range(3, 500) if catch_chance(spread(sd, n), threshold, detect, alpha) >= CATCH)
+    caught = simulate_flags(n, sd, detect, threshold, alpha)
+    assert caught >= 0.95, (n, caught)  # the rule's promise, checked against the test it is made for
+    assert simulate_flags(max(8, n // 3), sd, detect, threshold, alpha) < caught  # fewer rounds, fewer catches
+    assert simulate_flags(n, sd, 0.0, threshold, alpha) <= alpha  # no change: flagged at most alpha of the time
+
+
+def test_the_rank_tests_floor_keeps_a_quiet_design_below_eight_rounds_unpowered():
+    from rooflens.results.ab_verdict import catch_chance
+
+    quiet = [-0.001, 0.001, 0.0, 0.002, -0.002, 0.001]  # 6 rounds: the smallest p is 1/64 > 0.01
+    assert catch_chance(quiet, 0.05, 0.10, 0.01) == 0.0
+    assert catch_chance([*quiet, 0.0005], 0.05, 0.10, 0.01) > 0.99  # 7 rounds: 1/128
+
+
+# ---------------------------------------------------------------------------- rounds until powered (the driver)
+
+
+class FakeSide:
+    """A side whose blocks give decode speeds from a list (or fail at a given round)."""
+
+    def __init__(self, speeds, fail_at=None):
+        self.speeds, self.fail_at = iter(speeds), fail_at
+        self.blocks, self.failed, self.asked = {}, set(), 0
+
+    def ask(self, op, until):
+        self.asked += 1
+        if op["round"] == self.fail_at:
+            self.failed.add(op["index"])
+            values = {}
+        else:
+            values = {"decode_tok_s": [next(self.speeds)]}
+        self.blocks.setdefault(op["index"], {})[op["round"]] = values
+
+
+def drive(base_speeds, head_speeds, rounds=8, max_rounds=40, fail_at=None):
+    from functools import partial
+
+    from rooflens.bench.ab import AbPlan, _measure_cell
+    from rooflens.results.ab_verdict import powered
+
+    enough = partial(powered, metrics=("decode_tok_s",), threshold=0.05, detect=0.10, alpha=0.01)
+    plan = AbPlan(None, None, rounds=rounds, max_rounds=max_rounds, enough=enough)  # type: ignore[arg-type]
+    a, b = FakeSide(base_speeds), FakeSide(head_speeds, fail_at)
+    _measure_cell(0, a, b, plan)  # type: ignore[arg-type]
+    return a.asked
+
+
+def test_a_quiet_cell_stops_at_the_minimum_a_noisy_one_gets_rounds_until_powered_or_the_cap():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    assert drive([100.0] * 100, [100.0 * (1 + 0.002 * (-1) ** k) for k in range(100)]) == 8
+    noisy = list(100 * np.exp(rng.normal(0, 0.06, 200)))  # per-round log-ratio sd ~8.5 %: ~20-30 rounds
+    asked = drive([100.0] * 200, noisy)
+    assert 12 < asked < 40
+    assert drive([100.0] * 200, list(100 * np.exp(rng.normal(0, 0.4, 200)))) == 40  # never powered: the cap
+    assert drive([100.0] * 200, noisy, fail_at=3) == 4  # a cell whose block failed gets no more rounds

@@ -5,8 +5,10 @@ and the side's source folder first: a git revision checked out into a temporary 
 tree. Both load their model and prepare their engines once; then, cell by cell, the driver asks them in
 turn for short blocks of repetitions, in rounds whose order flips each round (A B, B A, A B, ...), so the
 machine's drift reaches both sides alike and only one side measures at a time (each block also holds the
-machine lock). Each side's records go to their own run folder (run id ending ``-base`` / ``-head``), the
-revision in ``environment.placement.ab``; the verdict pairs the two sides round by round
+machine lock). A cell gets at least ``rounds`` rounds, then more until the plan's ``enough`` says its
+rounds so far are powered (:func:`rooflens.results.ab_verdict.powered`), at most ``max_rounds``. Each
+side's records go to their own run folder (run id ending ``-base`` / ``-head``), the revision in
+``environment.placement.ab``; the verdict pairs the two sides round by round
 (:mod:`rooflens.results.ab_verdict`).
 """
 
@@ -17,7 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +98,8 @@ class Side:
     proc: subprocess.Popen | None = None
     events: IO[str] | None = None
     records: list[Record] = field(default_factory=list)
+    blocks: dict[int, dict[int, dict[str, list[float]]]] = field(default_factory=dict)  # cell -> round -> values
+    failed: set[int] = field(default_factory=set)  # cells whose blocks stopped (refused, or one raised)
 
     def start(self, python: str) -> None:
         read_fd, write_fd = os.pipe()
@@ -141,6 +145,9 @@ class Side:
         if isinstance(event, Fatal):  # a model that cannot load, a prompt longer than the context, --no-wait
             raise AbError(f"the {self.source.name} worker ({self.source.revision[:12]}) stopped: {event.message}")
         if isinstance(event, Block):
+            self.blocks.setdefault(event.index, {})[event.round] = event.values
+            if event.failed:
+                self.failed.add(event.index)
             return
         self.runner.handle(self.job, event)
         if isinstance(event, Finished):
@@ -163,13 +170,18 @@ class Side:
             self.events.close()
 
 
+Rounds = dict[int, dict[str, list[float]]]  # a side's rounds of one cell: round -> metric -> its block's values
+
+
 @dataclass(frozen=True)
 class AbPlan:
     base: tuple[Experiment, str]  # the experiment each side runs, and its file
     head: tuple[Experiment, str]
-    rounds: int = 10
-    block_reps: int = 2
+    rounds: int = 8  # at least
+    max_rounds: int = 8  # at most
+    block_reps: int = 1
     results_root: Path | None = None
+    enough: Callable[[Rounds, Rounds], bool] | None = None  # are a cell's rounds so far (base, head) enough?
 
 
 def _side(source: SideSource, exp: Experiment, file: str, plan: AbPlan, observer: RunObserver, tmp: Path) -> Side:
@@ -193,6 +205,17 @@ def check_same_cells(base: Experiment, head: Experiment) -> None:
         raise AbError(f"the two experiments have different cells: base {a}, head {b}")
 
 
+def _measure_cell(index: int, a: Side, b: Side, plan: AbPlan) -> None:
+    """Rounds of one cell until it has ``plan.rounds`` and is powered, or has ``plan.max_rounds``, or failed."""
+    for r in range(max(plan.rounds, plan.max_rounds)):
+        for side in (a, b) if r % 2 == 0 else (b, a):
+            side.ask({"op": "block", "index": index, "round": r, "reps": plan.block_reps}, Block)
+        if index in a.failed or index in b.failed:
+            return
+        if r + 1 >= plan.rounds and (plan.enough is None or plan.enough(a.blocks[index], b.blocks[index])):
+            return
+
+
 def run_ab(
     plan: AbPlan, sources: tuple[SideSource, SideSource], observer: RunObserver, python: str = sys.executable
 ) -> tuple[Side, Side]:
@@ -207,9 +230,7 @@ def run_ab(
                 side.start(python)
                 side.ask({"op": "start", "job": side.job.model_dump(mode="json")}, Ready)
             for index in range(len(a.runner.cells)):
-                for r in range(plan.rounds):
-                    for side in (a, b) if r % 2 == 0 else (b, a):
-                        side.ask({"op": "block", "index": index, "round": r, "reps": plan.block_reps}, Block)
+                _measure_cell(index, a, b, plan)
             for side in (a, b):
                 side.finish(len(side.runner.cells))
         finally:

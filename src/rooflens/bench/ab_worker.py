@@ -7,7 +7,8 @@ and writes events (:mod:`rooflens.bench.job`) as lines of JSON to the file descr
 
 - ``{"op": "start", "job": GroupJob}``: set up (threads, device, model, every engine prepared); ``ready``;
 - ``{"op": "block", "index": i, "round": r, "reps": k}``: k measured repetitions of cell i (its warm-up
-  first, at its first block), under the machine lock; ``block`` when done;
+  first, at its first block), under the machine lock; ``block`` when done, with the block's per-repetition
+  metrics (the driver decides from them whether the cell needs another round);
 - ``{"op": "finish"}``: one record per cell, its blocks together (``repetitions.rounds`` says each
   repetition's round, so the driver pairs the two sides round by round); then it exits.
 """
@@ -30,6 +31,7 @@ from rooflens.bench.group import Group, failed_record, measured_record, refused_
 from rooflens.bench.job import Block, Emit, Fatal, Finished, GroupJob, Note, Ready, encode_event
 from rooflens.bench.measure import FATAL_ERRORS
 from rooflens.bench.memory import highest_peak
+from rooflens.bench.record_parts import metrics_of
 from rooflens.bench.repetitions import CellMeasurement, measure
 from rooflens.bench.workbench import workbench_for
 from rooflens.config import Repetitions
@@ -68,6 +70,7 @@ class AbSession:
 
     def block(self, index: int, round_: int, reps: int) -> None:
         state, cell = self.state[index], self.cells[index]
+        values: dict[str, list[float]] = {}
         if state.refused is None and state.failed is None:
             engine = self.group.engines[cell.engine.display]
             assert isinstance(engine, Engine)
@@ -89,7 +92,9 @@ class AbSession:
             else:
                 state.blocks.append(m)
                 state.rounds += [round_] * len(m.timings)
-        self.send(Block(index=index, round=round_, measured=reps))
+                values = {k: v.samples for k, v in metrics_of(m.timings).items() if k != "itl_s"}
+        failed = state.refused is not None or state.failed is not None
+        self.send(Block(index=index, round=round_, measured=0 if failed else reps, values=values, failed=failed))
 
     def finish(self) -> None:
         self.group.locked = True  # every block held the machine lock

@@ -117,6 +117,8 @@ class Block(_Event):
     index: int
     round: int
     measured: int
+    values: dict[str, list[float]] = {}  # each per-repetition metric of the block (what the record's samples hold)
+    failed: bool = False  # the cell cannot be measured (refused, or a block raised): no more blocks of it
 
 
 class Finished(_Event):

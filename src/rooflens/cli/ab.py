@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +41,22 @@ def _what_to_measure(base, head, experiment, configs, aa):
     return (_schema_only(experiment), _schema_only(experiment)), base, head
 
 
+def _thresholds(max_regression: str, detect: str | None, alpha: float) -> tuple[float, float]:
+    """--max-regression and --detect as fractions; exit 2 on values that make no gate."""
+    from rooflens.results.compare import CompareInputError, parse_threshold
+
+    try:
+        threshold = parse_threshold(max_regression)
+        found = 2 * threshold if detect is None else parse_threshold(detect)
+    except CompareInputError as err:
+        fail(f"--max-regression / --detect: {err}")
+    if not 0 < alpha < 1:
+        fail(f"--alpha {alpha:g}: must be between 0 and 1 (exclusive), e.g. 0.05")
+    if not threshold < found < 1:
+        fail(f"--detect {found:.0%}: must be above --max-regression ({threshold:.0%}) and below 100%, e.g. 10%")
+    return threshold, found
+
+
 def ab(
     base: Optional[str] = typer.Argument(None, help="git revision measured as the base (e.g. main, HEAD~1)"),
     head: Optional[str] = typer.Argument(None, help="git revision measured against it (e.g. HEAD)"),
@@ -53,9 +70,15 @@ def ab(
     aa: bool = typer.Option(
         False, "--aa", help="measure BASE against itself (the noise floor: nothing may be flagged)"
     ),
-    rounds: int = typer.Option(10, "--rounds", min=3, help="rounds per cell (each: one block of each side)"),
-    block_reps: int = typer.Option(2, "--block-reps", min=1, help="repetitions in a block"),
+    rounds: int = typer.Option(8, "--rounds", min=3, help="rounds per cell at least (each: one block of each side)"),
+    max_rounds: int = typer.Option(
+        64, "--max-rounds", min=3, help="rounds per cell at most: more are added until the cell is powered"
+    ),
+    block_reps: int = typer.Option(1, "--block-reps", min=1, help="repetitions in a block"),
     max_regression: str = typer.Option("5%", "--max-regression", help="largest tolerated worsening of a metric"),
+    detect: Optional[str] = typer.Option(
+        None, "--detect", help="the slowdown to catch 95 % of the time before calling a cell unchanged (default 2x)"
+    ),
     alpha: float = typer.Option(0.05, "--alpha", help="significance level (one-sided Wilcoxon signed-rank test)"),
     metric: list[str] = typer.Option(
         None, "--metric", help="metric to judge (repeatable; default decode_tok_s, ttft_s)"
@@ -73,21 +96,19 @@ def ab(
     the machine's drift hits both alike, and pairs them round by round. Exit 1 on a lost cell or a
     significant regression beyond --max-regression (every engine, the baseline too); 3 when nothing failed
     but a cell could not have shown the threshold with the noise measured (the verdict says how many rounds
-    would), unless --allow-inconclusive; 2 on unusable input; 0 otherwise.
+    would), unless --allow-inconclusive; 2 on unusable input; 0 otherwise. A cell gets --rounds rounds, then
+    more until a slowdown of --detect would be flagged 95 % of the time (at most --max-rounds).
     """
     from rooflens.bench.ab import AbError, AbPlan, SideSource, checkouts, run_ab
     from rooflens.bench.runner import SilentObserver
-    from rooflens.results.ab_verdict import AB_METRICS, ab_verdict
-    from rooflens.results.compare import CompareInputError, parse_threshold, to_markdown
+    from rooflens.results.ab_verdict import AB_METRICS, ab_verdict, powered
+    from rooflens.results.compare import CompareInputError, to_markdown
 
     loaded, base, head = _what_to_measure(base, head, experiment, configs, aa)
-    try:
-        threshold = parse_threshold(max_regression)
-    except CompareInputError as err:
-        fail(str(err))
-    if not 0 < alpha < 1:
-        fail(f"--alpha {alpha:g}: must be between 0 and 1 (exclusive), e.g. 0.05")
-    plan = AbPlan(loaded[0], loaded[1], rounds=rounds, block_reps=block_reps, results_root=results)
+    threshold, found = _thresholds(max_regression, detect, alpha)
+    metrics = tuple(metric or AB_METRICS)
+    enough = partial(powered, metrics=metrics, threshold=threshold, detect=found, alpha=alpha)
+    plan = AbPlan(loaded[0], loaded[1], rounds, max(rounds, max_rounds), block_reps, results, enough)
     try:
         if configs:
             sources = (
@@ -98,10 +119,13 @@ def ab(
         else:
             with checkouts(src, base, head, same=aa) as sources:
                 a, b = run_ab(plan, sources, SilentObserver())
-        result = ab_verdict(a.records, b.records, metrics=tuple(metric or AB_METRICS), threshold=threshold, alpha=alpha)
+        result = ab_verdict(a.records, b.records, metrics=metrics, threshold=threshold, alpha=alpha, detect=found)
     except (AbError, CompareInputError) as err:
         fail(str(err))
-    title = f"ab: {a.source.revision[:12]} -> {b.source.revision[:12]} ({rounds} rounds of {block_reps}; threshold {threshold:.0%}, alpha {alpha})"
+    title = (
+        f"ab: {a.source.revision[:12]} -> {b.source.revision[:12]} ({rounds}-{plan.max_rounds} rounds of "
+        f"{block_reps}; threshold {threshold:.0%}, {found:.0%} caught 95 %, alpha {alpha})"
+    )
     print_verdict(result, title)
     console.print(f"records: {a.runner.folder} (base), {b.runner.folder} (head)")
     if markdown is not None:

@@ -1,7 +1,10 @@
 """A test-only engine that injects a known slowdown into another engine: ``slowed`` wraps any registered engine
-and, at each token emission, waits (busily) ``factor - 1`` times the time the emission took, so the wrapped engine's
-TTFT and decode time grow by ``factor`` (its tokens are unchanged). Never shipped: the gate's detection
-trials (benchmarks/ab_trials.py) put this folder first on the ab workers' path (``--src``)."""
+and, at each token emission, keeps torch's threads computing for ``factor - 1`` times the time the emission
+took, so the wrapped engine's TTFT and decode time grow by ``factor`` (its tokens are unchanged). The wait
+is torch work on the same threads, not a sleep or a Python spin: an idle pool goes to sleep, and waking it
+for the next token added as much again (a 1.111 injection read as -20 % on ~20 ms tokens). Never shipped:
+the gate's detection trials (benchmarks/ab_trials.py) put this folder first on the ab workers' path
+(``--src``)."""
 
 from __future__ import annotations
 
@@ -19,13 +22,14 @@ class _SlowClock:
 
     def __init__(self, clock: TokenClock, factor: float):
         self.clock, self.factor = clock, factor
+        self.work = torch.ones(128, 128)  # one product: ~0.1 ms on two threads, the wait's granularity
         self.last = time.perf_counter()
 
     def tokens(self, n: int = 1) -> None:
         now = time.perf_counter()
         until = now + (self.factor - 1) * (now - self.last)
-        while time.perf_counter() < until:  # a busy wait: time.sleep overshot on ~20 ms tokens (-20 % for 1.111)
-            pass
+        while time.perf_counter() < until:
+            torch.mm(self.work, self.work)
         self.last = time.perf_counter()
         self.clock.tokens(n)
 
