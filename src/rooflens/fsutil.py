@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,31 @@ def cache_dir(kind: str = "") -> Path:
     (converted models, trained predictors, compiled kernels, ...)."""
     root = Path(os.environ.get("ROOFLENS_CACHE", Path.home() / ".cache" / "rooflens"))
     return root / kind if kind else root
+
+
+class UntrustedFolder(PermissionError):
+    """A folder rooflens would load code from is not the user's own; the message names it and the fix."""
+
+
+def own_folder(path: Path, why: str) -> Path:
+    """``path``, created private (0700) if missing; refused with :class:`UntrustedFolder` (naming the folder and
+    the fix) unless it belongs to this user and neither group nor others can write it. ``why``: what a file
+    planted there would do (rooflens loads code from such folders)."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not hasattr(os, "getuid"):
+        return path
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise UntrustedFolder(
+            f"{path}: owned by another user (uid {st.st_uid}), and {why}; use a folder of your own (set ROOFLENS_CACHE)"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UntrustedFolder(
+            f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}), and {why}; "
+            f"fix: chmod go-w {path}"
+        )
+    return path
 
 
 def home_dir(root: Path | None = None) -> Path:

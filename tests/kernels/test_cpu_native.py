@@ -1,6 +1,11 @@
 """rooflens's AVX2 kernel (kernels/csrc/lowbit_avx2.c) against the plain-torch reference of the format."""
 
+import hashlib
+import os
+import shutil
+import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,5 +165,109 @@ def test_a_cached_library_without_the_kernel_symbols_is_a_reason_not_a_crash(mon
     try:
         why = native.native_unavailable()
         assert why is not None and "lacks rl_lowbit_gemm" in why
+    finally:
+        native._load.cache_clear()
+
+
+# ---------------------------------------------------------------------------- the kernel cache is trusted only as the user's own
+
+
+def _real_target(native, cc) -> tuple[Path, Path]:
+    """Where _build keeps the kernel library for this compiler, and its recorded digest."""
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(native.SOURCE.read_bytes() + " ".join(native.CFLAGS).encode() + version.encode())
+    stem = f"{native.SOURCE.stem}-{key.hexdigest()[:16]}"
+    folder = native.cache_dir("kernels")
+    return folder / f"{stem}.so", folder / f"{stem}.sha256"
+
+
+def _forged_library(cc, where: Path) -> Path:
+    """A library of other code that carries the kernel's symbols (what a planted file would look like)."""
+    source = where / "forged.c"
+    source.write_text(
+        "int rl_lowbit_gemm(void) { return 42; } int rl_lowbit_dequant(void) { return 42; }\n"
+        "void rl_permute_x(void) {}\n"
+    )
+    out = where / "forged.so"
+    subprocess.run([*cc, "-shared", "-fPIC", str(source), "-o", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("digest", ["none", "stale"])
+def test_a_library_planted_in_the_cache_is_rebuilt_not_loaded(digest, monkeypatch, tmp_path):
+    from rooflens.kernels import native
+
+    cc = native.compiler()
+    if cc is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path / "cache"))
+    target, recorded = _real_target(native, cc)
+    target.parent.mkdir(parents=True, mode=0o700)
+    shutil.copy(_forged_library(cc, tmp_path), target)  # the name hashes public inputs: anyone can compute it
+    if digest == "stale":
+        recorded.write_text("0" * 64 + "\n")  # a digest that is not this file's (another build, a restored cache)
+    forged = target.read_bytes()
+    native._load.cache_clear()
+    try:
+        assert native.native_unavailable() is None
+        assert target.read_bytes() != forged  # rebuilt from rooflens's source
+        assert recorded.read_text().strip() == hashlib.sha256(target.read_bytes()).hexdigest()
+        x = torch.randn(2, 64)
+        layer = LowBitLinear.from_linear(torch.nn.Linear(64, 16), bits=4, group_size=32, kernel="native")
+        torch.testing.assert_close(layer(x), reference_linear(x, layer.qweight, layer.bias), rtol=1e-5, atol=1e-6)
+    finally:
+        native._load.cache_clear()
+
+
+def test_a_cache_folder_others_can_write_is_refused_with_the_fix(monkeypatch, tmp_path):
+    from rooflens.kernels import native
+
+    if native.compiler() is None:
+        pytest.skip("no C compiler here")
+    kernels = tmp_path / "cache" / "kernels"
+    kernels.mkdir(parents=True)
+    kernels.chmod(0o777)  # a shared cache folder
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path / "cache"))
+    native._load.cache_clear()
+    try:
+        why = native.native_unavailable()
+        assert why is not None and "untrusted cache" in why and str(kernels) in why
+        assert "writable by group or others (mode 0777)" in why and f"chmod go-w {kernels}" in why
+        assert not list(kernels.iterdir())  # nothing built, nothing loaded
+        kernels.chmod(0o755)
+        native._load.cache_clear()
+        assert native.native_unavailable() is None
+    finally:
+        native._load.cache_clear()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a folder away")
+def test_a_cache_folder_of_another_user_is_refused(monkeypatch, tmp_path):
+    from rooflens.kernels import native
+
+    if native.compiler() is None:
+        pytest.skip("no C compiler here")
+    kernels = tmp_path / "cache" / "kernels"
+    kernels.mkdir(parents=True, mode=0o755)
+    os.chown(kernels, 65534, 65534)
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path / "cache"))
+    native._load.cache_clear()
+    try:
+        why = native.native_unavailable()
+        assert why is not None and "owned by another user (uid 65534)" in why and str(kernels) in why
+    finally:
+        native._load.cache_clear()
+
+
+def test_a_new_kernel_cache_folder_is_private(monkeypatch, tmp_path):
+    from rooflens.kernels import native
+
+    if native.compiler() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path / "fresh"))
+    native._load.cache_clear()
+    try:
+        assert native.native_unavailable() is None
+        assert stat.S_IMODE((tmp_path / "fresh" / "kernels").stat().st_mode) == 0o700  # whatever the umask
     finally:
         native._load.cache_clear()

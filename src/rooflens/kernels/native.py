@@ -4,6 +4,12 @@ The shared library is compiled on first use into ``$ROOFLENS_CACHE/kernels/`` un
 source, the flags and the compiler's version, written atomically, and loaded with :mod:`ctypes` (calls
 release the GIL). No torch headers and no Python headers are needed, so a build takes ~2 s. When the CPU
 lacks the instruction sets, or no compiler works, :func:`native_unavailable` says why and callers fall back.
+
+Loading a library runs its code, so the cache is trusted only as the user's own: the folder must belong to
+this user and be writable by no one else (else the kernel is unavailable, the reason naming the folder and
+the fix), and a library is loaded only when its SHA-256 matches the digest rooflens recorded beside it when
+it built it; a library without one, or that does not match (planted, truncated, restored from another
+machine's cache), is rebuilt.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from rooflens.device.cpu import detect_cpu
-from rooflens.fsutil import atomic_output, cache_dir
+from rooflens.fsutil import UntrustedFolder, atomic_output, cache_dir, own_folder, write_atomic
 
 SOURCE = Path(__file__).with_name("csrc") / "lowbit_avx2.c"
 CPU_FLAGS = ("avx2", "fma", "f16c")
@@ -44,16 +50,27 @@ def compiler() -> list[str] | None:
     return next(([c] for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
 
 
+PLANTED = "a library planted there would run inside rooflens"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _build(cc: list[str]) -> Path:
+    """The kernel library for this source, flags and compiler: the cached one if its digest is the one recorded
+    when it was built, else built now (and its digest recorded)."""
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = cache_dir("kernels") / f"{SOURCE.stem}-{key}.so"
-    if target.exists():
+    folder = own_folder(cache_dir("kernels"), PLANTED)
+    target, digest = folder / f"{SOURCE.stem}-{key}.so", folder / f"{SOURCE.stem}-{key}.sha256"
+    if target.exists() and digest.exists() and digest.read_text().strip() == _sha256(target):
         return target
     with atomic_output(target) as tmp:  # the linker writes the .so executable
         done = subprocess.run([*cc, *CFLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise RuntimeError(f"{shlex.join(cc)} failed on {SOURCE.name}: {done.stderr.strip()[-600:]}")
+        write_atomic(digest, _sha256(tmp) + "\n")
     return target
 
 
@@ -72,6 +89,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     try:
         path = _build(cc)
         lib = ctypes.CDLL(str(path))
+    except UntrustedFolder as err:
+        return None, f"the native kernel is not loaded from an untrusted cache: {err}"
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         return None, f"could not build or load the native kernel: {err}"
     missing = [name for name in SIGNATURES if not hasattr(lib, name)]
