@@ -219,6 +219,15 @@ class Experiment(_Strict):
         "blocks: each engine's repetitions in one block, one engine after another (one process per engine under "
         "the subprocess and ray executors)",
     )
+    cell_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="the longest a cell may go without progress (no repetition finished) before its worker is "
+        "killed and the cell recorded failed ('timeout after N s'); the sweep goes on. Needs a worker process: "
+        "with the default executor it runs under subprocess; 'inline' cannot stop a hung engine, and `rooflens run` "
+        "refuses it. "
+        "Unset: 900 s to prepare an engine, then 120 s + 10x the slowest repetition (subprocess and ray)",
+    )
     probe: Literal["never", "auto"] = Field(
         default="never",
         description="auto: on a device with neither datasheet ceilings nor a valid saved probe at the run's "
@@ -279,12 +288,13 @@ class Experiment(_Strict):
         """Hash of the validated experiment (defaults filled in), stable across key order.
 
         ``executor`` says where cells run, ``schedule`` in what order their repetitions are taken, ``probe``
-        whether missing ceilings are measured first and ``validity`` how a measurement is judged, not what is
-        measured: they are left out, so runs of one experiment under different executors, schedules or limits
-        (and records from before the fields existed) compare.
+        whether missing ceilings are measured first, ``validity`` how a measurement is judged and
+        ``cell_timeout_s`` when a hung one is stopped, not what is measured: they are left out, so runs of one
+        experiment under different executors, schedules or limits (and records from before the fields
+        existed) compare.
         """
         blob = json.dumps(
-            self.model_dump(mode="json", exclude={"executor", "schedule", "probe", "validity"}),
+            self.model_dump(mode="json", exclude={"executor", "schedule", "probe", "validity", "cell_timeout_s"}),
             sort_keys=True,
             separators=(",", ":"),
         )

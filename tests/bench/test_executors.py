@@ -324,6 +324,145 @@ def test_a_worker_never_imports_from_the_working_directory(tmp_path, monkeypatch
     assert [r.status for r in result.records] == ["ok", "ok"], [r.reason for r in result.records]
 
 
+# ---------------------------------------------------------------------------- hung engines, killed drivers
+
+
+@pytest.mark.slow
+def test_a_hung_engine_is_stopped_at_the_cell_timeout_and_the_sweep_goes_on(abort_plugin, tmp_path):
+    exp = tiny([{"name": "hang"}, {"name": "hf"}], validate=False, baseline="hang", schedule="blocks", cell_timeout_s=3)
+    result = ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("subprocess")).run()
+    records = by_cell(load_records(result.folder))
+    assert [records[k].status for k in sorted(records)] == ["failed", "failed", "ok", "ok"]  # hang, then hf
+    for b in (1, 2):
+        reason = records[("hang", b)].reason
+        assert reason.type == "Timeout" and reason.message.startswith("timeout after 3 s without progress")
+        assert "cell_timeout_s" in reason.message
+
+
+def test_the_default_watch_gives_preparation_900_s_then_ten_times_the_slowest_repetition(monkeypatch):
+    from rooflens.bench.executors import base
+    from rooflens.bench.job import Rep, Started
+
+    clock = [100.0]
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock[0])
+    watch = base.Watch()
+    assert watch.allowed == 900  # the interpreter, the imports, the model's loading
+    for t, event in [(110, Started(index=0)), (400, Rep(index=0, measured=0, warmup=True))]:
+        clock[0] = t
+        watch.saw(event)
+    assert watch.allowed == 900  # the first repetition also held the preparation: not a repetition's length
+    clock[0] = 402.5
+    watch.saw(Rep(index=0, measured=1, warmup=False))
+    assert watch.allowed == pytest.approx(120 + 10 * 2.5) and watch.remaining() == pytest.approx(145)
+    clock[0] = 402.5 + 146
+    assert watch.remaining() < 0 and watch.reason().message.startswith("timeout after 145 s without progress (cell 0)")
+    limited = base.Watch(limit=5)
+    assert limited.allowed == 900  # before the first cell: starting a worker is not a cell's work
+    limited.saw(Started(index=3))
+    assert limited.allowed == 5
+
+
+def test_a_cell_timeout_moves_the_default_executor_to_subprocess_and_refuses_inline(tmp_path):
+    from rooflens.bench.sweep import Sweep, SweepError
+
+    default = tiny([{"name": "hf"}])
+    assert Sweep.plan([(default, "x.yaml")], cell_timeout=30).experiments[0][0].executor == "subprocess"
+    with pytest.raises(SweepError, match="executor 'inline' runs cells in this process"):
+        Sweep.plan([(tiny([{"name": "hf"}], executor="inline"), "x.yaml")], cell_timeout=30)
+    with pytest.raises(SweepError, match="--cell-timeout -1: must be a number of seconds above 0"):
+        Sweep.plan([(default, "x.yaml")], cell_timeout=-1)
+    with pytest.raises(SweepError, match="x.yaml: executor 'inline' runs cells in this process"):
+        Sweep.plan([(tiny([{"name": "hf"}], executor="inline", cell_timeout_s=30), "x.yaml")])
+    assert tiny([{"name": "hf"}], cell_timeout_s=30).config_hash() == default.config_hash()  # not what is measured
+
+
+def workers_of(pid: int) -> list[int]:
+    """The subprocess executor's workers whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if parent == pid and b"subprocess_worker" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_run_with_a_hung_worker(tmp_path: Path):
+    """``rooflens run`` (a process of its own) of hf then a hung engine, each in a worker; returns the driver
+    once the hung engine is stuck in its worker (hf's record written)."""
+    import subprocess
+    import time
+
+    yaml = tmp_path / "x.yaml"
+    yaml.write_text(
+        textwrap.dedent("""
+        name: x
+        model: shape:tiny-llama
+        engines: [{name: hf}, {name: hang}]
+        workloads: [{prompt_len: 8, gen_len: 4}]
+        repetitions: {warmup: 0, min_reps: 1, min_seconds: 0}
+        device: cpu
+        executor: subprocess
+        schedule: blocks
+        energy: false
+    """)
+    )
+    cmd = [sys.executable, "-m", "rooflens.cli", "run", str(yaml), "-q", "--results", str(tmp_path / "out")]
+    hanging = tmp_path / "hanging"
+    env = {**os.environ, "ROOFLENS_TEST_HANGING": str(hanging)}
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if hanging.exists() and workers_of(driver.pid):
+            return driver
+        assert driver.poll() is None, driver.communicate()[0]
+        time.sleep(0.2)
+    driver.kill()
+    raise AssertionError("the hung engine's worker never started")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_the_driver_stops_its_worker_keeps_the_records_and_exits_143(abort_plugin, tmp_path):
+    import signal
+
+    driver = start_run_with_a_hung_worker(tmp_path)
+    (worker,) = workers_of(driver.pid)
+    driver.send_signal(signal.SIGTERM)
+    output = driver.communicate(timeout=60)[0]
+    assert driver.returncode == 143, output
+    assert "interrupted: the sweep stopped after 1 of 2 cell(s)" in output
+    assert not alive(worker)
+    statuses = {r.cell.engine_label: r.status for r in load_records(tmp_path / "out")}
+    assert statuses == {"hf": "ok", "hang": "failed"}  # the finished cell kept, the hung one recorded
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_dies_with_a_driver_killed_outright(abort_plugin, tmp_path):
+    import time
+
+    driver = start_run_with_a_hung_worker(tmp_path)
+    (worker,) = workers_of(driver.pid)
+    driver.kill()  # SIGKILL: no handler runs in the driver
+    driver.wait()
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker)
+
+
 class InProcessWorkers(Executor):
     """The subprocess executor's protocol without the processes: each job and each event through JSON, the
     jobs measured by the function handed over, here (real weights load in seconds; per-engine perplexity on
@@ -426,6 +565,16 @@ def test_ray_runs_groups_as_tasks_and_a_crashed_task_fails_its_cells(ray_cluster
     assert sorted(by_cell(ok)) == sorted(inline)
     for cell, record in by_cell(ok).items():
         assert inline[cell].status == "ok" and keys(record) == keys(inline[cell])
+
+
+@pytest.mark.slow
+def test_ray_cancels_a_hung_task_at_the_cell_timeout_and_the_sweep_goes_on(ray_cluster, tmp_path):
+    exp = tiny([{"name": "hang"}, {"name": "hf"}], validate=False, baseline="hang", schedule="blocks", cell_timeout_s=3)
+    result = ExperimentRunner(exp, results_root=tmp_path, executor=make_executor("ray")).run()
+    records = by_cell(result.records)
+    assert [records[k].status for k in sorted(records)] == ["failed", "failed", "ok", "ok"]  # hang, then hf
+    reason = records[("hang", 1)].reason
+    assert reason.type == "Timeout" and reason.message.startswith("timeout after 3 s without progress")
 
 
 @pytest.mark.slow

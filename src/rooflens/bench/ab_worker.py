@@ -27,6 +27,7 @@ from typing import Any
 from rooflens.bench.cells import expand_cells
 from rooflens.bench.conditions import merged_window
 from rooflens.bench.energy import combine_readings
+from rooflens.bench.executors.base import die_with_parent
 from rooflens.bench.group import Group, failed_record, measured_record, refused_record
 from rooflens.bench.job import Block, Emit, Fatal, Finished, GroupJob, Note, Ready, encode_event
 from rooflens.bench.measure import FATAL_ERRORS
@@ -159,6 +160,7 @@ def serve(commands, send: Emit) -> None:
 
 def main(fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops its workers and says so
+    die_with_parent()
     faulthandler.enable()
     with os.fdopen(fd, "w", encoding="utf-8") as out:
 

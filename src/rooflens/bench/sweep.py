@@ -49,6 +49,28 @@ def choose_executor(experiments: Loaded, name: str | None, ray_address: str | No
         raise SweepError(str(err)) from None
 
 
+def _with_timeouts(experiments: Loaded, executor: str | None, cell_timeout: float | None) -> Loaded:
+    """``cell_timeout`` set on every experiment; one with a timeout and the default executor moves to
+    ``subprocess`` (a hung engine can only be stopped in a worker process); SweepError for --executor inline."""
+    if cell_timeout is not None and not cell_timeout > 0:
+        raise SweepError(f"--cell-timeout {cell_timeout:g}: must be a number of seconds above 0")
+    out = []
+    for exp, source in experiments:
+        if cell_timeout is not None:
+            exp = exp.model_copy(update={"cell_timeout_s": cell_timeout})
+        if exp.cell_timeout_s is None or (executor or exp.executor) != "inline":
+            out.append((exp, source))
+            continue
+        if executor == "inline" or "executor" in exp.model_fields_set:
+            raise SweepError(
+                f"{source}: executor 'inline' runs cells in this process, where a hung engine cannot be stopped: "
+                "a cell timeout needs executor subprocess or ray"
+            )
+        exp = exp.model_copy(update={"executor": "subprocess"})
+        out.append((exp, source))
+    return out
+
+
 @dataclass
 class Sweep:
     """Experiments sharing one executor (under ray one cluster, all groups in flight together; otherwise one
@@ -59,8 +81,16 @@ class Sweep:
     runners: list[ExperimentRunner] = field(default_factory=list)  # as they are built
 
     @classmethod
-    def plan(cls, experiments: Loaded, executor: str | None = None, ray_address: str | None = None) -> Sweep:
-        """The sweep of ``experiments`` with the executor they name, or ``executor`` for all of them."""
+    def plan(
+        cls,
+        experiments: Loaded,
+        executor: str | None = None,
+        ray_address: str | None = None,
+        cell_timeout: float | None = None,
+    ) -> Sweep:
+        """The sweep of ``experiments`` with the executor they name, or ``executor`` for all of them;
+        ``cell_timeout`` (seconds) overrides their ``cell_timeout_s``."""
+        experiments = _with_timeouts(experiments, executor, cell_timeout)
         chosen = choose_executor(experiments, executor, ray_address)
         if executor is not None:
             experiments = [(exp.model_copy(update={"executor": executor}), source) for exp, source in experiments]

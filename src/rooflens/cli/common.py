@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional
 
@@ -34,6 +36,35 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
     err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a batch scheduler, a CI job cancelled, a closed terminal), handled as Ctrl-C is: the
+    workers are stopped and the finished cells' records kept; the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` in the main thread while the block runs."""
+
+    def raise_terminated(signum: int, _frame) -> None:
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def interrupted_exit(err: KeyboardInterrupt) -> int:
+    """130 for Ctrl-C; 128 + the signal for SIGTERM/SIGHUP."""
+    return err.exit_code if isinstance(err, Terminated) else 130
 
 
 def unwritable(what: str, path: Path, err: OSError) -> NoReturn:
@@ -88,16 +119,27 @@ def load_experiment_or_exit(path: Optional[Path]) -> tuple[Experiment, str]:
 
 
 def records_or_exit(folder: Path) -> list[Record]:
-    """The records under ``folder``, or a clean exit 2 saying why there are none."""
+    """The records under ``folder`` (a warning naming each file that cannot be read as one, left out), or a
+    clean exit 2 saying why there are none."""
     from rooflens.results.store import RecordLoadError, load_records
 
+    skipped: list[str] = []
     try:
-        records = load_records(folder)
+        records = load_records(folder, skipped)
     except RecordLoadError as err:
         fail(str(err))
+    warn_skipped(skipped)
     if not records:
         fail(f"{folder}: no records")
     return records
+
+
+def warn_skipped(skipped: list[str]) -> None:
+    """One warning line per file left out of a folder's records."""
+    from rich.text import Text
+
+    for why in skipped:
+        err_console.print(Text.assemble(("warning:", "yellow"), " skipped ", why), highlight=False)
 
 
 def int_list(text: str, option: str) -> list[int]:

@@ -12,9 +12,11 @@ from rooflens.cli.common import (
     console,
     err_console,
     fail,
+    interrupted_exit,
     load_experiment_or_exit,
     machine_lock_policy,
     render_report,
+    stop_signals_interrupt,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +48,12 @@ def run(
     strict: bool = typer.Option(
         False, "--strict", help=f"exit {INVALID_EXIT} when any cell's measurement is invalid (CV, load, clocks, ...)"
     ),
+    cell_timeout: Optional[float] = typer.Option(
+        None,
+        "--cell-timeout",
+        help="seconds a cell may go without progress before its worker is killed and the cell fails "
+        "(default: the experiment's cell_timeout_s; runs under subprocess unless --executor ray)",
+    ),
     no_wait: bool = typer.Option(
         False,
         "--no-wait",
@@ -63,16 +71,17 @@ def run(
     Exit codes: 0 every cell ok or unavailable (an engine that cannot run on this device);
     1 at least one cell failed; 2 the experiment could not start (invalid file, a model that
     cannot be loaded or does not fit, an output folder that cannot be written, with --no-wait
-    another measurement holding the machine lock); 4 with --strict, a cell's measurement is invalid
-    (its record says why) and none failed; 130 interrupted (Ctrl-C): the records of finished cells
-    are kept. With several files: the worst of theirs (2, then 1, then 4). Without --strict, invalid
+    another measurement holding the machine lock; or a measured record that the results folder could not
+    take: it is written to $ROOFLENS_RESCUE, default <temp>/rooflens-rescued, and the message says where); 4 with --strict, a cell's measurement is invalid
+    (its record says why) and none failed; 130 interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP): workers are
+    stopped and the records of finished cells kept. With several files: the worst of theirs (2, then 1, then 4). Without --strict, invalid
     cells are reported and the exit code is unchanged.
     """
     from rooflens.bench.sweep import Sweep, SweepError
 
     loaded = [load_experiment_or_exit(path) for path in experiment or [None]]  # all checked before anything runs
     try:
-        sweep = Sweep.plan(loaded, executor, ray_address)
+        sweep = Sweep.plan(loaded, executor, ray_address, cell_timeout)
     except SweepError as err:
         fail(str(err))
     outcomes = _measure(sweep, results, report, quiet, no_wait, several=len(loaded) > 1)
@@ -97,7 +106,7 @@ def _measure(sweep: Sweep, results: Path | None, report: bool, quiet: bool, no_w
 
     progress = progress_bar(quiet)
     try:
-        with machine_lock_policy(no_wait):
+        with stop_signals_interrupt(), machine_lock_policy(no_wait):
             for runner in sweep.build_runners(
                 results, lambda exp: ProgressObserver(progress, exp.name if several else ""), reports=report
             ):
@@ -111,8 +120,8 @@ def _measure(sweep: Sweep, results: Path | None, report: bool, quiet: bool, no_w
                 return sweep.run()
     except (ModelLoadError, OutputError, RecordExistsError, MachineBusy) as err:
         fail(str(err))
-    except KeyboardInterrupt:
-        fail(sweep.interrupted(), 130)
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP
+        fail(sweep.interrupted(), interrupted_exit(err))
 
 
 SEVERITY = (0, INVALID_EXIT, 1, 2)
@@ -124,6 +133,7 @@ def _outcome(
 ) -> int:
     """Print what one experiment measured (or what stopped it); its exit code."""
     from rich.markup import escape
+    from rich.text import Text
 
     from rooflens.bench.preflight import PreflightError
     from rooflens.reports.story import story
@@ -158,9 +168,14 @@ def _outcome(
             + escape(", ".join(f"{_name(r)} ({'; '.join(x.message for x in r.validity.reasons)})" for r in invalid)),
             highlight=False,
         )
+    for why in runner.unwritten:  # measured, but not where the results folder says: the exit code must show it
+        err_console.print(Text.assemble(("error:", "bold red"), " a record was not saved in the run folder: ", why))
     failed = [r for r in result.records if r.status == "failed"]
     if failed:
         err_console.print(f"[bold red]{len(failed)} cell(s) failed:[/] " + escape(", ".join(map(_name, failed))))
+    if runner.unwritten:
+        return 2
+    if failed:
         return 1
     return INVALID_EXIT if strict and invalid else 0
 

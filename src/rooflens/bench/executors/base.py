@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from rooflens.bench.job import Event, GroupJob, MeasureFn
+from rooflens.bench.job import Event, GroupJob, Loading, MeasureFn, Rep, Started
 from rooflens.results.record import ErrorInfo
 
 EXECUTORS = ("inline", "subprocess", "ray")
@@ -90,3 +94,76 @@ def stderr_tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:
 def worker_died(message: str, tail: str) -> ErrorInfo:
     """The reason recorded for every cell a dead worker had not finished."""
     return ErrorInfo(type="WorkerDied", message=message, traceback=tail or None)
+
+
+PREPARE_S = 900.0  # silence allowed while a worker loads a model or prepares an engine (training predictors)
+STALL_FLOOR_S, STALL_FACTOR = 120.0, 10.0  # then: 120 s + 10x its slowest repetition so far
+
+
+class Watch:
+    """How long a worker may stay silent before its job is stopped as hung.
+
+    Until the worker starts its first cell (interpreter, imports, the model's loading): 900 s. Then ``limit``
+    (the experiment's ``cell_timeout_s``) if set; else 900 s from a cell's start until its next repetition
+    (preparing an engine, training its predictors), then 120 s plus 10x the slowest repetition seen so far:
+    a stuck engine is found within minutes, a slow one is not cut short.
+    """
+
+    def __init__(self, limit: float | None = None):
+        self.limit = limit
+        self.last = self.mark = time.monotonic()
+        self.slowest: float | None = None
+        self.preparing = True
+        self.cell: int | None = None  # the cell in progress, once one started
+
+    def saw(self, event: Event) -> None:
+        now = time.monotonic()
+        if isinstance(event, (Loading, Started)):
+            self.preparing, self.mark = True, now
+            if isinstance(event, Started):
+                self.cell = event.index
+        elif isinstance(event, Rep):
+            if not self.preparing:  # the first repetition after a start also holds the preparation
+                self.slowest = max(self.slowest or 0.0, now - self.mark)
+            self.preparing, self.cell, self.mark = False, event.index, now
+        self.last = now
+
+    @property
+    def allowed(self) -> float:
+        if self.cell is None:
+            return max(PREPARE_S, self.limit or 0.0)
+        if self.limit is not None:
+            return self.limit
+        if self.preparing or self.slowest is None:
+            return PREPARE_S
+        return STALL_FLOOR_S + STALL_FACTOR * self.slowest
+
+    def remaining(self) -> float:
+        return self.allowed - (time.monotonic() - self.last)
+
+    def reason(self) -> ErrorInfo:
+        where = f" (cell {self.cell})" if self.cell is not None else ""
+        how = (
+            "cell_timeout_s"
+            if self.limit is not None
+            else "default: 900 s to prepare, then 120 s + 10x the slowest repetition"
+        )
+        return ErrorInfo(
+            type="Timeout",
+            message=f"timeout after {self.allowed:.0f} s without progress{where}: the worker was stopped ({how})",
+        )
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this worker when the process that started it dies (a driver killed by a scheduler
+    must not leave a worker holding the machine, its memory or a GPU). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)

@@ -17,7 +17,10 @@ Within the task, the machine lock (:mod:`rooflens.device.lock`) still guards eve
 before anything is submitted (Ray would wait for such a node forever). Records stream back to the
 driver as each cell ends (a streaming generator task) and the driver writes them. A task is never
 retried: a crash would otherwise be measured again silently; it becomes ``failed`` records for the
-cells it had not finished, as under ``subprocess``.
+cells it had not finished, as under ``subprocess``. A task silent for longer than its
+:class:`~rooflens.bench.executors.base.Watch` allows (a hung engine) is cancelled (its worker killed): its
+unfinished cells fail with ``timeout after N s``. A task streams no repetition events (they would wake its
+streaming thread between repetitions), so under Ray a cell's limit counts from the cell's start.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rooflens.bench.executors.base import Executor, ExecutorError, Relay, RunJobs, worker_died
+from rooflens.bench.executors.base import Executor, ExecutorError, Relay, RunJobs, Watch, worker_died
 from rooflens.bench.executors.ray_task import MEASURE_RESOURCE, group_task
 from rooflens.bench.job import Ended, GroupJob, MeasureFn, decode_event
 from rooflens.config import Experiment
 from rooflens.device.spec import parse_device
+from rooflens.results.record import ErrorInfo
 
 MISSING_RAY = "executor 'ray' needs the ray package: pip install 'rooflens[ray]'"
 TRACE_TAIL = 2048
@@ -60,6 +64,7 @@ class _Run:
 class _Flight:
     run: _Run
     job: GroupJob
+    watch: Watch
 
 
 def _describe(need: dict[str, float]) -> str:
@@ -141,9 +146,8 @@ class RayExecutor(Executor):
         def next_stage(run: _Run) -> None:
             for job in next(run.stages, []):
                 # the node chooses the dtype for its own device (the driver's may differ)
-                flight[run.task.remote(measure, job.model_copy(update={"dtype": None}).model_dump_json())] = _Flight(
-                    run, job
-                )
+                task = run.task.remote(measure, job.model_copy(update={"dtype": None}).model_dump_json())
+                flight[task] = _Flight(run, job, Watch(job.experiment.cell_timeout_s))
 
         try:
             for jobs in runs:
@@ -169,7 +173,13 @@ class RayExecutor(Executor):
         next_stage(_Run(jobs, itertools.chain([first], stages), task))
 
     def _next_event(self, flight: dict[Any, _Flight], emit: Relay, next_stage: Callable[[_Run], None]) -> None:
-        ready, _ = self.ray.wait(list(flight), num_returns=1)
+        wait = max(0.0, min(f.watch.remaining() for f in flight.values()))
+        ready, _ = self.ray.wait(list(flight), num_returns=1, timeout=wait)
+        if not ready:  # a task has been silent for longer than its watch allows: a hung engine
+            for refs, f in [(r, f) for r, f in flight.items() if f.watch.remaining() <= 0]:
+                self._cancel(refs)
+                self._ended(flight, refs, emit, f.watch.reason(), next_stage)
+            return
         refs = ready[0]
         f = flight[refs]
         try:
@@ -181,13 +191,22 @@ class RayExecutor(Executor):
             what = f"ray task failed: {type(err).__name__}: {message.splitlines()[0] if message else ''}"
             reason = worker_died(what, message[-TRACE_TAIL:])
         else:
-            emit(f.job, decode_event(text))
+            event = decode_event(text)
+            f.watch.saw(event)
+            emit(f.job, event)
             if f.run.jobs.stopped:  # this experiment stops (as it would alone); the others go on
                 for other in [g for g, x in flight.items() if x.run is f.run]:
                     self._cancel(other)
                     del flight[other]
             return
-        del flight[refs]  # the job's task has ended
+        self._ended(flight, refs, emit, reason, next_stage)
+
+    def _ended(
+        self, flight: dict[Any, _Flight], refs: Any, emit: Relay, reason: ErrorInfo, next_stage: Callable[[_Run], None]
+    ) -> None:
+        """The job's task has ended (or was cancelled): its unfinished cells get ``reason``; the run's next stage
+        starts when none of its jobs is in flight."""
+        f = flight.pop(refs)
         emit(f.job, Ended(reason=reason))
         if not any(x.run is f.run for x in flight.values()):
             next_stage(f.run)

@@ -19,7 +19,7 @@ from typing import Any
 
 from rooflens.bench.job import GroupJob, MeasureFn, encode_event
 
-SENT = ("ready", "note", "record", "interrupted", "fatal")
+SENT = ("ready", "note", "started", "record", "interrupted", "fatal")  # not "rep": no wake-up between repetitions
 MEASURE_RESOURCE = "rooflens_measure"
 """The custom Ray resource of a node that measures: one unit per group measuring there (nodes declare 1)."""
 

@@ -4,16 +4,19 @@ A fresh process per job means a crash (a native abort, a segfault, the kernel's 
 costs only that job's unfinished cells: one engine's under ``schedule: blocks`` (one job per engine, and
 no engine inherits another's allocator state or threads), every engine's unfinished cells under
 ``schedule: interleaved`` (one job measures them all, side by side). Jobs run one after another, never two measuring processes at once,
-so a worker has the machine's cores to itself (the driver only waits on a pipe meanwhile).
+so a worker has the machine's cores to itself (the driver only waits on a pipe meanwhile). A worker silent
+for longer than its :class:`~rooflens.bench.executors.base.Watch` allows (a hung engine) is killed: its
+unfinished cells fail with ``timeout after N s`` and the next job starts. A worker dies with the driver.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rooflens.bench.executors.base import (
@@ -21,6 +24,7 @@ from rooflens.bench.executors.base import (
     ExecutorError,
     Relay,
     RunJobs,
+    Watch,
     describe_exit,
     one_by_one,
     stderr_tail,
@@ -76,23 +80,51 @@ class SubprocessExecutor(Executor):
                 raise
             finally:
                 os.close(write_fd)  # the worker holds the only write end: EOF when it exits
+            watch = Watch(job.experiment.cell_timeout_s)
             try:
-                with os.fdopen(read_fd, "r", encoding="utf-8") as events:
-                    for line in events:
-                        if not line.endswith("\n"):
-                            break  # cut short by the worker's death
-                        emit(job, decode_event(line))
-                        if run.stopped:
-                            break  # an error that stops the run: its worker goes with it
+                for line in _lines(read_fd, watch):
+                    event = decode_event(line)
+                    watch.saw(event)
+                    emit(job, event)
+                    if run.stopped:
+                        break  # an error that stops the run: its worker goes with it
                 if run.stopped:
                     _stop(proc)
                     return
                 returncode = proc.wait()
-            except BaseException:  # Ctrl-C, or the driver could not write a record
+            except _Silent:
+                _stop(proc)
+                emit(job, Ended(reason=watch.reason()))
+                return
+            except BaseException:  # Ctrl-C, SIGTERM, or the driver could not write a record
                 _stop(proc)
                 raise
+            finally:
+                os.close(read_fd)
             what = describe_exit(returncode) if returncode != 0 else "worker exited before reporting every cell"
             emit(job, Ended(reason=worker_died(what, stderr_tail(log_path))))
+
+
+class _Silent(Exception):
+    """The worker stayed silent longer than its watch allows."""
+
+
+def _lines(fd: int, watch: Watch) -> Iterator[str]:
+    """The worker's complete lines until it closes the pipe (a line cut short by its death is dropped);
+    :class:`_Silent` when none comes for longer than ``watch`` allows."""
+    pending = b""
+    while True:
+        wait = watch.remaining()
+        if wait <= 0:
+            raise _Silent()
+        if not select.select([fd], [], [], wait)[0]:
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8")
 
 
 def _stop(proc: subprocess.Popen) -> None:
