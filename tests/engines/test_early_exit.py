@@ -170,6 +170,24 @@ def test_training_is_cached_by_model_and_settings(tiny_llama, tmp_path):
     assert load_artifacts(model, path).settings == s
 
 
+@pytest.mark.slow
+def test_a_training_the_cache_cannot_take_is_kept_for_the_run(tiny_llama, tmp_path, monkeypatch):
+    from rooflens.engines.artifacts import ArtifactKind
+
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path / "not-a-folder" / "cache"))  # every write there fails
+    monkeypatch.setattr(ArtifactKind, "in_memory", {})
+    model = tiny_llama.model
+    s = TrainSettings.from_options(EarlyExitOptions(**TINY))
+    art, path, trained = load_or_train(model, None, "tiny", s)
+    assert trained and not path.exists()
+    assert art.report["cache"].startswith(f"{path} could not be written") and "kept in memory" in art.report["cache"]
+    again, _, trained_again = load_or_train(model, None, "tiny", s)  # the next engine of the run: no new training
+    assert not trained_again
+    feats = torch.randn(len(LayerStack.of(model).layers), 4, 3 * s.k)
+    torch.testing.assert_close(again.predictors.logits_all(feats), art.predictors.logits_all(feats))
+
+
 def test_training_settings_come_from_the_options_train_fields_only():
     """The options hold the defaults; the training settings (the cache key) read exactly ``train_fields``."""
     base = EarlyExitOptions(**TINY)

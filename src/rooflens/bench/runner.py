@@ -52,7 +52,7 @@ from rooflens.device.detect import detect_hardware
 from rooflens.device.lock import wait_policy
 from rooflens.models.loader import choose_dtype, dtype_name, resolve_device
 from rooflens.results.record import ErrorInfo, Record
-from rooflens.results.store import ensure_writable, write_record
+from rooflens.results.store import RecordRescued, ensure_writable, record_filename, write_record
 from rooflens.roofline.hardware import resolve_profile
 from rooflens.roofline.position import ceilings_for
 from rooflens.roofline.probe_file import ProbeResult, lookup_probe
@@ -121,6 +121,7 @@ class ExperimentRunner:
         self.total_cells = len(self.cells)
         self.records: list[Record] = []  # written so far (an interrupted sweep reports them)
         self._indices: list[int] = []  # the cell index of each of ``records``
+        self.unwritten: list[str] = []  # why records could not be written to the run folder (kept elsewhere)
         self.references: References = {}  # the baseline's greedy tokens, for the groups after its own
         self.error: Exception | None = None  # what stopped the run
         self._groups: dict[tuple[int, ...], _GroupState] = {}
@@ -206,7 +207,7 @@ class ExperimentRunner:
                 self._finished(state, event)
             case Interrupted():
                 state.done.add(event.index)
-                write_record(self.folder, event.record)  # a trace of the cell Ctrl-C stopped, not a result
+                self._write_trace(event.record)  # a trace of the cell Ctrl-C stopped, not a result
             case Fatal():
                 self.stop(fatal_error(event))
             case Ended():
@@ -222,13 +223,26 @@ class ExperimentRunner:
 
     def keep(self, index: int, record: Record) -> Path:
         """Write the record of cell ``index`` atomically and tell the observer. Groups measured at the same
-        time (``ray``) deliver records interleaved; ``records`` stays in cell order all the same."""
-        path = write_record(self.folder, record)
+        time (``ray``) deliver records interleaved; ``records`` stays in cell order all the same. A record the
+        run folder cannot take is kept all the same (written elsewhere, or in memory), and the observer told."""
+        try:
+            path = write_record(self.folder, record)
+        except RecordRescued as err:
+            self.observer.note(f"warning: {err}")
+            self.unwritten.append(str(err))
+            path = err.path or self.folder / record_filename(record)
         at = bisect.bisect(self._indices, index)
         self._indices.insert(at, index)
         self.records.insert(at, record)
         self.observer.cell_finished(index, self.total_cells, record, path)
         return path
+
+    def _write_trace(self, record: Record) -> None:
+        """Write the record of a cell Ctrl-C stopped (not a result: not in ``records``)."""
+        try:
+            write_record(self.folder, record)
+        except RecordRescued as err:
+            self.unwritten.append(str(err))
 
     def _ended(self, state: _GroupState, reason: ErrorInfo) -> None:
         """The job's process has ended: a ``failed`` record for every cell of its group that has none."""
@@ -244,7 +258,7 @@ class ExperimentRunner:
         for state in self._groups.values():
             for index in sorted(state.started - state.done):
                 state.done.add(index)
-                write_record(self.folder, self._lost_record(state, index, reason))
+                self._write_trace(self._lost_record(state, index, reason))
 
     def _lost_record(self, state: _GroupState, index: int, reason: ErrorInfo) -> Record:
         """A ``failed`` record for a cell whose measuring process ended before it reported one."""

@@ -13,6 +13,7 @@ from rooflens.cli.common import (
     records_or_exit,
     render_report,
     unwritable,
+    warn_skipped,
     write_text,
 )
 from rooflens.cli.gate import gate_exit, print_verdict
@@ -157,11 +158,12 @@ def compare(
     from rooflens.results.store import RecordLoadError, load_records
 
     alpha = _alpha(alpha)
+    skipped: list[str] = []
     try:
         threshold = parse_threshold(max_regression)
         result = compare_records(
-            load_records(base),
-            load_records(current),
+            load_records(base, skipped),
+            load_records(current, skipped),
             metrics=tuple(metric or DEFAULT_METRICS),
             threshold=threshold,
             alpha=alpha,
@@ -169,7 +171,9 @@ def compare(
             allow_mismatch=frozenset(allow_mismatch or ()),
         )
     except (CompareInputError, RecordLoadError) as err:
+        warn_skipped(skipped)
         fail(str(err))
+    warn_skipped(skipped)
     print_verdict(result, f"compare: {base} -> {current} (threshold {threshold:.0%}, alpha {alpha})")
     if markdown is not None:
         write_text(markdown, to_markdown(result, threshold, alpha), "--markdown")

@@ -3,7 +3,10 @@
 Files live under ``$ROOFLENS_CACHE/<kind>/`` (default ``~/.cache/rooflens``), named by the model's label
 and a hash of the model's fingerprint, its dtype, the artifact format's version and every setting that
 shaped the training, and are written atomically. :class:`ArtifactKind` is one such kind: its directory,
-its format version and the settings dataclass that keys it; the trainers add only their payload.
+its format version and the settings dataclass that keys it; the trainers add only their payload. Minutes
+of training are never thrown away because the cache cannot be written (read-only, full): the artifact is
+kept in this process's memory for the rest of the run, and :meth:`ArtifactKind.save` says why it was not
+cached.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -60,18 +63,34 @@ class ArtifactKind(Generic[Settings]):
     version: int  # bump when the payload's layout changes
     settings_type: type[Settings]
 
+    in_memory: ClassVar[dict[Path, dict[str, Any]]] = {}  # what the cache could not take, for this process
+
     def directory(self) -> Path:
         return cache_dir(self.name)
 
     def path(self, model: torch.nn.Module, label: str, settings: Settings) -> Path:
         return artifact_path(self.name, model, label, {"v": self.version, **asdict(settings)})  # type: ignore[call-overload]
 
-    def save(self, path: Path, settings: Settings, payload: dict[str, Any]) -> None:
-        save_atomic({"version": self.version, "settings": asdict(settings), **payload}, path)  # type: ignore[call-overload]
+    def cached(self, path: Path) -> bool:
+        """Is there an artifact at ``path`` (on disk, or kept in memory because the disk refused it)?"""
+        return path in self.in_memory or path.is_file()
+
+    def save(self, path: Path, settings: Settings, payload: dict[str, Any]) -> str | None:
+        """Write the artifact; where the cache cannot take it, keep it in memory and say why (None: saved)."""
+        blob = {"version": self.version, "settings": asdict(settings), **payload}  # type: ignore[call-overload]
+        try:
+            save_atomic(blob, path)
+        except OSError as err:
+            self.in_memory[path] = blob
+            return (
+                f"{path} could not be written ({err.strerror or err}): kept in memory for this run, "
+                "trained again next time"
+            )
+        return None
 
     def load(self, path: Path) -> tuple[Settings, dict[str, Any]]:
         """(settings, the whole file) on the CPU; ValueError for a file of another format version."""
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = self.in_memory.get(path) or torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("version") != self.version:
             raise ValueError(f"{path}: artifact version {blob.get('version')}, expected {self.version}")
         return self.settings_type(**blob["settings"]), blob

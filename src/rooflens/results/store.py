@@ -45,13 +45,44 @@ def record_filename(record: Record) -> str:
     return safe_name(f"{c.engine_label}__{c.workload}__b{c.batch_size}") + ".json"
 
 
+class RecordRescued(OSError):
+    """A measured record could not be written to its run folder (a full disk, a file-size limit, a folder that
+    vanished); ``path`` is where it was written instead (None: nowhere, only the run's memory holds it)."""
+
+    def __init__(self, message: str, path: Path | None):
+        super().__init__(message)
+        self.path = path
+
+
+def rescue_dir(folder: Path) -> Path:
+    """Where a record goes when its run folder cannot take it: ``$ROOFLENS_RESCUE`` (default
+    ``<temp>/rooflens-rescued``), under the run folder's name."""
+    root = Path(os.environ.get("ROOFLENS_RESCUE") or Path(tempfile.gettempdir()) / "rooflens-rescued")
+    return root / Path(folder).name
+
+
 def write_record(folder: Path, record: Record) -> Path:
-    """Write ``record`` into ``folder`` atomically; an existing record of the same name is never replaced."""
+    """Write ``record`` into ``folder`` atomically; an existing record of the same name is never replaced.
+    A write that fails for any other reason raises :class:`RecordRescued` after writing the record to
+    :func:`rescue_dir` (the message names both places)."""
     path = Path(folder) / record_filename(record)
+    text = record.model_dump_json(indent=2)
     try:
-        write_atomic(path, record.model_dump_json(indent=2), exclusive=True)
+        write_atomic(path, text, exclusive=True)
     except FileExistsError:
         raise RecordExistsError(f"{path}: exists already; rooflens never replaces a record") from None
+    except OSError as err:
+        why = f"{path}: could not be written ({describe_os_error(err)})"
+        spare = rescue_dir(folder) / path.name
+        try:
+            write_atomic(spare, text, exclusive=True)
+        except OSError as again:
+            raise RecordRescued(
+                f"{why}; nor to {spare} ({describe_os_error(again)}): the record is kept only in this run's "
+                "memory (its summary)",
+                None,
+            ) from None
+        raise RecordRescued(f"{why}; written to {spare} instead", spare) from None
     return path
 
 
@@ -59,8 +90,11 @@ class RecordLoadError(ValueError):
     """A file under a results folder looks like a record but cannot be read as one."""
 
 
-def load_records(folder: str | Path) -> list[Record]:
-    """All records under ``folder`` (recursively), oldest first. Non-record JSON files are skipped."""
+def load_records(folder: str | Path, skipped: list[str] | None = None) -> list[Record]:
+    """All records under ``folder`` (recursively), oldest first. Non-record JSON files are skipped. A file that
+    cannot be read as a record raises :class:`RecordLoadError`, or, given a ``skipped`` list, is left out and
+    described there (one unreadable file among a folder's runs does not hide the others). ``folder`` may be a
+    single record file, which must be readable."""
     root = Path(folder)
     if not root.exists():
         raise RecordLoadError(f"{root}: no such folder")
@@ -68,22 +102,35 @@ def load_records(folder: str | Path) -> list[Record]:
     out = []
     for p in paths:
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON and UTF-8 decoding errors
-            raise RecordLoadError(f"{p}: not readable JSON: {shorten(str(err))}") from None
-        if not isinstance(data, dict) or "schema_version" not in data or "cell" not in data:
+            record = _read_record(p)
+        except RecordLoadError as err:
+            if skipped is None or root.is_file():
+                raise
+            skipped.append(str(err))
             continue
-        if data["schema_version"] != SCHEMA_VERSION:
-            raise RecordLoadError(
-                f"{p}: schema_version {quote(data['schema_version'])} (this rooflens reads {SCHEMA_VERSION})"
-            )
-        try:
-            out.append(Record.model_validate(data))
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "(top level)"
-            raise RecordLoadError(f"{p}: not a valid record: {where}: {shorten(first['msg'])}") from None
+        if record is not None:
+            out.append(record)
     return sorted(out, key=lambda r: r.started_at)
+
+
+def _read_record(p: Path) -> Record | None:
+    """The record in ``p``; None for JSON that is not a record; RecordLoadError for one that cannot be read."""
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: JSON and UTF-8 decoding errors
+        raise RecordLoadError(f"{p}: not readable JSON: {shorten(str(err))}") from None
+    if not isinstance(data, dict) or "schema_version" not in data or "cell" not in data:
+        return None
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise RecordLoadError(
+            f"{p}: schema_version {quote(data['schema_version'])} (this rooflens reads {SCHEMA_VERSION})"
+        )
+    try:
+        return Record.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        raise RecordLoadError(f"{p}: not a valid record: {where}: {shorten(first['msg'])}") from None
 
 
 def record_row(r: Record) -> dict:

@@ -250,7 +250,8 @@ class EarlyExitEngine(Engine):
         settings = TrainSettings.from_options(self.options)
         art, path, trained = load_or_train(self.model.model, self.model.tokenizer, label, settings)
         if trained:
-            self.source = f"trained now ({time.perf_counter() - t0:.1f} s; the cache was empty), saved to {path}"
+            where = art.report.get("cache") or f"saved to {path}"  # not saved: why, and kept for this run
+            self.source = f"trained now ({time.perf_counter() - t0:.1f} s; the cache was empty), {where}"
             log.warning("early_exit: no cached predictors for %s; %s", label, self.source)
         else:
             self.source = f"cache {path}"

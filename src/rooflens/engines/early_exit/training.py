@@ -97,7 +97,7 @@ def artifact_path(model: torch.nn.Module, label: str, settings: TrainSettings) -
     return ARTIFACTS.path(model, label, settings)
 
 
-def save_artifacts(art: ExitArtifacts, path: Path) -> None:
+def save_artifacts(art: ExitArtifacts, path: Path) -> str | None:
     payload = {
         "predictors": art.predictors.state_dict(),
         "draft": art.draft.state_dict() if art.draft is not None else None,
@@ -105,7 +105,7 @@ def save_artifacts(art: ExitArtifacts, path: Path) -> None:
         "exit_histogram": list(art.exit_histogram),
         "report": art.report,
     }
-    ARTIFACTS.save(path, art.settings, payload)
+    return ARTIFACTS.save(path, art.settings, payload)
 
 
 def load_artifacts(model: torch.nn.Module, path: Path) -> ExitArtifacts:
@@ -129,13 +129,14 @@ def load_or_train(
 ) -> tuple[ExitArtifacts, Path, bool]:
     """(artifacts, cache file, trained now?): the cached artifacts, or new ones trained and saved."""
     path = artifact_path(model, label, settings)
-    if path.is_file():
+    if ARTIFACTS.cached(path):
         try:
             return load_artifacts(model, path), path, False
         except Exception:  # noqa: BLE001 - a damaged or foreign file is replaced by a fresh training
             pass
     art = train(model, tokenizer, settings, progress)
-    save_artifacts(art, path)
+    if (why := save_artifacts(art, path)) is not None:
+        art.report["cache"] = why
     return art, path, True
 
 

@@ -31,7 +31,7 @@ from rooflens.engines.mixed_precision.schedulers import (
     StaticScheduler,
     switch_step,
 )
-from rooflens.engines.mixed_precision.training import TuneSettings, load, save, scheduler_path, tune
+from rooflens.engines.mixed_precision.training import TuneSettings, cached, load, save, scheduler_path, tune
 from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
 from rooflens.engines.quant.base import copy_for_quantization, untie_from
 from rooflens.engines.registry import register
@@ -198,7 +198,7 @@ class MixedPrecisionEngine(Engine):
         cfg = target.config
         kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-        if path.is_file():
+        if cached(path):
             try:
                 art = load(path, kv_heads, head_dim)
                 self.tuning_note, self.tuning_report = f"cache {path}", art.report
@@ -213,8 +213,8 @@ class MixedPrecisionEngine(Engine):
             )
         t0 = time.perf_counter()
         art = tune(self.module, list(self.layers.values()), target, self.model.tokenizer, settings)
-        save(art, path)
-        self.tuning_note = f"tuned now ({time.perf_counter() - t0:.1f} s; the cache was empty), saved to {path}"
+        where = save(art, path) or f"saved to {path}"  # not saved: why, and kept for this run
+        self.tuning_note = f"tuned now ({time.perf_counter() - t0:.1f} s; the cache was empty), {where}"
         self.tuning_report = art.report
         log.warning("mixed_precision: no cached scheduler tuning for %s; %s", self.model.info.label, self.tuning_note)
         return art

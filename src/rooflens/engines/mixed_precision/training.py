@@ -86,14 +86,18 @@ def scheduler_path(model: torch.nn.Module, label: str, s: TuneSettings) -> Path:
     return ARTIFACTS.path(model, label, s)
 
 
-def save(art: SchedulerArtifacts, path: Path) -> None:
+def save(art: SchedulerArtifacts, path: Path) -> str | None:
     payload = {
         "static_steps": art.static_steps,
         "static_fractions": art.static_fractions,
         "classifiers": [c.state_dict() for c in art.classifiers],
         "report": art.report,
     }
-    ARTIFACTS.save(path, art.settings, payload)
+    return ARTIFACTS.save(path, art.settings, payload)
+
+
+def cached(path: Path) -> bool:
+    return ARTIFACTS.cached(path)
 
 
 def load(path: Path, kv_heads: int, head_dim: int) -> SchedulerArtifacts:
