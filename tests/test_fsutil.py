@@ -59,6 +59,20 @@ def test_exclusive_never_replaces(tmp_path):
     assert path.read_text() == "first" and list(tmp_path.iterdir()) == [path]
 
 
+def test_exclusive_writes_work_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")  # what FAT, many FUSE and SMB mounts answer
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "r.json"
+    write_atomic(path, "first", exclusive=True)
+    with pytest.raises(FileExistsError, match="exists already"):
+        write_atomic(path, "second", exclusive=True)
+    assert path.read_text() == "first" and list(tmp_path.iterdir()) == [path]
+
+
 def test_a_tool_may_recreate_the_temp_file_with_its_own_mode(tmp_path):
     path = tmp_path / "lib.so"
     with atomic_output(path) as tmp:

@@ -7,6 +7,7 @@ whole new one, never a partial one.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -120,12 +121,31 @@ def atomic_output(path: Path, *, exclusive: bool = False) -> Iterator[Path]:
         if not exclusive:
             os.replace(tmp, path)
         else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(f"{path}: exists already") from None
+            _link_exclusive(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+
+
+def _link_exclusive(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists (FileExistsError). A hard link does it atomically; where
+    the file system has none (some FUSE, SMB and FAT mounts), the name is reserved with ``O_EXCL`` and then
+    replaced: still never two writers on one name, though a reader may see the empty reservation briefly."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise FileExistsError(f"{path}: exists already") from None
+    except OSError as err:
+        if err.errno not in NO_HARD_LINKS:
+            raise
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK))
+    except FileExistsError:
+        raise FileExistsError(f"{path}: exists already") from None
+    os.replace(tmp, path)
 
 
 def write_atomic(path: Path, data: str | bytes, *, exclusive: bool = False) -> None:

@@ -111,6 +111,18 @@ def test_ab_catches_a_head_that_sleeps_longer_and_passes_one_that_does_not(plugi
 
 
 @pytest.mark.slow
+def test_ab_stops_a_side_whose_engine_hangs(plugin_repo, tmp_path):
+    repo, revs = plugin_repo
+    (repo / "exp.yaml").write_text(EXPERIMENT + "cell_timeout_s: 3\n")
+    hung = commit(repo, 10**7, "head: a token takes hours")
+    r = ab(repo, revs["base"], hung, tmp_path)
+    assert r.exit_code == 2, r.output
+    assert "the head worker" in r.output and "was stopped: timeout after 3 s without progress" in " ".join(
+        r.output.split()
+    )
+
+
+@pytest.mark.slow
 def test_ab_refuses_a_revision_that_is_not_a_commit(plugin_repo, tmp_path):
     repo, revs = plugin_repo
     r = ab(repo, revs["base"], "no-such-branch", tmp_path)

@@ -450,6 +450,26 @@ def test_probe_auto_measures_missing_ceilings_once_and_says_so(mode, tmp_path, m
 
 
 @pytest.mark.slow
+def test_an_unwritable_rooflens_home_keeps_the_automatic_probe_for_this_run(tmp_path, monkeypatch):
+    from rooflens.roofline import probe as probe_module
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ROOFLENS_HOME", str(tmp_path / "file" / "home"))  # nothing can be written there
+    FakeActivity().install(monkeypatch)
+    lenient_probe_rules(monkeypatch)
+    real = probe_module.probe
+    monkeypatch.setattr(
+        probe_module, "probe", lambda device, **kw: real(device, quick=True, copy_bytes=1 << 22, gemm_n=64, reps=2)
+    )
+    notes = _Notes()
+    exp = tiny_experiment([{"name": "hf"}], batch_sizes=(1,), dtype="float32", probe="auto")
+    records = ExperimentRunner(exp, results_root=tmp_path / "r", observer=notes).run().records
+    assert "not saved (" in notes.lines[-1] and "used for this run only" in notes.lines[-1]
+    assert [r.status for r in records] == ["ok"]
+    assert {c.source for c in records[0].roofline.ceilings} == {"measured"}
+
+
+@pytest.mark.slow
 def test_a_refused_automatic_probe_leaves_the_run_without_measured_ceilings_and_says_why(tmp_path, monkeypatch):
     from rooflens.roofline import probe as probe_module
 

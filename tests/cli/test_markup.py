@@ -57,3 +57,28 @@ def test_an_engine_error_without_a_message_fails_its_cell_and_the_sweep_goes_on(
     records = load_records(tmp_path / "res")
     assert sorted(rec.cell.batch_size for rec in records) == [1, 2]
     assert all(rec.status == "failed" and rec.reason.type == "RuntimeError" for rec in records)
+
+
+def test_tables_of_figures_and_platforms_show_titles_and_keys_as_written():
+    from rich.console import Console
+
+    from rooflens.reports.console import figures_table
+
+    console = Console(record=True, width=200)
+    console.print(figures_table(f"mixed precision, {MARKUP}", {f"k{MARKUP}": 1.0, "v": MARKUP}))
+    text = console.export_text()
+    assert f"mixed precision, {MARKUP}" in text and f"k{MARKUP}" in text and text.count(MARKUP) == 3
+
+
+@pytest.mark.slow
+def test_history_prints_series_names_as_written(tmp_path):
+    from factories import make_record
+    from rooflens.results.store import write_record
+
+    for i, decode in enumerate([100.0] * 10 + [60.0] * 10):  # one step: a change point in the series
+        record = make_record(engine=MARKUP, decode=decode, run_id=f"r{i}", seed=i)
+        record.started_at = f"2026-01-{i + 1:02d}T00:00:00+00:00"
+        write_record(tmp_path / "res" / f"r{i}", record)
+    r = runner.invoke(app, ["history", str(tmp_path / "res"), "--out", str(tmp_path / "h")])
+    assert r.exit_code == 0, r.output
+    assert MARKUP in r.output

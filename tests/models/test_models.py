@@ -116,3 +116,21 @@ def test_auto_dtype_on_a_cpu_picks_bfloat16_only_when_native_and_faster(monkeypa
     monkeypatch.setattr(loader, "_gemv_seconds", lambda dtype: 3e-4 if dtype == torch.bfloat16 else 1e-4)
     choice = choose_dtype("auto", CPU)
     assert choice.dtype == torch.float32 and "but a 1x2048" in choice.reason
+
+
+@pytest.mark.slow
+def test_a_cache_that_cannot_take_the_converted_builtin_falls_back_to_a_temporary_folder(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from rooflens.models.loader import converted_builtin
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path / "file" / "cache"))  # every write there fails
+    path = converted_builtin("smollm2-135m")
+    try:
+        assert (path / "config.json").is_file() and Path(tempfile.gettempdir()) in path.parents
+        assert not str(path).startswith(str(tmp_path / "file"))
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # ~0.5 GB of fp32 weights

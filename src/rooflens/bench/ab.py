@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-from rooflens.bench.executors.base import stderr_tail, worker_died
-from rooflens.bench.job import Block, Ended, Event, Fatal, Finished, GroupJob, Ready, decode_event
+from rooflens.bench.executors.base import Silent, Watch, stderr_tail, watched_lines, worker_died
+from rooflens.bench.job import Block, Ended, Event, Fatal, Finished, GroupJob, Ready, Started, decode_event
 from rooflens.bench.runner import ExperimentRunner, RunObserver
 from rooflens.config import Experiment
 from rooflens.results.record import Record
@@ -96,7 +95,9 @@ class Side:
     job: GroupJob
     log: Path
     proc: subprocess.Popen | None = None
-    events: IO[str] | None = None
+    fd: int | None = None  # the read end of the worker's event pipe
+    lines: Iterator[str] | None = None
+    watch: Watch = field(default_factory=Watch)  # a worker silent too long (a hung engine) is stopped
     records: list[Record] = field(default_factory=list)
     blocks: dict[int, dict[int, dict[str, list[float]]]] = field(default_factory=dict)  # cell -> round -> values
     failed: set[int] = field(default_factory=set)  # cells whose blocks stopped (refused, or one raised)
@@ -113,17 +114,16 @@ class Side:
                 text=True,
             )
         os.close(write_fd)
-        self.events = os.fdopen(read_fd, "r", encoding="utf-8")
+        self.fd, self.lines = read_fd, watched_lines(read_fd, self.watch)
 
     def ask(self, op: dict, until: type) -> None:
-        """Send a command; relay events until one of type ``until`` (Fatal or a dead worker: AbError)."""
-        assert self.proc is not None and self.proc.stdin is not None and self.events is not None
+        """Send a command; relay events until one of type ``until`` (Fatal, a dead or hung worker: AbError)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        if op["op"] == "block":  # a block is timed as a cell is (cell_timeout_s, else 900 s)
+            self.watch.saw(Started(index=op["index"]))
         self.proc.stdin.write(json.dumps(op) + "\n")
         self.proc.stdin.flush()
-        for line in self.events:
-            if not line.endswith("\n"):
-                break
-            event = decode_event(line)
+        while (event := self._next()) is not None:
             self._relay(event)
             if isinstance(event, until):
                 return
@@ -133,13 +133,28 @@ class Side:
         """Ask for the records (one per cell) and wait for the worker to exit."""
         self.ask({"op": "finish"}, Finished)
         while len(self.records) < cells:
-            assert self.events is not None
-            line = self.events.readline()
-            if not line.endswith("\n"):
+            if (event := self._next()) is None:
                 self._died()
-            self._relay(decode_event(line))
+            self._relay(event)  # type: ignore[arg-type]
         assert self.proc is not None
         self.proc.wait()
+
+    def _next(self) -> Event | None:
+        """The worker's next event; None when it closed its pipe; AbError when it stayed silent too long."""
+        assert self.lines is not None
+        try:
+            line = next(self.lines, None)
+        except Silent:
+            self.stop()
+            what = f"the {self.source.name} worker ({self.source.revision[:12]}) was stopped"
+            reason = self.watch.reason()
+            self.runner.handle(self.job, Ended(reason=reason))
+            raise AbError(f"{what}: {reason.message}") from None
+        if line is None:
+            return None
+        event = decode_event(line)
+        self.watch.saw(event)
+        return event
 
     def _relay(self, event: Event) -> None:
         if isinstance(event, Fatal):  # a model that cannot load, a prompt longer than the context, --no-wait
@@ -166,8 +181,9 @@ class Side:
             self.proc.wait()
         if self.proc is not None and self.proc.stdin is not None:
             self.proc.stdin.close()
-        if self.events is not None:
-            self.events.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 Rounds = dict[int, dict[str, list[float]]]  # a side's rounds of one cell: round -> metric -> its block's values
@@ -190,7 +206,8 @@ def _side(source: SideSource, exp: Experiment, file: str, plan: AbPlan, observer
     )
     job = runner.job(range(len(runner.cells)), "ab")
     placement = {"ab": {"side": source.name, "revision": source.revision, "src": str(source.src)}}
-    return Side(source, runner, job.model_copy(update={"placement": placement}), tmp / f"{source.name}.log")
+    job = job.model_copy(update={"placement": placement})
+    return Side(source, runner, job, tmp / f"{source.name}.log", watch=Watch(exp.cell_timeout_s))
 
 
 def check_same_cells(base: Experiment, head: Experiment) -> None:

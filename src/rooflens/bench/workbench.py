@@ -176,11 +176,13 @@ def first_probe(device: torch.device, device_name: str, emit: Emit) -> tuple[Pro
     ceilings = ", ".join(
         f"{k} {v.max / 1e12:.3g} {'TOP/s' if k == 'int8' else 'TFLOP/s'}" for k, v in result.gemm.items()
     )
-    emit(
-        Note(
-            text=f"measured ceilings: {result.bandwidth.max / 1e9:.1f} GB/s, {ceilings}; saved to {save_probe(result)}"
+    try:
+        saved = f"saved to {save_probe(result)}"
+    except OSError as err:  # an unwritable ROOFLENS_HOME: the ceilings still serve this run
+        saved = (
+            f"not saved ({err.strerror or err}{f': {err.filename}' if err.filename else ''}): used for this run only"
         )
-    )
+    emit(Note(text=f"measured ceilings: {result.bandwidth.max / 1e9:.1f} GB/s, {ceilings}; {saved}"))
     return result, None
 
 

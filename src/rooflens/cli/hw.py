@@ -54,11 +54,14 @@ def hw_detect(device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N
     )
     if d.gpus:
         for g in d.gpus:
-            console.print(f"GPU {g.index}: {g.name}, {g.memory_total_bytes / 2**30:.1f} GiB, driver {g.driver_version}")
+            console.print(
+                f"GPU {g.index}: {g.name}, {g.memory_total_bytes / 2**30:.1f} GiB, driver {g.driver_version}",
+                markup=False,
+            )
     else:
         console.print("GPU: none detected")
     r = resolve_profile("auto", dev)
-    console.print(f"profile for {dev}: [bold]{r.profile.name}[/] - {r.reason}")
+    console.print(f"profile for {escape(dev)}: [bold]{escape(r.profile.name)}[/] - {escape(r.reason)}")
 
 
 def hw_probe(

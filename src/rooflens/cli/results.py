@@ -215,10 +215,12 @@ def history(
     except OSError as err:
         unwritable("report folder", out, err)
     changes = sum(len(s.changes) for s in series)
-    console.print(f"history: {path} ({runs} runs, {len(series)} series, {changes} change point(s))")
+    console.print(f"history: {path} ({runs} runs, {len(series)} series, {changes} change point(s))", markup=False)
     for s in series:
         for c in s.changes:
             a, b = s.points[c.index - 1], s.points[c.index]
-            console.print(f"  {s.name}: {a.commit} -> {b.commit} {100 * c.change:+.1f}% (p {c.p_value:.2g})")
+            console.print(
+                f"  {s.name}: {a.commit} -> {b.commit} {100 * c.change:+.1f}% (p {c.p_value:.2g})", markup=False
+            )
     if markdown is not None:
         write_text(markdown, render_history_markdown(series), "--markdown")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.text import Text
 
 from rooflens.cli.common import console, fail, int_list, records_or_exit, save_chart
 
@@ -88,7 +89,7 @@ def _platforms(
         if records is not None:
             console.print(measured_table(c.points, f"measured records in {records} (not modelled)"))
             for note in c.left_out:
-                console.print(f"[dim]{note}[/]")
+                console.print(Text(note, style="dim"))
     if png is not None:
         title = (
             f"{model}, {bits}-bit weights, prompt {c.prompt_len}, gen {c.gen_len}: "
@@ -119,7 +120,7 @@ def _what_if(
         print(json.dumps(result.to_dict(), indent=2))
     elif result.ceilings is None:
         console.print(costs_table(model, result.costs))
-        console.print(f"[dim]{result.why}[/]")
+        console.print(Text(result.why, style="dim"))
     else:
         c, name = result.ceilings, result.profile.name
         console.print(

@@ -71,10 +71,11 @@ def run(
     Exit codes: 0 every cell ok or unavailable (an engine that cannot run on this device);
     1 at least one cell failed; 2 the experiment could not start (invalid file, a model that
     cannot be loaded or does not fit, an output folder that cannot be written, with --no-wait
-    another measurement holding the machine lock; or a measured record that the results folder could not
-    take: it is written to $ROOFLENS_RESCUE, default <temp>/rooflens-rescued, and the message says where); 4 with --strict, a cell's measurement is invalid
-    (its record says why) and none failed; 130 interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP): workers are
-    stopped and the records of finished cells kept. With several files: the worst of theirs (2, then 1, then 4). Without --strict, invalid
+    another measurement holding the machine lock), or a measured record could not be written to the
+    results folder (it went to $ROOFLENS_RESCUE, default <temp>/rooflens-rescued, as the message says);
+    4 with --strict, a cell's measurement is invalid (its record says why) and none failed;
+    130 interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP): workers are stopped and the records of finished
+    cells kept. With several files: the worst of theirs (2, then 1, then 4). Without --strict, invalid
     cells are reported and the exit code is unchanged.
     """
     from rooflens.bench.sweep import Sweep, SweepError

@@ -134,7 +134,7 @@ def train_early_exit(
         fail(str(err))
     except OSError as err:
         unwritable("early-exit cache", artifact_path(loaded.model, loaded.info.label, settings), err)
-    console.print(f"{'trained and saved' if trained else 'already cached'}: {path}")
+    console.print(f"{'trained and saved' if trained else 'already cached'}: {path}", markup=False)
     offline = art.offline_layers(max(1, round(len(art.exit_histogram) / 4)))
     title = f"early exit, {loaded.info.label}, draft {settings.draft}, k {settings.k}"
     console.print(figures_table(title, early_exit_figures(art.report, offline)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from rooflens.device.lock import measuring
 from rooflens.fsutil import atomic_folder, cache_dir
 from rooflens.models.catalog import BUILTIN_MODELS, ModelLoadError, shipped_config_data
 from rooflens.results.record import ModelInfo
+
+log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -157,10 +160,29 @@ def converted_builtin(name: str) -> Path:
         with atomic_folder(target) as tmp:
             plain.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-    except OSError:
-        if not (target / "config.json").is_file():  # else another process converted it meanwhile
-            raise
+    except OSError as err:
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        return _converted_elsewhere(plain, tokenizer, target, err)
     return target
+
+
+def _converted_elsewhere(plain: Any, tokenizer: Any, target: Path, err: OSError) -> Path:
+    """The cache cannot take the converted model (read-only, full): a temporary folder serves this process
+    (converted again next time); ModelLoadError when that fails too."""
+    import tempfile
+
+    why = f"the converted model could not be cached in {target} ({err.strerror or err})"
+    try:
+        spare = Path(tempfile.mkdtemp(prefix="rooflens-model-"))
+        plain.save_pretrained(spare)
+        tokenizer.save_pretrained(spare)
+    except OSError as again:
+        raise ModelLoadError(
+            f"{why}, nor in a temporary folder ({again.strerror or again}); set ROOFLENS_CACHE to a writable folder"
+        ) from None
+    log.warning("%s: using %s for this run (converted again next time)", why, spare)
+    return spare
 
 
 def _check_fits(n_params: int, dtype: torch.dtype, device: torch.device, label: str) -> None:

@@ -85,11 +85,11 @@ def lost_table(result: CompareResult) -> Table:
 
 def figures_table(title: str, figures: Mapping[str, Any]) -> Table:
     """A two-column table of named figures (floats to 3 decimals)."""
-    table = Table(title=title)
+    table = Table(title=Text(title))  # titles hold labels: text, never markup
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in figures.items():
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+        table.add_row(Text(key), Text(f"{value:.3f}" if isinstance(value, float) else str(value)))
     return table
 
 

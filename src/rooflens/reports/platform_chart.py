@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.table import Table
+from rich.text import Text
 
 from rooflens.roofline.platforms import BANDWIDTH_ONLY, CLASSES, NO_CEILINGS, MeasuredPoint, PlatformRow
 
@@ -40,7 +41,7 @@ def _num(value: float | None, fmt: str) -> str:
 def platform_table(rows: Sequence[PlatformRow], title: str) -> Table:
     """One line per profile, a section per class; per batch: bound tokens/s, bound, modelled tokens/J."""
     batches = _batches(rows)
-    table = Table(title=title, caption=_caption(rows), caption_justify="left")
+    table = Table(title=Text(title), caption=_caption(rows), caption_justify="left")
     table.add_column("class")
     table.add_column("profile")
     table.add_column("GB/s", justify="right")
@@ -96,7 +97,7 @@ def _caption(rows: Sequence[PlatformRow]) -> str:
 
 def measured_table(points: Sequence[MeasuredPoint], title: str) -> Table:
     """The measured records beside the modelled table: decode tokens/s, and tokens/J only from measured energy."""
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in ("class", "hardware", "engine", "dtype", "batch", "decode tok/s", "tok/J (measured)"):
         table.add_column(col, justify="right" if col in ("batch", "decode tok/s", "tok/J (measured)") else "left")
     for p in points:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from rooflens.roofline.analytic import PhaseCost, Projection
@@ -22,7 +23,7 @@ __all__ = ["costs_table", "op_table", "probe_table", "profile_table", "profiles_
 
 def op_table(phase: PhaseCost, p: Projection, title: str) -> Table:
     """One row per op of a pass on the projection's ceilings, and the pass's total."""
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in ("op", "x", "GFLOP", "weight MB", "act MB", "KV MB", "AI FLOP/B", "bound", "time us"):
         table.add_column(col, justify="left" if col in ("op", "bound") else "right")
     for row in phase.op_rows(p.bandwidth, p.peak_flops):
@@ -95,7 +96,7 @@ def projections_table(rows: Iterable[tuple[int, int, Projection]]) -> Table:
 
 def costs_table(model: str, rows: Iterable[tuple[int, int, PhaseCost, PhaseCost]]) -> Table:
     """FLOPs and bytes per phase, for hardware without ceilings (nothing to divide them by)."""
-    table = Table(title=f"{model}: analytic cost per phase (no ceilings, so no times)")
+    table = Table(title=Text(f"{model}: analytic cost per phase (no ceilings, so no times)"))
     for col in ("batch", "bits", "phase", "tokens", "context", "GFLOP", "weight GB", "act GB", "KV GB", "AI FLOP/B"):
         table.add_column(col, justify="right")
     for b, w, pre, dec in rows:
@@ -143,7 +144,7 @@ def profiles_table(profiles: Iterable[HardwareProfile]) -> Table:
 
 def profile_table(p: HardwareProfile) -> Table:
     """Every number of one profile with its source."""
-    table = Table(title=f"{p.name}: {p.display_name} ({p.category})")
+    table = Table(title=Text(f"{p.name}: {p.display_name} ({p.category})"))
     for col in ("quantity", "value", "source"):
         table.add_column(col, overflow="fold")
     rows = [("memory capacity", p.memory_capacity), ("memory bandwidth", p.memory_bandwidth), ("TDP", p.tdp)]
@@ -163,9 +164,11 @@ def _probe_size(sizes: dict[str, int], key: str) -> str:
 def probe_table(result: ProbeResult, profile: HardwareProfile | None) -> Table:
     """Measured ceilings with their spread, and each as a share of the datasheet's (with a profile)."""
     table = Table(
-        title=f"measured ceilings: {result.device_name} ({result.device}, {result.threads} threads, "
-        f"load {result.load_avg[0] if result.load_avg else float('nan'):.2f}; "
-        f"valid at attempt {result.chosen} of {len(result.attempts)})"
+        title=Text(
+            f"measured ceilings: {result.device_name} ({result.device}, {result.threads} threads, "
+            f"load {result.load_avg[0] if result.load_avg else float('nan'):.2f}; "
+            f"valid at attempt {result.chosen} of {len(result.attempts)})"
+        )
     )
     for col in ("ceiling", "best", "median", "p10", "p90", "CV %", "vs datasheet", "size"):
         table.add_column(col, justify="left" if col == "ceiling" else "right")

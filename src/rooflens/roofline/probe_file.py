@@ -274,8 +274,10 @@ def load_probe(device_name: str, threads: int, root: Path | None = None) -> Prob
     path = probe_path(device_name, threads, root)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none saved (or ROOFLENS_HOME is not a folder at all)
         return None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     try:
         result = ProbeResult.model_validate_json(text)
     except ValidationError as exc:

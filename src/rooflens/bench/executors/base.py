@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import sys
 import time
@@ -152,6 +153,29 @@ class Watch:
             type="Timeout",
             message=f"timeout after {self.allowed:.0f} s without progress{where}: the worker was stopped ({how})",
         )
+
+
+class Silent(Exception):
+    """A worker stayed silent longer than its :class:`Watch` allows."""
+
+
+def watched_lines(fd: int, watch: Watch) -> Iterator[str]:
+    """A worker's complete lines from pipe ``fd`` until it closes it (a line cut short by its death is
+    dropped); :class:`Silent` when none comes for longer than ``watch`` allows (the caller tells the watch
+    what each line was)."""
+    pending = b""
+    while True:
+        wait = watch.remaining()
+        if wait <= 0:
+            raise Silent()
+        if not select.select([fd], [], [], wait)[0]:
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8")
 
 
 def die_with_parent() -> None:

@@ -12,11 +12,10 @@ unfinished cells fail with ``timeout after N s`` and the next job starts. A work
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from rooflens.bench.executors.base import (
@@ -24,10 +23,12 @@ from rooflens.bench.executors.base import (
     ExecutorError,
     Relay,
     RunJobs,
+    Silent,
     Watch,
     describe_exit,
     one_by_one,
     stderr_tail,
+    watched_lines,
     worker_died,
 )
 from rooflens.bench.job import Ended, GroupJob, MeasureFn, decode_event
@@ -82,7 +83,7 @@ class SubprocessExecutor(Executor):
                 os.close(write_fd)  # the worker holds the only write end: EOF when it exits
             watch = Watch(job.experiment.cell_timeout_s)
             try:
-                for line in _lines(read_fd, watch):
+                for line in watched_lines(read_fd, watch):
                     event = decode_event(line)
                     watch.saw(event)
                     emit(job, event)
@@ -92,7 +93,7 @@ class SubprocessExecutor(Executor):
                     _stop(proc)
                     return
                 returncode = proc.wait()
-            except _Silent:
+            except Silent:
                 _stop(proc)
                 emit(job, Ended(reason=watch.reason()))
                 return
@@ -103,28 +104,6 @@ class SubprocessExecutor(Executor):
                 os.close(read_fd)
             what = describe_exit(returncode) if returncode != 0 else "worker exited before reporting every cell"
             emit(job, Ended(reason=worker_died(what, stderr_tail(log_path))))
-
-
-class _Silent(Exception):
-    """The worker stayed silent longer than its watch allows."""
-
-
-def _lines(fd: int, watch: Watch) -> Iterator[str]:
-    """The worker's complete lines until it closes the pipe (a line cut short by its death is dropped);
-    :class:`_Silent` when none comes for longer than ``watch`` allows."""
-    pending = b""
-    while True:
-        wait = watch.remaining()
-        if wait <= 0:
-            raise _Silent()
-        if not select.select([fd], [], [], wait)[0]:
-            continue
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8")
 
 
 def _stop(proc: subprocess.Popen) -> None:
