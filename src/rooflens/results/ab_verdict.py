@@ -72,10 +72,16 @@ def _slack(change: float) -> float:
 def catch_chance(logs: list[float], threshold: float, detect: float, alpha: float) -> float:
     """About how often rounds as noisy as ``logs`` (as many) flag a true slowdown of ``detect``: both the
     signed-rank test must reach ``alpha`` and the estimate must fall beyond ``threshold``."""
-    n = len(logs)
+    if len(logs) < 2:
+        return 0.0
+    return _chance(statistics.stdev(logs), len(logs), threshold, detect, alpha)
+
+
+def _chance(sd: float, n: int, threshold: float, detect: float, alpha: float) -> float:
+    """:func:`catch_chance` for n rounds whose log ratios spread with standard deviation ``sd``."""
     if n < 3 or 0.5**n > alpha:  # the smallest p a signed-rank test of n pairs can give
         return 0.0
-    se = statistics.stdev(logs) * math.sqrt(EFFICIENCY / n)
+    se = sd * math.sqrt(EFFICIENCY / n)
     d, t = _slack(detect), _slack(threshold)
     if se == 0:
         return 1.0 if d > t else 0.0
@@ -83,20 +89,11 @@ def catch_chance(logs: list[float], threshold: float, detect: float, alpha: floa
     return float(min(dist.cdf((d - t) / se), dist.cdf(d / se - dist.ppf(1 - alpha))))
 
 
-def rounds_needed(logs: list[float], threshold: float, detect: float, alpha: float) -> int:
+def rounds_needed(logs: list[float], threshold: float, detect: float, alpha: float, most: int = 10_000) -> int:
     """About how many paired rounds with this noise would catch ``detect`` with probability ``CATCH``."""
-    n = len(logs)
-    floor = max(3, math.ceil(math.log2(1 / alpha)))
-    if n < 2:
-        return floor
-    sd = statistics.stdev(logs) * math.sqrt(EFFICIENCY)
-    d, t = _slack(detect), _slack(threshold)
-    for m in range(max(floor, n + 1), 100_000):
-        dist = student_t(m - 1)
-        q = dist.ppf(CATCH)
-        if sd / math.sqrt(m) <= min((d - t) / q, d / (dist.ppf(1 - alpha) + q)):
-            return m
-    return 100_000
+    sd = statistics.stdev(logs) if len(logs) >= 2 else 0.0
+    start = len(logs) + 1 if len(logs) >= 2 else 3
+    return next((m for m in range(start, most) if _chance(sd, m, threshold, detect, alpha) >= CATCH), most)
 
 
 def catch_gap(logs: list[float], threshold: float, detect: float, alpha: float) -> str | None:
