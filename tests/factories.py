@@ -170,7 +170,8 @@ def tiny_experiment(engines, batch_sizes=(1, 2), **extra) -> Experiment:
 
     The dtype is pinned: ``auto`` resolves to bfloat16 on a CPU with native bf16 (AVX512_BF16/AMX) and to
     float32 elsewhere, and the tests must not depend on which CPU they get (``choose_dtype``'s two branches
-    are tested by forcing them, in test_models.py)."""
+    are tested by forcing them, in test_models.py). The per-operator attribution is off (one more profiled
+    repetition per cell); tests/bench/test_attribution.py turns it on."""
     return validate_experiment(
         {
             "name": "t",
@@ -180,6 +181,7 @@ def tiny_experiment(engines, batch_sizes=(1, 2), **extra) -> Experiment:
             "repetitions": {"warmup": 1, "min_reps": 2, "min_seconds": 0.0},
             "device": "cpu",
             "dtype": "float32",
+            "attribution": False,
             **extra,
         }
     )
@@ -535,3 +537,24 @@ def task_spans(records) -> dict[tuple[str, str], tuple[datetime, datetime]]:
 
 def overlap(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool:
     return max(a[0], b[0]) < min(a[1], b[1])
+
+
+def small_shape():
+    """A small Llama-family shape for analytic costs: 2 layers, hidden 64, 4 heads over 2 KV heads, vocab 100."""
+    from rooflens.roofline.analytic import ModelShape
+
+    return ModelShape(
+        family="llama",
+        model_type="llama",
+        num_layers=2,
+        hidden=64,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate=128,
+        vocab=100,
+        tied_embeddings=False,
+        qkv_bias=False,
+        o_bias=False,
+        mlp_bias=False,
+    )

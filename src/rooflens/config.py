@@ -228,6 +228,13 @@ class Experiment(_Strict):
         "refuses it. "
         "Unset: 900 s to prepare an engine, then 120 s + 10x the slowest repetition (subprocess and ray)",
     )
+    attribution: bool = Field(
+        default=True,
+        description="after each cell's timed repetitions, one more repetition under torch.profiler says where a "
+        "pass's time goes: per operator class of the analytic model (q/k/v/o projections, MLP, attention, norms, "
+        "...), the engine's own work and the time outside operators, each on the roofline (record: attribution). "
+        "Never inside the timed repetitions; false skips it",
+    )
     probe: Literal["never", "auto"] = Field(
         default="never",
         description="auto: on a device with neither datasheet ceilings nor a valid saved probe at the run's "
@@ -289,12 +296,14 @@ class Experiment(_Strict):
 
         ``executor`` says where cells run, ``schedule`` in what order their repetitions are taken, ``probe``
         whether missing ceilings are measured first, ``validity`` how a measurement is judged and
-        ``cell_timeout_s`` when a hung one is stopped, not what is measured: they are left out, so runs of one
-        experiment under different executors, schedules or limits (and records from before the fields
-        existed) compare.
+        ``cell_timeout_s`` when a hung one is stopped, ``attribution`` whether one more repetition is profiled
+        after the timed ones, not what is measured: they are left out, so runs of one experiment under different
+        executors, schedules or limits (and records from before the fields existed) compare.
         """
         blob = json.dumps(
-            self.model_dump(mode="json", exclude={"executor", "schedule", "probe", "validity", "cell_timeout_s"}),
+            self.model_dump(
+                mode="json", exclude={"executor", "schedule", "probe", "validity", "cell_timeout_s", "attribution"}
+            ),
             sort_keys=True,
             separators=(",", ":"),
         )

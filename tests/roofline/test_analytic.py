@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ def _model(name: str) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32).eval()
 
 
-ATTENTION = ("attn_scores", "attn_values")
+ATTENTION = ("attn_scores", "attn_values", "attention")  # eager, or fused (the shapes here: SDPA)
 
 
 def _counted(fn) -> tuple[int, int]:
@@ -186,8 +187,7 @@ def test_matmul_flops_are_the_matmul_ops_only():
         "k_proj",
         "v_proj",
         "o_proj",
-        "attn_scores",
-        "attn_values",
+        "attention",  # fused (SDPA): one op
         "gate_proj",
         "up_proj",
         "down_proj",
@@ -281,7 +281,7 @@ def test_time_is_sum_of_op_rooflines_and_scales_with_layers():
 
 
 def test_decode_attention_hand_arithmetic():
-    shape = ModelShape.from_config(shipped_config("llama-3-8b")[0])  # 32 heads, 8 KV heads, d=128
+    shape = replace(ModelShape.from_config(shipped_config("llama-3-8b")[0]), attention="eager")  # 32 heads, 8 KV, d=128
     cost = decode_cost(shape, batch=2, context_len=999, precision=Precision(kv_bits=8))
     scores = cost.op("attn_scores")
     assert scores.flops == 2 * 2 * 32 * 1 * 1000 * 128

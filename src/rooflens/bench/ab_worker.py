@@ -116,7 +116,7 @@ class AbSession:
         }
         # judged against what ab asked (its blocks), not the experiment's min_reps/min_seconds
         asked = self.job.experiment.repetitions.model_copy(update={"min_reps": len(merged.timings), "min_seconds": 0})
-        return measured_record(self.group, self.cells[index], state.base, merged, schedule, asked)
+        return measured_record(self.group, self.cells[index], state.base, merged, schedule, asked, attribute=False)
 
 
 def _merged(blocks: list[CellMeasurement]) -> CellMeasurement:

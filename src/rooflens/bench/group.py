@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rooflens.bench.attribution import attribute_cell
 from rooflens.bench.cell_quality import measure_perplexity, quality_of
 from rooflens.bench.cells import Cell
 from rooflens.bench.environment import now_iso
@@ -34,8 +35,18 @@ from rooflens.device.lock import measuring
 from rooflens.engines.base import Engine, EngineUnavailable
 from rooflens.engines.registry import build_engine, engine_options, get_engine
 from rooflens.models.loader import LoadedModel
-from rooflens.results.record import ErrorInfo, QualityResult, Quantity, Record, RepetitionInfo
-from rooflens.roofline.position import ceilings_for, roofline_position, why_unmeasured
+from rooflens.results.record import (
+    Attribution,
+    CeilingRef,
+    ErrorInfo,
+    Metric,
+    QualityResult,
+    Quantity,
+    Record,
+    RepetitionInfo,
+)
+from rooflens.roofline.hints import RooflineHints
+from rooflens.roofline.position import ceilings_for, phase_costs, roofline_position, why_unmeasured
 
 
 @dataclass
@@ -185,14 +196,18 @@ def measured_record(
     m: CellMeasurement,
     schedule: dict[str, Any],
     asked: Repetitions | None = None,
+    attribute: bool = True,
 ) -> Record:
     """The ``ok`` record of a measured cell; ``schedule``: the RepetitionInfo fields that say how it was taken;
-    ``asked``: the repetitions its validity is judged against (default: the experiment's)."""
+    ``asked``: the repetitions its validity is judged against (default: the experiment's); ``attribute``: profile
+    one more repetition for the per-operator attribution when the experiment asks for it."""
     model, w, exp = group.model(cell), cell.workload, group.job.experiment
     engine = group.engines[cell.engine.display]
     assert isinstance(engine, Engine)
     reps = len(m.timings)
     metrics = metrics_of(m.timings)
+    hints = engine.roofline_hints()  # before the profiled repetition adds to the engine's counters
+    ceilings = ceilings_for(group.bench.profile, model.info.dtype, group.bench.probe)
     roofline = roofline_position(
         model.model.config,
         model.info.dtype,
@@ -201,10 +216,11 @@ def measured_record(
         gen_len=w.gen_len,
         ttft_s=metrics["ttft_s"].median,
         tpot_s=metrics["tpot_s"].median,
-        hints=engine.roofline_hints(),
-        ceilings=ceilings_for(group.bench.profile, model.info.dtype, group.bench.probe),
+        hints=hints,
+        ceilings=ceilings,
         probe_note=why_unmeasured(group.bench.probe, model.info.dtype, group.bench.probe_note),
     )
+    attribution = _attribution(group, cell, engine, hints, metrics, ceilings) if attribute and exp.attribution else None
     if group.locked:  # the machine lock kept every other rooflens measurement out of this window
         m.window.other_measurement = False
     interleaved = schedule.get("schedule") == "interleaved"
@@ -214,6 +230,7 @@ def measured_record(
         finished_at=now_iso(),
         metrics=metrics,
         roofline=roofline,
+        attribution=attribution,
         quality=_quality(group, cell, m.tokens),
         energy=energy_of(m.energy, reps * cell.batch_size * w.gen_len, reps, window),
         memory=memory_of(m.memory),
@@ -224,6 +241,32 @@ def measured_record(
         validity=judge_cell(exp.validity, asked or exp.repetitions, metrics, reps, m.measured_seconds, m.window),
         **base,
     )
+
+
+def _attribution(
+    group: Group,
+    cell: Cell,
+    engine: Engine,
+    hints: RooflineHints,
+    metrics: dict[str, Metric],
+    ceilings: list[CeilingRef],
+) -> Attribution:
+    """One profiled repetition after the timed ones: where a pass's time goes, each class against its analytic cost."""
+    model, w = group.model(cell), cell.workload
+    try:
+        prefill, decode = phase_costs(
+            model.model.config,
+            model.info.dtype,
+            batch=cell.batch_size,
+            prompt_len=w.prompt_len,
+            gen_len=w.gen_len,
+            hints=hints,
+        )
+        costs = {"prefill": prefill, "decode": decode}
+    except ValueError:  # an architecture the analytic model does not know: times only
+        costs = {}
+    timed = {"prefill": metrics["ttft_s"].median, "decode": metrics["tpot_s"].median * (hints.tokens_per_pass or 1.0)}
+    return attribute_cell(engine, group.prompts(cell), w.gen_len, group.bench.device, costs, ceilings, timed)
 
 
 def _quality(group: Group, cell: Cell, tokens: torch.Tensor) -> QualityResult | None:

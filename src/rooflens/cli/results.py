@@ -19,10 +19,14 @@ from rooflens.cli.common import (
 from rooflens.cli.gate import gate_exit, print_verdict
 
 
-def show(folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)")) -> None:
+def show(
+    folder: Path = typer.Argument(Path("results"), help="a results folder (searched recursively)"),
+    ops: bool = typer.Option(False, "--ops", help="also each record's per-operator attribution, per phase"),
+) -> None:
     """Print the summary table of the records in a folder, and what they say in a few sentences."""
     from rich.markup import escape
 
+    from rooflens.reports.attribution import attribution_table
     from rooflens.reports.story import story
     from rooflens.reports.summary import summary_table
 
@@ -30,6 +34,13 @@ def show(folder: Path = typer.Argument(Path("results"), help="a results folder (
     console.print(summary_table(records, title=str(folder)))
     for line in story(records):
         console.print(f"- {escape(line)}", highlight=False)
+    for r in records if ops else []:
+        where = f"{r.cell.engine_label} {r.cell.workload} batch {r.cell.batch_size}"
+        if r.attribution is None or not r.attribution.phases:
+            reason = r.attribution.reason if r.attribution else "no attribution in this record"
+            console.print(f"{where}: {reason}", markup=False)
+        for phase in r.attribution.phases if r.attribution else []:
+            console.print(attribution_table(phase, f"{where}, {phase.phase} (per pass)"))
 
 
 def report(

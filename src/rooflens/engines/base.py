@@ -154,3 +154,9 @@ class Engine(ABC):
     def roofline_hints(self) -> RooflineHints:
         """Adjustments to the analytic roofline cost (called after the measured repetitions)."""
         return RooflineHints()
+
+    def profiled_modules(self) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+        """The module whose operators are the model's (the target, as this engine runs it) and the engine's own
+        modules by the class their time goes to (a draft model: ``{"draft": ...}``), for the per-operator
+        attribution. Work that is not a module's forward is marked with :func:`rooflens.engines.marks.engine_work`."""
+        return self.model.model, {}

@@ -28,6 +28,9 @@ class HFEngine(Engine):
     def scoring_model(self) -> torch.nn.Module:
         return self.module
 
+    def profiled_modules(self) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+        return self.module, {}
+
     def generation_config(self, max_new_tokens: int) -> GenerationConfig:
         cc = None
         if self.options.compile:

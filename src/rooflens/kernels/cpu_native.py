@@ -26,6 +26,7 @@ import torch
 
 from rooflens.kernels.lowbit import QuantizedWeight, pack_codes, unpack_codes
 from rooflens.kernels.native import native_library
+from rooflens.kernels.ranges import kernel_range
 
 DENSE_FROM_ROWS = 16  # measured crossover (see the module docstring); flat tiles below, dequant + GEMM from here
 SLICE_ELEMENTS = 1 << 21  # fp32 weights dequantized per slice on the dense path (8 MB)
@@ -96,17 +97,22 @@ def native_lowbit_linear(x: torch.Tensor, plan: NativePlan, bias: torch.Tensor |
     threads = torch.get_num_threads()
     if m < DENSE_FROM_ROWS:
         y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
-        _check(lib.rl_lowbit_gemm(*plan.weight_args, x2.data_ptr(), m, y.data_ptr(), threads), "rl_lowbit_gemm")
+        with kernel_range("rl_lowbit_gemm"):
+            rc = lib.rl_lowbit_gemm(*plan.weight_args, x2.data_ptr(), m, y.data_ptr(), threads)
+        _check(rc, "rl_lowbit_gemm")
     else:
         xp = torch.empty(m, k, dtype=torch.float32)
-        lib.rl_permute_x(x2.data_ptr(), m, k, plan.kbits, xp.data_ptr())
+        with kernel_range("rl_permute_x"):
+            lib.rl_permute_x(x2.data_ptr(), m, k, plan.kbits, xp.data_ptr())
         yt = torch.empty(n, m, dtype=torch.float32)  # y transposed: each slice of rows is contiguous
         rows = max(1, min(n, SLICE_ELEMENTS // k))
         w = torch.empty(rows, k, dtype=torch.float32)
         weight = plan.weight_args
         for n0 in range(0, n, rows):
             n1 = min(n, n0 + rows)
-            _check(lib.rl_lowbit_dequant(*weight, n0, n1, w.data_ptr(), threads), "rl_lowbit_dequant")
+            with kernel_range("rl_lowbit_dequant"):
+                rc = lib.rl_lowbit_dequant(*weight, n0, n1, w.data_ptr(), threads)
+            _check(rc, "rl_lowbit_dequant")
             torch.mm(w[: n1 - n0], xp.t(), out=yt[n0:n1])
         y = yt.t().reshape(*x.shape[:-1], n)
     if y.dtype != x.dtype:

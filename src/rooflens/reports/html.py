@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 import rooflens
 from rooflens.fsutil import write_atomic
-from rooflens.reports import engine_panels, plots, roofline_chart
+from rooflens.reports import attribution_charts, engine_panels, plots, roofline_chart
 from rooflens.reports.story import story
 from rooflens.reports.table import cell_row, format_value, header, table_notes, visible_columns
 from rooflens.results.record import Record
@@ -39,6 +39,19 @@ PLOTS = (
         "coloured by engine; arrows show where each technique moved the baseline's decode step "
         "(right: fewer bytes per FLOP, up: more FLOP/s), and the legend says why",
         roofline_chart.records_chart,
+    ),
+    PlotSpec(
+        "time_split",
+        "Where a pass's time goes, from one profiled repetition after the timed ones: operator classes of the "
+        "analytic model grouped in families, each engine's own work, and the time outside every operator "
+        "(Python, dispatch, framework)",
+        attribution_charts.time_split,
+    ),
+    PlotSpec(
+        "operator_roofline",
+        "Each operator class of the decode pass on the roofline: analytic FLOP/byte against the FLOP/s it reached "
+        "in the profiled repetition (its analytic FLOPs over its measured time)",
+        attribution_charts.operator_rooflines,
     ),
     PlotSpec(
         "quality_vs_speedup",

@@ -125,14 +125,25 @@ def _style_handles(roofs: list[Roof]) -> list:
     return handles
 
 
+def panel(ax: Axes, roofs: list[Roof], points: list[Point], colors: dict[str, tuple], title: str) -> None:
+    """Roofs, points (coloured by series) and log axes on one panel."""
+    x_lo, x_hi = _x_range(roofs, points)
+    _draw_roofs(ax, roofs, x_lo, x_hi)
+    _draw_points(ax, points, colors)
+    _finish_axes(ax, x_lo, x_hi, [p.flops for p in points] + [r.peak for r in roofs], title)
+
+
+def palette(series: list[str]) -> dict[str, tuple]:
+    """A colour per series, distinct up to 20."""
+    return _palette(series)
+
+
 def draw(roofs: list[Roof], points: list[Point], title: str, note: str = "") -> Figure:
     """One roofline panel with every point (the what-if chart of `rooflens roofline --png`)."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    x_lo, x_hi = _x_range(roofs, points)
-    _draw_roofs(ax, roofs, x_lo, x_hi)
     series = list(dict.fromkeys(p.series for p in points))
     colors = _palette(series)
-    _draw_points(ax, points, colors)
+    panel(ax, roofs, points, colors, title)
     handles = [plt.Line2D([], [], ls="", marker="o", color=colors[s], label=s) for s in series]
     handles += [
         *(plt.Line2D([], [], ls="", marker=m, color="gray", label=ph) for ph, m in MARKERS.items()),
@@ -140,7 +151,6 @@ def draw(roofs: list[Roof], points: list[Point], title: str, note: str = "") -> 
         plt.Line2D([], [], ls="-", color="black", label="measured ceiling"),
     ]
     ax.legend(handles=handles, fontsize=7, loc="lower right")
-    _finish_axes(ax, x_lo, x_hi, [p.flops for p in points] + [r.peak for r in roofs], title)
     if note:
         ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=7, va="top", color="dimgray")
     fig.tight_layout()

@@ -180,6 +180,58 @@ class RooflineResult(_Model):
     probe_note: str | None = None  # why there are no measured ceilings (no valid probe at this thread count, ...)
 
 
+class OpClassRow(_Model):
+    """One class of a pass's time (per pass, the mean over the profiled passes): an operator class of the analytic
+    model (``operator``), an engine's own work (``engine``) or the time outside every operator (``outside``).
+
+    ``modelled`` names the analytic ops the class is compared with (empty: the analytic model has none); then
+    ``predicted_s`` is their time at each ceiling source and ``predicted_to_measured`` that over the measured time:
+    the analytic model's error for this class (1.0 = exact, 0.3 = the class runs at 30 % of the roof).
+    """
+
+    name: str
+    kind: Literal["operator", "engine", "outside"]
+    time_s: Quantity
+    share: float  # of the attributed pass time
+    calls: float | None = None  # top-level operators per pass
+    modelled: list[str] = Field(default_factory=list)
+    flops: Quantity | None = None
+    bytes: Quantity | None = None
+    intensity: float | None = None
+    achieved_flops: Quantity | None = None
+    achieved_bandwidth: Quantity | None = None
+    predicted_s: dict[str, Quantity] = Field(default_factory=dict)
+    predicted_to_measured: dict[str, Quantity] = Field(default_factory=dict)
+    efficiency: dict[str, Quantity] = Field(default_factory=dict)  # achieved / attainable FLOP/s per ceiling source
+
+
+class PhaseAttribution(_Model):
+    """Where the time of one phase's pass goes, from one profiled repetition."""
+
+    phase: Literal["prefill", "decode"]
+    passes: int  # passes profiled (prefill: 1; decode: emissions after the first)
+    pass_time_s: Quantity  # profiled, mean per pass
+    removed_s: Quantity  # the profiler's and instrumentation's estimated cost per pass, taken out
+    attributed_pass_time_s: Quantity  # pass_time_s - removed_s: what the rows add up to
+    timed_pass_time_s: Quantity | None = (
+        None  # the same pass in the timed repetitions (median TTFT; TPOT x tokens/pass)
+    )
+    profiler_overhead: Quantity | None = None  # pass_time_s / timed_pass_time_s - 1
+    agreement: Quantity | None = None  # attributed_pass_time_s / timed_pass_time_s - 1: does the split add up?
+    inside_operators: float  # share of the attributed pass time inside operators
+    coverage: float  # share of the time inside operators in named classes (not the catch-alls setup, loop)
+    rows: list[OpClassRow] = Field(default_factory=list)
+
+
+class Attribution(_Model):
+    """Per-operator attribution of a cell: one repetition after the timed ones, under ``torch.profiler``."""
+
+    profiler: str
+    phases: list[PhaseAttribution] = Field(default_factory=list)
+    reason: str | None = None  # why there is none
+    note: str = ""
+
+
 class CellSpec(_Model):
     engine: str
     engine_label: str
@@ -276,6 +328,7 @@ class Record(_Model):
     engine_stats: dict[str, EngineStat] = Field(default_factory=dict)
     quality: QualityResult | None = None
     roofline: RooflineResult | None = None
+    attribution: Attribution | None = None
     repetitions: RepetitionInfo | None = None
     validity: Validity = Field(default_factory=Validity)
     environment: dict[str, Any]

@@ -12,10 +12,14 @@ Conventions
 * Matmul ``[M, K] x [K, N]`` = ``2·M·N·K`` FLOPs (a multiply-add is 2). Linear layers:
   ``M = batch·tokens``. A bias adds ``M·N`` FLOPs, counted in ``flops`` but not in ``matmul_flops``
   (a flop counter such as ``torch.utils.flop_counter`` counts only the product of an ``addmm``).
-* Attention is the unfused ("eager") path: ``attn_scores = Q·Kᵀ`` and ``attn_values = P·V`` are each
-  ``2·B·heads·q_len·kv_len·head_dim``. There is **no causal halving**: eager attention computes the
-  full ``q_len × kv_len`` product and masks it afterwards, and a flop counter counts the full product.
-  The score matrix is written, read and written again by the softmax, and read by ``attn_values``.
+* Attention is one fused op, ``attention``, as SDPA runs it (transformers 5's default; flash kernels on a GPU,
+  the CPU flash kernel): ``Q·Kᵀ`` and ``P·V`` are each ``2·B·heads·q_len·kv_len·head_dim`` FLOPs, the softmax
+  7 per score, and no score matrix is materialised: it reads Q and the attended K and V (at their KV heads,
+  once) and writes the output. A model loaded with ``attn_implementation="eager"`` (``ModelShape.attention``)
+  gets the unfused path instead: ``attn_scores = Q·Kᵀ``, ``softmax``, ``attn_values = P·V``, the score
+  matrix written, read and written again by the softmax, and read by ``attn_values``. Either way there is
+  **no causal halving**: the kernels compute the full ``q_len × kv_len`` product and mask it (a flop counter
+  counts the full product).
 * Weights are read once per pass, whatever the batch (decode and prefill alike); the embedding reads
   only the ``batch·tokens`` rows it looks up (GPT-2 positions: ``tokens`` rows, shared by the batch);
   the LM head reads its full matrix, even when tied to the embedding.
@@ -105,6 +109,7 @@ class ModelShape:
     mlp_bias: bool
     max_positions: int = 0  # rows of a learned position table (GPT-2); 0 for rotary models
     sliding_window: int | None = None
+    attention: str = "sdpa"  # "sdpa" (fused, no score matrix) or "eager" (scores, softmax, values)
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
@@ -134,6 +139,7 @@ class ModelShape:
                 o_bias=True,
                 mlp_bias=True,
                 max_positions=int(config.n_positions),
+                attention=_attention_kind(config),
             )
         hidden = int(config.hidden_size)
         heads = int(config.num_attention_heads)
@@ -155,6 +161,7 @@ class ModelShape:
             o_bias=attention_bias and model_type == "llama",
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
             sliding_window=_sliding_window(config),
+            attention=_attention_kind(config),
         )
 
     @property
@@ -182,6 +189,15 @@ class ModelShape:
         final_norm = 2 * h if self.family == "gpt2" else h
         head = 0 if self.tied_embeddings else self.vocab * h
         return self.num_layers * self.layer_param_count() + embed + final_norm + head
+
+
+def _attention_kind(config: Any) -> str:
+    """``eager`` when the model was loaded with eager attention, else ``sdpa`` (fused: SDPA, flash, ...)."""
+    try:
+        implementation = config._attn_implementation
+    except AttributeError:
+        implementation = None
+    return "eager" if implementation == "eager" else "sdpa"
 
 
 def _sliding_window(config: Any) -> int | None:
@@ -447,13 +463,17 @@ def _elementwise(
 
 
 def _attention(shape: ModelShape, batch: int, q_len: int, kv_len: int, p: Precision) -> list[OpCost]:
-    """Eager attention: scores (reads Q and cached K), softmax, values (reads cached V)."""
+    """Fused attention (reads Q, cached K and V; writes the output), or eager: scores (reads Q and cached K),
+    softmax, values (reads cached V)."""
     a, kv = p.act_bits / 8, p.kv_bits / 8
     heads, d = shape.num_heads, shape.head_dim
     scores = float(batch) * heads * q_len * kv_len
     mm = 2.0 * scores * d
     q_elems = float(batch) * q_len * shape.q_dim
     cached = float(batch) * kv_len * shape.kv_dim
+    if shape.attention != "eager":
+        flops = 2 * mm + scores * SOFTMAX_FLOPS
+        return [OpCost("attention", "layer", flops, 0.0, 2 * q_elems * a, 2 * cached * kv, matmul_flops=2 * mm)]
     return [
         OpCost("attn_scores", "layer", mm, 0.0, (q_elems + scores) * a, cached * kv, matmul_flops=mm),
         _elementwise("softmax", "layer", scores, SOFTMAX_FLOPS, 1, 1, p),

@@ -18,7 +18,7 @@ from rooflens.roofline.hints import RooflineHints
 from rooflens.roofline.probe_file import ProbeResult, probe_path, saved_reasons
 from rooflens.roofline.probe_rules import RULES
 
-ANALYTIC = "rooflens.roofline.analytic (per-op FLOPs and bytes from the model config; eager attention)"
+ANALYTIC = "rooflens.roofline.analytic (per-op FLOPs and bytes from the model config; attention as the model runs it)"
 DTYPE_KEYS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 DTYPE_BITS = {"float32": 32.0, "bfloat16": 16.0, "float16": 16.0}
 
@@ -129,6 +129,30 @@ def _position(
     return pos
 
 
+def phase_costs(
+    config: Any, dtype: str, *, batch: int, prompt_len: int, gen_len: int, hints: RooflineHints
+) -> tuple[PhaseCost, PhaseCost]:
+    """The analytic prefill pass and decode pass (at the mean decode context) of a cell as its engine ran it:
+    each phase's weight bits, the tokens a decode pass verifies, the layers it runs, the engine's extra ops.
+    An unsupported architecture raises ``ValueError``."""
+    shape = ModelShape.from_config(config)
+    bits = DTYPE_BITS.get(dtype, 16.0)
+    p_prefill = Precision(weight_bits=hints.bits_for("prefill") or bits, act_bits=bits, kv_bits=bits)
+    precision = Precision(weight_bits=hints.bits_for("decode") or bits, act_bits=bits, kv_bits=bits)
+    verified = max(1, round(hints.tokens_verified_per_pass or hints.tokens_per_pass or 1.0))
+    prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=p_prefill)
+    decode = decode_cost(
+        shape,
+        batch=batch,
+        context_len=decode_context(prompt_len, gen_len),
+        precision=precision,
+        new_tokens=verified,
+        layers_executed=hints.layers_executed,
+        extra_ops=hints.extra_ops,
+    )
+    return prefill, decode
+
+
 def roofline_position(
     config: Any,
     dtype: str,
@@ -149,37 +173,23 @@ def roofline_position(
     if any(c.source == "measured" for c in ceilings):
         probe_note = None
     try:
-        shape = ModelShape.from_config(config)
+        prefill, decode = phase_costs(config, dtype, batch=batch, prompt_len=prompt_len, gen_len=gen_len, hints=hints)
     except ValueError as err:
         return RooflineResult(analytic_model=ANALYTIC, reason=str(err), probe_note=probe_note)
     bits = DTYPE_BITS.get(dtype, 16.0)
-    p_prefill = Precision(weight_bits=hints.bits_for("prefill") or bits, act_bits=bits, kv_bits=bits)
-    precision = Precision(weight_bits=hints.bits_for("decode") or bits, act_bits=bits, kv_bits=bits)
+    w_prefill, w_decode = hints.bits_for("prefill") or bits, hints.bits_for("decode") or bits
     k = hints.tokens_per_pass or 1.0  # tokens kept per decode pass
-    verified = max(1, round(hints.tokens_verified_per_pass or k))  # tokens the pass processes (op shapes)
-    context = decode_context(prompt_len, gen_len)
-    layers = hints.layers_executed
-    prefill = prefill_cost(shape, batch=batch, prompt_len=prompt_len, precision=p_prefill)
-    decode = decode_cost(
-        shape,
-        batch=batch,
-        context_len=context,
-        precision=precision,
-        new_tokens=verified,
-        layers_executed=layers,
-        extra_ops=hints.extra_ops,
-    )
     return RooflineResult(
         analytic_model=ANALYTIC,
-        weight_bits=precision.weight_bits,
-        act_bits=precision.act_bits,
-        kv_bits=precision.kv_bits,
-        decode_context=context,
+        weight_bits=w_decode,
+        act_bits=bits,
+        kv_bits=bits,
+        decode_context=decode_context(prompt_len, gen_len),
         tokens_per_pass=k,
-        layers_executed=layers if layers is not None else float(shape.num_layers),
+        layers_executed=decode.layers_executed,
         engine_note=hints.note,
         ceilings=ceilings,
         probe_note=probe_note,
-        prefill=_position("prefill", prefill, 1.0, ttft_s, "median TTFT", ceilings, p_prefill.weight_bits),
-        decode=_position("decode", decode, k, tpot_s, "median TPOT", ceilings, precision.weight_bits),
+        prefill=_position("prefill", prefill, 1.0, ttft_s, "median TTFT", ceilings, w_prefill),
+        decode=_position("decode", decode, k, tpot_s, "median TPOT", ceilings, w_decode),
     )

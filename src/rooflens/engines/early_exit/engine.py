@@ -51,6 +51,7 @@ from rooflens.engines.early_exit.oracle import oracle_exits
 from rooflens.engines.early_exit.predictors import exit_features, threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
 from rooflens.engines.early_exit.training import ExitArtifacts, TrainSettings, load_or_train
+from rooflens.engines.marks import engine_work
 from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
 from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
@@ -317,7 +318,8 @@ class EarlyExitEngine(Engine):
             draft_cache = draft.new_cache()
             if P >= 2:
                 positions = torch.arange(P - 1, device=device).view(1, -1)
-                draft(stack.embed_tokens(input_ids[:, 1:]), normed[:, :-1], positions, draft_cache)
+                with engine_work("draft_head"):
+                    draft(stack.embed_tokens(input_ids[:, 1:]), normed[:, :-1], positions, draft_cache)
         lap("prefill")
         self._c.prefill_time += prefill_time["prefill"]
         recent = deque(maxlen=self.options.online_window)
@@ -327,7 +329,8 @@ class EarlyExitEngine(Engine):
         """One token: propose candidates, run the layers until a verified exit (or all of them), emit."""
         x = gen.last_token
         pos = torch.tensor([gen.length - 1], device=x.device)
-        attempt = ExitAttempt(self._propose(gen, x))
+        with engine_work("draft_head"):
+            attempt = ExitAttempt(self._propose(gen, x))
         lap("draft")
         h = self._run_layers_until_exit(gen, x, pos, attempt, lap)
         layers_run = self._emit(gen, attempt, h, pos, lap)
@@ -374,8 +377,9 @@ class EarlyExitEngine(Engine):
         """``self:k``: the top-k of the full LM head after layer k-1."""
         lap("layers")
         stack = self.stack
-        logits = mask_eos(stack.lm_head(stack.norm(hidden[0, -1])), self._eos)
-        candidates = Candidates.of(logits.topk(self.options.k).indices, stack.lm_head.weight, self._eos_set)
+        with engine_work("draft_self_head"):
+            logits = mask_eos(stack.lm_head(stack.norm(hidden[0, -1])), self._eos)
+            candidates = Candidates.of(logits.topk(self.options.k).indices, stack.lm_head.weight, self._eos_set)
         lap("draft")
         return candidates
 
@@ -383,15 +387,20 @@ class EarlyExitEngine(Engine):
         """Layer ``i``'s predictor, then (if it fires) the pre-check and the verification."""
         assert self.art is not None and attempt.candidates is not None
         lap("layers")
-        normed = self.stack.norm(hidden[:, -1:])
-        feat, attempt.prev_features = exit_features(normed[0, 0], attempt.candidates.head_rows, attempt.prev_features)
-        fired = float(self.art.predictors.logit(i, feat)) > self._threshold_logit
+        with engine_work("exit_predictors"):
+            normed = self.stack.norm(hidden[:, -1:])
+            feat, attempt.prev_features = exit_features(
+                normed[0, 0], attempt.candidates.head_rows, attempt.prev_features
+            )
+            fired = float(self.art.predictors.logit(i, feat)) > self._threshold_logit
         attempt.calls.append((i, fired))
         lap("predictors")
         if not fired:
             return False
         self._c.fired += 1
-        if self._precheck_rejects(feat, normed, attempt.candidates):
+        with engine_work("exit_precheck"):
+            rejected = self._precheck_rejects(feat, normed, attempt.candidates)
+        if rejected:
             self._c.precheck_rejects += 1
             lap("exit_head")
             return False
@@ -411,7 +420,8 @@ class EarlyExitEngine(Engine):
 
     def _verify(self, i: int, normed: torch.Tensor, attempt: ExitAttempt, lap: PhaseLap) -> bool:
         """The full-vocabulary argmax at layer ``i``: an exit when it is one of the candidates."""
-        token = int(mask_eos(self.stack.lm_head(normed[0, 0]), self._eos).argmax())
+        with engine_work("exit_heads"):
+            token = int(mask_eos(self.stack.lm_head(normed[0, 0]), self._eos).argmax())
         self._c.exit_heads += 1
         lap("exit_head")
         if token in attempt.candidates.id_set:  # type: ignore[union-attr]
@@ -428,7 +438,8 @@ class EarlyExitEngine(Engine):
             gen.tokens[0, gen.length] = attempt.exit_token
             gen.last_normed = attempt.exit_normed  # type: ignore[assignment]
             if self.options.skipped_kv == "fill" and e < L - 1:
-                self._fill_skipped_kv(h, pos, gen.cache, e)
+                with engine_work("kv_fill"):
+                    self._fill_skipped_kv(h, pos, gen.cache, e)
                 lap("kv_fill")
             return e + 1
         gen.last_normed = self.stack.norm(h)

@@ -222,6 +222,9 @@ class MixedPrecisionEngine(Engine):
     def reset_stats(self) -> None:
         self._runs = []
 
+    def profiled_modules(self) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+        return (self.module if self.module is not None else self.model.model), {}
+
     def scoring_model(self) -> torch.nn.Module | None:
         return None  # precision changes along a generation; per-rung perplexity is in the stats
 

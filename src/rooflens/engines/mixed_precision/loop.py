@@ -15,6 +15,7 @@ import torch
 
 from rooflens.engines.base import TokenClock, synchronize
 from rooflens.engines.decoding import last_logits, mask_eos, new_cache
+from rooflens.engines.marks import engine_work
 from rooflens.engines.mixed_precision.schedulers import Scheduler
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, set_precision
 
@@ -44,7 +45,8 @@ def mixed_decode(
     times: dict[int, float] = {}
     synchronize(device)
     t0 = time.perf_counter()
-    set_precision(layers, prefill_bits)
+    with engine_work("precision_switch"):
+        set_precision(layers, prefill_bits)
     cache = new_cache(module)
     logits = last_logits(module, input_ids, cache)[0]
     token = mask_eos(logits, eos).argmax(-1).view(1, 1)
@@ -54,13 +56,17 @@ def mixed_decode(
         clock.tokens(1)
     out, bits_log, switches = [token], [prefill_bits], []
     bits = scheduler.ladder[0]
-    scheduler.start(cache, max_new_tokens)
-    set_precision(layers, bits)
+    with engine_work("scheduler"):
+        scheduler.start(cache, max_new_tokens)
+    with engine_work("precision_switch"):
+        set_precision(layers, bits)
     for step in range(max_new_tokens - 1):
-        new = scheduler.schedule(step, cache, logits, bits)
+        with engine_work("scheduler"):
+            new = scheduler.schedule(step, cache, logits, bits)
         if new != bits:
             bits = new
-            set_precision(layers, bits)
+            with engine_work("precision_switch"):
+                set_precision(layers, bits)
             switches.append(step)
         logits = last_logits(module, token, cache)[0]
         token = mask_eos(logits, eos).argmax(-1).view(1, 1)

@@ -84,6 +84,9 @@ class SpeculativeEngine(Engine):
     def stats(self) -> dict[str, EngineStat]:
         return speculative_stats(self._counters, self.options.proposer == "hf_assisted", self.draft_note)
 
+    def profiled_modules(self) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+        return self.model.model, ({"draft": self.draft} if self.draft is not None else {})
+
     def roofline_hints(self) -> RooflineHints:
         """Decode passes verify gamma+1 tokens and keep accepted+1 of them (per verify pass)."""
         c = self._counters

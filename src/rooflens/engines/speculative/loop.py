@@ -22,6 +22,7 @@ import torch
 
 from rooflens.engines.base import TokenClock, synchronize
 from rooflens.engines.decoding import crop_cache, last_logits, new_cache
+from rooflens.engines.marks import engine_work
 from rooflens.engines.speculative.acceptance import Verdict, judge
 from rooflens.engines.speculative.chooser import TokenChooser
 from rooflens.engines.speculative.proposers import Draft, Proposer
@@ -147,12 +148,15 @@ class SpeculativeLoop:
         """One draft/verify round of up to ``g`` draft tokens; (drafted, accepted)."""
         c = self.counters
         watch.start()
-        draft = self.proposer.propose(gen.tokens, g, self.chooser)
+        with engine_work("draft"):
+            draft = self.proposer.propose(gen.tokens, g, self.chooser)
         c.draft_passes += draft.forward_passes
         c.draft_time += watch.split()
-        verdict = judge(verify(gen, self.target, draft), draft, self.chooser)
-        commit(gen, draft, verdict)
-        rollback_caches(gen, self.proposer)
+        logits = verify(gen, self.target, draft)  # the target's own pass: its operators are the model's
+        with engine_work("acceptance"):  # judging the draft, committing, rolling both caches back
+            verdict = judge(logits, draft, self.chooser)
+            commit(gen, draft, verdict)
+            rollback_caches(gen, self.proposer)
         c.verify_time += watch.split()
         c.count_round(draft.size, verdict.accepted)
         return draft.size, verdict.accepted

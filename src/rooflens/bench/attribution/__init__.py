@@ -1,0 +1,159 @@
+"""Per-operator attribution of a cell: one repetition after the timed ones (never inside them), run under
+``torch.profiler`` with the model instrumented (:mod:`.instrument`), its operators sorted into the analytic model's
+classes and the engine's own work (:mod:`.events`), and each class placed on the roofline
+(:mod:`rooflens.roofline.op_classes`). CPU activity on a CPU; on a GPU the kernels' device time (CUPTI) is an
+operator's time. On a CPU the profiler's own cost is taken out: per range as measured just before (:mod:`.overhead`),
+per recorded operator as the decode passes show it against the timed ones (:func:`in_situ`); the prefill, corrected
+with that figure, is compared with its timed pass (``agreement``). The profiled repetition's tokens are not used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from rooflens.bench.attribution.events import PhaseTimes, event_tree, phase_times
+from rooflens.bench.attribution.instrument import SteppedClock, instrumented
+from rooflens.bench.attribution.overhead import ProfilerCost, measure_profiler_cost
+from rooflens.engines.base import Engine
+from rooflens.results.record import Attribution, CeilingRef
+from rooflens.roofline.analytic import SUPPORTED_MODEL_TYPES, PhaseCost
+from rooflens.roofline.op_classes import ProfiledPhase, phase_attribution
+
+__all__ = ["attribute_cell", "profile_repetition"]
+
+
+def _profiler_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"torch.profiler {torch.__version__}: CPU and CUDA activity (CUPTI); an operator's time is its kernels'"
+    return f"torch.profiler {torch.__version__}: CPU activity; an operator's time is its CPU span"
+
+
+def why_not_attributed(engine: Engine) -> str | None:
+    """Why this engine's operators cannot be told apart (None when they can)."""
+    if getattr(engine.options, "compile", False):
+        return "torch.compile fuses the forward into generated kernels: no per-module operators to attribute"
+    return None
+
+
+@contextmanager
+def _kineto_quiet() -> Iterator[None]:
+    """Kineto prints ``USDT: ... profiler_start`` lines to the process's stderr at every start and stop, and torch
+    warns that a scheduled profiler clears its events: neither is for the user. Stderr (the file descriptor, where
+    kineto writes) goes to /dev/null meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Profiler clears events")
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def profile_repetition(
+    engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device
+) -> dict[str, PhaseTimes]:
+    """One generation of ``n_new`` tokens under the profiler with the engine's modules instrumented, after a short
+    one under the profiler's warm-up step (its first events cost far more: a cold profiler doubled a prefill)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    target, own = engine.profiled_modules()
+    family = SUPPORTED_MODEL_TYPES.get(str(getattr(target.config, "model_type", "")), "llama")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    kept: list[dict[str, PhaseTimes]] = []
+
+    def keep(prof) -> None:  # the active step's events, read before the profiler clears them
+        kept.append(phase_times(event_tree(prof.profiler.kineto_results.events()), on_device=device.type == "cuda"))
+
+    steps = schedule(wait=0, warmup=1, active=1)
+    with (
+        _kineto_quiet(),
+        instrumented(target, family, own),
+        profile(activities=activities, schedule=steps, on_trace_ready=keep) as prof,
+    ):
+        for n in (2, n_new):
+            clock = SteppedClock(device, n)
+            clock.start()
+            try:
+                engine.generate(prompts, n, clock)
+            finally:
+                clock.stop()  # closes the open step range
+            prof.step()
+    if not kept:
+        raise RuntimeError("the profiler handed back no events")
+    return kept[-1]
+
+
+def in_situ(cost: ProfilerCost, times: dict[str, PhaseTimes], timed_pass_s: dict[str, float]) -> ProfilerCost:
+    """The cost per operator as the decode passes show it: their profiled time less their timed time and their
+    ranges' cost, over their operators; never below the loop's figure. Inside a real forward an operator costs the
+    profiler two to ten times what it costs in a tight loop (SmolLM2 on a 2-core CPU), so the loop's figure alone
+    would leave most of the profiler's cost in *outside operators*. The decode passes are then attributed in the
+    timed pass's length by construction; the prefill, corrected with their figure, is the check."""
+    decode, timed = times.get("decode"), timed_pass_s.get("decode")
+    if decode is None or not decode.passes or not timed:
+        return cost
+    ops = decode.top_ops + sum(decode.nested.values())
+    extra = decode.wall_us / 1e6 - timed * decode.passes - cost.per_range_s * decode.ranges
+    per_op = max(extra / ops if ops else 0.0, cost.per_op_s)
+    how = (
+        f"{per_op * 1e6:.2f} us per operator as the decode passes show it (profiled less timed, over their "
+        f"operators; {cost.per_op_s * 1e6:.2f} us in a loop of small linear calls), {cost.per_range_s * 1e6:.2f} us "
+        "per range (a loop of wrapped empty calls, bare and profiled)"
+    )
+    return ProfilerCost(per_op, cost.per_range_s, how)
+
+
+def _profiled(t: PhaseTimes, cost: ProfilerCost | None) -> ProfiledPhase:
+    """A phase's totals in seconds, the profiler's cost taken out (none on a GPU: ``cost`` None): an operator nested
+    in another costs its parent's class, a top-level one and a range cost the time between operators."""
+    per_op = cost.per_op_s if cost else 0.0
+    per_range = cost.per_range_s if cost else 0.0
+    inside = {k: max(v / 1e6 - per_op * t.nested.get(k, 0), 0.0) for k, v in t.inside_us.items()}
+    nested = sum(t.nested.values())
+    removed = per_op * (t.top_ops + nested) + per_range * t.ranges
+    how = "none: on a GPU an operator's time is its kernels'"
+    if cost is not None:
+        how = f"{t.top_ops + nested} operators and {t.ranges} ranges recorded; {cost.how}"
+    return ProfiledPhase(t.passes, t.wall_us / 1e6, removed, inside, dict(t.calls), frozenset(t.engine_classes), how)
+
+
+def attribute_cell(
+    engine: Engine,
+    prompts: torch.Tensor,
+    n_new: int,
+    device: torch.device,
+    costs: dict[str, PhaseCost],
+    ceilings: list[CeilingRef],
+    timed_pass_s: dict[str, float],
+) -> Attribution:
+    """The record's attribution: per phase, where a pass's time goes, each class against its analytic ``costs``.
+    A failure is recorded as the reason there is none (the cell's timed results stand)."""
+    name = _profiler_name(device)
+    reason = why_not_attributed(engine)
+    if reason is not None:
+        return Attribution(profiler=name, reason=reason)
+    try:
+        with _kineto_quiet():
+            cost = measure_profiler_cost() if device.type == "cpu" else None
+        times = profile_repetition(engine, prompts, n_new, device)
+    except Exception as err:  # noqa: BLE001 - an attribution that fails must not fail a measured cell
+        return Attribution(profiler=name, reason=f"the profiled repetition failed: {type(err).__name__}: {err}")
+    if cost is not None:
+        cost = in_situ(cost, times, timed_pass_s)
+    phases = [
+        phase_attribution(phase, _profiled(t, cost), costs.get(phase), ceilings, timed_pass_s.get(phase))
+        for phase in ("prefill", "decode")
+        if (t := times.get(phase)) is not None and t.passes and t.wall_us > 0
+    ]
+    if not phases:
+        return Attribution(profiler=name, reason="the profiled repetition recorded no pass")
+    return Attribution(profiler=name, phases=phases)
