@@ -30,6 +30,12 @@ def roofline(
     kv_bits: Optional[int] = typer.Option(
         None, "--kv-bits", min=1, help="KV cache bits (default: the activations' width, 32 with --bits 32, else 16)"
     ),
+    act_bits: Optional[int] = typer.Option(
+        None,
+        "--act-bits",
+        help="integer activations: 8 (W8A8) or 4 (W4A4); the matmuls run at the hardware's int8 / int4 peak and "
+        "activations move at that width (default: 16-bit activations at the bf16/fp16 peak)",
+    ),
     ops: Optional[bool] = typer.Option(None, "--ops/--no-ops", help="per-op tables (default: when one batch x bits)"),
     png: Optional[Path] = typer.Option(None, "--png", help="write the roofline chart to this PNG"),
     as_json: bool = typer.Option(False, "--json", help="print the analysis as JSON"),
@@ -48,13 +54,15 @@ def roofline(
     batches, bit_list = int_list(batch, "--batch"), int_list(bits, "--bits")
     scenario = dict(batches=batches, prompt_len=prompt, gen_len=gen, group_size=group_size, kv_bits=kv_bits)
     if is_platform_comparison(hw):
+        if act_bits is not None:
+            fail("--act-bits projects on one profile (--hw NAME or auto), not in a platform comparison")
         if len(bit_list) != 1:
             fail(f"--hw {hw} compares platforms at one --bits value; got {bits}")
         _platforms(model, hw, bit_list[0], scenario, records, png, as_json)
         return
     if records is not None:
         fail("--records goes with --hw all (or a comma-separated list of profiles)")
-    _what_if(model, hw, bit_list, scenario, ops, png, as_json)
+    _what_if(model, hw, bit_list, {**scenario, "act_bits": act_bits}, ops, png, as_json)
 
 
 def _platforms(

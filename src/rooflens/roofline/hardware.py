@@ -33,8 +33,9 @@ __all__ = [
     "resolve_profile",
 ]
 
-Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
-DTYPES: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"]
+DTYPES: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+INTEGER_DTYPES = frozenset({"int8", "int4"})  # peaks in OP/s
 
 #: Allowed units and their factor to SI (bytes, bytes/s, FLOP/s or OP/s, W).
 UNITS: dict[str, float] = {
@@ -70,6 +71,7 @@ _DTYPE_ALIASES: dict[str, str] = {
     "e4m3": "fp8",
     "e5m2": "fp8",
     "i8": "int8",
+    "i4": "int4",
 }
 
 # A device-name token right after a matched pattern that makes it a different product
@@ -146,7 +148,7 @@ class HardwareProfile(BaseModel):
             ("tdp", self.tdp, _POWER_UNITS),
         ]
         for dtype, ceiling in self.peak_flops.items():
-            allowed = _OP_UNITS if dtype == "int8" else _FLOP_UNITS
+            allowed = _OP_UNITS if dtype in INTEGER_DTYPES else _FLOP_UNITS
             checks.append((f"peak_flops.{dtype}", ceiling, allowed))
         for field, ceiling, allowed in checks:
             if ceiling is not None and ceiling.unit not in allowed:

@@ -71,19 +71,35 @@ def ceilings(hw: str, compute_dtypes: tuple[str, ...]) -> tuple[HardwareProfile,
     )
 
 
-def precision_for(bits: int, group_size: int, kv_bits: int | None = None) -> Precision:
+ACT_BITS = {8: "int8", 4: "int4"}  # integer activations (W8A8, W4A4): the matmuls run at that peak
+
+
+def precision_for(bits: int, group_size: int, kv_bits: int | None = None, act_bits: int | None = None) -> Precision:
     """16/32 bits: plain weights; 8/4/3/2: group-wise weights with one fp16 scale per group.
 
-    Activations are 32-bit with 32-bit weights, else 16-bit; the KV cache has the activations' width
-    unless ``kv_bits`` says otherwise.
+    Activations are 32-bit with 32-bit weights, else 16-bit, or ``act_bits`` (8, 4: integer activations, as
+    W8A8/W4A4 formats run them); the KV cache is 32-bit with 32-bit weights, else 16-bit, unless ``kv_bits``
+    says otherwise.
     """
     if bits not in (32, 16, 8, 4, 3, 2):
         raise WhatIfError(f"--bits {bits}: allowed 32, 16, 8, 4, 3, 2")
+    if act_bits is not None and act_bits not in ACT_BITS:
+        raise WhatIfError(f"--act-bits {act_bits}: allowed {', '.join(map(str, ACT_BITS))} (or leave it out)")
     weight_bits = float(bits) if bits >= 16 else bits_per_weight(bits, group_size)
-    act_bits = 32.0 if bits == 32 else 16.0
+    wide = 32.0 if bits == 32 else 16.0
     return Precision(
-        weight_bits=weight_bits, act_bits=act_bits, kv_bits=act_bits if kv_bits is None else float(kv_bits)
+        weight_bits=weight_bits,
+        act_bits=wide if act_bits is None else float(act_bits),
+        kv_bits=wide if kv_bits is None else float(kv_bits),
     )
+
+
+def compute_dtypes(bits: list[int], act_bits: int | None) -> tuple[str, ...]:
+    """The peaks a projection uses, in order of preference: int8/int4 with integer activations, fp32 when every
+    weight is 32-bit, else bf16 (fp16 where there is no bf16)."""
+    if act_bits is not None:
+        return (ACT_BITS[act_bits],) if act_bits in ACT_BITS else ()
+    return ("fp32",) if bits == [32] else ("bf16", "fp16")
 
 
 def _shape(config: Any) -> ModelShape:
@@ -104,13 +120,14 @@ def phase_costs(
     gen_len: int,
     group_size: int = 128,
     kv_bits: int | None = None,
+    act_bits: int | None = None,
 ) -> list[tuple[int, int, PhaseCost, PhaseCost]]:
     """FLOPs and bytes of the prefill pass and of a decode step at the mean context: no ceilings needed."""
     shape = _shape(config)
     out = []
     for b in batches:
         for w in bits:
-            p = precision_for(w, group_size, kv_bits)
+            p = precision_for(w, group_size, kv_bits, act_bits)
             out.append(
                 (
                     b,
@@ -132,6 +149,7 @@ def projections(
     gen_len: int,
     group_size: int = 128,
     kv_bits: int | None = None,
+    act_bits: int | None = None,
 ) -> list[tuple[int, int, Projection]]:
     shape = _shape(config)
     return [
@@ -143,7 +161,7 @@ def projections(
                 batch=b,
                 prompt_len=prompt_len,
                 gen_len=gen_len,
-                precision=precision_for(w, group_size, kv_bits),
+                precision=precision_for(w, group_size, kv_bits, act_bits),
                 bandwidth=c.bandwidth,
                 peak_flops=c.peak_flops,
             ),
@@ -195,15 +213,23 @@ def what_if(
     gen_len: int,
     group_size: int = 128,
     kv_bits: int | None = None,
+    act_bits: int | None = None,
 ) -> WhatIf:
     """``config`` (the shape of the model called ``model``) on the ceilings of ``hw`` (a profile name or
-    ``auto``), at bf16 (fp16 without bf16; fp32 when every weight is 32-bit) peak; without ceilings the
-    costs only. Raises :class:`WhatIfError` for bad input."""
+    ``auto``), at bf16 (fp16 without bf16; fp32 when every weight is 32-bit; int8/int4 with ``act_bits`` 8/4)
+    peak; without ceilings the costs only. Raises :class:`WhatIfError` for bad input."""
     workload = dict(
-        batches=batches, bits=bits, prompt_len=prompt_len, gen_len=gen_len, group_size=group_size, kv_bits=kv_bits
+        batches=batches,
+        bits=bits,
+        prompt_len=prompt_len,
+        gen_len=gen_len,
+        group_size=group_size,
+        kv_bits=kv_bits,
+        act_bits=act_bits,
     )
+    precision_for(bits[0], group_size, kv_bits, act_bits)  # bad --act-bits: an error, not a missing ceiling
     try:
-        profile, c = ceilings(hw, ("fp32",) if bits == [32] else ("bf16", "fp16"))
+        profile, c = ceilings(hw, compute_dtypes(bits, act_bits))
     except NoCeilingsError as err:
         return WhatIf(model, costs=phase_costs(config, **workload), why=str(err))
     return WhatIf(model, projections(config, c, **workload), profile, c)
