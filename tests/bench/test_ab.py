@@ -309,3 +309,17 @@ def test_a_quiet_cell_stops_at_the_minimum_a_noisy_one_gets_rounds_until_powered
     assert 12 < asked < 40
     assert drive([100.0] * 200, list(100 * np.exp(rng.normal(0, 0.4, 200)))) == 40  # never powered: the cap
     assert drive([100.0] * 200, noisy, fail_at=3) == 4  # a cell whose block failed gets no more rounds
+
+
+def test_a_worker_job_leaves_out_what_a_base_from_before_attribution_would_refuse(tmp_path):
+    """The base revision's worker validates the job with its own schema, which forbids unknown fields: ab never
+    profiles, so ``experiment.attribution`` is left out (CI's base, d83370d, refused the job with it)."""
+    from factories import tiny_experiment
+    from rooflens.bench.ab import worker_job
+    from rooflens.bench.job import GroupJob
+    from rooflens.bench.runner import ExperimentRunner
+
+    runner = ExperimentRunner(tiny_experiment([{"name": "hf"}], attribution=True), results_root=tmp_path)
+    sent = worker_job(runner.job(range(len(runner.cells)), "ab"))
+    assert "attribution" not in sent["experiment"]
+    assert GroupJob.model_validate(sent).experiment.attribution  # a worker of today fills the default back

@@ -210,6 +210,12 @@ def _side(source: SideSource, exp: Experiment, file: str, plan: AbPlan, observer
     return Side(source, runner, job, tmp / f"{source.name}.log", watch=Watch(exp.cell_timeout_s))
 
 
+def worker_job(job: GroupJob) -> dict:
+    """The job as an ab worker gets it: without ``experiment.attribution`` (ab never profiles), so a base revision
+    from before that field existed still takes the job (its schema forbids unknown fields)."""
+    return job.model_dump(mode="json", exclude={"experiment": {"attribution"}})
+
+
 def check_same_cells(base: Experiment, head: Experiment) -> None:
     """Both sides must have the same cells, in the same order (they are paired cell by cell)."""
     from rooflens.bench.cells import expand_cells
@@ -245,7 +251,7 @@ def run_ab(
         try:
             for side in (a, b):
                 side.start(python)
-                side.ask({"op": "start", "job": side.job.model_dump(mode="json")}, Ready)
+                side.ask({"op": "start", "job": worker_job(side.job)}, Ready)
             for index in range(len(a.runner.cells)):
                 _measure_cell(index, a, b, plan)
             for side in (a, b):
