@@ -411,3 +411,17 @@ def test_profiler_cost_per_operator_is_what_the_decode_passes_show_never_below_t
     slower_timed = in_situ(loop, {"decode": decode}, {"decode": 0.0112})  # noise: profiled faster than timed
     assert slower_timed.per_op_s == loop.per_op_s
     assert in_situ(loop, {}, {"decode": 0.01}) is loop
+
+
+def test_the_profilers_cost_never_takes_more_than_the_time_outside_operators():
+    from rooflens.bench.attribution import _profiled
+    from rooflens.bench.attribution.events import PhaseTimes
+    from rooflens.bench.attribution.overhead import ProfilerCost
+
+    t = PhaseTimes(passes=1, wall_us=1000.0, ranges=50)
+    t.inside_us["q_proj"] = 900.0
+    t.calls["q_proj"] = 10
+    absurd = ProfilerCost(per_op_s=50e-6, per_range_s=50e-6, how="a loop slowed by the machine")
+    profiled = _profiled(t, absurd)
+    assert profiled.removed_s == pytest.approx(0.0001)  # 1000 us - 900 us inside operators
+    assert profiled.wall_s - profiled.removed_s >= sum(profiled.inside_s.values())

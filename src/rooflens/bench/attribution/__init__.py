@@ -119,7 +119,10 @@ def _profiled(t: PhaseTimes, cost: ProfilerCost | None) -> ProfiledPhase:
     per_range = cost.per_range_s if cost else 0.0
     inside = {k: max(v / 1e6 - per_op * t.nested.get(k, 0), 0.0) for k, v in t.inside_us.items()}
     nested = sum(t.nested.values())
-    removed = per_op * (t.top_ops + nested) + per_range * t.ranges
+    # never more than the time outside operators: an estimate that would take more (a calibration loop slowed by
+    # the machine) is capped, and the pass keeps at least its operators' time
+    room = max(t.wall_us / 1e6 - sum(inside.values()), 0.0)
+    removed = min(per_op * (t.top_ops + nested) + per_range * t.ranges, room)
     how = "none: on a GPU an operator's time is its kernels'"
     if cost is not None:
         how = f"{t.top_ops + nested} operators and {t.ranges} ranges recorded; {cost.how}"
