@@ -127,14 +127,10 @@ def test_role_of_names_the_analytic_classes():
 # ---------------------------------------------------------------------------- the table
 
 
-def _shape() -> ModelShape:
-    return small_shape()
-
-
 def test_phase_table_adds_up_and_compares_each_class_with_its_analytic_ops():
     from rooflens.results.record import CeilingRef, Quantity
 
-    cost = decode_cost(_shape(), batch=1, context_len=10)
+    cost = decode_cost(small_shape(), batch=1, context_len=10)
     bw, peak = 10e9, 100e9
     ceiling = CeilingRef(
         source="datasheet",

@@ -11,12 +11,8 @@ from rooflens.reports.attribution import attribution_sentences, attribution_tabl
 from rooflens.reports.attribution_charts import operator_rooflines, time_split
 from rooflens.results.record import Record
 from rooflens.results.store import write_record
-from rooflens.roofline.analytic import ModelShape, decode_cost, prefill_cost
+from rooflens.roofline.analytic import decode_cost, prefill_cost
 from rooflens.roofline.op_classes import ProfiledPhase, phase_attribution
-
-
-def _shape() -> ModelShape:
-    return small_shape()
 
 
 def attributed(engine: str, inside: dict[str, float], wall: float, engine_classes=frozenset(), batch=1) -> Record:
@@ -24,7 +20,7 @@ def attributed(engine: str, inside: dict[str, float], wall: float, engine_classe
     from rooflens.results.record import Attribution
 
     r = placed_record(make_record(engine, batch=batch), 1e8, 0.01)
-    shape = _shape()
+    shape = small_shape()
     profiled = ProfiledPhase(1, wall, 0.0, inside, {k: 1 for k in inside}, frozenset(engine_classes))
     phases = [
         phase_attribution(phase, profiled, cost, [TEST_CEILING], wall * 0.95)

@@ -61,7 +61,7 @@ def phase_of(r: Record, name: str) -> PhaseAttribution | None:
     return next((p for p in r.attribution.phases if p.phase == name), None)
 
 
-def _first_per_engine(records: list[Record]) -> list[Record]:
+def first_per_engine(records: list[Record]) -> list[Record]:
     """Per engine, its attributed record of the first workload at the smallest batch."""
     chosen: dict[str, Record] = {}
     for r in sorted(records, key=lambda r: (r.cell.batch_size,)):
@@ -104,7 +104,7 @@ def _family_ratio(phase: PhaseAttribution, family: str) -> float | None:
 def _model_error(records: list[Record]) -> list[str]:
     """Per engine, how much of each family's measured decode time the analytic model predicts at the ceilings."""
     out = []
-    for r in _first_per_engine(records):
+    for r in first_per_engine(records):
         phase = phase_of(r, "decode")
         assert phase is not None
         parts = [
@@ -123,7 +123,7 @@ def _model_error(records: list[Record]) -> list[str]:
 def attribution_sentences(records: list[Record]) -> list[str]:
     """Where the decode time goes per engine (the biggest lever), and the analytic model's error."""
     out = []
-    for r in _first_per_engine(records):
+    for r in first_per_engine(records):
         phase = phase_of(r, "decode")
         assert phase is not None
         out.append(_lever(r, phase))

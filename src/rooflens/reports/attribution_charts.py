@@ -9,7 +9,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rooflens.reports.attribution import FAMILIES, family_of, family_shares, phase_of  # noqa: E402
+from rooflens.reports.attribution import (  # noqa: E402
+    FAMILIES,
+    family_of,
+    family_shares,
+    first_per_engine,
+    phase_of,
+)
 from rooflens.reports.roofline_chart import Point, palette, panel, roofs_of  # noqa: E402
 from rooflens.results.record import Record  # noqa: E402
 
@@ -81,11 +87,7 @@ def time_split(records: list[Record]) -> Figure | None:
 def operator_rooflines(records: list[Record]) -> Figure | None:
     """Per engine (its smallest batch), each modelled class of the decode pass at its analytic intensity and
     achieved FLOP/s, under the run's ceilings."""
-    chosen: dict[str, Record] = {}
-    for r in sorted(_attributed(records), key=lambda r: r.cell.batch_size):
-        if phase_of(r, "decode") is not None:
-            chosen.setdefault(r.cell.engine_label, r)
-    panels = list(chosen.values())[:MAX_PANELS]
+    panels = first_per_engine(_attributed(records))[:MAX_PANELS]
     roofs = roofs_of(panels)
     if not panels or not roofs:
         return None

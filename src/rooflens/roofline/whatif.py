@@ -96,7 +96,8 @@ def precision_for(bits: int, group_size: int, kv_bits: int | None = None, act_bi
 
 def compute_dtypes(bits: list[int], act_bits: int | None) -> tuple[str, ...]:
     """The peaks a projection uses, in order of preference: int8/int4 with integer activations, fp32 when every
-    weight is 32-bit, else bf16 (fp16 where there is no bf16)."""
+    weight is 32-bit, else bf16 (fp16 where there is no bf16). None for act_bits it does not know: the costs then
+    say why (:func:`precision_for`)."""
     if act_bits is not None:
         return (ACT_BITS[act_bits],) if act_bits in ACT_BITS else ()
     return ("fp32",) if bits == [32] else ("bf16", "fp16")
@@ -227,7 +228,6 @@ def what_if(
         kv_bits=kv_bits,
         act_bits=act_bits,
     )
-    precision_for(bits[0], group_size, kv_bits, act_bits)  # bad --act-bits: an error, not a missing ceiling
     try:
         profile, c = ceilings(hw, compute_dtypes(bits, act_bits))
     except NoCeilingsError as err:
