@@ -261,6 +261,16 @@ def _per_pass(times, phase: str) -> dict[str, float]:
     return {k: v / t.passes / 1e6 for k, v in t.inside_us.items()}
 
 
+def test_several_profiled_repetitions_sum_their_passes(tiny_llama):
+    engine = build_engine(EngineSpec(name="hf"), tiny_llama)
+    prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=3)
+    one = profile_repetition(engine, prompts, 4, CPU)
+    two = profile_repetition(engine, prompts, 4, CPU, reps=2)
+    assert (one["prefill"].passes, one["decode"].passes) == (1, 3)
+    assert (two["prefill"].passes, two["decode"].passes) == (2, 6)
+    assert two["decode"].calls["q_proj"] == 2 * one["decode"].calls["q_proj"]
+
+
 def test_a_slowed_operator_moves_time_to_its_class_and_nowhere_else(tiny_llama):
     engine = build_engine(EngineSpec(name="hf"), tiny_llama)
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=3)
