@@ -28,7 +28,7 @@ from rooflens.device.spec import DEVICE_CHOICES, DeviceSpecError, parse_device
 from rooflens.text import quote, safe_name, shorten
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-PROMPT_SOURCES = ("synthetic", "corpus")
+PROMPT_SOURCES = ("synthetic", "corpus", "chat", "summaries")  # chat, summaries: the shipped prompt sets
 MODEL_SOURCES = ("builtin", "hf", "shape")
 BUILTIN_EXPERIMENT = "quickstart"
 MAX_NAME_LEN = 100  # experiment names, engine labels and workload names become (parts of) file names
@@ -126,7 +126,23 @@ class Workload(_Strict):
     prompt_len: int = Field(ge=1, le=131072)
     gen_len: int = Field(ge=2, le=65536, description="new tokens per sequence; >= 2 so that TPOT exists")
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    prompt: Literal["synthetic", "corpus"] = "synthetic"
+    prompt: str = Field(
+        default="synthetic",
+        description="synthetic (seeded random ids), corpus (windows of the shipped text), chat or summaries (the "
+        "shipped prompt sets, with reference answers), or file:PATH (JSON Lines: 'prompt' or chat 'messages', "
+        "optional 'reference' and 'id'); a set's prompts are fitted to prompt_len (longer: the middle cut; "
+        "shorter: corpus text put before)",
+    )
+    chat_template: bool = Field(
+        default=True, description="a prompt set's items go through the model's chat template when it has one"
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_source(cls, v: str) -> str:
+        if v in PROMPT_SOURCES or (v.startswith("file:") and v[len("file:") :].strip()):
+            return v
+        raise ValueError(f"must be one of {', '.join(PROMPT_SOURCES)} or file:PATH (got {quote(v)})")
 
     @field_validator("batch_sizes")
     @classmethod

@@ -211,9 +211,12 @@ def _side(source: SideSource, exp: Experiment, file: str, plan: AbPlan, observer
 
 
 def worker_job(job: GroupJob) -> dict:
-    """The job as an ab worker gets it: without ``experiment.attribution`` (ab never profiles), so a base revision
-    from before that field existed still takes the job (its schema forbids unknown fields)."""
-    return job.model_dump(mode="json", exclude={"experiment": {"attribution"}})
+    """The job as an ab worker gets it: the experiment without the fields at their defaults (the worker's schema
+    fills its own back) and without ``attribution`` (ab never profiles), so a base revision from before a field
+    existed still takes the job (its schema forbids unknown fields) unless the experiment sets that field."""
+    out = job.model_dump(mode="json", exclude={"experiment"})
+    out["experiment"] = job.experiment.model_dump(mode="json", exclude_defaults=True, exclude={"attribution"})
+    return out
 
 
 def check_same_cells(base: Experiment, head: Experiment) -> None:

@@ -93,9 +93,8 @@ class Group:
 
     def prompts(self, cell: Cell) -> torch.Tensor:
         w, exp = cell.workload, self.job.experiment
-        return make_prompts(
-            self.model(cell), w.prompt, cell.batch_size, w.prompt_len, exp.seed + 1000 * cell.workload_index
-        )
+        seed = exp.seed + 1000 * cell.workload_index
+        return make_prompts(self.model(cell), w.prompt, cell.batch_size, w.prompt_len, seed, w.chat_template)
 
 
 def refusal(group: Group, cell: Cell) -> tuple[str, ErrorInfo] | None:
@@ -235,6 +234,7 @@ def measured_record(
         energy=energy_of(m.energy, reps * cell.batch_size * w.gen_len, reps, window),
         memory=memory_of(m.memory),
         engine_stats=m.stats,
+        fidelity=engine.fidelity(),
         repetitions=RepetitionInfo(
             warmup=m.warmup, measured=reps, measured_seconds=m.measured_seconds, stopped_by=m.stopped_by, **schedule
         ),

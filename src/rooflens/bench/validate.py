@@ -32,6 +32,21 @@ def registry_problems(exp: Experiment, source: str) -> list[str]:
         )
     for i, spec in enumerate(exp.engines):
         problems += [f"{source}: engines[{i}].{p}" for p in validate_engine_options(spec)]
+    return problems + prompt_set_problems(exp, source)
+
+
+def prompt_set_problems(exp: Experiment, source: str) -> list[str]:
+    """A workload's prompt set (a file) that cannot be read, named with the workload."""
+    from rooflens.data.prompt_sets import PromptSetError, load_prompt_set
+
+    problems = []
+    for i, w in enumerate(exp.workloads):
+        if w.prompt in ("synthetic", "corpus"):
+            continue
+        try:
+            load_prompt_set(w.prompt)
+        except PromptSetError as err:
+            problems.append(f"{source}: workloads[{i}].prompt: {err}")
     return problems
 
 

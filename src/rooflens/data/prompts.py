@@ -1,4 +1,5 @@
-"""Prompts of an exact token length: deterministic synthetic ids, or windows of the shipped corpus."""
+"""Prompts of an exact token length: deterministic synthetic ids, windows of the shipped corpus, or items of a prompt
+set (:mod:`rooflens.data.prompt_sets`: the shipped ``chat`` and ``summaries``, or ``file:PATH``) fitted to it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from importlib import resources
 from typing import Any, Protocol
 
 import torch
+
+from rooflens.data.prompt_sets import encode, fit, load_prompt_set
 
 
 class _HasLabel(Protocol):
@@ -56,9 +59,33 @@ def corpus_prompts(model: PromptModel, batch: int, length: int, seed: int) -> to
     return torch.tensor(rows, dtype=torch.long)
 
 
-def make_prompts(model: PromptModel, source: str, batch: int, length: int, seed: int) -> torch.Tensor:
-    build = {"synthetic": synthetic_prompts, "corpus": corpus_prompts}[source]
-    return build(model, batch, length, seed).to(model.device)
+def set_prompts(
+    model: PromptModel, source: str, batch: int, length: int, seed: int, chat_template: bool = True
+) -> torch.Tensor:
+    """Row i is item ``seed + i`` (wrapping) of the prompt set ``source``, encoded (through the model's chat
+    template when ``chat_template`` and it has one) and fitted to ``length`` tokens (``prompt_sets.FIT_RULE``)."""
+    if model.tokenizer is None:
+        raise ValueError(f"prompt {source!r} needs a tokenizer; {model.info.label} has none (use prompt: synthetic)")
+    items = load_prompt_set(source)
+    filler = corpus_ids(model.tokenizer)
+    rows = [
+        fit(encode(items[(seed + i) % len(items)], model.tokenizer, chat_template), length, filler)
+        for i in range(batch)
+    ]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def make_prompts(
+    model: PromptModel, source: str, batch: int, length: int, seed: int, chat_template: bool = True
+) -> torch.Tensor:
+    """``batch`` prompts of ``length`` tokens from ``source`` (a workload's ``prompt``), on the model's device."""
+    if source == "synthetic":
+        out = synthetic_prompts(model, batch, length, seed)
+    elif source == "corpus":
+        out = corpus_prompts(model, batch, length, seed)
+    else:
+        out = set_prompts(model, source, batch, length, seed, chat_template)
+    return out.to(model.device)
 
 
 # ---------------------------------------------------------------------------- offline training data

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from rooflens.engines.options import EngineOptions
-from rooflens.results.stat import EngineStat
+from rooflens.results.stat import EngineStat, Fidelity
 from rooflens.roofline.hints import RooflineHints
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "EngineOptions",
     "EngineStat",
     "EngineUnavailable",
+    "Fidelity",
     "RooflineHints",
     "TokenClock",
 ]
@@ -142,6 +143,11 @@ class Engine(ABC):
     def stats(self) -> dict[str, EngineStat]:
         """Statistics over the generations since :meth:`reset_stats`."""
         return {}
+
+    def fidelity(self) -> Fidelity | None:
+        """For an engine that implements a paper's technique: its reference setup and how this run departs from it
+        (the record's ``fidelity``); None for engines that implement no paper."""
+        return None
 
     def scoring_model(self) -> torch.nn.Module | None:
         """The module whose logits are this engine's next-token distribution (for perplexity).

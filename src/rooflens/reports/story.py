@@ -164,10 +164,30 @@ def _not_measured(records: list[Record], several: bool) -> list[str]:
     return [s if s.endswith(".") else s + "." for s in out]
 
 
+def _adaptations(records: list[Record]) -> list[str]:
+    """Engines whose runs depart from their paper's reference setup: adaptations, never reproductions."""
+    out, seen = [], set()
+    for r in records:
+        f = r.fidelity
+        if r.status != "ok" or f is None or r.cell.engine_label in seen:
+            continue
+        seen.add(r.cell.engine_label)
+        if f.reproduces:
+            out.append(f"{r.cell.engine_label} runs {f.technique}'s reference setup (the model and data aside).")
+            continue
+        n = len(f.deviations)
+        out.append(
+            f"{r.cell.engine_label} is an adaptation of {f.technique}, not a reproduction: {n} "
+            f"deviation{'s' if n > 1 else ''} from its reference setup ({', '.join(d.setting for d in f.deviations)}; "
+            "each with the paper's setting in the record's fidelity)."
+        )
+    return out
+
+
 def story(records: list[Record]) -> list[str]:
     """The summary's closing sentences: fastest engine, closest to the roofline, best quality for its
     speed (among valid cells), where each engine's decode time goes and the analytic model's error there, the
-    invalid cells, and what could not be measured here and why."""
+    engines that adapt a paper's technique, the invalid cells, and what could not be measured here and why."""
     ok = [r for r in records if r.status == "ok" and "decode_tok_s" in r.metrics and not r.validity.invalid]
     several = len({r.cell.workload for r in records}) > 1
     return [
@@ -175,6 +195,7 @@ def story(records: list[Record]) -> list[str]:
         *_closest_to_roofline(ok, several),
         *_best_trade(ok, records, several),
         *attribution_sentences(ok),
+        *_adaptations(records),
         *_invalid(records, several),
         *_not_measured(records, several),
     ]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rooflens.results.stat import EngineStat
+from rooflens.results.stat import EngineStat, Fidelity
 
 SCHEMA_VERSION = 1
 Provenance = Literal["measured", "derived", "datasheet", "modelled"]
@@ -326,6 +326,7 @@ class Record(_Model):
     energy: EnergyResult | None = None
     memory: MemoryResult | None = None
     engine_stats: dict[str, EngineStat] = Field(default_factory=dict)
+    fidelity: Fidelity | None = None  # a technique engine's run against its paper's reference setup
     quality: QualityResult | None = None
     roofline: RooflineResult | None = None
     attribution: Attribution | None = None

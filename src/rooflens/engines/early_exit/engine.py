@@ -35,8 +35,9 @@ from collections import deque
 
 import torch
 
-from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, RooflineHints, TokenClock
+from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, Fidelity, RooflineHints, TokenClock
 from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, mask_eos, new_cache, write_kv
+from rooflens.engines.early_exit import fidelity as specee
 from rooflens.engines.early_exit.audit import AuditCounts, audit_generations, oracle_generation
 from rooflens.engines.early_exit.decode_state import (
     PHASES,
@@ -464,6 +465,9 @@ class EarlyExitEngine(Engine):
         gen.length += 1
 
     # -- statistics
+
+    def fidelity(self) -> Fidelity:
+        return specee.fidelity(self.options)
 
     def stats(self) -> dict[str, EngineStat]:
         c = self._c

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from rooflens.data.quality import heldout_ids, perplexity
-from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, RooflineHints, TokenClock
+from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, Fidelity, RooflineHints, TokenClock
 from rooflens.engines.decoding import eos_token_ids
+from rooflens.engines.mixed_precision import fidelity as pmpd
 from rooflens.engines.mixed_precision.loop import MixedRun, mixed_decode
 from rooflens.engines.mixed_precision.schedulers import (
     ConfidenceScheduler,
@@ -285,6 +286,9 @@ class MixedPrecisionEngine(Engine):
                 key = "original" if b is None else str(b)
                 storage[key] = storage.get(key, 0) + n
         return storage
+
+    def fidelity(self) -> Fidelity:
+        return pmpd.fidelity(self.options)
 
     def stats(self) -> dict[str, EngineStat]:
         if not self._runs or self.module is None:
