@@ -151,7 +151,7 @@ def attribute_cell(
             cost = measure_profiler_cost() if device.type == "cpu" else None
         times = profile_repetition(engine, prompts, n_new, device)
     except Exception as err:  # noqa: BLE001 - an attribution that fails must not fail a measured cell
-        return Attribution(profiler=name, reason=f"the profiled repetitions failed: {type(err).__name__}: {err}")
+        return Attribution(profiler=name, reason=f"the profiled repetition failed: {type(err).__name__}: {err}")
     if cost is not None:
         cost = in_situ(cost, times, timed_pass_s)
     phases = [
@@ -160,5 +160,5 @@ def attribute_cell(
         if (t := times.get(phase)) is not None and t.passes and t.wall_us > 0
     ]
     if not phases:
-        return Attribution(profiler=name, reason="the profiled repetitions recorded no pass")
+        return Attribution(profiler=name, reason="the profiled repetition recorded no pass")
     return Attribution(profiler=name, phases=phases)

@@ -1,5 +1,5 @@
-"""How an ``early_exit`` run departs from SpecEE's reference setup (the authors' artifact, RickWayne1125/SpecEE; the
-comparison is in shared/research/fidelity-review-turn3.md)."""
+"""How an ``early_exit`` run departs from SpecEE's reference setup, as read in the authors' artifact
+(RickWayne1125/SpecEE) and its predictor training (MathsCode/ISCA25-SpecEE)."""
 
 from __future__ import annotations
 

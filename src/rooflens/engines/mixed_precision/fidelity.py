@@ -1,5 +1,5 @@
-"""How a ``mixed_precision`` run departs from PMPD's reference setup (SamsungLabs/PMPD; the comparison is in
-shared/research/fidelity-review-turn3.md)."""
+"""How a ``mixed_precision`` run departs from PMPD's reference setup, as read in the authors' code
+(SamsungLabs/PMPD)."""
 
 from __future__ import annotations
 
