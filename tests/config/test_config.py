@@ -59,7 +59,10 @@ def test_unknown_nested_key_lists_allowed():
 
 def test_unknown_key_in_list_item():
     msg = error_of(with_(workloads=[{"prompt_len": 8, "gen_len": 4, "batch": 2}]))
-    assert "exp.yaml: workloads[0].batch: unknown key (allowed: name, prompt_len, gen_len, batch_sizes, prompt, chat_template)" in msg
+    assert (
+        "exp.yaml: workloads[0].batch: unknown key (allowed: name, prompt_len, gen_len, batch_sizes, prompt, chat_template)"
+        in msg
+    )
 
 
 def test_wrong_type():
