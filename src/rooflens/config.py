@@ -28,7 +28,9 @@ from rooflens.device.spec import DEVICE_CHOICES, DeviceSpecError, parse_device
 from rooflens.text import quote, safe_name, shorten
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-PROMPT_SOURCES = ("synthetic", "corpus", "chat", "summaries")  # chat, summaries: the shipped prompt sets
+GENERATED_PROMPTS = ("synthetic", "corpus")  # made on the fly: seeded random ids, windows of the shipped text
+SHIPPED_PROMPT_SETS = ("chat", "summaries")  # rooflens/data/*.jsonl (rooflens.data.prompt_sets)
+PROMPT_SOURCES = GENERATED_PROMPTS + SHIPPED_PROMPT_SETS
 MODEL_SOURCES = ("builtin", "hf", "shape")
 BUILTIN_EXPERIMENT = "quickstart"
 MAX_NAME_LEN = 100  # experiment names, engine labels and workload names become (parts of) file names

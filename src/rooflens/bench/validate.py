@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rooflens.config import ConfigError, Experiment, parse_experiment, read_experiment_file
+from rooflens.config import GENERATED_PROMPTS, ConfigError, Experiment, parse_experiment, read_experiment_file
 from rooflens.text import quote
 
 
@@ -41,7 +41,7 @@ def prompt_set_problems(exp: Experiment, source: str) -> list[str]:
 
     problems = []
     for i, w in enumerate(exp.workloads):
-        if w.prompt in ("synthetic", "corpus"):
+        if w.prompt in GENERATED_PROMPTS:
             continue
         try:
             load_prompt_set(w.prompt)

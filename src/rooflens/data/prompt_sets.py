@@ -17,7 +17,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-SHIPPED_SETS = ("chat", "summaries")
+from rooflens.config import SHIPPED_PROMPT_SETS
+
+SHIPPED_SETS = SHIPPED_PROMPT_SETS
 MAX_FILE_BYTES = 200_000_000
 FIT_RULE = (
     "longer prompts lose their middle (the instruction at the start and the turn the model answers at the end "
