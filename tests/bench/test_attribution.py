@@ -431,3 +431,18 @@ def test_the_profilers_cost_never_takes_more_than_the_time_outside_operators():
     profiled = _profiled(t, absurd)
     assert profiled.removed_s == pytest.approx(0.0001)  # 1000 us - 900 us inside operators
     assert profiled.wall_s - profiled.removed_s >= sum(profiled.inside_s.values())
+
+
+def test_a_pass_without_operators_keeps_its_time_when_the_estimate_would_take_it_all():
+    """A scripted engine's pass has no operators: an estimate as large as the pass would leave nothing to attribute
+    (a division by zero in CI's run of such an engine); nothing is taken out then, and the table still adds up."""
+    from rooflens.bench.attribution import _profiled
+    from rooflens.bench.attribution.events import PhaseTimes
+    from rooflens.bench.attribution.overhead import ProfilerCost
+
+    t = PhaseTimes(passes=2, wall_us=1000.0, ranges=40)
+    profiled = _profiled(t, ProfilerCost(per_op_s=1e-6, per_range_s=50e-6, how="loop"))
+    assert profiled.removed_s == 0.0 and "whole pass" in profiled.removed_how
+    phase = phase_attribution("decode", profiled, None, [], 0.0004)
+    assert [r.name for r in phase.rows] == [OUTSIDE]
+    assert phase.rows[0].time_s.value == pytest.approx(0.0005)

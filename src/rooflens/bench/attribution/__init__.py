@@ -128,6 +128,8 @@ def _profiled(t: PhaseTimes, cost: ProfilerCost | None) -> ProfiledPhase:
     how = "none: on a GPU an operator's time is its kernels'"
     if cost is not None:
         how = f"{t.top_ops + nested} operators and {t.ranges} ranges recorded; {cost.how}"
+    if removed >= t.wall_us / 1e6:  # a pass without operators whose whole time the estimate would take
+        removed, how = 0.0, f"none: the estimate would take the whole pass ({how})"
     return ProfiledPhase(t.passes, t.wall_us / 1e6, removed, inside, dict(t.calls), frozenset(t.engine_classes), how)
 
 
@@ -152,13 +154,16 @@ def attribute_cell(
         times = profile_repetition(engine, prompts, n_new, device)
     except Exception as err:  # noqa: BLE001 - an attribution that fails must not fail a measured cell
         return Attribution(profiler=name, reason=f"the profiled repetition failed: {type(err).__name__}: {err}")
-    if cost is not None:
-        cost = in_situ(cost, times, timed_pass_s)
-    phases = [
-        phase_attribution(phase, _profiled(t, cost), costs.get(phase), ceilings, timed_pass_s.get(phase))
-        for phase in ("prefill", "decode")
-        if (t := times.get(phase)) is not None and t.passes and t.wall_us > 0
-    ]
+    try:
+        if cost is not None:
+            cost = in_situ(cost, times, timed_pass_s)
+        phases = [
+            phase_attribution(phase, _profiled(t, cost), costs.get(phase), ceilings, timed_pass_s.get(phase))
+            for phase in ("prefill", "decode")
+            if (t := times.get(phase)) is not None and t.passes and t.wall_us > 0
+        ]
+    except Exception as err:  # noqa: BLE001 - as above: the table, too, must not fail a measured cell
+        return Attribution(profiler=name, reason=f"the attribution table failed: {type(err).__name__}: {err}")
     if not phases:
         return Attribution(profiler=name, reason="the profiled repetition recorded no pass")
     return Attribution(profiler=name, phases=phases)
