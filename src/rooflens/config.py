@@ -138,6 +138,13 @@ class Workload(_Strict):
     chat_template: bool = Field(
         default=True, description="a prompt set's items go through the model's chat template when it has one"
     )
+    task_items: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="a prompt set with reference answers: how many of its items (the first ones) each engine answers "
+        "after its timed repetitions, for task quality (ROUGE-L, token F1, exact match); default all, 0: none",
+    )
 
     @field_validator("prompt")
     @classmethod

@@ -58,7 +58,7 @@ class AbSession:
         self.job, self.send = job, send
         self.bench = workbench_for(job, send)
         self.cells = expand_cells(job.experiment)
-        self.group = Group(job, self.bench, send, {}, ExitStack())
+        self.group = Group(job, self.bench, send, {}, {}, ExitStack())
         self.state: dict[int, _Cell] = {}
         for i in job.group:
             cell = self.cells[i]

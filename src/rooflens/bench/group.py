@@ -27,6 +27,7 @@ from rooflens.bench.preflight import MemoryNeed, cell_memory_need, memory_shortf
 from rooflens.bench.record_base import record_base
 from rooflens.bench.record_parts import energy_of, memory_of, metrics_of
 from rooflens.bench.repetitions import CellMeasurement
+from rooflens.bench.task_quality import TaskAnswers, answers_of, task_quality, task_set
 from rooflens.bench.validity import judge_cell
 from rooflens.bench.workbench import Workbench
 from rooflens.config import Repetitions
@@ -44,6 +45,7 @@ from rooflens.results.record import (
     Quantity,
     Record,
     RepetitionInfo,
+    TaskQuality,
 )
 from rooflens.roofline.hints import RooflineHints
 from rooflens.roofline.position import ceilings_for, phase_costs, roofline_position, why_unmeasured
@@ -57,9 +59,11 @@ class Group:
     bench: Workbench
     emit: Emit
     references: dict[str, torch.Tensor]  # the baseline's greedy tokens by reference_key
+    task_answers: dict[str, TaskAnswers]  # the baseline's task answers by workload index (as a string)
     window: ExitStack  # holds the machine lock from the job's first measured window to its end
     engines: dict[str, Engine | ErrorInfo] = field(default_factory=dict)  # by label; ErrorInfo: why it cannot run
     perplexity: dict[str, Quantity | str | None] = field(default_factory=dict)
+    tasks: dict[tuple[str, int], TaskQuality | str | None] = field(default_factory=dict)  # by (engine, workload)
     locked: bool = False
 
     def model(self, cell: Cell) -> LoadedModel:
@@ -230,7 +234,7 @@ def measured_record(
         metrics=metrics,
         roofline=roofline,
         attribution=attribution,
-        quality=_quality(group, cell, m.tokens),
+        quality=_quality(group, cell, engine, m.tokens),
         energy=energy_of(m.energy, reps * cell.batch_size * w.gen_len, reps, window),
         memory=memory_of(m.memory),
         engine_stats=m.stats,
@@ -269,20 +273,56 @@ def _attribution(
     return attribute_cell(engine, group.prompts(cell), w.gen_len, group.bench.device, costs, ceilings, timed)
 
 
-def _quality(group: Group, cell: Cell, tokens: torch.Tensor) -> QualityResult | None:
-    """Agreement with the baseline's tokens and perplexity; none on random weights (quality means nothing)."""
+def _quality(group: Group, cell: Cell, engine: Engine, tokens: torch.Tensor) -> QualityResult | None:
+    """Agreement with the baseline's tokens, perplexity and task quality; none on random weights (quality means
+    nothing)."""
     if group.model(cell).info.weights != "real":
         return None
     key = reference_key(cell.workload_index, cell.batch_size)
     baseline = group.job.experiment.baseline_label
     if cell.engine.display == baseline:
         group.references[key] = tokens
-    return quality_of(cell, baseline, tokens, group.references.get(key), group.perplexity.get(cell.engine.display))
+    result = quality_of(cell, baseline, tokens, group.references.get(key), group.perplexity.get(cell.engine.display))
+    task = _task(group, cell, engine)
+    if isinstance(task, str):
+        result.note = "; ".join(filter(None, [result.note, task]))
+    else:
+        result.task = task
+    return result
 
 
-def reference_of(group: Group, cell: Cell) -> list[list[int]] | None:
-    """A baseline cell's greedy tokens, for the jobs measured after this one."""
+def _task(group: Group, cell: Cell, engine: Engine) -> TaskQuality | str | None:
+    """The cell's task quality (bench.task_quality), answered once per engine and workload whatever the batch
+    size; a string says why there is none. A failing pass never fails the measured cell."""
+    key = (cell.engine.display, cell.workload_index)
+    if key in group.tasks:
+        return group.tasks[key]
+    model, w = group.model(cell), cell.workload
+    is_baseline = cell.engine.display == group.job.experiment.baseline_label
+    result: TaskQuality | str | None
+    try:
+        tasks = task_set(model, w)
+        if tasks is None:
+            result = None
+        else:
+            answers = answers_of(engine, model, tasks, w.gen_len)
+            if is_baseline:
+                group.task_answers[str(cell.workload_index)] = answers
+            baseline = None if is_baseline else group.task_answers.get(str(cell.workload_index))
+            result = task_quality(tasks, answers, w.gen_len, model.tokenizer, baseline)
+    except Exception as err:  # a task pass that fails says so; the timed measurement stands
+        result = f"task quality n/a: {type(err).__name__}: {err}"
+    group.tasks[key] = result
+    return result
+
+
+def references_of(group: Group, cell: Cell) -> dict[str, list[list[int]] | None]:
+    """A baseline cell's greedy tokens and task answers (``Finished`` fields), for the jobs measured after this
+    one; nothing for the other engines."""
     if cell.engine.display != group.job.experiment.baseline_label:
-        return None
+        return {}
     tokens = group.references.get(reference_key(cell.workload_index, cell.batch_size))
-    return tokens.tolist() if tokens is not None else None
+    return {
+        "reference": tokens.tolist() if tokens is not None else None,
+        "task_answers": group.task_answers.get(str(cell.workload_index)),
+    }

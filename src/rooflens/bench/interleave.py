@@ -20,7 +20,7 @@ from rooflens.bench.group import (
     interrupted_record,
     measured_record,
     memory_need,
-    reference_of,
+    references_of,
     refused_record,
 )
 from rooflens.bench.job import Emit, Finished, Interrupted, Rep, Started
@@ -102,7 +102,7 @@ def _measure_slice(group: Group, cells: list[Cell], indices: list[int], emit: Em
     labels = [cell.engine.display for _, cell, _ in ready]
     group.hold_machine("engines " + ", ".join(labels))
     for (i, cell, _), record in zip(ready, _rounds(group, ready, labels, emit)):
-        emit(Finished(index=i, record=record, reference=reference_of(group, cell)))
+        emit(Finished(index=i, record=record, **references_of(group, cell)))
 
 
 def _rounds(group: Group, ready: list[tuple[int, Cell, dict[str, Any]]], labels: list[str], emit: Emit) -> list[Record]:

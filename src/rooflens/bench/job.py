@@ -59,6 +59,9 @@ class GroupJob(BaseModel):
         default=None, description="why the run has no measured ceilings (its automatic probe was refused), for records"
     )
     references: References = Field(default_factory=dict)
+    task_answers: References = Field(
+        default_factory=dict, description="the baseline engine's task answers by workload index (bench.task_quality)"
+    )
     placement: dict[str, Any] = Field(
         default_factory=dict, description="where the process runs, beyond executor and pid (a Ray node, its GPUs)"
     )
@@ -122,12 +125,14 @@ class Block(_Event):
 
 
 class Finished(_Event):
-    """A cell's record; a baseline cell's also carries its greedy tokens, the reference of the later groups."""
+    """A cell's record; a baseline cell's also carries its greedy tokens and task answers, the references of the
+    later groups."""
 
     event: Literal["record"] = "record"
     index: int
     record: Record
     reference: list[list[int]] | None = None
+    task_answers: list[list[int]] | None = None
 
 
 class Interrupted(_Event):

@@ -27,7 +27,7 @@ from rooflens.bench.group import (
     failed_record,
     interrupted_record,
     measured_record,
-    reference_of,
+    references_of,
     refused_record,
 )
 from rooflens.bench.interleave import measure_interleaved, plan_schedule
@@ -80,7 +80,7 @@ def _measure_cells(job: GroupJob, bench: Workbench, emit: Emit) -> None:
     cells = expand_cells(exp)
     references = {key: torch.tensor(tokens, dtype=torch.long) for key, tokens in job.references.items()}
     with ExitStack() as window:
-        group = Group(job, bench, emit, references, window)
+        group = Group(job, bench, emit, references, dict(job.task_answers), window)
         first = group.model(cells[job.group[0]])
         check_context(exp, first.model.config, exp.model.label)
         plan = plan_schedule(group, cells)
@@ -99,7 +99,7 @@ def _measure_blocks(group: Group, cells: list[Cell], emit: Emit, schedule: dict[
         cell = cells[i]
         emit(Started(index=i))
         record = _measure_cell(group, i, cell, emit, schedule)
-        emit(Finished(index=i, record=record, reference=reference_of(group, cell)))
+        emit(Finished(index=i, record=record, **references_of(group, cell)))
         if last[cell.engine.display] == i:
             group.release(cell.engine.display)
 

@@ -123,6 +123,7 @@ class ExperimentRunner:
         self._indices: list[int] = []  # the cell index of each of ``records``
         self.unwritten: list[str] = []  # why records could not be written to the run folder (kept elsewhere)
         self.references: References = {}  # the baseline's greedy tokens, for the groups after its own
+        self.task_answers: References = {}  # the baseline's task answers by workload index, likewise
         self.error: Exception | None = None  # what stopped the run
         self._groups: dict[tuple[int, ...], _GroupState] = {}
         self._environment: dict[str, Any] | None = None
@@ -172,6 +173,7 @@ class ExperimentRunner:
             probe=probe,
             probe_note=None if probe else self.probe_refused,
             references=dict(self.references),
+            task_answers=dict(self.task_answers),
             wait_for_lock=wait_policy().wait,  # the caller's (rooflens run --no-wait), to the measuring process
         )
 
@@ -217,6 +219,8 @@ class ExperimentRunner:
         cell = self.cells[event.index]
         if event.reference is not None:
             self.references[reference_key(cell.workload_index, cell.batch_size)] = event.reference
+        if event.task_answers is not None:
+            self.task_answers[str(cell.workload_index)] = event.task_answers
         state.done.add(event.index)
         state.model = event.record.model or state.model
         self.keep(event.index, event.record)

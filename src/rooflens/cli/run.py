@@ -147,6 +147,9 @@ def _outcome(
     console.print(summary_table(result.records, title=f"{exp.name} - {runner.profile_info['display_name']}"))
     ok = sum(r.status == "ok" for r in result.records)
     console.print(f"{ok}/{len(result.records)} cells ok; records in {result.folder}")
+    model = next((r.model for r in result.records if r.model is not None), None)
+    if model is not None and model.weights_origin:
+        console.print(f"[dim]model: {escape(model.label)}, weights {escape(model.weights_origin)}[/]", highlight=False)
     if runner.probe is not None:
         threads = runner.probe.key_threads
         console.print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,24 @@ from transformers.masking_utils import create_causal_mask
 from rooflens.engines.base import TokenClock
 
 # ---------------------------------------------------------------------------- greedy decoding
+
+_EOS_MASKED: ContextVar[bool] = ContextVar("rooflens_eos_masked", default=True)
+
+
+@contextmanager
+def eos_allowed() -> Iterator[None]:
+    """Inside, engines may choose EOS like any other token: the task-quality pass (``rooflens.bench.task_quality``)
+    cuts each answer at its first EOS. Outside, EOS is masked so that every timed run has exactly
+    ``max_new_tokens`` (one mechanism for all engines: :func:`mask_eos` and :func:`greedy_config` read it)."""
+    token = _EOS_MASKED.set(False)
+    try:
+        yield
+    finally:
+        _EOS_MASKED.reset(token)
+
+
+def eos_masked() -> bool:
+    return _EOS_MASKED.get()
 
 
 def eos_token_ids(model: torch.nn.Module) -> list[int]:
@@ -48,7 +67,7 @@ def greedy_config(
         do_sample=False,
         num_beams=1,
         max_new_tokens=max_new_tokens,
-        min_new_tokens=max_new_tokens,  # masks EOS: every run has the same length
+        min_new_tokens=max_new_tokens if eos_masked() else None,  # masks EOS: every run has the same length
         eos_token_id=getattr(cfg, "eos_token_id", None),
         pad_token_id=getattr(cfg, "pad_token_id", None) or getattr(cfg, "eos_token_id", None),
         use_cache=True,
@@ -62,10 +81,11 @@ def greedy_config(
 
 
 def mask_eos(logits: torch.Tensor, eos: list[int]) -> torch.Tensor:
-    """``logits`` in float32 with the EOS ids at -inf (a copy)."""
-    logits = logits.float()
-    if eos:
-        logits[..., eos] = float("-inf")
+    """``logits`` in float32 with the EOS ids at -inf (a copy; EOS kept inside :func:`eos_allowed`)."""
+    if not (eos and eos_masked()):
+        return logits.float()
+    logits = logits.to(torch.float32, copy=True)  # .float() of a float32 tensor is the tensor itself
+    logits[..., eos] = float("-inf")
     return logits
 
 

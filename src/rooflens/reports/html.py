@@ -96,7 +96,8 @@ def _environment(records: list[Record]) -> list[tuple[str, str]]:
         ("roofline ceilings", _ceiling_sources(records)),
         (
             "model",
-            f"{model.label}: {model.weights} weights, {model.n_params / 1e6:.1f} M params, {model.dtype} ({model.weights_note})"
+            f"{model.label}: {model.weights} weights ({model.weights_origin or 'origin not recorded'}), "
+            f"{model.n_params / 1e6:.1f} M params, {model.dtype} ({model.weights_note})"
             if model
             else "?",
         ),

@@ -35,6 +35,8 @@ COLUMNS = (
     Column("agreement_pct", "agreement", "%"),
     Column("rouge_l", "ROUGE-L", digits=3),
     Column("perplexity", "ppl", digits=2),
+    Column("task_rouge_l", "task ROUGE-L", digits=3),  # against the prompt set's reference answers
+    Column("task_rouge_l_base", "task vs base", digits=3),  # the same answers against the baseline's
     Column("roofline_eff_pct", "roofline eff.", "%"),
     Column("roofline_probe", "probe", numeric=False),  # "invalid": eff. against a probe that no longer validates
     Column("reps", "reps", digits=0),
@@ -68,6 +70,8 @@ def cell_row(r: Record, records: list[Record]) -> dict[str, Any]:
         "agreement_pct": 100 * q.agreement.value if q and q.agreement and q.agreement.value is not None else None,
         "rouge_l": q.rouge_l.value if q and q.rouge_l else None,
         "perplexity": q.perplexity.value if q and q.perplexity else None,
+        "task_rouge_l": q.task.vs_reference["rouge_l"].mean if q and q.task else None,
+        "task_rouge_l_base": q.task.vs_baseline["rouge_l"].mean if q and q.task and q.task.vs_baseline else None,
         "roofline_eff_pct": eff,
         "roofline_probe": "invalid" if probe_reasons(r) else None,
         "reps": r.repetitions.measured if r.repetitions else None,
@@ -132,9 +136,30 @@ def probe_notes(records: list[Record]) -> list[str]:
     ]
 
 
+def task_notes(records: list[Record]) -> list[str]:
+    """What the task columns hold, once per prompt set, and the caveat of a model whose weights were quantized
+    before rooflens saw them."""
+    notes = []
+    for name in sorted({r.quality.task.prompt_set for r in records if r.quality and r.quality.task}):
+        tasks = [r.quality.task for r in records if r.quality and r.quality.task and r.quality.task.prompt_set == name]
+        n = max(len(t.items) for t in tasks if t is not None)
+        notes.append(
+            f"task ROUGE-L: the engine's answers to {n} item{'s' * (n != 1)} of the prompt set {name} against its "
+            "reference answers (task vs base: against the baseline engine's answers); greedy, cut at EOS, untimed; "
+            "intervals, token F1 and exact match in the records"
+        )
+    if notes:
+        notes += sorted({f"quality caveat: {r.model.weights_note}" for r in records if r.model and _pre_quantized(r)})
+    return notes
+
+
+def _pre_quantized(r: Record) -> bool:
+    return r.model is not None and (r.model.weights_origin or "").startswith("dequantized")
+
+
 def table_notes(records: list[Record]) -> list[str]:
-    """Every note a summary table carries under it: energy, validity, probes that no longer validate."""
-    return energy_notes(records) + validity_notes(records) + probe_notes(records)
+    """Every note a summary table carries under it: energy, validity, probes that no longer validate, tasks."""
+    return energy_notes(records) + validity_notes(records) + probe_notes(records) + task_notes(records)
 
 
 def visible_columns(rows: list[dict[str, Any]]) -> list[Column]:

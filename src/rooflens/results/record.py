@@ -26,6 +26,7 @@ class ModelInfo(BaseModel):
     label: str
     weights: Literal["real", "random"]
     weights_note: str
+    weights_origin: str | None = None  # "checkpoint", "dequantized from GGUF Q4_1", "random init" (None: older records)
     model_type: str
     architecture: str
     n_params: int
@@ -90,14 +91,48 @@ class MemoryResult(_Model):
     how: str
 
 
+class TaskScore(_Model):
+    """A task metric's mean over the scored items, with a 95 % percentile-bootstrap interval (measured)."""
+
+    mean: float
+    low: float
+    high: float
+
+
+class TaskItem(_Model):
+    """One item of the prompt set: the engine's answer and its scores."""
+
+    id: str
+    prompt_tokens: int
+    answer: str
+    answer_tokens: int
+    ended: bool  # the answer ended with EOS within gen_len tokens (else it was cut at gen_len)
+    vs_reference: dict[str, float]
+    vs_baseline: dict[str, float] | None = None
+
+
+class TaskQuality(_Model):
+    """Quality on the prompt set's task: each item with a reference answer, answered by the engine (untimed,
+    after the timed repetitions) and scored against the reference and against the baseline engine's answer."""
+
+    prompt_set: str
+    how: str
+    items: list[TaskItem]
+    prompt_tokens: dict[str, float]  # p10 / p50 / p90 of the items' prompt lengths
+    vs_reference: dict[str, TaskScore]  # by metric: rouge_l, token_f1, exact_match
+    vs_baseline: dict[str, TaskScore] | None = None  # the same metrics, the baseline's answers as references
+    note: str | None = None
+
+
 class QualityResult(_Model):
-    """Output quality against a reference (the baseline engine's greedy tokens, a held-out text)."""
+    """Output quality against a reference (the baseline engine's greedy tokens, a held-out text, a task's answers)."""
 
     reference: str
     agreement: Quantity | None = None
     first_divergence: Quantity | None = None
     rouge_l: Quantity | None = None
     perplexity: Quantity | None = None
+    task: TaskQuality | None = None
     note: str | None = None
 
 
