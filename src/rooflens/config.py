@@ -125,15 +125,23 @@ class Workload(_Strict):
     """Prompt length, generation length and the batch sizes to sweep."""
 
     name: RecordNamePart | None = None
-    prompt_len: int = Field(ge=1, le=131072)
+    prompt_len: Annotated[int, Field(ge=1, le=131072)] | Literal["from-data"] = Field(
+        description="exact prompt length in tokens, or from-data: a prompt set's median length (the timed prompts "
+        "are fitted to it; the record keeps the set's p10/p50/p90 in prompt_lengths)"
+    )
+    prompt_lengths: dict[str, float] | None = Field(
+        default=None,
+        description="set by rooflens when prompt_len is from-data: p10/p50/p90 of the set's prompt lengths in tokens",
+    )
     gen_len: int = Field(ge=2, le=65536, description="new tokens per sequence; >= 2 so that TPOT exists")
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
     prompt: str = Field(
         default="synthetic",
         description="synthetic (seeded random ids), corpus (windows of the shipped text), chat or summaries (the "
-        "shipped prompt sets, with reference answers), or file:PATH (JSON Lines: 'prompt' or chat 'messages', "
-        "optional 'reference' and 'id'); a set's prompts are fitted to prompt_len (longer: the middle cut; "
-        "shorter: corpus text put before)",
+        "shipped prompt sets, with reference answers), file:PATH (JSON Lines: 'prompt' or chat 'messages', "
+        "optional 'reference' and 'id') or dataset:SOURCE[:split[:field[:reference]]] (the datasets library: a "
+        "save_to_disk folder, data files, or a hub id); a set's prompts are fitted to prompt_len (longer: the "
+        "middle cut; shorter: corpus text put before)",
     )
     chat_template: bool = Field(
         default=True, description="a prompt set's items go through the model's chat template when it has one"
@@ -149,9 +157,12 @@ class Workload(_Strict):
     @field_validator("prompt")
     @classmethod
     def _prompt_source(cls, v: str) -> str:
-        if v in PROMPT_SOURCES or (v.startswith("file:") and v[len("file:") :].strip()):
+        if v in PROMPT_SOURCES or any(v.startswith(p) and v[len(p) :].strip() for p in ("file:", "dataset:")):
             return v
-        raise ValueError(f"must be one of {', '.join(PROMPT_SOURCES)} or file:PATH (got {quote(v)})")
+        raise ValueError(
+            f"must be one of {', '.join(PROMPT_SOURCES)}, file:PATH or dataset:SOURCE[:split[:field[:reference]]] "
+            f"(got {quote(v)})"
+        )
 
     @field_validator("batch_sizes")
     @classmethod
@@ -162,6 +173,15 @@ class Workload(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"batch sizes must be unique (got {quote(v)})")
         return v
+
+    @model_validator(mode="after")
+    def _lengths_from_a_set(self) -> Workload:
+        if self.prompt_len == "from-data" and self.prompt in GENERATED_PROMPTS:
+            raise ValueError(
+                f"prompt_len: from-data needs a prompt set (prompt: {', '.join(SHIPPED_PROMPT_SETS)}, file:PATH or "
+                f"dataset:SOURCE), not prompt: {self.prompt}"
+            )
+        return self
 
     @property
     def display(self) -> str:
@@ -304,6 +324,16 @@ class Experiment(_Strict):
                 f"give each a distinct 'name' ({clashes})"
             )
         return v
+
+    @model_validator(mode="after")
+    def _from_data_needs_a_tokenizer(self) -> Experiment:
+        for i, w in enumerate(self.workloads):
+            if w.prompt_len == "from-data" and self.model.source == "shape":
+                raise ValueError(
+                    f"workloads[{i}].prompt_len: from-data counts the set's tokens, and a shape: model has no tokenizer "
+                    "(give a number, or a builtin or hf model)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _baseline_is_an_engine(self) -> Experiment:

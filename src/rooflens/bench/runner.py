@@ -45,6 +45,7 @@ from rooflens.bench.job import (
     reference_key,
 )
 from rooflens.bench.measure import fatal_error, measure_group
+from rooflens.bench.prompt_lengths import resolve_prompt_lengths
 from rooflens.bench.record_base import hardware_profile_info, record_base
 from rooflens.bench.workbench import probe_threads
 from rooflens.config import Experiment
@@ -106,8 +107,9 @@ class ExperimentRunner:
         run_suffix: str = "",
     ):
         """``executor``: where the cells run (default: the one the experiment names, ``inline`` unless set);
-        ``run_suffix``: ends the run id (``rooflens ab`` marks its sides with it)."""
-        self.exp = exp
+        ``run_suffix``: ends the run id (``rooflens ab`` marks its sides with it). A ``prompt_len: from-data``
+        is resolved here, from the model's tokenizer (PreflightError when it has none)."""
+        self.exp = exp = resolve_prompt_lengths(exp)
         self.source = source
         self.observer = observer or SilentObserver()
         self.executor = executor

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from rooflens.bench.preflight import context_limit
+from rooflens.bench.prompt_lengths import length_percentiles
 from rooflens.config import GENERATED_PROMPTS, Workload
 from rooflens.data.prompt_sets import PromptItem, encode, fit, load_prompt_set
 from rooflens.data.task_scores import SCORES, mean_interval
@@ -91,11 +92,6 @@ def _summary(per_item: list[dict[str, float]]) -> dict[str, TaskScore]:
     return out
 
 
-def _percentiles(lengths: list[int]) -> dict[str, float]:
-    t = torch.tensor(lengths, dtype=torch.float64)
-    return {f"p{q}": float(torch.quantile(t, q / 100)) for q in (10, 50, 90)}
-
-
 def task_quality(
     tasks: TaskSet, answers: TaskAnswers, gen_len: int, tokenizer: object, baseline: TaskAnswers | None
 ) -> TaskQuality:
@@ -122,7 +118,7 @@ def task_quality(
         prompt_set=tasks.name,
         how=HOW,
         items=items,
-        prompt_tokens=_percentiles([i.prompt_tokens for i in items]),
+        prompt_tokens=length_percentiles([i.prompt_tokens for i in items]),
         vs_reference=_summary([i.vs_reference for i in items]),
         vs_baseline=_summary([i.vs_baseline for i in items if i.vs_baseline is not None]) if base_texts else None,
         note=f"{cut} of {len(items)} answers reached gen_len without EOS and were cut there" if cut else None,

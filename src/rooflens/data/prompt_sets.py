@@ -3,7 +3,8 @@
 A line is an object with ``prompt`` (text) or ``messages`` (a chat: a list of ``{"role", "content"}``), and
 optionally ``reference`` (the expected answer, for task quality) and ``id``. Two sets of this project's own
 writing ship with the package (``chat``: short questions; ``summaries``: one-sentence summaries of a paragraph),
-so the feature runs offline and in tests; ``file:PATH`` reads any file of that form.
+so the feature runs offline and in tests; ``file:PATH`` reads any file of that form, and ``dataset:SOURCE``
+a data set through the ``datasets`` library (:mod:`rooflens.data.dataset_source`).
 
 A workload's prompts must all have ``prompt_len`` tokens (the engines take a ``[batch, length]`` tensor, no
 padding mask), so each encoded prompt is fitted to that length by one stated rule (:func:`fit`).
@@ -12,12 +13,15 @@ padding mask), so each encoded prompt is fitted to that length by one stated rul
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from rooflens.config import SHIPPED_PROMPT_SETS
+from rooflens.data.dataset_source import PREFIX as DATASET_PREFIX
+from rooflens.data.dataset_source import DatasetSourceError, dataset_rows
 
 SHIPPED_SETS = SHIPPED_PROMPT_SETS
 MAX_FILE_BYTES = 200_000_000
@@ -86,19 +90,39 @@ def parse_jsonl(text: str, name: str) -> list[PromptItem]:
         items.append(_item(obj, f"{name}: line {n}", len(items)))
     if not items:
         raise PromptSetError(f"{name}: no prompts (one JSON object per line)")
+    _check_ids(items, name)
+    return items
+
+
+def _check_ids(items: list[PromptItem], name: str) -> None:
     ids = [i.id for i in items]
     if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise PromptSetError(f"{name}: id {dup!r} is used more than once")
+
+
+def from_rows(rows: Sequence[Any], name: str) -> list[PromptItem]:
+    """The items of a data set's rows (objects of the JSON Lines form); errors name the row."""
+    items = [_item(obj, f"{name}: row {n}", n) for n, obj in enumerate(rows)]
+    _check_ids(items, name)
     return items
 
 
 def load_prompt_set(source: str) -> list[PromptItem]:
-    """The items of a workload's ``prompt``: a shipped set (``chat``, ``summaries``) or ``file:PATH``."""
+    """The items of a workload's ``prompt``: a shipped set (``chat``, ``summaries``), ``file:PATH`` or
+    ``dataset:SOURCE[:split[:field[:reference]]]`` (:mod:`rooflens.data.dataset_source`)."""
     if source in SHIPPED_SETS:
         return parse_jsonl((resources.files(__package__) / f"{source}.jsonl").read_text(), f"shipped set {source}")
+    if source.startswith(DATASET_PREFIX):
+        try:
+            return from_rows(dataset_rows(source), source)
+        except DatasetSourceError as err:
+            raise PromptSetError(str(err)) from None
     if not source.startswith("file:"):
-        raise PromptSetError(f"prompt {source!r}: not a prompt set (one of {', '.join(SHIPPED_SETS)} or file:PATH)")
+        raise PromptSetError(
+            f"prompt {source!r}: not a prompt set (one of {', '.join(SHIPPED_SETS)}, file:PATH or dataset:SOURCE)"
+        )
     path = Path(source[len("file:") :]).expanduser()
     try:
         if path.stat().st_size > MAX_FILE_BYTES:

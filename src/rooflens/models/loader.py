@@ -185,6 +185,22 @@ def _converted_elsewhere(plain: Any, tokenizer: Any, target: Path, err: OSError)
     return spare
 
 
+def load_tokenizer(spec: ModelSpec) -> Any | None:
+    """The tokenizer of a builtin or hf model without its weights (None: a shape model, or a checkpoint without one)."""
+    from transformers import AutoTokenizer
+
+    if spec.source == "shape":
+        return None
+    if spec.source == "builtin":
+        path, kwargs = str(converted_builtin(spec.id)), {}
+    else:
+        path, kwargs = spec.id, {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _check_fits(n_params: int, dtype: torch.dtype, device: torch.device, label: str) -> None:
     need = n_params * torch.empty((), dtype=dtype).element_size()
     if device.type == "cuda":
