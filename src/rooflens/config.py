@@ -33,6 +33,7 @@ SHIPPED_PROMPT_SETS = ("chat", "summaries")  # rooflens/data/*.jsonl (rooflens.d
 PROMPT_SOURCES = GENERATED_PROMPTS + SHIPPED_PROMPT_SETS
 MODEL_SOURCES = ("builtin", "hf", "shape")
 BUILTIN_EXPERIMENT = "quickstart"
+MAX_PROMPT_LEN = 131072
 MAX_NAME_LEN = 100  # experiment names, engine labels and workload names become (parts of) file names
 MAX_FILE_BYTES = 1_000_000  # an experiment file is a few KB
 MAX_DEPTH = 32  # an experiment is about 6 levels deep
@@ -125,7 +126,7 @@ class Workload(_Strict):
     """Prompt length, generation length and the batch sizes to sweep."""
 
     name: RecordNamePart | None = None
-    prompt_len: Annotated[int, Field(ge=1, le=131072)] | Literal["from-data"] = Field(
+    prompt_len: int | Literal["from-data"] = Field(
         description="exact prompt length in tokens, or from-data: a prompt set's median length (the timed prompts "
         "are fitted to it; the record keeps the set's p10/p50/p90 in prompt_lengths)"
     )
@@ -160,8 +161,7 @@ class Workload(_Strict):
         if v in PROMPT_SOURCES or any(v.startswith(p) and v[len(p) :].strip() for p in ("file:", "dataset:")):
             return v
         raise ValueError(
-            f"must be one of {', '.join(PROMPT_SOURCES)}, file:PATH or dataset:SOURCE[:split[:field[:reference]]] "
-            f"(got {quote(v)})"
+            f"must be one of {', '.join(PROMPT_SOURCES)}, file:PATH or dataset:SOURCE[:split[:field[:reference]]]"
         )
 
     @field_validator("batch_sizes")
@@ -173,6 +173,14 @@ class Workload(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"batch sizes must be unique (got {quote(v)})")
         return v
+
+    @field_validator("prompt_len", mode="before")
+    @classmethod
+    def _length_or_from_data(cls, v: Any) -> Any:
+        """One message for both forms (a union's would list each branch's)."""
+        if v == "from-data" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_PROMPT_LEN):
+            return v
+        raise ValueError(f"must be a number of tokens from 1 to {MAX_PROMPT_LEN}, or from-data")
 
     @model_validator(mode="after")
     def _lengths_from_a_set(self) -> Workload:

@@ -60,14 +60,17 @@ def test_unknown_nested_key_lists_allowed():
 def test_unknown_key_in_list_item():
     msg = error_of(with_(workloads=[{"prompt_len": 8, "gen_len": 4, "batch": 2}]))
     assert (
-        "exp.yaml: workloads[0].batch: unknown key (allowed: name, prompt_len, gen_len, batch_sizes, prompt, chat_template)"
+        "exp.yaml: workloads[0].batch: unknown key (allowed: name, prompt_len, prompt_lengths, gen_len, batch_sizes, prompt, chat_template, task_items)"
         in msg
     )
 
 
 def test_wrong_type():
     msg = error_of(with_(workloads=[{"prompt_len": "long", "gen_len": 4}]))
-    assert "exp.yaml: workloads[0].prompt_len: Input should be a valid integer" in msg
+    assert (
+        "exp.yaml: workloads[0].prompt_len: must be a number of tokens from 1 to 131072, or from-data (got 'long')"
+        in msg
+    )
     assert "'long'" in msg
 
 

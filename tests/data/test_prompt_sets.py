@@ -88,7 +88,9 @@ def _experiment(prompt: str) -> dict:
 
 
 def test_the_schema_names_the_allowed_prompt_sources_and_validate_reads_the_file(tmp_path):
-    with pytest.raises(ConfigError, match=r"workloads\[0\]\.prompt: .*synthetic, corpus, chat, summaries or file:PATH"):
+    with pytest.raises(
+        ConfigError, match=r"workloads\[0\]\.prompt: .*synthetic, corpus, chat, summaries, file:PATH or dataset:SOURCE"
+    ):
         validate_experiment(_experiment("shakespeare"), "e.yaml")
     with pytest.raises(ConfigError, match=r"workloads\[0\]\.prompt: .*cannot be read"):
         validate_experiment(_experiment(f"file:{tmp_path / 'missing.jsonl'}"), "e.yaml")
