@@ -178,3 +178,38 @@ def test_quality_plot_uses_rouge_l_and_joins_uniform_cells():
     ax = quality_vs_speedup(recs + b4).axes[0]
     dotted = sorted(list(ln.get_ydata()) for ln in ax.get_lines() if ln.get_linestyle() == ":")
     assert dotted == [[60.0, 30.0], [70.0, 20.0]]
+
+
+def _with_task(record, rouge_vs_ref, rouge_vs_base=None):
+    from rooflens.results.record import TaskQuality, TaskScore
+
+    def scores(v):
+        return {m: TaskScore(mean=v, low=v, high=v) for m in ("rouge_l", "token_f1", "exact_match")}
+
+    record.quality.task = TaskQuality(
+        prompt_set="summaries",
+        how="t",
+        items=[],
+        prompt_tokens={"p10": 1.0, "p50": 2.0, "p90": 3.0},
+        vs_reference=scores(rouge_vs_ref),
+        vs_baseline=scores(rouge_vs_base) if rouge_vs_base is not None else None,
+    )
+    return record
+
+
+def test_task_quality_has_its_own_pareto_plot_and_table_columns():
+    from rooflens.reports.plots import task_quality_vs_speedup
+    from rooflens.reports.table import cell_row, table_notes
+
+    recs = [make_record("hf", 1, 100.0, seed=1, agreement=1.0), make_record("u4", 1, 180.0, seed=2, agreement=0.3)]
+    assert task_quality_vs_speedup(recs) is None  # no cell answered a task: no plot
+    _with_task(recs[0], 0.40)
+    _with_task(recs[1], 0.35, rouge_vs_base=0.7)
+    ax = task_quality_vs_speedup(recs).axes[0]
+    assert "reference answers" in ax.get_ylabel() and ax.get_title().startswith("task quality vs speedup")
+    ys = sorted(float(c.get_offsets()[0][1]) for c in ax.collections)
+    assert ys == pytest.approx([35.0, 40.0])
+    row = cell_row(recs[1], recs)
+    assert row["task_rouge_l"] == 0.35 and row["task_rouge_l_base"] == 0.7
+    assert cell_row(recs[0], recs)["task_rouge_l_base"] is None
+    assert any(n.startswith("task ROUGE-L:") and "summaries" in n for n in table_notes(recs))

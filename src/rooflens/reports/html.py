@@ -60,6 +60,12 @@ PLOTS = (
         plots.quality_vs_speedup,
     ),
     PlotSpec(
+        "task_quality_vs_speedup",
+        "Task quality against speedup: ROUGE-L of each engine's answers against the prompt set's reference answers "
+        "(the plot above compares with the baseline's output instead)",
+        plots.task_quality_vs_speedup,
+    ),
+    PlotSpec(
         "engine_panels",
         "Per-engine distributions: draft tokens accepted per verify pass, layers run per decode step, "
         "weight precision over the decode steps",

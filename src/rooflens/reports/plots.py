@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import matplotlib
 
@@ -168,18 +169,44 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
     """
     ok = _ok(records)
     use_rouge = bool(ok) and all(r.quality and r.quality.rouge_l for r in ok if r.quality and r.quality.agreement)
+
+    def value(r: Record) -> float | None:
+        q = r.quality.rouge_l if use_rouge and r.quality else (r.quality.agreement if r.quality else None)
+        return q.value if q is not None else None
+
+    ylabel = (
+        "ROUGE-L vs the baseline's greedy tokens (%)" if use_rouge else "greedy token agreement with the baseline (%)"
+    )
+    return _pareto(records, ok, value, ylabel, "quality vs speedup") or _message_figure(
+        "quality vs speedup",
+        "no cell has both a speedup over the baseline and a quality figure\n"
+        "(random-weight models and runs without quality metrics have none)",
+    )
+
+
+def task_quality_vs_speedup(records: list[Record]) -> Figure | None:
+    """The Pareto view on the task: ROUGE-L of each engine's answers against the prompt set's reference answers
+    (``quality.task``); None when no cell answered a task."""
+    ok = [r for r in _ok(records) if r.quality and r.quality.task]
+    if not ok:
+        return None
+    ylabel = "task ROUGE-L vs the reference answers (%)"
+    return _pareto(
+        records, ok, lambda r: r.quality.task.vs_reference["rouge_l"].mean, ylabel, "task quality vs speedup"
+    )
+
+
+def _pareto(
+    records: list[Record], ok: list[Record], value: Callable[[Record], float | None], ylabel: str, title: str
+) -> Figure | None:
+    """Speedup against ``value`` per engine and batch size, with the Pareto frontiers (None: no point)."""
     points = []
     for r in ok:
-        s = speedup(r, records)
-        q = r.quality.rouge_l if use_rouge and r.quality else (r.quality.agreement if r.quality else None)
-        if s is not None and q is not None and q.value is not None:
-            points.append((r, s, q.value))
+        s, q = speedup(r, records), value(r)
+        if s is not None and q is not None:
+            points.append((r, s, q))
     if not points:
-        return _message_figure(
-            "quality vs speedup",
-            "no cell has both a speedup over the baseline and a quality figure\n"
-            "(random-weight models and runs without quality metrics have none)",
-        )
+        return None
     # one point per engine and batch size: the mean over the run's workloads (prompts)
     groups: dict[tuple[str, int], list[tuple[Record, float, float]]] = defaultdict(list)
     for p in points:
@@ -227,11 +254,9 @@ def quality_vs_speedup(records: list[Record]) -> Figure:
         ax.legend(fontsize=8, loc="lower left")
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("decode speedup over the baseline (same run)")
-    ax.set_ylabel(
-        "ROUGE-L vs the baseline's greedy tokens (%)" if use_rouge else "greedy token agreement with the baseline (%)"
-    )
+    ax.set_ylabel(ylabel)
     mean = f", mean over {n_workloads} workloads" if n_workloads > 1 else ""
-    ax.set_title(f"quality vs speedup (up and right is better; faded: dominated{mean})", fontsize=10)
+    ax.set_title(f"{title} (up and right is better; faded: dominated{mean})", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
