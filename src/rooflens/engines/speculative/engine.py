@@ -21,6 +21,7 @@ from rooflens.engines.speculative.proposers import DraftModelProposer, LookupPro
 from rooflens.engines.speculative.stats import SpeculativeCounters, speculative_stats
 from rooflens.engines.speculative.vocabtrim import DraftVocab, trim_draft
 from rooflens.engines.vocabulary import RankSettings, target_ranking
+from rooflens.roofline.analytic import OpCost
 
 
 @register
@@ -28,7 +29,7 @@ class SpeculativeEngine(Engine):
     name = "speculative"
     summary = (
         "speculative decoding, lossless: draft model (self:k / shape / HF id), prompt lookup, or HF assisted "
-        "generation; greedy or speculative sampling; acceptance statistics"
+        "generation; greedy or speculative sampling; VocabTrim for draft models (draft_vocab); acceptance statistics"
     )
     Options = SpeculativeOptions
     supports_batch = False
@@ -81,7 +82,8 @@ class SpeculativeEngine(Engine):
         self.reset_stats()
 
     def use_draft(self, draft: torch.nn.Module, note: str = "a draft model given by the caller") -> None:
-        """Replace the draft named by the options with a ready model (same vocab as the target)."""
+        """Replace the draft named by the options with a ready model (same vocab as the target), its LM head
+        trimmed under ``draft_vocab``."""
         if self.options.mode != "draft_model":
             raise ValueError(f"a draft model applies to draft_model modes, not {self.options.mode}")
         if not self._prepared:
@@ -122,11 +124,10 @@ class SpeculativeEngine(Engine):
         if self.vocab is None:
             return {}
         generated = sum(int(t.numel()) for t in self._outputs)
+        covered = sum(self.vocab.covered(t) for t in self._outputs)
         values: dict[str, Any] = {
             "draft_vocab": self.vocab.size,
-            "draft_vocab_coverage": sum(self.vocab.covered(t) for t in self._outputs) / generated
-            if generated
-            else None,
+            "draft_vocab_coverage": covered / generated if generated else None,
         }
         try:
             saved = head_saving(self._draft_config(), self._draft_bits(), self.vocab.size)
@@ -160,7 +161,7 @@ class SpeculativeEngine(Engine):
             note=note,
         )
 
-    def _draft_ops(self, per_pass: float) -> tuple[tuple, str]:
+    def _draft_ops(self, per_pass: float) -> tuple[tuple[OpCost, ...], str]:
         """(the draft's forwards in one verify pass as extra ops, the note on what the decode cost counts)."""
         if self.options.mode == "prompt_lookup":
             return (), "decode cost counts the target's verify passes only (prompt lookup runs no model)"
