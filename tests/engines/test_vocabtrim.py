@@ -138,6 +138,8 @@ def test_stats_roofline_and_fidelity_show_the_trimmed_head(tiny_llama):
     assert stats["draft_weight_bytes_saved_fraction"] == pytest.approx((V - 64) * H * elem / one.weight_bytes)
     assert stats["draft_flops_saved_fraction"] == pytest.approx(2.0 * (V - 64) * H / one.flops)
     assert "draft_vocab" not in full.stats() and full.fidelity() is None
+    extra = SpeculativeEngine.extra_weight_bytes(trimmed.options, tiny_llama)
+    assert extra == (64 * H * elem, "trimmed draft LM head (0.0 M params)")
     assert trimmed.fidelity().technique.startswith("VocabTrim")
 
     def head(engine):

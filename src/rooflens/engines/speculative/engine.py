@@ -14,7 +14,13 @@ from rooflens.engines.registry import register
 from rooflens.engines.speculative.assisted import generate_assisted
 from rooflens.engines.speculative.chooser import TokenChooser
 from rooflens.engines.speculative.draft_cost import DraftForward, head_saving
-from rooflens.engines.speculative.drafts import build_draft, check_early_exit, check_same_vocab, draft_parameter_count
+from rooflens.engines.speculative.drafts import (
+    build_draft,
+    check_early_exit,
+    check_same_vocab,
+    draft_parameter_count,
+    trimmed_head_elements,
+)
 from rooflens.engines.speculative.fidelity import fidelity as vocabtrim_fidelity
 from rooflens.engines.speculative.loop import SpeculativeLoop
 from rooflens.engines.speculative.proposers import DraftModelProposer, LookupProposer, Proposer
@@ -58,14 +64,20 @@ class SpeculativeEngine(Engine):
 
     @classmethod
     def extra_weight_bytes(cls, options: SpeculativeOptions, model) -> tuple[int, str]:  # type: ignore[override]
-        """A separate draft model's parameters in the target's dtype (``self:k`` shares the target's weights)."""
+        """A separate draft model's parameters in the target's dtype (``self:k`` shares the target's weights), and
+        under ``draft_vocab`` the trimmed LM head's copy."""
         if options.mode != "draft_model" or options.draft is None:
             return 0, ""
-        n = draft_parameter_count(options.draft)
-        if n is None:
-            return 0, ""
         elem = next(model.model.parameters()).element_size()
-        return n * elem, f"draft model {options.draft} ({n / 1e6:.1f} M params)"
+        total, what = 0, []
+        n = draft_parameter_count(options.draft)
+        if n is not None:
+            total, what = n * elem, [f"draft model {options.draft} ({n / 1e6:.1f} M params)"]
+        head = trimmed_head_elements(options.draft, model.model.config, options.draft_vocab or 0)
+        if options.draft_vocab is not None and head:
+            total += head * elem
+            what.append(f"trimmed draft LM head ({head / 1e6:.1f} M params)")
+        return total, " + ".join(what)
 
     def prepare(self) -> None:
         opts = self.options
