@@ -21,6 +21,7 @@ CATCH_ALL = ("setup", "loop")  # classes that only say where an operator ran, no
 ALIASES: dict[str, tuple[str, ...]] = {
     "attention": ("attention", "attn_scores", "softmax", "attn_values"),
     "exit_heads": ("failed_exit_heads",),  # a passing exit head stands in for the final one (lm_head)
+    "draft": ("draft_forward", "draft_lm_head"),  # a speculative draft model's forwards (its module's class)
 }
 NOT_MODELLED: dict[str, str] = {
     "kv_cache": "the cache update (the model counts the K, V writes in k_proj and v_proj)",

@@ -8,7 +8,8 @@ Data (SpecEE §1.4, on the model's *own* outputs):
    the final norm of the hidden state, that layer's full-vocabulary argmax (EOS masked) and, at the
    last layer, the model's own token;
 3. the trimmed vocabulary (VocabTrim): the model's output tokens ranked by frequency, then the corpus's
-   input tokens, then the rest by id.
+   input tokens, then the rest by id (:func:`rooflens.engines.vocabulary.ranked_vocabulary`, shared with
+   the ``speculative`` engine's ``draft_vocab``).
 
 Trained from it: the draft head (draft ``head``: cross-entropy against the model's own token, on the
 greedy sequences and on teacher-forced corpus windows; only ``fc`` and its decoder layer learn) and the
@@ -30,12 +31,13 @@ import torch
 
 from rooflens.data.prompts import corpus_windows, training_prompts
 from rooflens.engines.artifacts import ArtifactKind, Progress
-from rooflens.engines.decoding import LayerStack, greedy_config
+from rooflens.engines.decoding import LayerStack
 from rooflens.engines.early_exit.draft_head import DraftHead
 from rooflens.engines.early_exit.predictors import ExitPredictors, exit_features, threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
 from rooflens.engines.early_exit.teacher_forcing import TeacherForced, teacher_forced
 from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
+from rooflens.engines.vocabulary import greedy_sequences, ranked_vocabulary
 
 SIM_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # the draft head's (inputs, previous hidden, targets)
@@ -141,22 +143,6 @@ def load_or_train(
 
 
 # ---------------------------------------------------------------------------- data
-
-
-@torch.no_grad()
-def greedy_sequences(model: torch.nn.Module, prompts: torch.Tensor, gen_len: int, batch: int = 8) -> torch.Tensor:
-    """Each prompt followed by ``gen_len`` full-depth greedy tokens (EOS masked, as the hf baseline)."""
-    gc = greedy_config(model, gen_len)
-    out = [model.generate(c, attention_mask=torch.ones_like(c), generation_config=gc) for c in prompts.split(batch)]
-    return torch.cat(out)
-
-
-def ranked_vocabulary(vocab_size: int, outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """Every id: by frequency among ``outputs``, then among ``inputs``, then by id (VocabTrim's ranking)."""
-    out_counts = torch.bincount(outputs.reshape(-1).cpu(), minlength=vocab_size).double()
-    in_counts = torch.bincount(inputs.reshape(-1).cpu(), minlength=vocab_size).double()
-    score = out_counts * (in_counts.max() + 1) + in_counts  # outputs first, inputs break ties
-    return torch.sort(score, descending=True, stable=True).indices.to(outputs.device)
 
 
 @dataclass

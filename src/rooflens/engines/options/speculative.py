@@ -53,6 +53,14 @@ class SpeculativeOptions(EngineOptions):
         le=1.0,
         description="hf_assisted draft_model/early_exit: assistant_confidence_threshold (0 = always draft gamma tokens)",
     )
+    draft_vocab: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="VocabTrim: the draft's LM head keeps only the N tokens the target emits most (ranked on the "
+        "shipped corpus); drafts propose only those, the target still verifies with its full head (lossless). "
+        "proposer draft_model only; default: the full vocabulary",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeOptions:
@@ -88,9 +96,23 @@ class SpeculativeOptions(EngineOptions):
                 raise ValueError("HF prompt lookup has no gamma schedule: adaptive_gamma is not supported there")
             if self.gamma_max is not None:
                 raise ValueError("gamma_max applies to our own loop only (HF's heuristic schedule has no bound)")
+        self._check_draft_vocab()
         if self.gamma_max is not None and self.gamma_max < self.gamma:
             raise ValueError(f"gamma_max ({self.gamma_max}) must be >= gamma ({self.gamma})")
         return self
+
+    def _check_draft_vocab(self) -> None:
+        """``draft_vocab`` trims the LM head of a draft that our own loop calls: none for prompt lookup, and HF
+        assisted generation calls its assistant's (or its early exit's) full head inside transformers."""
+        if self.draft_vocab is None:
+            return
+        if self.mode == "prompt_lookup":
+            raise ValueError("draft_vocab trims a draft model's LM head; prompt lookup has none (remove draft_vocab)")
+        if self.proposer == "hf_assisted":
+            raise ValueError(
+                f"draft_vocab applies to proposer 'draft_model' only: HF assisted generation (hf_mode {self.hf_mode}) "
+                "runs the draft's full LM head inside transformers, so rooflens cannot trim it"
+            )
 
     @property
     def mode(self) -> str:

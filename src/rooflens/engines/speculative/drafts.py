@@ -7,6 +7,7 @@ weight is copied), ``shape:<name>`` (a shipped config with random weights) or a 
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 
@@ -54,25 +55,46 @@ def check_same_vocab(target: torch.nn.Module, draft: torch.nn.Module, what: str 
         )
 
 
-def draft_parameter_count(spec: str) -> int | None:
-    """Parameters of the separate draft model ``spec`` from its config alone (meta device: nothing is
-    allocated); None for ``self:<k>`` (shares the target's weights) or a draft whose config cannot be read."""
+def separate_draft_config(spec: str) -> Any | None:
+    """The config of the separate draft model ``spec`` (``shape:<name>`` or a HF id / path), read without its
+    weights; None for ``self:<k>`` or a config that cannot be read (prepare() reports why)."""
     if SELF_RE.match(spec):
         return None
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from rooflens.models.loader import shipped_config
 
     try:
-        config = (
-            shipped_config(spec[len(SHAPE_PREFIX) :])[0]
-            if spec.startswith(SHAPE_PREFIX)
-            else AutoConfig.from_pretrained(spec)
-        )
-        with torch.device("meta"):
-            return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        if spec.startswith(SHAPE_PREFIX):
+            return shipped_config(spec[len(SHAPE_PREFIX) :])[0]
+        return AutoConfig.from_pretrained(spec)
     except Exception:  # noqa: BLE001 - an unreadable draft is reported by prepare(), with its own reason
         return None
+
+
+def draft_parameter_count(spec: str) -> int | None:
+    """Parameters of the separate draft model ``spec`` from its config alone (meta device: nothing is
+    allocated); None for ``self:<k>`` (shares the target's weights) or a draft whose config cannot be read."""
+    config = separate_draft_config(spec)
+    if config is None:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    except Exception:  # noqa: BLE001 - as above
+        return None
+
+
+def trimmed_head_elements(spec: str, target_config: Any, draft_vocab: int) -> int | None:
+    """Elements of the LM-head copy that ``draft_vocab`` makes (rows x the draft's hidden size); None when the
+    draft's config cannot be read."""
+    config = target_config if SELF_RE.match(spec) else separate_draft_config(spec)
+    hidden = getattr(config, "hidden_size", None) if config is not None else None
+    if hidden is None:
+        return None
+    return min(draft_vocab, int(target_config.vocab_size)) * int(hidden)
 
 
 def check_early_exit(target: torch.nn.Module, k: int) -> None:

@@ -2,7 +2,8 @@
 
 ``draft_model``
     A draft causal LM with the target's vocabulary drafts greedily (or by sampling) with its own KV cache,
-    one forward pass per token (the first one also catches up on the tokens it has not seen yet).
+    one forward pass per token (the first one also catches up on the tokens it has not seen yet); with
+    ``draft_vocab`` its LM head covers only the trimmed vocabulary (:mod:`.vocabtrim`).
 ``prompt_lookup``
     No draft model: the continuation of the latest earlier occurrence of the last n tokens (n from
     ``max_ngram`` down to ``min_ngram``) in prompt + generated text is the draft.
@@ -17,6 +18,7 @@ import torch
 
 from rooflens.engines.decoding import crop_cache, last_logits, new_cache
 from rooflens.engines.speculative.chooser import TokenChooser
+from rooflens.engines.speculative.vocabtrim import DraftVocab
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,11 @@ class LookupProposer:
 
 @dataclass
 class DraftModelProposer:
-    """``draft_model``: ``g`` tokens from the draft model, one forward pass each, over its own KV cache."""
+    """``draft_model``: ``g`` tokens from the draft model, one forward pass each, over its own KV cache; with a
+    ``vocab`` the model's logits are over that trimmed vocabulary (VocabTrim) and are mapped back to full ids."""
 
     model: torch.nn.Module
+    vocab: DraftVocab | None = None
     cache: Any = None
 
     def start(self) -> None:
@@ -98,7 +102,8 @@ class DraftModelProposer:
         tokens, probs = [], []
         feed = seq[:, self.cache.get_seq_length() :]  # what the draft has not seen: accepted + correction tokens
         for _ in range(g):
-            token, p = chooser.choose(last_logits(self.model, feed, self.cache)[0])
+            logits = last_logits(self.model, feed, self.cache)[0]
+            token, p = chooser.choose(logits) if self.vocab is None else self.vocab.choose(chooser, logits)
             tokens.append(token)
             if p is not None:
                 probs.append(p)

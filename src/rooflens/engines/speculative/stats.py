@@ -9,6 +9,7 @@ target pass is, how time is measured): those are ``{placeholders}`` filled from 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.results.stat import EngineStat
@@ -72,9 +73,26 @@ STATS: dict[str, StatSpec] = {  # in key order, as records have always listed th
     "acceptance_rate": StatSpec(description="accepted_tokens / drafted_tokens"),
     "accepted_length_hist": StatSpec(description="[n] = verify passes that accepted exactly n draft tokens"),
     "accepted_tokens": StatSpec("tok", "draft tokens accepted (bonus/correction tokens not counted)"),
+    "draft_flops_saved_fraction": StatSpec(
+        description="derived from the analytic model: share of a full-vocabulary draft forward's FLOPs (one token) "
+        "that the trimmed LM head does not compute"
+    ),
     "draft_passes": StatSpec(description="draft-model forward passes incl. the draft's prefill (0 for prompt lookup)"),
     "draft_time_fraction": StatSpec(description="draft_time_s / (draft_time_s + verify_time_s)"),
     "draft_time_s": StatSpec("s", "{draft_time}; {time_how}"),
+    "draft_vocab": StatSpec(
+        "tok",
+        "draft_vocab (VocabTrim): tokens the draft's trimmed LM head keeps, the target's most emitted first (see "
+        "draft); the target verifies over its full vocabulary",
+    ),
+    "draft_vocab_coverage": StatSpec(
+        description="generated tokens inside the draft's trimmed vocabulary / generated tokens (a token outside it "
+        "is never drafted: the target supplies it)"
+    ),
+    "draft_weight_bytes_saved_fraction": StatSpec(
+        description="derived from the analytic model: share of a full-vocabulary draft forward's weight bytes "
+        "(one token, its KV reads left out) that the trimmed LM head does not read"
+    ),
     "drafted_tokens": StatSpec("tok", "draft tokens sent to verification"),
     "gamma_mean": StatSpec(
         "tok",
@@ -103,9 +121,11 @@ def _ratio(a: float, b: float) -> float | str:
     return a / b if b else "n/a"
 
 
-def speculative_stats(c: SpeculativeCounters, hf: bool, draft_note: str) -> dict[str, EngineStat]:
-    """The engine's statistics from its counters (``hf``: counted in HF assisted generation); empty before
-    the first generation."""
+def speculative_stats(
+    c: SpeculativeCounters, hf: bool, draft_note: str, vocab_values: dict[str, Any] | None = None
+) -> dict[str, EngineStat]:
+    """The engine's statistics from its counters (``hf``: counted in HF assisted generation) and, under
+    ``draft_vocab``, the trimmed vocabulary's (``vocab_values``); empty before the first generation."""
     if c.generations == 0:
         return {}
     values = {
@@ -127,5 +147,6 @@ def speculative_stats(c: SpeculativeCounters, hf: bool, draft_note: str) -> dict
         "verify_passes": None if hf else c.verify_passes,
         "verify_time_s": c.verify_time,
         "draft": draft_note or None,
+        **(vocab_values or {}),
     }
     return stats_from_table(STATS, values, **(HF_WORDING if hf else LOOP_WORDING))
