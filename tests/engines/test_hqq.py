@@ -4,12 +4,24 @@ import pytest
 import torch
 from torch import nn
 
+from factories import clocked_generate
+from rooflens.config import EngineSpec
+from rooflens.data.prompts import make_prompts
+from rooflens.engines.mixed_precision.fidelity import fidelity as pmpd
+from rooflens.engines.mixed_precision.training import TuneSettings, scheduler_path
+from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
 from rooflens.engines.quant.hqq import HQQSettings, hqq_codes, hqq_quantize
+from rooflens.engines.registry import build_engine, validate_engine_options
 from rooflens.kernels.linear import LowBitLinear, kernel_unavailable
 from rooflens.kernels.lowbit import dequantize, quantize, unpack_codes
 
 CPU = torch.device("cpu")
 CASES = [(bits, sym) for bits in (4, 3, 2) for sym in (True, False)]
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path / "cache"))
 
 
 def _outlier_matrix(seed: int = 0, n: int = 96, k: int = 256) -> torch.Tensor:
@@ -122,3 +134,59 @@ def test_an_all_zero_group_stays_exact():
     for symmetric in (True, False):
         d = dequantize(hqq_quantize(w, 2, 64, symmetric))
         assert torch.isfinite(d).all() and torch.equal(d[:4], torch.zeros_like(d[:4]))
+
+
+# ---------------------------------------------------------------------------- the engines
+
+
+def test_mixed_precision_with_hqq_runs_end_to_end_and_its_record_says_hqq(tiny_llama, tmp_path):
+    from factories import tiny_experiment
+    from rooflens.bench.runner import ExperimentRunner
+    from rooflens.results.store import load_records
+
+    opts = {"ladder": [4, 2], "switch_steps": [2], "group_size": 32, "quantizer": "hqq"}
+    engine = build_engine(EngineSpec(name="mixed_precision", options=opts), tiny_llama)
+    engine.prepare()
+    name, layer = next(iter(engine.layers.items()))
+    weight = tiny_llama.model.get_submodule(name).weight.detach()
+    for b in (4, 2):  # each rung holds HQQ's codes of the original weight
+        assert torch.equal(layer.rungs[str(b)].packed, hqq_quantize(weight, b, 32, True).packed)
+    out = clocked_generate(engine, make_prompts(tiny_llama, "synthetic", 1, 8, seed=1), 6)
+    stats = {k: v.value for k, v in engine.stats().items()}
+    assert out.shape == (1, 6) and stats["decode_tokens_per_bits"] == str({"4": 2, "2": 3})
+    assert stats["quantizer"] == "hqq"
+
+    mixed = {"name": "mixed_precision", "options": {"ladder": [8, 4], "switch_steps": [2], "quantizer": "hqq"}}
+    ExperimentRunner(tiny_experiment([mixed], batch_sizes=(1,)), results_root=tmp_path / "r").run()
+    (record,) = load_records(tmp_path / "r")
+    assert record.status == "ok"
+    quantizer = next(d for d in record.fidelity.deviations if d.setting == "quantizer")
+    assert quantizer.here.startswith("HQQ") and "SqueezeLLM" in quantizer.reference
+
+
+def test_fidelity_names_the_quantizer():
+    rtn = next(d for d in pmpd(MixedPrecisionOptions()).deviations if d.setting == "quantizer")
+    hqq = next(d for d in pmpd(MixedPrecisionOptions(quantizer="hqq")).deviations if d.setting == "quantizer")
+    assert rtn.here.startswith("round-to-nearest (RTN") and "HQQ" not in rtn.here
+    assert hqq.here.startswith("HQQ") and "scale fitted" in hqq.here  # symmetric: only the scale moves
+    asym = pmpd(MixedPrecisionOptions(quantizer="hqq", symmetric=False)).deviations[0]
+    assert "scale and zero point" in asym.here
+
+
+def test_rtn_and_hqq_tunings_never_share_a_cache_file(tiny_llama):
+    rtn = TuneSettings.from_options(MixedPrecisionOptions(quantizer="rtn"))
+    hqq = TuneSettings.from_options(MixedPrecisionOptions(quantizer="hqq"))
+    assert rtn.quantizer == "rtn" and hqq.quantizer == "hqq"
+    label = tiny_llama.info.label
+    assert scheduler_path(tiny_llama.model, label, rtn) != scheduler_path(tiny_llama.model, label, hqq)
+
+
+@pytest.mark.parametrize(
+    "engine, options, says",
+    [
+        ("mixed_precision", {"quantizer": "gptq"}, "options.quantizer: Input should be 'rtn' or 'hqq'"),
+    ],
+)
+def test_a_bad_quantizer_names_the_field_and_the_allowed_values(engine, options, says):
+    problems = validate_engine_options(EngineSpec(name=engine, options=options))
+    assert any(says in p for p in problems), problems
