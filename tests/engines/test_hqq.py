@@ -181,10 +181,23 @@ def test_rtn_and_hqq_tunings_never_share_a_cache_file(tiny_llama):
     assert scheduler_path(tiny_llama.model, label, rtn) != scheduler_path(tiny_llama.model, label, hqq)
 
 
+def test_quantized_engine_takes_the_quantizer_for_the_rooflens_backend(tiny_llama):
+    opts = {"backend": "rooflens", "bits": 3, "group_size": 32, "quantizer": "hqq", "kernel": "torch"}
+    engine = build_engine(EngineSpec(name="quantized", options=opts), tiny_llama)
+    engine.prepare()
+    name, layer = next(iter(engine._layers.items()))
+    weight = tiny_llama.model.get_submodule(name).weight.detach()
+    assert torch.equal(layer.packed, hqq_quantize(weight, 3, 32, True).packed)
+    assert not torch.equal(layer.packed, quantize(weight, 3, 32, True).packed)
+    assert engine.options.describe() == "rooflens groupwise 3-bit g32 sym hqq"
+
+
 @pytest.mark.parametrize(
     "engine, options, says",
     [
         ("mixed_precision", {"quantizer": "gptq"}, "options.quantizer: Input should be 'rtn' or 'hqq'"),
+        ("quantized", {"quantizer": "awq"}, "options.quantizer: Input should be 'rtn' or 'hqq'"),
+        ("quantized", {"backend": "torchao", "quantizer": "hqq"}, "quantizer: applies to backend 'rooflens' only"),
     ],
 )
 def test_a_bad_quantizer_names_the_field_and_the_allowed_values(engine, options, says):
