@@ -21,8 +21,9 @@ class MixedPrecisionOptions(EngineOptions):
     quantizer: Literal["rtn", "hqq"] = Field(
         default="rtn",
         description="how each rung's scales, zero points and codes are chosen (same storage either way): rtn "
-        "(round-to-nearest, min-max scales) or hqq (Half-Quadratic Quantization, calibration-free: each group's "
-        "scale and zero point fitted to an lp-norm error; several times slower to load)",
+        "(round-to-nearest, min-max scales; the default: fast, and hqq lowers SmolLM2's weight error only ~3 % at 8 "
+        "bits and ~7 % at 4) or hqq (Half-Quadratic Quantization, calibration-free: each group's scale and zero point "
+        "fitted to an lp-norm error; ~19 % lower weight error at 3 bits, ~45 % at 2; ~4-5x RTN's time at load)",
     )
     lm_head: bool = Field(default=True, description="quantize the LM head too (a tied embedding keeps its own table)")
     prefill_bits: int | Literal["original"] | None = Field(
