@@ -71,7 +71,15 @@ def _codes(x: torch.Tensor, a: torch.Tensor, z: torch.Tensor, top: int) -> torch
     return torch.div(x, a).round_().add_(z).clamp_(0, top)
 
 
-def _fit(target, q, a, z, s0, fixed_zero: bool, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit(
+    target: torch.Tensor,
+    q: torch.Tensor,
+    a: torch.Tensor,
+    z: torch.Tensor,
+    s0: torch.Tensor,
+    fixed_zero: bool,
+    top: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares ``(a, z)`` of ``target ~ a (q - z)``, codes fixed; z an integer in [0, top], ``a s0`` on fp16.
 
     Reductions only: ``<t, q - z> = <t, q> - z sum t``, ``|q - z|^2 = <q, q> - 2 z sum q + g z^2``."""
