@@ -208,7 +208,7 @@ def test_tuning_settings_come_from_the_options_train_fields_only():
     assert TuneSettings.from_options(base).prefill_bits == 8
     changed = {"ladder": [8, 2], "group_size": 32, "symmetric": False, "lm_head": False, "prefill_bits": "original"}
     changed |= {"quality_budget": 0.1, "train_prompts": 5, "train_prompt_len": 9, "train_gen_len": 7}
-    changed |= {"classifier_epochs": 3, "seed": 2}
+    changed |= {"classifier_epochs": 3, "seed": 2, "quantizer": "hqq"}
     assert set(changed) == set(MixedPrecisionOptions.train_fields)
     for name, value in changed.items():
         other = MixedPrecisionOptions(**{"ladder": [8, 4], name: value})

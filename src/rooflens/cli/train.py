@@ -48,6 +48,7 @@ EARLY_EXIT_FLAGS = (
 MIXED_PRECISION_FLAGS = (
     Flag("ladder", help="decode precisions, top first, e.g. 8,4 or 4,3,2", parse=_bits_list),
     Flag("group_size"),
+    Flag("quantizer", help="rtn (round-to-nearest) or hqq (half-quadratic; slower to load)"),
     Flag("prefill_bits", help="bits >= the top rung, or 'original' (default: the top rung)", parse=_prefill_bits),
     Flag("lm_head", help="quantize the LM head too"),
     Flag("quality_budget"),

@@ -1,4 +1,7 @@
-"""CPU fast path for rooflens's low-bit format: torch's weight-only int4 kernel.
+"""CPU fallback path for rooflens's low-bit format: torch's weight-only int4 kernel (``kernel: int4pack``).
+
+``kernel: auto`` takes it only where rooflens's own AVX2 kernel (:mod:`rooflens.kernels.cpu_native`, which
+reads 8-, 4- and 2-bit codes as stored) cannot be built.
 
 torch's CPU build ships ``aten._weight_int4pack_mm_for_cpu``: 4-bit codes in a packed layout
 (``aten._convert_weight_to_int4pack_for_cpu``, ``N`` a multiple of 16), one ``(scale, zero)`` pair per
@@ -13,7 +16,8 @@ layout, exactly in its codes:
   (symmetric formats, and asymmetric ones up to 3 bits), so ``zero = 0``; otherwise (4-bit asymmetric)
   ``q = u`` and ``zero = s (8 - z)``. Keeping the zero at 0 matters: ``(q - 8) s + zero`` with a large zero
   cancels, and bf16 rounding of both terms would then cost several percent of a 2-bit weight.
-  3- and 2-bit weights thus run at 4-bit speed *and 4-bit traffic*: :attr:`CpuLowBitPlan.bits_read` says so.
+  On this path 3- and 2-bit weights thus run at 4-bit speed *and 4-bit traffic*: :attr:`CpuLowBitPlan.bits_read`
+  says so (the AVX2 kernel reads 2-bit codes as stored, and expands only 3-bit codes to 4 bits).
 * ``bits == 8``: ``u = 16 hi + lo`` with 4-bit ``hi`` and ``lo``, and
   ``w' = [(hi - 8) 16s] + [(lo - 8) s + s (136 - z)]`` (``136 - z = 8`` when symmetric): the two halves are
   laid side by side along ``K`` and multiplied with ``[x, x]`` in one kernel call.

@@ -14,6 +14,7 @@ from torch import nn
 from rooflens.kernels import cpu_lowbit, cpu_native
 from rooflens.kernels.lowbit import (
     QuantizedWeight,
+    Quantizer,
     check_bits,
     check_group_size,
     format_bits_per_weight,
@@ -86,9 +87,16 @@ class LowBitLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = True, kernel: str = "auto"
+        cls,
+        linear: nn.Linear,
+        bits: int = 4,
+        group_size: int = 128,
+        symmetric: bool = True,
+        kernel: str = "auto",
+        quantizer: Optional[Quantizer] = None,
     ) -> LowBitLinear:
-        qw = quantize(linear.weight.detach(), bits=bits, group_size=group_size, symmetric=symmetric)
+        """``linear`` quantized by ``quantizer`` (default :func:`~rooflens.kernels.lowbit.quantize`, round-to-nearest)."""
+        qw = (quantizer or quantize)(linear.weight.detach(), bits, group_size, symmetric)
         return cls(qw, linear.bias, kernel=kernel)
 
     @property
@@ -248,13 +256,15 @@ def quantize_linear_layers(
     symmetric: bool = True,
     skip: Iterable[str] = ("lm_head",),
     kernel: str = "auto",
+    quantizer: Optional[Quantizer] = None,
 ) -> QuantizationReport:
     """Replace every ``nn.Linear`` of ``model`` in place by a :class:`LowBitLinear`.
 
     A layer is left alone (and listed in ``report.skipped`` with the reason) when its name or one of its
     dotted path components matches an entry of ``skip`` (default: the LM head), or when ``group_size``
-    does not divide its ``in_features``.  Returns a :class:`QuantizationReport` whose
-    ``total_storage_bytes`` is the sum of the new layers' ``QuantizedWeight.storage_bytes``.
+    does not divide its ``in_features``.  ``quantizer`` picks the codes (default: round-to-nearest).  Returns a
+    :class:`QuantizationReport` whose ``total_storage_bytes`` is the sum of the new layers'
+    ``QuantizedWeight.storage_bytes``.
     """
     check_bits(bits)
     check_group_size(group_size)
@@ -271,7 +281,7 @@ def quantize_linear_layers(
         if lin.in_features % group_size:
             report.skipped[name] = f"in_features={lin.in_features} is not a multiple of group_size={group_size}"
             continue
-        new = LowBitLinear.from_linear(lin, bits=bits, group_size=group_size, symmetric=symmetric, kernel=kernel)
+        new = LowBitLinear.from_linear(lin, bits, group_size, symmetric, kernel=kernel, quantizer=quantizer)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

@@ -50,6 +50,7 @@ Storage, exactly (``QuantizedWeight.storage_bytes``; ``bits_per_weight = storage
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -64,6 +65,7 @@ __all__ = [
     "ALLOWED_BITS",
     "ALLOWED_GROUP_SIZES",
     "QuantizedWeight",
+    "Quantizer",
     "check_bits",
     "check_group_size",
     "format_bits_per_weight",
@@ -271,6 +273,12 @@ def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 128, symmetric: b
         symmetric=symmetric,
         shape=tuple(w.shape),
     )
+
+
+Quantizer = Callable[[torch.Tensor, int, int, bool], QuantizedWeight]
+"""``(w, bits, group_size, symmetric) -> QuantizedWeight``: :func:`quantize` (round-to-nearest) or another
+choice of scales, zero points and codes in the same format, integer zero points included
+(``rooflens.engines.quant.hqq.hqq_quantize``): every kernel runs either unchanged."""
 
 
 # ------------------------------------------------------------------------------------ dequant / matmul

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from rooflens.kernels.linear import LowBitLinear, _is_skipped
+from rooflens.kernels.lowbit import Quantizer
 from rooflens.lowbit_rules import check_group_size, check_ladder
 
 
@@ -36,15 +37,14 @@ class MultiPrecisionLinear(nn.Module):
         symmetric: bool = True,
         kernel: str = "auto",
         keep_original: bool = False,
+        quantizer: Optional[Quantizer] = None,
     ) -> None:
         super().__init__()
         self.ladder = check_ladder(ladder)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.rungs = nn.ModuleDict(
             {
-                str(b): LowBitLinear.from_linear(
-                    linear, bits=b, group_size=group_size, symmetric=symmetric, kernel=kernel
-                )
+                str(b): LowBitLinear.from_linear(linear, b, group_size, symmetric, kernel=kernel, quantizer=quantizer)
                 for b in self.ladder
             }
         )
@@ -90,11 +90,13 @@ def quantize_multiprecision(
     skip: Iterable[str] = ("lm_head",),
     kernel: str = "auto",
     keep_original: bool = False,
+    quantizer: Optional[Quantizer] = None,
 ) -> tuple[dict[str, MultiPrecisionLinear], dict[str, str]]:
     """Replace every ``nn.Linear`` of ``model`` in place by a :class:`MultiPrecisionLinear`.
 
     Returns (the new layers by name, the layers left alone with the reason): a name matching ``skip``, or
-    an ``in_features`` that ``group_size`` does not divide.
+    an ``in_features`` that ``group_size`` does not divide. ``quantizer`` picks the codes (default:
+    round-to-nearest).
     """
     check_group_size(group_size)
     rungs = check_ladder(ladder)
@@ -109,7 +111,9 @@ def quantize_multiprecision(
         if lin.in_features % group_size:
             skipped[name] = f"in_features={lin.in_features} is not a multiple of group_size={group_size}"
             continue
-        new = MultiPrecisionLinear(lin, rungs, group_size, symmetric, kernel=kernel, keep_original=keep_original)
+        new = MultiPrecisionLinear(
+            lin, rungs, group_size, symmetric, kernel=kernel, keep_original=keep_original, quantizer=quantizer
+        )
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
         layers[name] = new

@@ -35,6 +35,7 @@ from rooflens.engines.mixed_precision.schedulers import (
 from rooflens.engines.mixed_precision.training import TuneSettings, cached, load, save, scheduler_path, tune
 from rooflens.engines.options.mixed_precision import MixedPrecisionOptions
 from rooflens.engines.quant.base import copy_for_quantization, untie_from
+from rooflens.engines.quant.hqq import QUANTIZERS
 from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.kernels.linear import kernel_unavailable
@@ -49,6 +50,7 @@ STATS: dict[str, StatSpec] = {
     "ladder": StatSpec("bit", "decode precisions, top first"),
     "prefill_bits": StatSpec("", "prefill precision"),
     "scheduler": StatSpec("", "precision scheduler"),
+    "quantizer": StatSpec("", "how the rungs' codes were chosen: rtn (round-to-nearest) or hqq (half-quadratic)"),
     "scheduler_source": StatSpec("", "where its switch points came from"),
     "mean_decode_bits": StatSpec("bit", "rung bits averaged over the decode steps run (the prefill's token excluded)"),
     "bits_by_step": StatSpec(
@@ -156,7 +158,14 @@ class MixedPrecisionEngine(Engine):
         dup = copy_for_quantization(original, skip)
         keep = opts.resolved_prefill_bits is None
         self.layers, self.skipped = quantize_multiprecision(
-            dup, opts.precisions, opts.group_size, opts.symmetric, skip=skip, kernel=opts.kernel, keep_original=keep
+            dup,
+            opts.precisions,
+            opts.group_size,
+            opts.symmetric,
+            skip=skip,
+            kernel=opts.kernel,
+            keep_original=keep,
+            quantizer=QUANTIZERS[opts.quantizer],
         )
         if not self.layers:
             raise EngineUnavailable(f"options.group_size: {opts.group_size} divides no Linear layer's in_features here")
@@ -330,6 +339,7 @@ class MixedPrecisionEngine(Engine):
             "ladder": list(opts.ladder),
             "prefill_bits": "original" if prefill is None else prefill,
             "scheduler": opts.scheduler,
+            "quantizer": opts.quantizer,
             "scheduler_source": self.tuning_note or "options",
             "weight_storage_bytes_per_rung": str(storage),
             "weight_storage_bytes": sum(storage.values()),

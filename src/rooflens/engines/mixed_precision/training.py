@@ -41,6 +41,7 @@ class TuneSettings:
     ladder: tuple[int, ...]
     group_size: int
     symmetric: bool
+    quantizer: str  # rtn or hqq: the rungs' codes differ, so their tunings must not share a cache file
     lm_head: bool
     prefill_bits: Optional[int]
     quality_budget: float
@@ -59,6 +60,7 @@ class TuneSettings:
             ladder=tuple(options.ladder),
             group_size=options.group_size,
             symmetric=options.symmetric,
+            quantizer=options.quantizer,
             lm_head=options.lm_head,
             prefill_bits=options.resolved_prefill_bits,
             quality_budget=options.resolved_quality_budget,

@@ -20,6 +20,7 @@ from rooflens.text import quote
 SKIP = ("lm_head",)  # Linear layers left in the model dtype (embeddings are not Linear: never touched)
 Backend = Literal["torchao", "bitsandbytes", "rooflens"]  # the keys of FORMATS (and of quant.HANDLERS)
 Kernel = Literal[KERNELS]  # a rooflens LowBitLinear forward path
+Quantizer = Literal["rtn", "hqq"]  # how a rooflens format's codes are chosen (rooflens.engines.quant.hqq.QUANTIZERS)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class QuantSpec:
     group_size: int | None = None  # None: the format has no groups
     symmetric: bool | None = None  # None: the format has no such choice
     kernel: Kernel = "auto"  # rooflens only: the LowBitLinear forward path
+    quantizer: Quantizer = "rtn"  # rooflens only: round-to-nearest or HQQ codes (same storage)
     skip: tuple[str, ...] = SKIP  # Linear layers left in the model dtype
 
 
@@ -85,6 +87,11 @@ class QuantizedOptions(HFOptions):
         default=None, description="rooflens and torchao intx: symmetric (default) or asymmetric with zero points"
     )
     kernel: Kernel | None = Field(default=None, description=f"rooflens only: {describe_kernels()}")
+    quantizer: Quantizer | None = Field(
+        default=None,
+        description="rooflens only: rtn (round-to-nearest, default) or hqq (Half-Quadratic Quantization, "
+        "calibration-free: each group's scale and zero point fitted to an lp-norm error; same storage, slower to load)",
+    )
     lm_head: bool = Field(
         default=False,
         description="quantize the LM head too (a tied embedding is untied: the embedding keeps its dense table)",
@@ -119,6 +126,8 @@ class QuantizedOptions(HFOptions):
             )
         if self.kernel is not None and b != "rooflens":
             raise ValueError(f"kernel: applies to backend 'rooflens' only (backend is '{b}')")
+        if self.quantizer is not None and b != "rooflens":
+            raise ValueError(f"quantizer: applies to backend 'rooflens' only (backend is '{b}')")
         return self
 
     @property
@@ -163,6 +172,7 @@ class QuantizedOptions(HFOptions):
             group_size=self.resolved_group_size,
             symmetric=self.resolved_symmetric,
             kernel=self.kernel or "auto",
+            quantizer=self.quantizer or "rtn",
             skip=self.skip,
         )
 
@@ -174,4 +184,6 @@ class QuantizedOptions(HFOptions):
             parts.append(f"g{self.resolved_group_size}")
         if self.resolved_symmetric is not None:
             parts.append("sym" if self.resolved_symmetric else "asym")
+        if self.quantizer == "hqq":
+            parts.append("hqq")
         return " ".join(parts)

@@ -1,7 +1,8 @@
 """rooflens's own format: :func:`rooflens.kernels.quantize_linear_layers` swaps in ``LowBitLinear`` layers.
 
 * ``groupwise`` — packed group-wise codes, ``bits`` 8/4/3/2, ``group_size`` 32/64/128, ``symmetric`` or not
-  (see :mod:`rooflens.kernels.lowbit` for the exact layout and bits per weight).
+  (see :mod:`rooflens.kernels.lowbit` for the exact layout and bits per weight); the codes by round-to-nearest
+  (``quantizer: rtn``) or HQQ (``hqq``, :mod:`rooflens.engines.quant.hqq`), stored alike.
 
 The forward path is the ``kernel`` of the spec (:data:`KERNEL_PATHS`): ``auto`` takes the Triton
 dequant-matmul kernel on CUDA, rooflens's AVX2 kernel on the CPU (torch's int4 CPU kernel where that one
@@ -19,6 +20,7 @@ from torch import nn
 
 from rooflens.engines.options.quantized import FORMATS, QuantSpec
 from rooflens.engines.quant.base import QuantHandler
+from rooflens.engines.quant.hqq import QUANTIZERS
 from rooflens.kernels import LowBitLinear, QuantizationReport, quantize_linear_layers
 from rooflens.kernels.cpu_native import DENSE_FROM_ROWS
 from rooflens.kernels.linear import kernel_unavailable
@@ -58,7 +60,13 @@ class RooflensHandler(QuantHandler):
 
     def quantize(self, model: nn.Module, spec: QuantSpec, device: torch.device) -> dict[str, nn.Module]:
         self.report = quantize_linear_layers(
-            model, spec.bits, spec.group_size, bool(spec.symmetric), skip=spec.skip, kernel=spec.kernel
+            model,
+            spec.bits,
+            spec.group_size,
+            bool(spec.symmetric),
+            skip=spec.skip,
+            kernel=spec.kernel,
+            quantizer=QUANTIZERS[spec.quantizer],
         )
         layers = {name: model.get_submodule(name) for name in self.report.replaced_names}
         assert all(isinstance(m, LowBitLinear) for m in layers.values())
