@@ -305,10 +305,11 @@ def _task(group: Group, cell: Cell, engine: Engine) -> TaskQuality | str | None:
         if tasks is None:
             result = None
         else:
-            answers = answers_of(engine, model, tasks, w.gen_len)
+            known = group.task_answers.get(str(cell.workload_index))  # the baseline's, from an earlier job
+            answers = known if is_baseline and known else answers_of(engine, model, tasks, w.gen_len)
             if is_baseline:
                 group.task_answers[str(cell.workload_index)] = answers
-            baseline = None if is_baseline else group.task_answers.get(str(cell.workload_index))
+            baseline = None if is_baseline else known
             result = task_quality(tasks, answers, w.gen_len, model.tokenizer, baseline)
     except Exception as err:  # a task pass that fails says so; the timed measurement stands
         result = f"task quality n/a: {type(err).__name__}: {err}"
