@@ -224,7 +224,22 @@ def collect_training_data(
     # the pass (a full forward over the corpus, ~15 s on 2 CPU cores) keeps its training short.
     windows = corpus_windows(model, tokenizer, T) if kind != "lookup" else seqs.new_empty(0, T)
     wtf = teacher_forced(model, windows, T - 2) if windows.shape[0] else None
-    return TrainingData(seqs, P, tf, windows, wtf, max(1, n // 5) if n >= 2 else 0)
+    return TrainingData(seqs, P, tf, windows, wtf, held_out_count(n))
+
+
+def held_out_count(n: int) -> int:
+    """Training sequences held out from the predictors (the last ones): 20 %, at least one of two or more."""
+    return max(1, n // 5) if n >= 2 else 0
+
+
+def held_out_prompts(
+    model: torch.nn.Module, tokenizer: Any, settings: TrainSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompts [v, P], the full model's greedy tokens after them [v, gen_len]) of the held-out training sequences:
+    the text ``threshold: auto`` is calibrated on (the predictors never trained on it)."""
+    prompts = training_prompts(model, tokenizer, settings.prompts, settings.prompt_len, settings.seed)
+    held = prompts[prompts.shape[0] - max(1, held_out_count(prompts.shape[0])) :]
+    return held, greedy_sequences(model, held, settings.gen_len)[:, settings.prompt_len :]
 
 
 # ---------------------------------------------------------------------------- the draft head

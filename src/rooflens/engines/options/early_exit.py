@@ -25,7 +25,19 @@ def parse_draft(spec: str) -> tuple[str, int | None]:
 class EarlyExitOptions(EngineOptions):
     draft: str = Field(default="head+lookup", description=f"where the k candidates come from: {', '.join(DRAFTS)}")
     k: int = Field(default=4, ge=1, le=64, description="candidate tokens per step (SpecEE: 4)")
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="exit when predictor probability > threshold")
+    threshold: float | Literal["auto"] = Field(
+        default="auto",
+        description="exit when predictor probability > threshold; auto: calibrated once per trained model as the "
+        "lowest threshold that keeps agreement >= calibration_target with the full model on held-out training "
+        "prompts (exits off when none does); a number trades quality for speed explicitly",
+    )
+    calibration_target: float = Field(
+        default=0.95,
+        ge=0.0,
+        le=1.0,
+        description="threshold auto: agreement with the full model's greedy tokens the worst held-out training "
+        "prompt must keep",
+    )
     schedule: Literal["two_level", "all"] = Field(
         default="two_level", description="layers that run a predictor: two_level (offline + online) or all"
     )
@@ -37,8 +49,11 @@ class EarlyExitOptions(EngineOptions):
     )
     online_window: int = Field(default=5, ge=0, le=1024, description="online: recent tokens whose exit layers are used")
     online_radius: int = Field(default=2, ge=0, le=1024, description="online: layers within this distance of them")
-    skipped_kv: Literal["fill", "unwritten"] = Field(
-        default="fill", description="KV of skipped layers: fill (from the exit hidden state) or unwritten (SpecEE)"
+    skipped_kv: Literal["deferred", "fill", "unwritten"] = Field(
+        default="deferred",
+        description="KV of the layers an exit skipped: deferred (they still run for the token, batched with the "
+        "next token's pass: the cache stays the full model's), fill (projected from the exit hidden state, CALM) "
+        "or unwritten (SpecEE)",
     )
     draft_vocab: int = Field(default=2048, ge=1, le=1_000_000, description="draft head's trimmed vocabulary")
     train_prompts: int = Field(default=16, ge=2, le=4096, description="training: prompts cut from the corpus")
@@ -69,6 +84,13 @@ class EarlyExitOptions(EngineOptions):
     )
     """The options that shape the trained draft head and predictors (and key their cache file): what
     ``TrainSettings.from_options`` reads and ``rooflens train early-exit`` sets."""
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"threshold {value} is outside [0, 1] (or use auto)")
+        return value
 
     @field_validator("draft")
     @classmethod
