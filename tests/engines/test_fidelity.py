@@ -29,8 +29,10 @@ def test_early_exit_set_up_as_specee_leaves_only_what_rooflens_cannot_do():
     opts = EarlyExitOptions(
         skipped_kv="unwritten", predictor_hidden=512, train_prompts=80, train_gen_len=256, draft="head", k=4
     )
-    # no EAGLE-1 loader yet, and the online step takes every layer within the radius: both still said
+    # rooflens's own head, and the online step takes every layer within the radius: both still said
     assert _settings(specee(opts)) == {"draft", "online schedule"}
+    eagle = opts.model_copy(update={"draft": "eagle:/some/folder"})  # a pretrained EAGLE-1 head: the reference's
+    assert _settings(specee(eagle)) == {"online schedule"}
     assert "threshold" in _settings(specee(opts, threshold=0.8))  # a threshold set by hand is said too
     assert "schedule" in _settings(specee(EarlyExitOptions(schedule="all")))
     assert any(d.setting == "k" and d.here == "6" for d in specee(EarlyExitOptions(k=6)).deviations)

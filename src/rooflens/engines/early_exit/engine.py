@@ -2,7 +2,7 @@
 
 Each decode step::
 
-    candidates = k tokens from the draft (head / lookup / self:k)            -> "draft" time
+    candidates = k tokens from the draft (head / lookup / self:k / eagle)    -> "draft" time
     for each layer i of the target:
         run layer i                                                          -> "layers" time
         if i is scheduled (offline layers ∪ ±radius around recent exits):
@@ -60,12 +60,13 @@ from rooflens.engines.early_exit.decode_state import (
     PhaseLap,
 )
 from rooflens.engines.early_exit.deferred import MAX_PENDING, DeferredPass
+from rooflens.engines.early_exit.eagle import load_eagle
 from rooflens.engines.early_exit.oracle import oracle_exits
 from rooflens.engines.early_exit.predictors import exit_features, threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
 from rooflens.engines.early_exit.training import ExitArtifacts, TrainSettings, held_out_prompts, load_or_train
 from rooflens.engines.marks import engine_work
-from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
+from rooflens.engines.options.early_exit import EarlyExitOptions, eagle_folder, parse_draft
 from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 
@@ -175,7 +176,7 @@ STATS: dict[str, StatSpec] = {
 class EarlyExitEngine(Engine):
     name = "early_exit"
     summary = (
-        "SpecEE speculative early exit, lossy: k candidates (trained draft head / prompt lookup / self:k), "
+        "SpecEE speculative early exit, lossy: k candidates (trained draft head / prompt lookup / self:k / EAGLE-1), "
         "per-layer MLP predictors, two-level scheduling, exit verification; exit statistics, time split, oracle"
     )
     Options = EarlyExitOptions
@@ -225,10 +226,15 @@ class EarlyExitEngine(Engine):
         h, L = int(cfg.hidden_size), int(cfg.num_hidden_layers)
         pred = L * (3 * options.k * options.predictor_hidden + 2 * options.predictor_hidden + 1)
         n, what = pred, f"{L} exit predictors"
-        if parse_draft(options.draft)[0] in ("head", "head+lookup"):
+        kind = parse_draft(options.draft)[0]
+        if kind in ("head", "head+lookup", "eagle"):
             layer = sum(p.numel() for p in LayerStack.of(model.model).layers[-1].parameters())
-            n += 2 * h * h + layer + options.draft_vocab * h
-            what += f" + draft head ({options.draft_vocab}-token vocabulary)"
+            n += 2 * h * h + layer + (options.draft_vocab * h if kind != "eagle" else 0)
+            what += (
+                f" + draft head ({options.draft_vocab}-token vocabulary)"
+                if kind != "eagle"
+                else " + EAGLE-1 head (estimated as fc + one target layer; it reads the target's LM head)"
+            )
         return 4 * n, what  # float32
 
     def prepare(self) -> None:
@@ -265,6 +271,11 @@ class EarlyExitEngine(Engine):
             raise EngineUnavailable(f"options.draft_vocab: {opts.draft_vocab} exceeds the model's vocabulary ({V})")
         if opts.k > V:
             raise EngineUnavailable(f"options.k: {opts.k} exceeds the model's vocabulary ({V})")
+        if kind == "eagle":
+            try:  # the checkpoint fits the target, or one clear line says why not
+                load_eagle(self.stack, eagle_folder(opts.draft))
+            except (ValueError, OSError, RuntimeError) as err:
+                raise EngineUnavailable(f"options.draft: {err}") from None
         if opts.skipped_kv == "unwritten" and target.config._attn_implementation == "eager":
             raise EngineUnavailable(
                 "options.skipped_kv: 'unwritten' needs an attention without a full-length mask (sdpa, flash); "

@@ -15,8 +15,11 @@ REFERENCE = (
 PAPER_TRAINING = (80, 256)  # prompts x tokens per prompt of the predictors' training data
 
 
-def _draft(options: EarlyExitOptions) -> Deviation:
+def _draft(options: EarlyExitOptions) -> Deviation | None:
+    """None for ``eagle:<folder>``: a pretrained EAGLE-1 head is the reference's own draft."""
     kind, k = parse_draft(options.draft)
+    if kind == "eagle":
+        return None
     here = {
         "head": f"rooflens's own draft head (a decoder layer and a {options.draft_vocab}-token LM head trained on "
         f"{options.train_prompts} x {options.train_gen_len} corpus tokens)",
@@ -66,7 +69,7 @@ def _threshold(threshold: float, calibration: Calibration | None) -> Deviation |
 
 def fidelity(options: EarlyExitOptions, threshold: float = 0.5, calibration: Calibration | None = None) -> Fidelity:
     """The reference setup of SpecEE and each way ``options`` (and the threshold in use) depart from it."""
-    out = [_draft(options)]
+    out = [d for d in (_draft(options),) if d is not None]
     if (dev := _threshold(threshold, calibration)) is not None:
         out.append(dev)
     if options.k != 4:

@@ -9,17 +9,27 @@ from pydantic import Field, field_validator, model_validator
 from rooflens.engines.options import EngineOptions
 from rooflens.engines.options.speculative import SELF_RE
 
-DRAFTS = ("head", "lookup", "head+lookup", "self:<k>")
+DRAFTS = ("head", "lookup", "head+lookup", "self:<k>", "eagle:<folder>")
 
 
 def parse_draft(spec: str) -> tuple[str, int | None]:
-    """``(kind, None)`` for head / lookup / head+lookup, ``("self", k)``; ValueError naming what is allowed."""
+    """``(kind, None)`` for head / lookup / head+lookup / eagle:<folder>, ``("self", k)``; ValueError naming what
+    is allowed."""
     if spec in ("head", "lookup", "head+lookup"):
         return spec, None
+    if spec.startswith("eagle:") and eagle_folder(spec):
+        return "eagle", None
     m = SELF_RE.match(spec)
     if m and int(m.group(1)) >= 1:
         return "self", int(m.group(1))
-    raise ValueError(f"draft {spec!r} does not exist (allowed: {', '.join(DRAFTS)} with an integer k >= 1)")
+    raise ValueError(
+        f"draft {spec!r} does not exist (allowed: {', '.join(DRAFTS)} with an integer k >= 1 and a checkpoint folder)"
+    )
+
+
+def eagle_folder(spec: str) -> str:
+    """The checkpoint of ``eagle:<folder>`` (a local folder, or a hub id already in the local cache)."""
+    return spec.removeprefix("eagle:").strip()
 
 
 class EarlyExitOptions(EngineOptions):
