@@ -352,10 +352,21 @@ def _trials(worst_by_threshold):
 
 def test_calibration_keeps_the_lowest_threshold_before_the_first_failure():
     decode_at, seen = _trials({0.99: 1.0, 0.9: 0.97, 0.7: 0.95, 0.5: 0.6, 0.3: 1.0})
-    cal = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.5, 0.99, 0.3, 0.7, 0.9))
+    cal = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.5, 0.99, 0.3, 0.7, 0.9), margin=0)
     assert cal.threshold == 0.7 and cal.reached
     assert seen == [0.99, 0.9, 0.7, 0.5]  # strictest first; stops at the first failure (0.3 never tried)
     assert "auto 0.7" in cal.describe() and "0.5 -> worst 0.60" in cal.describe()
+
+
+def test_calibration_margin_steps_back_towards_the_strict_end():
+    decode_at, _ = _trials({0.99: 1.0, 0.9: 0.97, 0.7: 0.95, 0.5: 0.6})
+    cal = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.99, 0.9, 0.7, 0.5), margin=1)
+    assert (cal.threshold, cal.lowest_passing) == (0.9, 0.7)
+    assert "auto 0.9 (lowest passing 0.7)" in cal.describe()
+    decode_at, _ = _trials({0.99: 1.0, 0.9: 0.5})
+    only_strictest = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.99, 0.9), margin=1)
+    assert only_strictest.threshold == NEVER_EXIT and not only_strictest.reached
+    assert only_strictest.describe().startswith("exits DISABLED")
 
 
 def test_calibration_that_never_reaches_the_target_turns_exits_off_and_says_so():

@@ -325,6 +325,7 @@ class EarlyExitEngine(Engine):
             prompts.shape[0],
             reference.shape[1],
             settings.thresholds,
+            settings.margin,
         )
         CALIBRATIONS.save(path, settings, {"calibration": cal.to_dict()})
         if not cal.reached:
@@ -625,8 +626,8 @@ class EarlyExitEngine(Engine):
         }
         if cal is not None and not cal.reached:
             out["threshold_warning"] = (
-                f"no threshold kept agreement >= {cal.target:g} on the held-out training prompts: exits are "
-                "DISABLED, this run is the full model (no speed-up)"
+                f"threshold auto found no threshold safe enough (agreement >= {cal.target:g} on the held-out training "
+                "prompts, with its margin): exits are DISABLED, this run is the full model (no speed-up)"
             )
         return out
 
