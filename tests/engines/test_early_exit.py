@@ -436,3 +436,19 @@ def test_deferred_kv_cache_holds_only_the_full_models_entries(tiny_llama):
     for j, n in enumerate(lengths):
         torch.testing.assert_close(gen.cache.layers[j].keys, full.layers[j].keys[:, :, :n], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(gen.cache.layers[j].values, full.layers[j].values[:, :, :n], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_threshold_auto_keeps_smollm2s_output_on_held_out_text(smollm2):
+    """The quality the defaults promise, on text the training never read (heldout.txt), prompt 96, 48 tokens: the
+    defaults' threshold and KV policy with the cheaper lookup draft (its training skips the corpus pass and the
+    draft head, which keeps this test under a minute; benchmarks/early_exit_heldout.py checks the default draft)."""
+    from rooflens.data.prompts import corpus_ids
+    from rooflens.data.quality import agreement
+
+    prompt = torch.tensor([corpus_ids(smollm2.tokenizer, "heldout")[:96]])
+    expected = _generate(build_engine(EngineSpec(name="hf"), smollm2), prompt, 48)
+    engine = build_engine(EngineSpec(name="early_exit", options={"draft": "lookup", "audit": False}), smollm2)
+    engine.prepare()
+    assert engine.calibration is not None and engine.threshold == engine.calibration.threshold
+    assert agreement(_generate(engine, prompt, 48), expected).fraction >= 0.9
