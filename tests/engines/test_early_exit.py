@@ -11,6 +11,8 @@ from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import EngineUnavailable
 from rooflens.engines.decoding import LayerStack, forward_layers, new_cache, write_kv
 from rooflens.engines.early_exit import EarlyExitEngine, EarlyExitOptions
+from rooflens.engines.early_exit.calibration import NEVER_EXIT, Calibration, Trial, choose_threshold
+from rooflens.engines.early_exit.decode_state import PhaseLap
 from rooflens.engines.early_exit.draft_head import DraftHead
 from rooflens.engines.early_exit.predictors import ExitPredictors, exit_features, threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
@@ -207,7 +209,7 @@ def test_training_settings_come_from_the_options_train_fields_only():
 # ---------------------------------------------------------------------------- the engine
 
 
-@pytest.mark.parametrize("skipped_kv", ["fill", "unwritten"])
+@pytest.mark.parametrize("skipped_kv", ["deferred", "fill", "unwritten"])
 def test_threshold_one_never_exits_and_equals_hf(tiny_llama, skipped_kv):
     """No predictor can fire above 1: every step runs every layer, so the output is the baseline's."""
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=5)
@@ -272,10 +274,10 @@ def test_schedule_is_offline_layers_and_neighbours_of_recent_exits(tiny_llama):
     "options, message",
     [
         ({"draft": "eagle"}, "options.draft: draft 'eagle' does not exist (allowed: head, lookup"),
-        ({"threshold": 1.5}, "options.threshold: Input should be less than or equal to 1"),
-        ({"threshold": -0.1}, "options.threshold: Input should be greater than or equal to 0"),
+        ({"threshold": 1.5}, "options.threshold: threshold 1.5 is outside [0, 1] (or use auto)"),
+        ({"threshold": -0.1}, "options.threshold: threshold -0.1 is outside [0, 1] (or use auto)"),
         ({"k": 8, "draft_vocab": 4}, "k (8) is larger than the draft head's trimmed vocabulary (draft_vocab 4)"),
-        ({"skipped_kv": "copy"}, "options.skipped_kv: Input should be 'fill' or 'unwritten'"),
+        ({"skipped_kv": "copy"}, "options.skipped_kv: Input should be 'deferred', 'fill' or 'unwritten'"),
         ({"thresold": 0.5}, "options.thresold: unknown option for engine 'early_exit'"),
     ],
 )
@@ -332,3 +334,121 @@ def test_precheck_never_changes_the_output(tiny_llama, draft):
     assert stats[0]["exit_rate"] == stats[1]["exit_rate"]
     assert stats[1]["precheck_rejects_per_token"] == 0
     assert stats[0]["exit_head_calls_per_token"] <= stats[1]["exit_head_calls_per_token"]
+
+
+# ---------------------------------------------------------------------------- threshold auto (calibration)
+
+
+def _trials(worst_by_threshold):
+    """A decode_at stub: the worst prompt's agreement per threshold (a second prompt agrees fully), and a log."""
+    seen = []
+
+    def decode_at(t):
+        seen.append(t)
+        return Trial(t, [1.0, worst_by_threshold[t]], exit_rate=1.0 - t)
+
+    return decode_at, seen
+
+
+def test_calibration_keeps_the_lowest_threshold_before_the_first_failure():
+    decode_at, seen = _trials({0.99: 1.0, 0.9: 0.97, 0.7: 0.95, 0.5: 0.6, 0.3: 1.0})
+    cal = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.5, 0.99, 0.3, 0.7, 0.9), margin=0)
+    assert cal.threshold == 0.7 and cal.reached
+    assert seen == [0.99, 0.9, 0.7, 0.5]  # strictest first; stops at the first failure (0.3 never tried)
+    assert "auto 0.7" in cal.describe() and "0.5 -> worst 0.60" in cal.describe()
+
+
+def test_calibration_margin_steps_back_towards_the_strict_end():
+    decode_at, _ = _trials({0.99: 1.0, 0.9: 0.97, 0.7: 0.95, 0.5: 0.6})
+    cal = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.99, 0.9, 0.7, 0.5), margin=1)
+    assert (cal.threshold, cal.lowest_passing) == (0.9, 0.7)
+    assert "auto 0.9 (lowest passing 0.7)" in cal.describe()
+    decode_at, _ = _trials({0.99: 1.0, 0.9: 0.5})
+    only_strictest = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.99, 0.9), margin=1)
+    assert only_strictest.threshold == NEVER_EXIT and not only_strictest.reached
+    assert only_strictest.describe().startswith("exits DISABLED")
+
+
+def test_calibration_that_never_reaches_the_target_turns_exits_off_and_says_so():
+    decode_at, seen = _trials({0.99: 0.9, 0.5: 1.0})
+    cal = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.99, 0.5))
+    assert cal.threshold == NEVER_EXIT and not cal.reached and seen == [0.99]
+    assert cal.describe().startswith("NO threshold reached agreement 0.95: exits DISABLED")
+
+
+def test_calibration_judges_the_worst_prompt_not_the_mean():
+    cal = choose_threshold(lambda t: Trial(t, [1.0, 1.0, 0.9], 0.5), 0.95, prompts=3, tokens=8, thresholds=(0.9,))
+    assert not cal.reached  # mean 0.97 would pass
+
+
+def test_calibration_round_trips_through_its_cache_form():
+    decode_at, _ = _trials({0.99: 1.0, 0.9: 0.5})
+    cal = choose_threshold(decode_at, 0.95, prompts=2, tokens=8, thresholds=(0.99, 0.9))
+    assert Calibration.from_dict(cal.to_dict()) == cal
+
+
+@pytest.mark.slow
+def test_threshold_auto_is_calibrated_cached_and_reported(tiny_llama, tmp_path):
+    """auto: a threshold from the calibration decodes, in stats and fidelity; the second engine reads the cache."""
+    engine = build_engine(EngineSpec(name="early_exit", options={"k": 3, **TINY}), tiny_llama)
+    engine.prepare()
+    cal = engine.calibration
+    assert cal is not None and engine.threshold == cal.threshold and cal.trials
+    assert cal.threshold == NEVER_EXIT or all(t.worst >= 0.95 for t in cal.trials if t.threshold >= cal.threshold)
+    _generate(engine, make_prompts(tiny_llama, "synthetic", 1, 6, seed=3))
+    stats = engine.stats()
+    assert stats["threshold"].value == cal.threshold
+    assert stats["threshold_choice"].value == cal.describe()
+    assert ("threshold_warning" in stats) == (not cal.reached)
+    assert any(d.setting == "threshold" and d.here == cal.describe() for d in engine.fidelity().deviations)
+    again = build_engine(EngineSpec(name="early_exit", options={"k": 3, **TINY}), tiny_llama)
+    again.prepare()
+    assert again.calibration == cal
+    explicit = build_engine(EngineSpec(name="early_exit", options={"k": 3, "threshold": 0.3, **TINY}), tiny_llama)
+    explicit.prepare()
+    assert explicit.calibration is None and explicit.threshold == 0.3
+
+
+# ---------------------------------------------------------------------------- skipped_kv: deferred
+
+
+@torch.no_grad()
+def test_deferred_kv_cache_holds_only_the_full_models_entries(tiny_llama):
+    """Many exits (threshold 0, every layer), yet every K/V the cache holds equals the full model's on the same
+    tokens, and each layer holds a prefix of the positions (the owed rows are the tail)."""
+    opts = {**TINY, "draft": "self:1", "threshold": 0.0, "schedule": "all", "skipped_kv": "deferred"}
+    engine = build_engine(EngineSpec(name="early_exit", options=opts), tiny_llama)
+    engine.prepare()
+    prompt = make_prompts(tiny_llama, "synthetic", 1, 8, seed=2)
+    with torch.inference_mode():
+        gen = engine._prefill(prompt, 14)
+        lap = PhaseLap(CPU, {})
+        for _ in range(13):
+            engine._decode_step(gen, lap)
+    assert any(e is not None for e in gen.exits_log)
+    stack = LayerStack.of(tiny_llama.model)
+    full = new_cache(tiny_llama.model)
+    T = gen.length - 1  # the last token has not been fed yet
+    forward_layers(stack, gen.tokens[:, :T], full, torch.arange(T))
+    lengths = [gen.cache.get_seq_length(j) for j in range(len(stack.layers))]
+    owed = gen.pending.rows if gen.pending is not None else 0
+    assert all(n in (T, T - owed) for n in lengths) and lengths[0] == T
+    for j, n in enumerate(lengths):
+        torch.testing.assert_close(gen.cache.layers[j].keys, full.layers[j].keys[:, :, :n], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gen.cache.layers[j].values, full.layers[j].values[:, :, :n], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_threshold_auto_keeps_smollm2s_output_on_held_out_text(smollm2):
+    """The quality the defaults promise, on text the training never read (heldout.txt), prompt 96, 48 tokens: the
+    defaults' threshold and KV policy with the cheaper lookup draft (its training skips the corpus pass and the
+    draft head, which keeps this test under a minute; benchmarks/early_exit_heldout.py checks the default draft)."""
+    from rooflens.data.prompts import corpus_ids
+    from rooflens.data.quality import agreement
+
+    prompt = torch.tensor([corpus_ids(smollm2.tokenizer, "heldout")[:96]])
+    expected = _generate(build_engine(EngineSpec(name="hf"), smollm2), prompt, 48)
+    engine = build_engine(EngineSpec(name="early_exit", options={"draft": "lookup", "audit": False}), smollm2)
+    engine.prepare()
+    assert engine.calibration is not None and engine.threshold == engine.calibration.threshold
+    assert agreement(_generate(engine, prompt, 48), expected).fraction >= 0.9

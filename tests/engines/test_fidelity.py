@@ -20,15 +20,20 @@ def test_early_exit_defaults_deviate_from_specee_where_the_review_found_it():
     assert f.technique.startswith("SpecEE") and not f.reproduces
     assert _settings(f) == {"draft", "skipped_kv", "online schedule", "predictor_hidden", "predictor training data"}
     skipped = next(d for d in f.deviations if d.setting == "skipped_kv")
-    assert "CALM" in skipped.here and "unwritten" in skipped.reference
+    assert "deferred" in skipped.here and "unwritten" in skipped.reference
+    fill = next(d for d in specee(EarlyExitOptions(skipped_kv="fill")).deviations if d.setting == "skipped_kv")
+    assert "CALM" in fill.here
 
 
 def test_early_exit_set_up_as_specee_leaves_only_what_rooflens_cannot_do():
     opts = EarlyExitOptions(
         skipped_kv="unwritten", predictor_hidden=512, train_prompts=80, train_gen_len=256, draft="head", k=4
     )
-    # no EAGLE-1 loader yet, and the online step takes every layer within the radius: both still said
+    # rooflens's own head, and the online step takes every layer within the radius: both still said
     assert _settings(specee(opts)) == {"draft", "online schedule"}
+    eagle = opts.model_copy(update={"draft": "eagle:/some/folder"})  # a pretrained EAGLE-1 head: the reference's
+    assert _settings(specee(eagle)) == {"online schedule"}
+    assert "threshold" in _settings(specee(opts, threshold=0.8))  # a threshold set by hand is said too
     assert "schedule" in _settings(specee(EarlyExitOptions(schedule="all")))
     assert any(d.setting == "k" and d.here == "6" for d in specee(EarlyExitOptions(k=6)).deviations)
 

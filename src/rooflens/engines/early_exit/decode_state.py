@@ -57,6 +57,7 @@ class GenerationState:
     recent_exits: deque  # last layer run by the recent steps (the online schedule)
     calls_log: list[list[tuple[int, bool]]] = field(default_factory=list)  # per decode step
     exits_log: list[int | None] = field(default_factory=list)  # per decode step: exit layer or None (full depth)
+    pending: Any = None  # skipped_kv deferred: the exited tokens' rows still owed their deeper layers (Pending)
 
     @property
     def last_token(self) -> torch.Tensor:
@@ -85,6 +86,7 @@ class ExitCounters:
     fired: int = 0  # predictor calls above the threshold
     precheck_rejects: int = 0  # of those, rejected by the pre-check (no full LM head)
     exit_heads: int = 0  # full-vocabulary LM heads run to verify an exit
+    catch_up_layers: int = 0  # skipped_kv deferred: layer passes run after a step's exit (owed rows, invariant)
     layers_hist: list[int] = field(default_factory=list)  # [n] = decode steps that ran n layers
     phase_time: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))  # decode seconds
     prefill_time: float = 0.0

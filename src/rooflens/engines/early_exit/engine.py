@@ -2,7 +2,7 @@
 
 Each decode step::
 
-    candidates = k tokens from the draft (head / lookup / self:k)            -> "draft" time
+    candidates = k tokens from the draft (head / lookup / self:k / eagle)    -> "draft" time
     for each layer i of the target:
         run layer i                                                          -> "layers" time
         if i is scheduled (offline layers ∪ ±radius around recent exits):
@@ -15,11 +15,13 @@ Each decode step::
     no exit: final norm + LM head as usual                                   -> "final_head" time
     layers after an exit get KV per ``skipped_kv``                           -> "kv_fill" time
 
-Skipped layers' KV (``skipped_kv``): ``fill`` (default) writes, for every skipped layer, the K/V that
-layer's projections compute from the exit layer's hidden state (CALM's state propagation: one K and
-one V projection per skipped layer), so every layer keeps one cache entry per token; ``unwritten`` is
-SpecEE's policy: skipped layers get no entry and later tokens attend to fewer positions there (needs
-an attention that takes a single query without a mask, e.g. sdpa).
+Skipped layers' KV (``skipped_kv``): ``deferred`` (default) runs the layers an exit skipped for that token
+later, batched with the next token's pass through them (:mod:`.deferred`), so the cache only ever holds the full
+model's own K/V; ``fill`` writes, for every skipped layer, the K/V that layer's projections compute from the exit
+layer's hidden state (CALM's state propagation); ``unwritten`` is SpecEE's policy: skipped layers get no entry and
+later tokens attend to fewer positions there (needs an attention that takes a single query without a mask, e.g.
+sdpa). ``fill`` and ``unwritten`` change what every later token attends to, and greedy output drifts from the full
+model's even when every exit is right.
 
 Exits are not re-verified by the remaining layers, so the output can differ from the ``hf`` baseline's:
 the records' agreement says how much. ``stats()`` also audits the run outside the timed region (the
@@ -32,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -39,6 +42,14 @@ from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, Fidelit
 from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, mask_eos, new_cache, write_kv
 from rooflens.engines.early_exit import fidelity as specee
 from rooflens.engines.early_exit.audit import AuditCounts, audit_generations, oracle_generation
+from rooflens.engines.early_exit.calibration import (
+    CALIBRATIONS,
+    Calibration,
+    CalibrationSettings,
+    Trial,
+    choose_threshold,
+    training_key,
+)
 from rooflens.engines.early_exit.decode_state import (
     PHASES,
     Candidates,
@@ -48,12 +59,14 @@ from rooflens.engines.early_exit.decode_state import (
     KeptGeneration,
     PhaseLap,
 )
+from rooflens.engines.early_exit.deferred import MAX_PENDING, DeferredPass
+from rooflens.engines.early_exit.eagle import load_eagle
 from rooflens.engines.early_exit.oracle import oracle_exits
 from rooflens.engines.early_exit.predictors import exit_features, threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
-from rooflens.engines.early_exit.training import ExitArtifacts, TrainSettings, load_or_train
+from rooflens.engines.early_exit.training import ExitArtifacts, TrainSettings, held_out_prompts, load_or_train
 from rooflens.engines.marks import engine_work
-from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
+from rooflens.engines.options.early_exit import EarlyExitOptions, eagle_folder, parse_draft
 from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 
@@ -79,6 +92,14 @@ STATS: dict[str, StatSpec] = {
         "", "firing predictors whose layer argmax was among the candidates (exits / fired)"
     ),
     "skipped_kv": StatSpec("", "KV policy for the layers after an exit"),
+    "catch_up_layers_per_token": StatSpec(
+        "layers",
+        "skipped_kv deferred: layer passes per decode step run after its exit (to meet owed rows, or to complete "
+        f"more than {MAX_PENDING}); not in layers_executed_per_token, added to the roofline's layers",
+    ),
+    "threshold": StatSpec("", "exit threshold in use (predictor probability above it fires)"),
+    "threshold_choice": StatSpec("", "how the threshold was chosen (options.threshold: auto or a number)"),
+    "threshold_warning": StatSpec("", "present when threshold auto found no threshold that keeps the quality"),
     "draft": StatSpec("", "candidate source"),
     "predictors_source": StatSpec("", "where the draft head and predictors came from"),
     "prefill_time_s": StatSpec("s", "full-depth prefill + draft head over the prompt"),
@@ -155,7 +176,7 @@ STATS: dict[str, StatSpec] = {
 class EarlyExitEngine(Engine):
     name = "early_exit"
     summary = (
-        "SpecEE speculative early exit, lossy: k candidates (trained draft head / prompt lookup / self:k), "
+        "SpecEE speculative early exit, lossy: k candidates (trained draft head / prompt lookup / self:k / EAGLE-1), "
         "per-layer MLP predictors, two-level scheduling, exit verification; exit statistics, time split, oracle"
     )
     Options = EarlyExitOptions
@@ -184,6 +205,8 @@ class EarlyExitEngine(Engine):
         self.source = ""
         self._c = ExitCounters()
         self._audit_cache: tuple[int, dict[str, object]] | None = None
+        self.calibration: Calibration | None = None
+        self.threshold = 0.0 if options.threshold == "auto" else float(options.threshold)
 
     # -- set-up
 
@@ -203,10 +226,15 @@ class EarlyExitEngine(Engine):
         h, L = int(cfg.hidden_size), int(cfg.num_hidden_layers)
         pred = L * (3 * options.k * options.predictor_hidden + 2 * options.predictor_hidden + 1)
         n, what = pred, f"{L} exit predictors"
-        if parse_draft(options.draft)[0] in ("head", "head+lookup"):
+        kind = parse_draft(options.draft)[0]
+        if kind in ("head", "head+lookup", "eagle"):
             layer = sum(p.numel() for p in LayerStack.of(model.model).layers[-1].parameters())
-            n += 2 * h * h + layer + options.draft_vocab * h
-            what += f" + draft head ({options.draft_vocab}-token vocabulary)"
+            n += 2 * h * h + layer + (options.draft_vocab * h if kind != "eagle" else 0)
+            what += (
+                f" + draft head ({options.draft_vocab}-token vocabulary)"
+                if kind != "eagle"
+                else " + EAGLE-1 head (estimated as fc + one target layer; it reads the target's LM head)"
+            )
         return 4 * n, what  # float32
 
     def prepare(self) -> None:
@@ -220,13 +248,17 @@ class EarlyExitEngine(Engine):
         n_off = opts.offline_layers or max(1, round(L / 4))
         first = self._self_k or 0
         self._offline = {i for i in self.art.offline_layers(n_off) if first <= i < L - 1}
-        self._threshold_logit = threshold_logit(opts.threshold)
         self._precheck_rows = self._precheck_ids = None
         if opts.precheck:
             ids = [t for t in self.art.ranked_vocab[: opts.draft_vocab].tolist() if t not in self._eos_set]
             self._precheck_ids = torch.tensor(ids, dtype=torch.long, device=self.art.ranked_vocab.device)
             self._precheck_rows = self.stack.lm_head.weight.detach()[self._precheck_ids].float()
         self.reset_stats()
+        if opts.threshold == "auto":
+            self.calibration = self._load_or_calibrate()
+            self.threshold = self.calibration.threshold
+            self.reset_stats()
+        self._threshold_logit = threshold_logit(self.threshold)
 
     def _check_draft(self) -> tuple[str, int | None]:
         """(draft kind, k of ``self:k``) after checking the options against the model."""
@@ -239,6 +271,11 @@ class EarlyExitEngine(Engine):
             raise EngineUnavailable(f"options.draft_vocab: {opts.draft_vocab} exceeds the model's vocabulary ({V})")
         if opts.k > V:
             raise EngineUnavailable(f"options.k: {opts.k} exceeds the model's vocabulary ({V})")
+        if kind == "eagle":
+            try:  # the checkpoint fits the target, or one clear line says why not
+                load_eagle(self.stack, eagle_folder(opts.draft))
+            except (ValueError, OSError, RuntimeError) as err:
+                raise EngineUnavailable(f"options.draft: {err}") from None
         if opts.skipped_kv == "unwritten" and target.config._attn_implementation == "eager":
             raise EngineUnavailable(
                 "options.skipped_kv: 'unwritten' needs an attention without a full-length mask (sdpa, flash); "
@@ -251,6 +288,7 @@ class EarlyExitEngine(Engine):
         label = self.model.info.label
         settings = TrainSettings.from_options(self.options)
         art, path, trained = load_or_train(self.model.model, self.model.tokenizer, label, settings)
+        self._train_path = path
         if trained:
             where = art.report.get("cache") or f"saved to {path}"  # not saved: why, and kept for this run
             self.source = f"trained now ({time.perf_counter() - t0:.1f} s; the cache was empty), {where}"
@@ -258,6 +296,68 @@ class EarlyExitEngine(Engine):
         else:
             self.source = f"cache {path}"
         return art
+
+    # -- threshold auto (calibration.py)
+
+    def _load_or_calibrate(self) -> Calibration:
+        """The cached calibration for these artifacts and decode options, or a new one (decodes, then saves)."""
+        opts = self.options
+        settings = CalibrationSettings(
+            training=training_key(self._train_path),
+            schedule=opts.schedule,
+            offline_layers=opts.offline_layers,
+            online_window=opts.online_window,
+            online_radius=opts.online_radius,
+            skipped_kv=opts.skipped_kv,
+            target=opts.calibration_target,
+        )
+        path = CALIBRATIONS.path(self.model.model, self.model.info.label, settings)
+        if CALIBRATIONS.cached(path):
+            try:
+                return Calibration.from_dict(CALIBRATIONS.load(path)[1]["calibration"])
+            except Exception:  # noqa: BLE001 - a damaged or foreign file: calibrate again
+                pass
+        assert self.art is not None
+        prompts, reference = held_out_prompts(self.model.model, self.model.tokenizer, self.art.settings)
+        cal = choose_threshold(
+            lambda t: self._trial(t, prompts, reference),
+            opts.calibration_target,
+            prompts.shape[0],
+            reference.shape[1],
+            settings.thresholds,
+            settings.margin,
+        )
+        CALIBRATIONS.save(path, settings, {"calibration": cal.to_dict()})
+        if not cal.reached:
+            log.warning("early_exit: %s", cal.describe())
+        return cal
+
+    @torch.inference_mode()
+    def _trial(self, threshold: float, prompts: torch.Tensor, reference: torch.Tensor) -> Trial:
+        """Decode the calibration prompts at ``threshold``: per prompt, the fraction of its tokens equal to the full
+        model's greedy ones. A prompt that has already missed too many for the target ends there, and so does the
+        trial (the worst prompt decides): the fraction then given is an upper bound, already below the target."""
+        self._threshold_logit = threshold_logit(threshold)
+        self.reset_stats()
+        agreements: list[float] = []
+        n = reference.shape[1]
+        budget = int((1.0 - self.options.calibration_target) * n + 1e-9)  # misses the target allows
+        for prompt, ref in zip(prompts, reference):
+            misses = 0
+
+            def too_many(gen: GenerationState) -> bool:
+                nonlocal misses
+                misses += int(gen.tokens[0, gen.length - 1]) != int(ref[gen.length - 1 - gen.prompt_len])
+                return misses > budget
+
+            clock = TokenClock(prompt.device)
+            clock.start()
+            self._generate(prompt.view(1, -1), n, clock, stop=too_many)
+            clock.stop()
+            agreements.append(1.0 - misses / n)
+            if misses > budget:
+                break
+        return Trial(threshold, agreements, self._c.exits / max(1, self._c.steps))
 
     def reset_stats(self) -> None:
         self._c = ExitCounters()
@@ -288,7 +388,14 @@ class EarlyExitEngine(Engine):
             self.prepare()
         return self._generate(input_ids, max_new_tokens, clock)
 
-    def _generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
+    def _generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        clock: TokenClock,
+        stop: Callable[[GenerationState], bool] | None = None,
+    ) -> torch.Tensor:
+        """The generation; ``stop`` (the calibration's) may end it early, after any decode step."""
         gen = self._prefill(input_ids, max_new_tokens)
         clock.tokens(1)
         lap = PhaseLap(input_ids.device, self._c.phase_time)
@@ -296,8 +403,10 @@ class EarlyExitEngine(Engine):
             self._decode_step(gen, lap)
             clock.tokens(1)
             lap.restart()  # the clock's own sync is not engine time
+            if stop is not None and stop(gen):
+                break
         self._c.generations += 1
-        out = gen.tokens[:, gen.prompt_len :].clone()
+        out = gen.tokens[:, gen.prompt_len : gen.length].clone()
         self._c.kept.append(KeptGeneration(input_ids[0].cpu(), out[0].cpu(), gen.calls_log, gen.exits_log))
         return out
 
@@ -355,9 +464,15 @@ class EarlyExitEngine(Engine):
     def _run_layers_until_exit(
         self, gen: GenerationState, x: torch.Tensor, pos: torch.Tensor, attempt: ExitAttempt, lap: PhaseLap
     ) -> torch.Tensor:
-        """The target's layers on the step's token, stopped by a verified exit; the last layer's hidden state."""
+        """The target's layers on the step's token, stopped by a verified exit; the last layer's hidden state
+        (``deferred``: with the earlier exits' owed rows joining at their depth, see deferred.py)."""
         exit_test = self._exit_test(attempt, self._scheduled(gen.recent_exits), lap)
-        _, h = forward_layers(self.stack, x, gen.cache, pos, exit_test)
+        if self.options.skipped_kv == "deferred":
+            walk = DeferredPass(self.stack, gen.cache, int(pos))
+            h, gen.pending, _, extra = walk.run(x, gen.pending, exit_test)
+            self._c.catch_up_layers += extra
+        else:
+            _, h = forward_layers(self.stack, x, gen.cache, pos, exit_test)
         lap("layers")
         return h
 
@@ -467,7 +582,7 @@ class EarlyExitEngine(Engine):
     # -- statistics
 
     def fidelity(self) -> Fidelity:
-        return specee.fidelity(self.options)
+        return specee.fidelity(self.options, self.threshold, self.calibration)
 
     def stats(self) -> dict[str, EngineStat]:
         c = self._c
@@ -493,11 +608,28 @@ class EarlyExitEngine(Engine):
             "predictor_fired_per_token": c.fired / steps,
             "precheck_rejects_per_token": c.precheck_rejects / steps,
             "exit_head_calls_per_token": c.exit_heads / steps,
+            "catch_up_layers_per_token": c.catch_up_layers / steps,
             "verification_pass_rate": c.exits / c.fired if c.fired else "n/a",
             "skipped_kv": self.options.skipped_kv,
             "draft": self.options.draft,
             "predictors_source": self.source,
+            **self._threshold_values(),
         }
+
+    def _threshold_values(self) -> dict[str, object]:
+        cal = self.calibration
+        out: dict[str, object] = {
+            "threshold": self.threshold,
+            "threshold_choice": cal.describe()
+            if cal is not None
+            else "set in options (a number: quality traded for speed explicitly, not calibrated)",
+        }
+        if cal is not None and not cal.reached:
+            out["threshold_warning"] = (
+                f"threshold auto found no threshold safe enough (agreement >= {cal.target:g} on the held-out training "
+                "prompts, with its margin): exits are DISABLED, this run is the full model (no speed-up)"
+            )
+        return out
 
     def _phase_values(self) -> dict[str, object]:
         c = self._c
@@ -628,7 +760,7 @@ class EarlyExitEngine(Engine):
                 )
             )
         return RooflineHints(
-            layers_executed=c.layers_run / steps,
+            layers_executed=(c.layers_run + c.catch_up_layers) / steps,
             extra_ops=tuple(ops),
             note="decode cost runs layers_executed layers per step plus the draft head, the predictor calls and the exit "
             "heads that failed verification (extra ops); KV fill projections and the draft's attention are left out",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from rooflens.engines.early_exit.calibration import Calibration
 from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
 from rooflens.results.stat import Deviation, Fidelity
 
@@ -14,8 +15,11 @@ REFERENCE = (
 PAPER_TRAINING = (80, 256)  # prompts x tokens per prompt of the predictors' training data
 
 
-def _draft(options: EarlyExitOptions) -> Deviation:
+def _draft(options: EarlyExitOptions) -> Deviation | None:
+    """None for ``eagle:<folder>``: a pretrained EAGLE-1 head is the reference's own draft."""
     kind, k = parse_draft(options.draft)
+    if kind == "eagle":
+        return None
     here = {
         "head": f"rooflens's own draft head (a decoder layer and a {options.draft_vocab}-token LM head trained on "
         f"{options.train_prompts} x {options.train_gen_len} corpus tokens)",
@@ -32,21 +36,46 @@ def _draft(options: EarlyExitOptions) -> Deviation:
     )
 
 
-def fidelity(options: EarlyExitOptions) -> Fidelity:
-    """The reference setup of SpecEE and each way ``options`` depart from it."""
-    out = [_draft(options)]
+def _skipped_kv(policy: str) -> Deviation:
+    here, effect = {
+        "fill": (
+            "fill: the skipped layers' K/V computed from the exit hidden state (CALM's policy)",
+            "later tokens attend to filled entries: closer to the full model's output than unwritten, at the cost of "
+            "the fill's projections",
+        ),
+        "deferred": (
+            "deferred: the skipped layers still run for the exited token, batched with the next token's pass, so the "
+            "cache holds only the full model's K/V",
+            "later tokens see exactly the full model's cache (no drift from the KV policy); the skipped layers' "
+            "compute is postponed, not saved: the saving is weight reads per token, i.e. on memory-bound decode",
+        ),
+    }[policy]
+    return Deviation(setting="skipped_kv", here=here, reference="unwritten (skipped_kv: unwritten)", effect=effect)
+
+
+def _threshold(threshold: float, calibration: Calibration | None) -> Deviation | None:
+    """The exit threshold when it is not the artifact's fixed 0.5: calibrated (auto) or set by hand."""
+    if calibration is None and threshold == 0.5:
+        return None
+    if calibration is None:
+        here, effect = f"{threshold:g}, set in the options", "a lower threshold exits more and diverges sooner"
+    elif calibration.reached:
+        here = calibration.describe()
+        effect = "exits only as far as they keep the full model's greedy output on held-out text: fewer than at 0.5"
+    else:
+        here, effect = calibration.describe(), "no exits at all: the run is the full model"
+    return Deviation(setting="threshold", here=here, reference="0.5, fixed", effect=effect)
+
+
+def fidelity(options: EarlyExitOptions, threshold: float = 0.5, calibration: Calibration | None = None) -> Fidelity:
+    """The reference setup of SpecEE and each way ``options`` (and the threshold in use) depart from it."""
+    out = [d for d in (_draft(options),) if d is not None]
+    if (dev := _threshold(threshold, calibration)) is not None:
+        out.append(dev)
     if options.k != 4:
         out.append(Deviation(setting="k", here=str(options.k), reference="4"))
-    if options.skipped_kv == "fill":
-        out.append(
-            Deviation(
-                setting="skipped_kv",
-                here="fill: the skipped layers' K/V computed from the exit hidden state (CALM's policy)",
-                reference="unwritten (skipped_kv: unwritten)",
-                effect="later tokens attend to filled entries: closer to the full model's output, at the cost of the "
-                "fill's projections",
-            )
-        )
+    if options.skipped_kv != "unwritten":
+        out.append(_skipped_kv(options.skipped_kv))
     if options.schedule == "all":
         out.append(Deviation(setting="schedule", here="a predictor at every layer", reference="two-level"))
     else:  # rooflens's online step takes every layer within the radius, SpecEE's only x-2, x and x+2

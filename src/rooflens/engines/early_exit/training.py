@@ -33,10 +33,11 @@ from rooflens.data.prompts import corpus_windows, training_prompts
 from rooflens.engines.artifacts import ArtifactKind, Progress
 from rooflens.engines.decoding import LayerStack
 from rooflens.engines.early_exit.draft_head import DraftHead
+from rooflens.engines.early_exit.eagle import EagleHead, checkpoint_stamp, load_eagle
 from rooflens.engines.early_exit.predictors import ExitPredictors, exit_features, threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
 from rooflens.engines.early_exit.teacher_forcing import TeacherForced, teacher_forced
-from rooflens.engines.options.early_exit import EarlyExitOptions, parse_draft
+from rooflens.engines.options.early_exit import EarlyExitOptions, eagle_folder, parse_draft
 from rooflens.engines.vocabulary import greedy_sequences, ranked_vocabulary
 
 SIM_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -58,9 +59,11 @@ class TrainSettings:
     predictor_epochs: int
     predictor_hidden: int
     seed: int
+    draft_checkpoint: str = ""  # eagle:<folder>: the weight file's path, size and time (a changed file retrains)
 
     @classmethod
     def from_options(cls, options: EarlyExitOptions) -> TrainSettings:
+        eagle = parse_draft(options.draft)[0] == "eagle"
         return cls(
             draft=options.draft,
             k=options.k,
@@ -72,6 +75,7 @@ class TrainSettings:
             predictor_epochs=options.predictor_epochs,
             predictor_hidden=options.predictor_hidden,
             seed=options.seed,
+            draft_checkpoint=checkpoint_stamp(eagle_folder(options.draft)) if eagle else "",
         )
 
 
@@ -79,7 +83,7 @@ class TrainSettings:
 class ExitArtifacts:
     settings: TrainSettings
     predictors: ExitPredictors
-    draft: DraftHead | None
+    draft: DraftHead | EagleHead | None
     ranked_vocab: torch.Tensor  # every token id, most frequent model output first
     exit_histogram: list[int]  # training positions per earliest layer that exits correctly (last layer excluded)
     report: dict[str, Any] = field(default_factory=dict)
@@ -102,7 +106,7 @@ def artifact_path(model: torch.nn.Module, label: str, settings: TrainSettings) -
 def save_artifacts(art: ExitArtifacts, path: Path) -> str | None:
     payload = {
         "predictors": art.predictors.state_dict(),
-        "draft": art.draft.state_dict() if art.draft is not None else None,
+        "draft": art.draft.state_dict() if isinstance(art.draft, DraftHead) else None,  # EAGLE: its own folder
         "ranked_vocab": art.ranked_vocab.cpu(),
         "exit_histogram": list(art.exit_histogram),
         "report": art.report,
@@ -116,11 +120,13 @@ def load_artifacts(model: torch.nn.Module, path: Path) -> ExitArtifacts:
     device = next(model.parameters()).device
     pred = ExitPredictors(len(stack.layers), settings.k, settings.predictor_hidden)
     pred.load_state_dict(blob["predictors"])
-    draft = None
+    draft: DraftHead | EagleHead | None = None
     if blob["draft"] is not None:
         draft = DraftHead(stack, blob["draft"]["vocab_ids"])
         draft.load_state_dict(blob["draft"])
         draft.bind(stack).eval()
+    elif parse_draft(settings.draft)[0] == "eagle":
+        draft = load_eagle(stack, eagle_folder(settings.draft))
     return ExitArtifacts(
         settings, pred.to(device).eval(), draft, blob["ranked_vocab"].to(device), blob["exit_histogram"], blob["report"]
     )
@@ -205,12 +211,28 @@ def collect_training_data(
     topk_layer = (self_k - 1) if self_k else None
     tf = teacher_forced(model, seqs, P - 1, topk_layer=topk_layer, k=settings.k, progress=progress)
     n = seqs.shape[0]
-    # The corpus pass gives a draft head more training pairs and the vocabulary ranking more text. A lookup draft
-    # uses the ranking only to pad short candidate lists, which the training sequences rank well enough: skipping
-    # the pass (a full forward over the corpus, ~15 s on 2 CPU cores) keeps its training short.
-    windows = corpus_windows(model, tokenizer, T) if kind != "lookup" else seqs.new_empty(0, T)
+    # The corpus pass gives a draft head more training pairs and the vocabulary ranking more text. The other drafts
+    # use the ranking only to pad short candidate lists and for the pre-check, which the training sequences rank
+    # well enough: skipping the pass (a full forward over the corpus, ~15 s on 2 CPU cores) keeps training short.
+    head = kind in ("head", "head+lookup")
+    windows = corpus_windows(model, tokenizer, T) if head else seqs.new_empty(0, T)
     wtf = teacher_forced(model, windows, T - 2) if windows.shape[0] else None
-    return TrainingData(seqs, P, tf, windows, wtf, max(1, n // 5) if n >= 2 else 0)
+    return TrainingData(seqs, P, tf, windows, wtf, held_out_count(n))
+
+
+def held_out_count(n: int) -> int:
+    """Training sequences held out from the predictors (the last ones): 20 %, at least one of two or more."""
+    return max(1, n // 5) if n >= 2 else 0
+
+
+def held_out_prompts(
+    model: torch.nn.Module, tokenizer: Any, settings: TrainSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompts [v, P], the full model's greedy tokens after them [v, gen_len]) of the held-out training sequences:
+    the text ``threshold: auto`` is calibrated on (the predictors never trained on it)."""
+    prompts = training_prompts(model, tokenizer, settings.prompts, settings.prompt_len, settings.seed)
+    held = prompts[prompts.shape[0] - max(1, held_out_count(prompts.shape[0])) :]
+    return held, greedy_sequences(model, held, settings.gen_len)[:, settings.prompt_len :]
 
 
 # ---------------------------------------------------------------------------- the draft head
@@ -269,7 +291,7 @@ def train_draft(
 
 
 @torch.no_grad()
-def draft_candidates(draft: DraftHead, pairs: Pairs, k: int) -> torch.Tensor:
+def draft_candidates(draft: DraftHead | EagleHead, pairs: Pairs, k: int) -> torch.Tensor:
     """[n, T-1, k] the draft's top-k ids (full-vocabulary ids) for every pair."""
     emb, prev, _ = pairs
     pos = torch.arange(emb.shape[1], device=emb.device).view(1, -1)
@@ -330,8 +352,23 @@ def training_candidates(
         return None, torch.stack(
             [lookup_candidates(seqs[i, : p + 1], k, ranked) for i in range(n) for p in range(P - 1, T - 1)]
         )
+    if kind == "eagle":
+        return _eagle_candidates(model, data, settings)
     assert data.forced.layer_topk is not None  # self:k: the teacher-forced pass kept layer k-1's top-k
     return None, data.forced.layer_topk
+
+
+def _eagle_candidates(
+    model: torch.nn.Module, data: TrainingData, settings: TrainSettings
+) -> tuple[EagleHead, torch.Tensor]:
+    """The pretrained EAGLE-1 head (not trained here) and its top-k at every training position [N, k]."""
+    stack = LayerStack.of(model)
+    head = load_eagle(stack, eagle_folder(settings.draft))
+    V = int(model.config.vocab_size)
+    identity = torch.arange(V, device=data.sequences.device)
+    pairs = _draft_pairs(model, data.forced.final_normed, data.forced.final_tokens, data.sequences, identity)
+    P, T = data.prompt_len, data.sequences.shape[1]
+    return head, draft_candidates(head, pairs, settings.k)[:, P - 2 : T - 2].reshape(-1, settings.k)
 
 
 # ---------------------------------------------------------------------------- the predictors

@@ -9,23 +9,45 @@ from pydantic import Field, field_validator, model_validator
 from rooflens.engines.options import EngineOptions
 from rooflens.engines.options.speculative import SELF_RE
 
-DRAFTS = ("head", "lookup", "head+lookup", "self:<k>")
+DRAFTS = ("head", "lookup", "head+lookup", "self:<k>", "eagle:<folder>")
 
 
 def parse_draft(spec: str) -> tuple[str, int | None]:
-    """``(kind, None)`` for head / lookup / head+lookup, ``("self", k)``; ValueError naming what is allowed."""
+    """``(kind, None)`` for head / lookup / head+lookup / eagle:<folder>, ``("self", k)``; ValueError naming what
+    is allowed."""
     if spec in ("head", "lookup", "head+lookup"):
         return spec, None
+    if spec.startswith("eagle:") and eagle_folder(spec):
+        return "eagle", None
     m = SELF_RE.match(spec)
     if m and int(m.group(1)) >= 1:
         return "self", int(m.group(1))
-    raise ValueError(f"draft {spec!r} does not exist (allowed: {', '.join(DRAFTS)} with an integer k >= 1)")
+    raise ValueError(
+        f"draft {spec!r} does not exist (allowed: {', '.join(DRAFTS)} with an integer k >= 1 and a checkpoint folder)"
+    )
+
+
+def eagle_folder(spec: str) -> str:
+    """The checkpoint of ``eagle:<folder>`` (a local folder, or a hub id already in the local cache)."""
+    return spec.removeprefix("eagle:").strip()
 
 
 class EarlyExitOptions(EngineOptions):
     draft: str = Field(default="head+lookup", description=f"where the k candidates come from: {', '.join(DRAFTS)}")
     k: int = Field(default=4, ge=1, le=64, description="candidate tokens per step (SpecEE: 4)")
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="exit when predictor probability > threshold")
+    threshold: float | Literal["auto"] = Field(
+        default="auto",
+        description="exit when predictor probability > threshold; auto: calibrated once per trained model as the "
+        "lowest threshold that keeps agreement >= calibration_target with the full model on held-out training "
+        "prompts (exits off when none does); a number trades quality for speed explicitly",
+    )
+    calibration_target: float = Field(
+        default=0.95,
+        ge=0.0,
+        le=1.0,
+        description="threshold auto: agreement with the full model's greedy tokens the worst held-out training "
+        "prompt must keep",
+    )
     schedule: Literal["two_level", "all"] = Field(
         default="two_level", description="layers that run a predictor: two_level (offline + online) or all"
     )
@@ -37,8 +59,11 @@ class EarlyExitOptions(EngineOptions):
     )
     online_window: int = Field(default=5, ge=0, le=1024, description="online: recent tokens whose exit layers are used")
     online_radius: int = Field(default=2, ge=0, le=1024, description="online: layers within this distance of them")
-    skipped_kv: Literal["fill", "unwritten"] = Field(
-        default="fill", description="KV of skipped layers: fill (from the exit hidden state) or unwritten (SpecEE)"
+    skipped_kv: Literal["deferred", "fill", "unwritten"] = Field(
+        default="deferred",
+        description="KV of the layers an exit skipped: deferred (they still run for the token, batched with the "
+        "next token's pass: the cache stays the full model's), fill (projected from the exit hidden state, CALM) "
+        "or unwritten (SpecEE)",
     )
     draft_vocab: int = Field(default=2048, ge=1, le=1_000_000, description="draft head's trimmed vocabulary")
     train_prompts: int = Field(default=16, ge=2, le=4096, description="training: prompts cut from the corpus")
@@ -69,6 +94,13 @@ class EarlyExitOptions(EngineOptions):
     )
     """The options that shape the trained draft head and predictors (and key their cache file): what
     ``TrainSettings.from_options`` reads and ``rooflens train early-exit`` sets."""
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"threshold {value} is outside [0, 1] (or use auto)")
+        return value
 
     @field_validator("draft")
     @classmethod
