@@ -325,6 +325,9 @@ def test_a_worker_job_leaves_out_what_a_base_from_before_attribution_would_refus
     assert "attribution" not in sent["experiment"]
     # fields at their defaults are left to the worker's schema: a workload's chat_template (added after CI's base)
     assert all("chat_template" not in w for w in sent["experiment"]["workloads"])
+    # and the job's own fields at their defaults: task_answers (added after CI's base) made its worker exit 1
+    assert "task_answers" not in sent and sent["run_id"] == job.run_id
     back = GroupJob.model_validate(sent)
     assert back.experiment.attribution  # a worker of today fills the defaults back
     assert back.experiment.model_dump(exclude={"attribution"}) == job.experiment.model_dump(exclude={"attribution"})
+    assert back.model_dump(exclude={"experiment"}) == job.model_dump(exclude={"experiment"})

@@ -211,10 +211,10 @@ def _side(source: SideSource, exp: Experiment, file: str, plan: AbPlan, observer
 
 
 def worker_job(job: GroupJob) -> dict:
-    """The job as an ab worker gets it: the experiment without the fields at their defaults (the worker's schema
-    fills its own back) and without ``attribution`` (ab never profiles), so a base revision from before a field
-    existed still takes the job (its schema forbids unknown fields) unless the experiment sets that field."""
-    out = job.model_dump(mode="json", exclude={"experiment"})
+    """The job as an ab worker gets it: the job and its experiment without the fields at their defaults (the
+    worker's schema fills its own back) and without ``attribution`` (ab never profiles), so a base revision from
+    before a field existed still takes the job (its schema forbids unknown fields) unless the job sets that field."""
+    out = job.model_dump(mode="json", exclude={"experiment"}, exclude_defaults=True)
     out["experiment"] = job.experiment.model_dump(mode="json", exclude_defaults=True, exclude={"attribution"})
     return out
 
