@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -261,9 +261,12 @@ def unpack_codes(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     return out.reshape(n, k).to(torch.int32)
 
 
-def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 128, symmetric: bool = True) -> QuantizedWeight:
-    """Quantize a ``[N, K]`` weight into rooflens's packed group-wise format (tensors on ``w.device``)."""
-    codes, scales, zeros = quantize_codes(w, bits, group_size, symmetric)
+def quantize(
+    w: torch.Tensor, bits: int = 4, group_size: int = 128, symmetric: bool = True, codes_of: Any = None
+) -> QuantizedWeight:
+    """Quantize a ``[N, K]`` weight into rooflens's packed group-wise format (tensors on ``w.device``); ``codes_of``
+    picks the codes, scales and zeros (default :func:`quantize_codes`, round to nearest)."""
+    codes, scales, zeros = (codes_of or quantize_codes)(w, bits, group_size, symmetric)
     return QuantizedWeight(
         packed=pack_codes(codes, bits),
         scales=scales,

@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from rooflens.kernels.lowbit import SCALE_DTYPE, QuantizedWeight, Quantizer, pack_codes, quantize, quantize_codes
+from rooflens.kernels.lowbit import SCALE_DTYPE, QuantizedWeight, Quantizer, quantize, quantize_codes
 
 CHUNK_ELEMENTS = 1 << 18  # weights solved at once (rows of a layer in slices: bounded memory, warm caches)
 FP16_MAX = 65504.0
@@ -148,16 +148,7 @@ def hqq_codes(
 
 def hqq_quantize(w: torch.Tensor, bits: int = 4, group_size: int = 128, symmetric: bool = True) -> QuantizedWeight:
     """Quantize a ``[N, K]`` weight by HQQ into rooflens's packed group-wise format (as :func:`quantize`)."""
-    codes, scales, zeros = hqq_codes(w, bits, group_size, symmetric)
-    return QuantizedWeight(
-        packed=pack_codes(codes, bits),
-        scales=scales,
-        zeros=zeros,
-        bits=bits,
-        group_size=group_size,
-        symmetric=symmetric,
-        shape=tuple(w.shape),
-    )
+    return quantize(w, bits, group_size, symmetric, codes_of=hqq_codes)
 
 
 QUANTIZERS: dict[str, Quantizer] = {"rtn": quantize, "hqq": hqq_quantize}
