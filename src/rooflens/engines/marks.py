@@ -1,6 +1,6 @@
 """How an engine marks its own work for the per-operator attribution.
 
-During the one profiled repetition of a cell (:mod:`rooflens.bench.attribution`) everything an engine does
+During the profiled repetitions of a cell (:mod:`rooflens.bench.attribution`) everything an engine does
 beyond the plain model (a draft, predictors, verification, a KV fill, a precision switch) must be its own
 class of time. Engines wrap that work in :func:`engine_work`; outside a profiled repetition it costs one
 attribute read. The ranges themselves live in :mod:`rooflens.kernels.ranges`.

@@ -1,4 +1,4 @@
-"""Profiler ranges, named by what they hold, for the one profiled repetition of a cell (the per-operator attribution).
+"""Profiler ranges, named by what they hold, for the profiled repetitions of a cell (the per-operator attribution).
 
 The lowest layer that needs them: a native kernel called through ctypes is no torch operator, so the profiler would
 not see it; it runs inside a ``rooflens.kernel/`` range, which the attribution counts as an operator. The other

@@ -42,7 +42,7 @@ PLOTS = (
     ),
     PlotSpec(
         "time_split",
-        "Where a pass's time goes, from one profiled repetition after the timed ones: operator classes of the "
+        "Where a pass's time goes, from profiled repetitions after the timed ones (the median of 3): operator classes of the "
         "analytic model grouped in families, each engine's own work, and the time outside every operator "
         "(Python, dispatch, framework)",
         attribution_charts.time_split,

@@ -241,7 +241,7 @@ class OpClassRow(_Model):
 
 
 class PhaseAttribution(_Model):
-    """Where the time of one phase's pass goes, from one profiled repetition."""
+    """Where the time of one phase's pass goes, from the median of a cell's profiled repetitions."""
 
     phase: Literal["prefill", "decode"]
     passes: int  # passes profiled (prefill: 1; decode: emissions after the first)

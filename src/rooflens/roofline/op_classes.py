@@ -61,7 +61,7 @@ def class_row(
 ) -> OpClassRow:
     """One class of a pass: ``seconds`` measured per pass, compared with its analytic ops in ``cost`` (per pass;
     None: an architecture the analytic model does not know)."""
-    how = "torch.profiler, one profiled repetition; mean per pass"
+    how = "torch.profiler, the median of 3 profiled repetitions; mean per pass"
     row = OpClassRow(name=name, kind=kind, time_s=_q(seconds, "s", "measured", how), share=share, calls=calls)  # type: ignore[arg-type]
     ops = modelled_ops(name, cost) if kind != "outside" and cost is not None else []
     if not ops or cost is None:
@@ -136,7 +136,7 @@ def phase_attribution(
     outside = max(attributed - inside, 0.0)
     rows.append(class_row(OUTSIDE, "outside", outside, outside / attributed, None, cost, ceilings))
     catch_all = sum(profiled.inside_s.get(k, 0.0) for k in CATCH_ALL) / n
-    how = "torch.profiler, the step ranges of one profiled repetition; mean per pass"
+    how = "torch.profiler, the step ranges of the median of 3 profiled repetitions; mean per pass"
     timed = agreement = overhead = None
     if timed_pass_s:
         timed = _q(timed_pass_s, "s", "measured", "the timed repetitions' median")

@@ -58,13 +58,17 @@ def _kineto_quiet() -> Iterator[None]:
         os.close(saved)
 
 
+PROFILED_REPS = 3  # profiled repetitions per cell; each phase keeps the median one, as the timed metrics are medians
+
+
 def profile_repetition(
-    engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device, reps: int = 1
+    engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device, reps: int = PROFILED_REPS
 ) -> dict[str, PhaseTimes]:
-    """``reps`` generations of ``n_new`` tokens under the profiler with the engine's modules instrumented, their
-    passes summed per phase, after a short one under the profiler's warm-up step (its first events cost far more:
-    a cold profiler doubled a prefill). A cell profiles one: three left the prefill's agreement with its timed
-    pass as far off (a median 9 %, all slower, on SmolLM2 here) and cost the quickstart about 25 s."""
+    """``reps`` generations of ``n_new`` tokens under the profiler with the engine's modules instrumented, each in
+    its own profiler cycle after a short one under the cycle's warm-up step (a cold profiler's first events cost far
+    more: it doubled a prefill). Per phase, the repetition whose mean pass is the median of theirs: a prefill is one
+    pass per repetition, and a single profiled one was now and then 10-20 % off its timed median on a quiet machine
+    (SmolLM2 here) where the median of three was not."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     target, own = engine.profiled_modules()
@@ -75,13 +79,13 @@ def profile_repetition(
     def keep(prof) -> None:  # the active step's events, read before the profiler clears them
         kept.append(phase_times(event_tree(prof.profiler.kineto_results.events()), on_device=device.type == "cuda"))
 
-    steps = schedule(wait=0, warmup=1, active=reps)
+    steps = schedule(wait=0, warmup=1, active=1, repeat=reps)
     with (
         _kineto_quiet(),
         instrumented(target, family, own),
         profile(activities=activities, schedule=steps, on_trace_ready=keep) as prof,
     ):
-        for n in (2, *[n_new] * reps):
+        for n in (2, n_new) * reps:
             clock = SteppedClock(device, n)
             clock.start()
             try:
@@ -91,7 +95,17 @@ def profile_repetition(
             prof.step()
     if not kept:
         raise RuntimeError("the profiler handed back no events")
-    return kept[-1]
+    return median_phases(kept)
+
+
+def median_phases(runs: list[dict[str, PhaseTimes]]) -> dict[str, PhaseTimes]:
+    """Per phase, the run whose mean pass time is the median of theirs (the lower middle of an even count)."""
+    out: dict[str, PhaseTimes] = {}
+    for phase in sorted({p for run in runs for p in run}):
+        seen = sorted((t for run in runs if (t := run.get(phase)) and t.passes), key=lambda t: t.wall_us / t.passes)
+        if seen:
+            out[phase] = seen[(len(seen) - 1) // 2]
+    return out
 
 
 def in_situ(cost: ProfilerCost, times: dict[str, PhaseTimes], timed_pass_s: dict[str, float]) -> ProfilerCost:
