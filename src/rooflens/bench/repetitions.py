@@ -59,6 +59,7 @@ def measure(
     now: Callable[[], float] = time.perf_counter,
     watch: WindowWatch | None = None,
 ) -> CellMeasurement:
+    engine.warm(prompts, n_new)
     for i in range(reps.warmup):
         run_once(engine, prompts, n_new, device)
         on_rep(i + 1, True)

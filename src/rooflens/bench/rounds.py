@@ -70,6 +70,11 @@ def measure_rounds(
     now: Callable[[], float] = time.perf_counter,
     watch: WindowWatch | None = None,
 ) -> RoundsResult:
+    for c in contenders:  # one-time work for the cell's shape (compiling), before any repetition
+        try:
+            c.engine.warm(c.prompts, n_new)
+        except Exception as err:
+            c.error = err
     for w in range(reps.warmup):
         for c in rotation(contenders, w):
             if c.error is None:

@@ -129,6 +129,10 @@ class Engine(ABC):
     def prepare(self) -> None:
         """One-time set-up before the first cell."""
 
+    def warm(self, prompts: torch.Tensor, n_new: int) -> None:
+        """One-time work a generation of this shape needs (compiling for it), run before a cell's first repetition,
+        so that it never falls inside a timed one; an engine that does some reports its time in :meth:`stats`."""
+
     @abstractmethod
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
         """Generate exactly ``max_new_tokens`` per row (EOS must not stop early).

@@ -1,24 +1,38 @@
-"""The baseline: plain Hugging Face ``generate``, greedy; optionally static KV cache + torch.compile."""
+"""The baseline: plain Hugging Face ``generate``, greedy; or, with ``compile: true``, rooflens's compiled decode
+loop (:mod:`rooflens.engines.compiled`: static cache, compiled prefill and decode step, gpt-fast style)."""
 
 from __future__ import annotations
 
 import torch
 from transformers import GenerationConfig
-from transformers.generation.configuration_utils import CompileConfig
 
 from rooflens.engines.base import Engine, TokenClock
+from rooflens.engines.compiled import CompiledDecoder
 from rooflens.engines.decoding import ClockStreamer, greedy_config
 from rooflens.engines.options.hf import HFOptions
 from rooflens.engines.registry import register
+from rooflens.engines.stat_table import StatSpec, stats_from_table
+from rooflens.results.stat import EngineStat
+
+COMPILE_STATS = {
+    "compile_time_s": StatSpec(
+        "s",
+        "wall time of compiling (torch.compile, inductor cache at {cache}) and one short generation per cell shape, "
+        "before the cell's repetitions, never inside a timed one: {shapes}",
+    ),
+    "compile_mode": StatSpec("", "torch.compile mode as run on this device ({why})"),
+}
 
 
 @register
 class HFEngine(Engine):
     name = "hf"
-    summary = "Hugging Face generate(), greedy, eager (the baseline); optional static cache + torch.compile"
+    summary = "Hugging Face generate(), greedy, eager (the baseline); or a compiled decode loop on a static cache"
     Options = HFOptions
     lossless = True  # it is the reference
     examples = ({}, {"cache": "static"})
+
+    _decoder: CompiledDecoder | None = None
 
     @property
     def module(self) -> torch.nn.Module:
@@ -32,17 +46,22 @@ class HFEngine(Engine):
         return self.module, {}
 
     def generation_config(self, max_new_tokens: int) -> GenerationConfig:
-        cc = None
+        return greedy_config(self.module, max_new_tokens, static_cache=self.options.cache == "static")
+
+    def decoder(self) -> CompiledDecoder:
+        """The compiled loop on :attr:`module` (made at first use, after ``prepare``)."""
+        if self._decoder is None:
+            self._decoder = CompiledDecoder(self.module, self.model.device, self.options.compile_mode)
+        return self._decoder
+
+    def warm(self, prompts: torch.Tensor, n_new: int) -> None:
         if self.options.compile:
-            cc = CompileConfig(fullgraph=True, mode=self.options.compile_mode)
-            # transformers only auto-compiles on accelerators; this (documented-as-testing) flag
-            # extends it to the CPU so that `compile: true` means the same thing everywhere.
-            cc._compile_all_devices = True
-        static = self.options.cache == "static"
-        return greedy_config(self.module, max_new_tokens, static_cache=static, compile_config=cc)
+            self.decoder().warm(prompts, n_new)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
+        if self.options.compile:
+            return self.decoder().generate(input_ids, max_new_tokens, clock)
         out = self.module.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -50,3 +69,19 @@ class HFEngine(Engine):
             streamer=ClockStreamer(clock),
         )
         return out[:, input_ids.shape[1] :]
+
+    def compile_stats(self) -> dict[str, EngineStat]:
+        """How compiling went (empty when this engine is not compiled)."""
+        d = self._decoder
+        if d is None:
+            return {}
+        why = (
+            "CUDA graphs exist only on a GPU"
+            if d.mode is None and self.options.compile_mode != "default"
+            else "as asked"
+        )
+        values = {"compile_time_s": d.log.seconds, "compile_mode": d.mode or "default"}
+        return stats_from_table(COMPILE_STATS, values, cache=d.cache_folder, shapes=d.log.describe() or "none", why=why)
+
+    def stats(self) -> dict[str, EngineStat]:
+        return self.compile_stats()

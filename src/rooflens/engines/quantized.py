@@ -279,13 +279,16 @@ class QuantizedEngine(HFEngine):
             "weight_read_bytes_per_step": self._read_bytes(),
         }
         emulation = EMULATED if o.emulated else NOT_EMULATED
-        return stats_from_table(
-            STATS,
-            values,
-            storage=self.handler.storage_note(self.spec),
-            skipped="; ".join(f"{k}: {v}" for k, v in s.skipped.items()),
-            emulation=emulation.format(nominal=o.resolved_bits),
-        )
+        return {
+            **stats_from_table(
+                STATS,
+                values,
+                storage=self.handler.storage_note(self.spec),
+                skipped="; ".join(f"{k}: {v}" for k, v in s.skipped.items()),
+                emulation=emulation.format(nominal=o.resolved_bits),
+            ),
+            **self.compile_stats(),
+        }
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
         self._prefill_rows = input_ids.numel()  # the prefill's activation rows pick a kernel's dataflow

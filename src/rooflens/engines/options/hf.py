@@ -13,9 +13,13 @@ class HFOptions(EngineOptions):
     cache: Literal["dynamic", "static"] = Field(
         default="dynamic", description="KV cache: dynamic (default) or static (pre-allocated)"
     )
-    compile: bool = Field(default=False, description="torch.compile the forward pass (needs cache: static)")
+    compile: bool = Field(
+        default=False,
+        description="rooflens's compiled decode loop: a static cache, the prefill and the decode step compiled with torch.compile (needs cache: static)",
+    )
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
-        default="reduce-overhead", description="torch.compile mode when compile is on"
+        default="reduce-overhead",
+        description="torch.compile mode when compile is on (reduce-overhead: CUDA graphs on a GPU, inductor's default on a CPU)",
     )
 
     @model_validator(mode="after")

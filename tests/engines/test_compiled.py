@@ -1,0 +1,77 @@
+"""The compiled decode loop (issue 26): token for token the eager engine's greedy output, compiling only in the
+warm-up, and its cost in the record. Compiling takes seconds on a CPU: slow tests (CI runs them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rooflens.config import EngineSpec
+from rooflens.data.prompts import make_prompts
+from rooflens.engines.base import TokenClock
+from rooflens.engines.compiled import CACHE_BUCKET, cache_length, compile_mode
+from rooflens.engines.decoding import eos_allowed, eos_token_ids
+from rooflens.engines.registry import build_engine
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _private_inductor_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+
+
+def _tokens(engine, prompts, n):
+    clock = TokenClock(CPU)
+    clock.start()
+    out = engine.generate(prompts, n, clock)
+    clock.stop()
+    assert clock.n_tokens == n  # one tick per token
+    return out
+
+
+def test_cache_lengths_are_bucketed_and_modes_resolved_per_device():
+    assert cache_length(64, 20) == CACHE_BUCKET
+    assert cache_length(CACHE_BUCKET, 1) == 2 * CACHE_BUCKET
+    assert compile_mode("reduce-overhead", CPU) is None  # CUDA graphs exist only on a GPU
+    assert compile_mode("reduce-overhead", torch.device("cuda")) == "reduce-overhead"
+    assert compile_mode("max-autotune", CPU) == "max-autotune"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compiled_hf_equals_eager_token_for_token(tiny_llama, batch):
+    eager = build_engine(EngineSpec(name="hf"), tiny_llama)
+    compiled = build_engine(EngineSpec(name="hf", options={"cache": "static", "compile": True}), tiny_llama)
+    prompts = make_prompts(tiny_llama, "synthetic", batch, 12, seed=batch)
+    compiled.warm(prompts, 10)
+    assert torch.equal(_tokens(compiled, prompts, 10), _tokens(eager, prompts, 10))
+    # another prompt length reuses the prefill graph (its length is dynamic) and the same cache bucket
+    other = make_prompts(tiny_llama, "synthetic", batch, 17, seed=7)
+    assert torch.equal(_tokens(compiled, other, 6), _tokens(eager, other, 6))
+
+
+def test_compiling_happens_in_warm_and_is_reported(tiny_llama):
+    engine = build_engine(EngineSpec(name="hf", options={"cache": "static", "compile": True}), tiny_llama)
+    prompts = make_prompts(tiny_llama, "synthetic", 1, 9, seed=1)
+    assert engine.stats() == {}  # nothing compiled yet
+    engine.warm(prompts, 5)
+    first = engine.stats()["compile_time_s"]
+    assert first.value > 0 and "batch 1, prompt 9" in first.description
+    engine.warm(prompts, 5)  # the same shape: nothing more to compile
+    assert engine.stats()["compile_time_s"].value == first.value
+    assert engine.stats()["compile_mode"].value == "default"
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs > 0  # the counter does count this engine's graphs
+    _tokens(engine, prompts, 5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # a timed run compiles nothing
+
+
+def test_compiled_loop_masks_eos_and_lets_it_through_for_task_answers(tiny_llama):
+    engine = build_engine(EngineSpec(name="hf", options={"cache": "static", "compile": True}), tiny_llama)
+    eos = eos_token_ids(tiny_llama.model)
+    assert eos, "the tiny model has an EOS id"
+    decoder = engine.decoder()
+    assert decoder._eos_bias()[eos].isinf().all()
+    with eos_allowed():
+        assert not decoder._eos_bias().isinf().any()
