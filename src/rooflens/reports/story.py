@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rooflens.reports.attribution import attribution_sentences
+from rooflens.reports.compiled import compile_sentences
 from rooflens.reports.pareto import pareto_frontier
 from rooflens.results.derived import baseline_of, speedup
 from rooflens.results.record import Record
@@ -186,8 +187,9 @@ def _adaptations(records: list[Record]) -> list[str]:
 
 def story(records: list[Record]) -> list[str]:
     """The summary's closing sentences: fastest engine, closest to the roofline, best quality for its
-    speed (among valid cells), where each engine's decode time goes and the analytic model's error there, the
-    engines that adapt a paper's technique, the invalid cells, and what could not be measured here and why."""
+    speed (among valid cells), where each engine's decode time goes and the analytic model's error there, how much
+    of each technique's speedup survives compilation, the engines that adapt a paper's technique, the invalid cells,
+    and what could not be measured here and why."""
     ok = [r for r in records if r.status == "ok" and "decode_tok_s" in r.metrics and not r.validity.invalid]
     several = len({r.cell.workload for r in records}) > 1
     return [
@@ -195,6 +197,7 @@ def story(records: list[Record]) -> list[str]:
         *_closest_to_roofline(ok, several),
         *_best_trade(ok, records, several),
         *attribution_sentences(ok),
+        *compile_sentences(ok),
         *_adaptations(records),
         *_invalid(records, several),
         *_not_measured(records, several),
