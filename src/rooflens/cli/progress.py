@@ -46,7 +46,9 @@ class ProgressObserver:
         self.progress.console.print(f"[dim]{escape(self.prefix + text)}[/]")
 
     def cell_started(self, index: int, total: int, cell: Any) -> None:
-        self._say(f"{cell.engine.display} {cell.workload.display} b{cell.batch_size}: warm-up", total=total)
+        # a compiled engine compiles for the cell's shape before its warm-up (tens of seconds on a CPU, once per shape)
+        first = "compiling, then warm-up" if cell.engine.options.get("compile") else "warm-up"
+        self._say(f"{cell.engine.display} {cell.workload.display} b{cell.batch_size}: {first}", total=total)
 
     def repetition_done(self, cell: Any, measured: int, warmup: bool) -> None:
         phase = "warm-up" if warmup else "rep"
