@@ -8,6 +8,7 @@
 * :mod:`rooflens.kernels.cpu_native` — the CPU fast path: rooflens's AVX2 kernel (``csrc/lowbit_avx2.c``, built
   by :mod:`rooflens.kernels.native`), reading the format as stored;
 * :mod:`rooflens.kernels.cpu_lowbit` — the fallback CPU path: the format converted into torch's int4 CPU kernel;
+* :mod:`rooflens.kernels.ops` — the AVX2 and Triton kernels as torch custom operators, for ``torch.compile``;
 * :mod:`rooflens.kernels.linear` — ``LowBitLinear`` (picks Triton, a CPU kernel or the reference) and
   ``quantize_linear_layers``.
 """

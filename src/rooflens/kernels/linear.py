@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from rooflens.kernels import cpu_lowbit, cpu_native
+from rooflens.kernels import cpu_lowbit, cpu_native, ops
 from rooflens.kernels.lowbit import (
     QuantizedWeight,
     Quantizer,
@@ -28,6 +28,8 @@ __all__ = [
     "KERNELS",
     "kernel_unavailable",
     "LowBitLinear",
+    "Route",
+    "resolve_lowbit_layers",
     "LayerQuantReport",
     "QuantizationReport",
     "quantize_linear_layers",
@@ -50,6 +52,16 @@ def kernel_unavailable(kernel: str, device: torch.device) -> Optional[str]:
     return None
 
 
+@dataclass(frozen=True)
+class Route:
+    """A layer's forward path for one ``kernel`` setting and one device type, with the CPU kernel's plan."""
+
+    kernel: str
+    device_type: str
+    path: str
+    plan: object = None  # NativePlan or CpuLowBitPlan; None for triton and torch
+
+
 class LowBitLinear(nn.Module):
     """Weight-only low-bit linear layer: ``y = x @ dequant(W).T + b`` in ``x.dtype``, fp32 accumulation.
 
@@ -63,6 +75,11 @@ class LowBitLinear(nn.Module):
     runs, else torch's int4 CPU kernel (:mod:`rooflens.kernels.cpu_lowbit`) where this torch build has it;
     the torch reference otherwise. Any other value forces that path: ``triton`` (on CPU this needs
     ``TRITON_INTERPRET=1``), ``native``, ``int4pack``, ``torch`` (the reference).
+
+    The path and plan are resolved eagerly, on the first call for a device type (or by :meth:`resolve`), and kept
+    as :attr:`route`: ``torch.compile(fullgraph=True)`` then traces a forward that only reads them (choosing a
+    path loads or builds the native library, and a plan converts the weight), with the native and Triton kernels
+    as custom operators (:mod:`rooflens.kernels.ops`).
     """
 
     def __init__(self, qweight: QuantizedWeight, bias: Optional[torch.Tensor] = None, kernel: str = "auto") -> None:
@@ -76,6 +93,7 @@ class LowBitLinear(nn.Module):
             raise ValueError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
         self.kernel = kernel
         self._plans: dict[str, object] = {}  # CPU kernels' views of the weight, built on first use
+        self.route: Optional[Route] = None  # the last resolved path (see resolve)
         self.register_buffer("packed", qweight.packed)
         self.register_buffer("scales", qweight.scales.view(torch.int16))  # fp16 bit patterns
         zeros = None if qweight.zeros is None else qweight.zeros.view(torch.int16)
@@ -165,18 +183,28 @@ class LowBitLinear(nn.Module):
             return self.storage_bytes + (dequantized if dense else 0)
         return self.storage_bytes + dequantized
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = self.path(x.device)
-        if path == "native":
-            return cpu_native.native_lowbit_linear(x, self.plan(path), self.bias)
-        if path == "int4pack":
-            return cpu_lowbit.cpu_lowbit_linear(x, self.plan(path), self.bias)
-        if path == "triton":
-            from rooflens.kernels.dispatch import choose_path
-            from rooflens.kernels.triton_lowbit import lowbit_linear
+    def resolve(self, device: torch.device) -> Route:
+        """The path for inputs on ``device`` and its plan, built now and kept for the forwards that follow."""
+        path = self.path(device)
+        plan = self.plan(path) if path in ("native", "int4pack") else None
+        self.route = Route(self.kernel, device.type, path, plan)
+        return self.route
 
-            flow = choose_path(x.shape[:-1].numel(), self.out_features, self.in_features, x.device)
-            return lowbit_linear(x, self.qweight, self.bias, path=flow)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compiling = torch.compiler.is_compiling()  # eager calls skip the custom ops: same kernels, no dispatcher
+        route = self.route
+        if route is None or route.kernel != self.kernel or route.device_type != x.device.type:
+            if compiling:
+                raise RuntimeError(UNRESOLVED)
+            route = self.resolve(x.device)
+        if route.path == "native":
+            native = ops.native_op_linear if compiling else cpu_native.native_lowbit_linear
+            return native(x, route.plan, self.bias)
+        if route.path == "int4pack":
+            return cpu_lowbit.cpu_lowbit_linear(x, route.plan, self.bias)
+        if route.path == "triton":
+            triton = ops.triton_op_linear if compiling else ops.triton_linear
+            return triton(x, self.qweight, self.bias)
         return reference_linear(x, self.qweight, self.bias)
 
     def extra_repr(self) -> str:
@@ -185,6 +213,21 @@ class LowBitLinear(nn.Module):
             f"group_size={self.group_size}, symmetric={self.symmetric}, bias={self.bias is not None}, "
             f"bits_per_weight={format_bits_per_weight(self.bits, self.group_size, self.symmetric):g}"
         )
+
+
+UNRESOLVED = (
+    "LowBitLinear: no forward path resolved for this device and kernel; run one eager forward, or "
+    "resolve_lowbit_layers(model, device), before torch.compile (choosing a path is not traceable)"
+)
+
+
+def resolve_lowbit_layers(model: nn.Module, device: torch.device) -> int:
+    """Resolve the forward path of every :class:`LowBitLinear` of ``model`` (every rung of a multi-precision
+    layer too) for inputs on ``device``, so that a compiled forward can run any of them; returns their number."""
+    layers = [m for m in model.modules() if isinstance(m, LowBitLinear)]
+    for layer in layers:
+        layer.resolve(device)
+    return len(layers)
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""rooflens's low-bit kernels as torch custom operators: what ``torch.compile(fullgraph=True)`` sees of them.
+
+dynamo traces neither a ctypes call (the AVX2 kernel) nor the Triton launcher (autotuning, the dispatch table it
+reads from a file), so each is one opaque operator here, ``rooflens::lowbit_native`` and
+``rooflens::lowbit_triton``, whose fake implementation gives the output's shape, dtype and strides.
+:class:`~rooflens.kernels.linear.LowBitLinear` calls them only while compiling: eager calls go to the kernels
+directly, so the ~200 calls of a decoded token pay no dispatcher round trip into Python. torch's int4 kernel and
+the reference are torch operators already and trace as they are.
+
+In a profile the operator is the event the attribution counts (:mod:`rooflens.bench.attribution.events`); the
+native kernel's ``rooflens.kernel/`` ranges nest inside it and count with it.
+
+No ``from __future__ import annotations`` here: ``custom_op`` reads the schema from the annotations.
+"""
+
+from typing import Optional
+
+import torch
+
+from rooflens.kernels.cpu_native import DENSE_FROM_ROWS, NativePlan, native_lowbit_linear
+from rooflens.kernels.lowbit import QuantizedWeight
+
+__all__ = ["lowbit_native", "lowbit_triton", "native_op_linear", "triton_linear", "triton_op_linear"]
+
+
+@torch.library.custom_op("rooflens::lowbit_native", mutates_args=())
+def lowbit_native(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    kbits: int,
+    zconst: float,
+    group_size: int,
+    n: int,
+    k: int,
+) -> torch.Tensor:
+    """:func:`~rooflens.kernels.cpu_native.native_lowbit_linear` on a :class:`NativePlan`'s tensors and numbers."""
+    return native_lowbit_linear(x, NativePlan(codes, scales, zeros, kbits, zconst, group_size, (n, k)), bias)
+
+
+@lowbit_native.register_fake
+def _native_fake(
+    x: torch.Tensor, codes, scales, zeros, bias, kbits, zconst, group_size, n: int, k: int
+) -> torch.Tensor:
+    """The kernel's own layout: row-major below ``DENSE_FROM_ROWS`` rows, else its fp32 GEMM's transposed output."""
+    lead, m = x.shape[:-1], x.numel() // k
+    if m < DENSE_FROM_ROWS:
+        y = x.new_empty((*lead, n), dtype=torch.float32)
+    else:
+        y = x.new_empty((n, m), dtype=torch.float32).t().reshape(*lead, n)
+    y = y.to(x.dtype)  # the casts and the bias keep that layout, as in the kernel
+    return y if bias is None else y + bias
+
+
+def native_op_linear(x: torch.Tensor, plan: NativePlan, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``rooflens::lowbit_native`` for ``plan``: what a compiled forward calls."""
+    n, k = plan.shape
+    return lowbit_native(x, plan.codes, plan.scales, plan.zeros, bias, plan.kbits, plan.zconst, plan.group_size, n, k)
+
+
+def triton_linear(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The Triton kernel along the dataflow :func:`~rooflens.kernels.dispatch.choose_path` picks for ``x``'s rows.
+
+    Imports triton on first call (slow, and optional)."""
+    from rooflens.kernels.dispatch import choose_path
+    from rooflens.kernels.triton_lowbit import lowbit_linear
+
+    flow = choose_path(x.shape[:-1].numel(), qw.out_features, qw.in_features, x.device)
+    return lowbit_linear(x, qw, bias, path=flow)
+
+
+@torch.library.custom_op("rooflens::lowbit_triton", mutates_args=())
+def lowbit_triton(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    bits: int,
+    group_size: int,
+    n: int,
+    k: int,
+) -> torch.Tensor:
+    """:func:`triton_linear` on a :class:`QuantizedWeight`'s tensors (symmetric when it has no ``zeros``)."""
+    qw = QuantizedWeight(packed, scales, zeros, bits, group_size, zeros is None, (n, k))
+    return triton_linear(x, qw, bias)
+
+
+@lowbit_triton.register_fake
+def _triton_fake(x: torch.Tensor, packed, scales, zeros, bias, bits, group_size, n: int, k: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], n))  # contiguous, in x.dtype, on every path
+
+
+def triton_op_linear(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``rooflens::lowbit_triton`` for ``qw``: what a compiled forward calls."""
+    n, k = qw.shape
+    return lowbit_triton(x, qw.packed, qw.scales, qw.zeros, bias, qw.bits, qw.group_size, n, k)
