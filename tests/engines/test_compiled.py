@@ -3,13 +3,15 @@ warm-up, and its cost in the record. Compiling takes seconds on a CPU: slow test
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from rooflens.config import EngineSpec
 from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import TokenClock
-from rooflens.engines.compiled import CACHE_BUCKET, cache_length, compile_mode
+from rooflens.engines.compiled import CACHE_BUCKET, cache_length, compile_mode, inductor_cache
 from rooflens.engines.decoding import eos_allowed, eos_token_ids
 from rooflens.engines.registry import build_engine
 
@@ -19,7 +21,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def _private_inductor_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path))
+    monkeypatch.setattr("rooflens.USER_INDUCTOR_CACHE", None)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/torch/put/its/default")
+
+
+def test_inductor_cache_is_rooflens_s_unless_the_user_chose_one(tmp_path, monkeypatch):
+    assert inductor_cache() == tmp_path / "inductor"  # not the default torch wrote into the environment
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setattr("rooflens.USER_INDUCTOR_CACHE", str(tmp_path / "mine"))
+    assert inductor_cache() == tmp_path / "mine"
 
 
 def _tokens(engine, prompts, n):
@@ -75,3 +86,22 @@ def test_compiled_loop_masks_eos_and_lets_it_through_for_task_answers(tiny_llama
     assert decoder._eos_bias()[eos].isinf().all()
     with eos_allowed():
         assert not decoder._eos_bias().isinf().any()
+
+
+def test_compiled_quantized_equals_its_eager_self(tiny_llama):
+    kernel = "native"  # the other kernel paths compile too: tests/kernels/test_custom_ops.py
+    from rooflens.kernels.native import native_unavailable
+
+    if kernel == "native" and (why := native_unavailable()) is not None:
+        pytest.skip(f"the native kernel is unavailable here: {why}")
+    opts = {"backend": "rooflens", "bits": 4, "group_size": 32, "kernel": kernel}
+    eager = build_engine(EngineSpec(name="quantized", options=opts), tiny_llama)
+    compiled = build_engine(
+        EngineSpec(name="quantized", options={**opts, "cache": "static", "compile": True}), tiny_llama
+    )
+    eager.prepare()
+    compiled.prepare()
+    prompts = make_prompts(tiny_llama, "synthetic", 1, 20, seed=4)  # 20 rows: the prefill takes the dense path
+    compiled.warm(prompts, 8)
+    assert torch.equal(_tokens(compiled, prompts, 8), _tokens(eager, prompts, 8))
+    assert compiled.stats()["compile_time_s"].value > 0

@@ -29,16 +29,24 @@ from rooflens.engines.decoding import eos_masked, eos_token_ids
 from rooflens.fsutil import cache_dir, own_folder
 
 CACHE_BUCKET = 128  # static cache lengths are rounded up to this: cells of nearby lengths share a decode graph
+# Dynamo keeps compiled code per code object, and every decoder shares these methods' code: each engine and shape
+# is one more entry. Past torch's default of 8 it would run the step eager, under a compiled engine's name.
+RECOMPILE_LIMIT = 64
 INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def inductor_cache() -> Path:
-    """Inductor's on-disk cache: ``$TORCHINDUCTOR_CACHE_DIR`` when the user set it, else rooflens's cache folder
-    (created private: inductor loads the code it finds there)."""
-    if INDUCTOR_ENV not in os.environ:
+    """Inductor's on-disk cache: the user's ``$TORCHINDUCTOR_CACHE_DIR`` when they set one before rooflens was
+    imported, else rooflens's cache folder (created private: inductor loads the code it finds there). Torch writes
+    its own default into the environment at its first compile, so the variable alone cannot tell the two apart."""
+    import rooflens
+
+    if rooflens.USER_INDUCTOR_CACHE:
+        folder = Path(rooflens.USER_INDUCTOR_CACHE)
+    else:
         folder = own_folder(cache_dir("inductor"), "torch.compile loads the compiled kernels it finds there")
-        os.environ[INDUCTOR_ENV] = str(folder)
-    return Path(os.environ[INDUCTOR_ENV])
+    os.environ[INDUCTOR_ENV] = str(folder)
+    return folder
 
 
 def compile_mode(mode: str, device: torch.device) -> str | None:
@@ -78,6 +86,8 @@ class CompiledDecoder:
         self._caches: dict[tuple[int, int], StaticCache] = {}
         self._warm: set[tuple[int, int, int]] = set()
         self._eos = eos_token_ids(model)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        torch._dynamo.config.fail_on_recompile_limit_hit = True  # an error, never an eager step called compiled
         # two functions, so that each has its own compiled code: the prefill's length is dynamic, the step's static
         self._prefill = torch.compile(self._prefill_step, fullgraph=True, dynamic=None, mode=self.mode)
         self._decode = torch.compile(self._decode_step, fullgraph=True, dynamic=False, mode=self.mode)
