@@ -105,3 +105,17 @@ def test_compiled_quantized_equals_its_eager_self(tiny_llama):
     compiled.warm(prompts, 8)
     assert torch.equal(_tokens(compiled, prompts, 8), _tokens(eager, prompts, 8))
     assert compiled.stats()["compile_time_s"].value > 0
+
+
+def test_compiled_mixed_precision_equals_its_eager_self_rung_for_rung(tiny_llama):
+    opts = {"ladder": [8, 4], "group_size": 32, "scheduler": "static", "switch_steps": [3], "train_if_missing": False}
+    eager = build_engine(EngineSpec(name="mixed_precision", options=opts), tiny_llama)
+    compiled = build_engine(EngineSpec(name="mixed_precision", options={**opts, "compile": True}), tiny_llama)
+    prompts = make_prompts(tiny_llama, "synthetic", 1, 12, seed=5)
+    compiled.warm(prompts, 8)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert torch.equal(_tokens(compiled, prompts, 8), _tokens(eager, prompts, 8))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # the switch to 4-bit compiled in warm
+    assert compiled._runs[-1].bits == eager._runs[-1].bits == [8, 8, 8, 8, 4, 4, 4, 4]
+    shapes = compiled.stats()["compile_time_s"].description
+    assert "prefill at 8-bit" in shapes and "decode at 4-bit" in shapes

@@ -115,8 +115,14 @@ def test_learned_scheduler_maps_classes_to_switch_points(tiny_llama):
         clf.mlp[-1].bias.copy_(torch.tensor([0.0, 10.0, 0.0, 0.0]))  # always class 1: switch at T/3
         clf.mlp[-1].weight.zero_()
 
+    class Layer:
+        keys, values = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+
+        def get_seq_length(self) -> int:
+            return 5
+
     class Cache:
-        layers = [type("L", (), {"keys": torch.randn(1, 2, 5, 4), "values": torch.randn(1, 2, 5, 4)})()]
+        layers = [Layer()]
 
     s = LearnedScheduler([8, 4], [clf])
     s.start(Cache(), 30)

@@ -26,7 +26,9 @@ from transformers import StaticCache
 
 from rooflens.engines.base import TokenClock
 from rooflens.engines.decoding import eos_masked, eos_token_ids
+from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.fsutil import cache_dir, own_folder
+from rooflens.results.stat import EngineStat
 
 CACHE_BUCKET = 128  # static cache lengths are rounded up to this: cells of nearby lengths share a decode graph
 # Dynamo keeps compiled code per code object, and every decoder shares these methods' code: each engine and shape
@@ -63,6 +65,26 @@ def cache_length(prompt_len: int, n_new: int) -> int:
     return -(-need // CACHE_BUCKET) * CACHE_BUCKET
 
 
+COMPILE_STATS = {
+    "compile_time_s": StatSpec(
+        "s",
+        "wall time of compiling (torch.compile, inductor cache at {cache}) and one short generation per cell shape, "
+        "before the cell's repetitions, never inside a timed one: {shapes}",
+    ),
+    "compile_mode": StatSpec("", "torch.compile mode as run on this device ({why})"),
+}
+
+
+def compile_stats(decoder: CompiledDecoder | None, asked_mode: str) -> dict[str, EngineStat]:
+    """How compiling went, for an engine's ``stats()`` (empty when the engine has not compiled)."""
+    if decoder is None:
+        return {}
+    why = "CUDA graphs exist only on a GPU" if decoder.mode is None and asked_mode != "default" else "as asked"
+    values = {"compile_time_s": decoder.log.seconds, "compile_mode": decoder.mode or "default"}
+    shapes = decoder.log.describe() or "none"
+    return stats_from_table(COMPILE_STATS, values, cache=decoder.cache_folder, shapes=shapes, why=why)
+
+
 @dataclass
 class CompileLog:
     """What compiling cost: wall seconds of each warm-up (compiling and one short generation), per cell shape."""
@@ -91,6 +113,21 @@ class CompiledDecoder:
         # two functions, so that each has its own compiled code: the prefill's length is dynamic, the step's static
         self._prefill = torch.compile(self._prefill_step, fullgraph=True, dynamic=None, mode=self.mode)
         self._decode = torch.compile(self._decode_step, fullgraph=True, dynamic=False, mode=self.mode)
+        # the same, logits out, for loops that read them (a scheduler): see :meth:`session`
+        self._prefill_logits = torch.compile(self._logits_prefill, fullgraph=True, dynamic=None, mode=self.mode)
+        self._decode_logits = torch.compile(self._logits_step, fullgraph=True, dynamic=False, mode=self.mode)
+
+    def _logits(self, ids: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids, past_key_values=cache, cache_position=positions, use_cache=True, logits_to_keep=1
+        )
+        return out.logits[:, -1].float()
+
+    def _logits_prefill(self, ids: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        return self._logits(ids, positions, cache)
+
+    def _logits_step(self, ids: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        return self._logits(ids, positions, cache)
 
     def _next(self, ids: torch.Tensor, positions: torch.Tensor, cache: Any, eos_bias: torch.Tensor) -> torch.Tensor:
         logits = self.model(
@@ -106,8 +143,16 @@ class CompiledDecoder:
 
     def _cache(self, batch: int, length: int) -> StaticCache:
         key = (batch, length)
-        if key not in self._caches:  # its layers take the K/V dtype and device at their first update
-            self._caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
+        if key not in self._caches:
+            cfg = self.model.config
+            cache = StaticCache(config=cfg, max_cache_len=length)
+            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            dtype = self.model.get_input_embeddings().weight.dtype  # the activations', hence the K/V's
+            # allocated now, not at the first update: a first (warm-up) graph traced on an empty cache would not
+            # match the filled one of every later generation, and the first timed prefill would compile again
+            cache.early_initialization(batch, heads, head_dim, dtype, self.device)
+            self._caches[key] = cache
         return self._caches[key]
 
     def _eos_bias(self) -> torch.Tensor:
@@ -153,3 +198,42 @@ class CompiledDecoder:
             out.append(token.clone())  # a CUDA graph's output is overwritten by its next replay
             clock.tokens(1)
         return torch.cat(out, dim=1)
+
+    def session(self, batch: int, prompt_len: int, n_new: int) -> StaticSession:
+        """One generation on a reset static cache, stepped by the caller, logits out (float32)."""
+        cache = self._cache(batch, cache_length(prompt_len, n_new))
+        cache.reset()
+        return StaticSession(self, cache, torch.arange(prompt_len + n_new, device=self.device))
+
+    def log_warm(self, what: str, seconds: float) -> None:
+        """Count a warm-up run by the caller (an engine that compiles through :meth:`session`)."""
+        self.log.seconds += seconds
+        self.log.shapes.append(f"{what}: {seconds:.1f} s")
+
+
+@dataclass
+class StaticSession:
+    """A generation in progress on a compiled decoder's static cache: the prefill, then one token per step."""
+
+    decoder: CompiledDecoder
+    cache: StaticCache
+    positions: torch.Tensor
+    length: int = 0  # tokens in the cache
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """The logits after ``ids`` ([batch, vocab]), the cache filled with them."""
+        n = ids.shape[1]
+        if n > 1:
+            torch._dynamo.mark_dynamic(ids, 1)
+            logits = self.decoder._prefill_logits(ids, self.positions[:n], self.cache)
+        else:
+            logits = self.decoder._decode_logits(ids, self.positions[:1], self.cache)
+        self.length = n
+        return logits.clone()
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """The logits after one more token ([batch, 1])."""
+        at = self.length
+        logits = self.decoder._decode_logits(token, self.positions[at : at + 1], self.cache)
+        self.length += 1
+        return logits.clone()  # a CUDA graph's output is overwritten by its next replay

@@ -106,6 +106,21 @@ def last_logits(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any) -> 
     return model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
+class EagerSession:
+    """A generation in progress on a dynamic cache, logits out: the eager twin of
+    :class:`rooflens.engines.compiled.StaticSession`, for loops that step the model themselves."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.cache = new_cache(model)
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        return last_logits(self.model, ids, self.cache)
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        return last_logits(self.model, token, self.cache)
+
+
 def prefill(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, eos: list[int]) -> torch.Tensor:
     """Run the prompt into ``cache``; the first new token ([batch, 1])."""
     return mask_eos(last_logits(model, input_ids, cache), eos).argmax(-1, keepdim=True)

@@ -7,21 +7,11 @@ import torch
 from transformers import GenerationConfig
 
 from rooflens.engines.base import Engine, TokenClock
-from rooflens.engines.compiled import CompiledDecoder
+from rooflens.engines.compiled import CompiledDecoder, compile_stats
 from rooflens.engines.decoding import ClockStreamer, greedy_config
 from rooflens.engines.options.hf import HFOptions
 from rooflens.engines.registry import register
-from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.results.stat import EngineStat
-
-COMPILE_STATS = {
-    "compile_time_s": StatSpec(
-        "s",
-        "wall time of compiling (torch.compile, inductor cache at {cache}) and one short generation per cell shape, "
-        "before the cell's repetitions, never inside a timed one: {shapes}",
-    ),
-    "compile_mode": StatSpec("", "torch.compile mode as run on this device ({why})"),
-}
 
 
 @register
@@ -72,16 +62,7 @@ class HFEngine(Engine):
 
     def compile_stats(self) -> dict[str, EngineStat]:
         """How compiling went (empty when this engine is not compiled)."""
-        d = self._decoder
-        if d is None:
-            return {}
-        why = (
-            "CUDA graphs exist only on a GPU"
-            if d.mode is None and self.options.compile_mode != "default"
-            else "as asked"
-        )
-        values = {"compile_time_s": d.log.seconds, "compile_mode": d.mode or "default"}
-        return stats_from_table(COMPILE_STATS, values, cache=d.cache_folder, shapes=d.log.describe() or "none", why=why)
+        return compile_stats(self._decoder, self.options.compile_mode)
 
     def stats(self) -> dict[str, EngineStat]:
         return self.compile_stats()

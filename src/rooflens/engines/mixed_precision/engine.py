@@ -22,6 +22,7 @@ from torch import nn
 
 from rooflens.data.quality import heldout_ids, perplexity
 from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, Fidelity, RooflineHints, TokenClock
+from rooflens.engines.compiled import CompiledDecoder, compile_stats
 from rooflens.engines.decoding import eos_token_ids
 from rooflens.engines.mixed_precision import fidelity as pmpd
 from rooflens.engines.mixed_precision.loop import MixedRun, mixed_decode
@@ -38,7 +39,7 @@ from rooflens.engines.quant.base import copy_for_quantization, untie_from
 from rooflens.engines.quant.hqq import QUANTIZERS
 from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
-from rooflens.kernels.linear import kernel_unavailable
+from rooflens.kernels.linear import kernel_unavailable, resolve_lowbit_layers
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, quantize_multiprecision, set_precision
 from rooflens.lowbit_rules import ALLOWED_BITS
 
@@ -127,6 +128,7 @@ class MixedPrecisionEngine(Engine):
         self._runs: list[MixedRun] = []
         self._prefill_rows = 1  # activation rows of the last prefill
         self._ppl: dict[str, Any] | None = None
+        self._decoder: CompiledDecoder | None = None
 
     # -- set-up
 
@@ -260,10 +262,45 @@ class MixedPrecisionEngine(Engine):
             sched,
             self._eos,
             clock,
+            session=self._session(input_ids, max_new_tokens),
         )
         self._runs.append(run)
         self._prefill_rows = input_ids.numel()  # the prefill's activation rows pick a kernel's dataflow
         return run.tokens
+
+    # -- compiled
+
+    def _session(self, input_ids: torch.Tensor, n_new: int) -> Any:
+        """The compiled loop's static-cache session, None when eager (the loop's default)."""
+        if not self.options.compile:
+            return None
+        if self._decoder is None:
+            assert self.module is not None
+            resolve_lowbit_layers(self.module, self.model.device)  # every rung's kernel chosen before tracing
+            self._decoder = CompiledDecoder(self.module, self.model.device, self.options.compile_mode)
+        return self._decoder.session(input_ids.shape[0], input_ids.shape[1], n_new)
+
+    @torch.inference_mode()
+    def warm(self, prompts: torch.Tensor, n_new: int) -> None:
+        """Compile the prefill at its precision and the decode step at every rung for this shape: a rung is one
+        graph, and a first switch to it inside a timed repetition would compile there."""
+        if not self.options.compile:
+            return
+        self.prepare()
+        session = self._session(prompts, n_new)
+        assert self._decoder is not None
+        where = f"batch {prompts.shape[0]}, prompt {prompts.shape[1]}"
+        token = None
+        for phase, bits in [
+            ("prefill", self.options.resolved_prefill_bits),
+            *(("decode", b) for b in self.options.ladder),
+        ]:
+            t0 = time.perf_counter()
+            set_precision(self.layers.values(), bits)
+            logits = session.prefill(prompts) if token is None else session.step(token)
+            token = logits.argmax(-1, keepdim=True)
+            rung = "original weights" if bits is None else f"{bits}-bit"
+            self._decoder.log_warm(f"{phase} at {rung}, {where}", time.perf_counter() - t0)
 
     # -- statistics
 
@@ -306,7 +343,8 @@ class MixedPrecisionEngine(Engine):
         values.update({f"tuning_{key}": value for key, value in self.tuning_report.items()})
         values.update({f"perplexity_{rung}": ppl for rung, ppl in self._rung_perplexity().items()})
         skipped = "; ".join(f"{k}: {v}" for k, v in self.skipped.items()) or "none"
-        return dict(sorted(stats_from_table(STATS, values, skipped=skipped).items()))
+        table = stats_from_table(STATS, values, skipped=skipped)
+        return dict(sorted({**table, **compile_stats(self._decoder, self.options.compile_mode)}.items()))
 
     def _run_values(self) -> dict[str, object]:
         """What the generations did: rungs per step, switches, time per rung, the learned scheduler's choices."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from rooflens.engines.base import TokenClock, synchronize
-from rooflens.engines.decoding import last_logits, mask_eos, new_cache
+from rooflens.engines.decoding import EagerSession, mask_eos
 from rooflens.engines.marks import engine_work
 from rooflens.engines.mixed_precision.schedulers import Scheduler
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, set_precision
@@ -39,16 +39,20 @@ def mixed_decode(
     scheduler: Scheduler,
     eos: list[int],
     clock: TokenClock | None = None,
+    session: Any = None,
 ) -> MixedRun:
+    """``session``: how the model is stepped (:class:`EagerSession` by default; a compiled engine's
+    :class:`rooflens.engines.compiled.StaticSession`); a rung's switch is the same either way."""
     layers = list(layers)
+    session = session if session is not None else EagerSession(module)
     device = input_ids.device
     times: dict[int, float] = {}
     synchronize(device)
     t0 = time.perf_counter()
     with engine_work("precision_switch"):
         set_precision(layers, prefill_bits)
-    cache = new_cache(module)
-    logits = last_logits(module, input_ids, cache)[0]
+    cache = session.cache
+    logits = session.prefill(input_ids)[0]
     token = mask_eos(logits, eos).argmax(-1).view(1, 1)
     synchronize(device)
     t1 = t1_prefill = time.perf_counter()
@@ -68,7 +72,7 @@ def mixed_decode(
             with engine_work("precision_switch"):
                 set_precision(layers, bits)
             switches.append(step)
-        logits = last_logits(module, token, cache)[0]
+        logits = session.step(token)[0]
         token = mask_eos(logits, eos).argmax(-1).view(1, 1)
         synchronize(device)
         t2 = time.perf_counter()

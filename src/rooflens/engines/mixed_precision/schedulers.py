@@ -115,8 +115,10 @@ class KVCacheClassifier(nn.Module):
 
 
 def last_layer_kv(cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer's K/V so far: all of a dynamic cache's, the filled prefix of a static one's."""
     layer = cache.layers[-1]
-    return layer.keys, layer.values
+    n = int(layer.get_seq_length())
+    return layer.keys[..., :n, :], layer.values[..., :n, :]
 
 
 class LearnedScheduler(StaticScheduler):

@@ -68,6 +68,14 @@ class MixedPrecisionOptions(EngineOptions):
     )
     seed: int = Field(default=0, ge=0)
     kernel: Literal[KERNELS] = Field(default="auto", description=f"LowBitLinear forward path: {describe_kernels()}")
+    compile: bool = Field(
+        default=False,
+        description="rooflens's compiled decode loop (engines/compiled.py): a static cache, the prefill and the "
+        "decode step compiled with torch.compile, one graph per rung; the scheduler's control flow stays in Python",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        default="reduce-overhead", description="torch.compile mode when compile is on (CUDA graphs only on a GPU)"
+    )
 
     train_fields: ClassVar[tuple[str, ...]] = (
         "ladder",
