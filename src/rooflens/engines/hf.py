@@ -3,11 +3,13 @@ loop (:mod:`rooflens.engines.compiled`: static cache, compiled prefill and decod
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import GenerationConfig
 
 from rooflens.engines.base import Engine, TokenClock
-from rooflens.engines.compiled import CompiledDecoder
+from rooflens.engines.compiled import CompiledDecoder, CompileLog
 from rooflens.engines.decoding import ClockStreamer, greedy_config
 from rooflens.engines.options.hf import HFOptions
 from rooflens.engines.registry import register
@@ -17,11 +19,23 @@ from rooflens.results.stat import EngineStat
 COMPILE_STATS = {
     "compile_time_s": StatSpec(
         "s",
-        "wall time of compiling (torch.compile, inductor cache at {cache}) and one short generation per cell shape, "
+        "wall time of compiling (torch.compile, inductor cache at {cache}) and {warm_run} per cell shape, "
         "before the cell's repetitions, never inside a timed one: {shapes}",
     ),
     "compile_mode": StatSpec("", "torch.compile mode as run on this device ({why})"),
 }
+
+
+def compile_record(
+    log: CompileLog, mode: str | None, asked: str, cache: Path, warm_run: str = "one short generation"
+) -> dict[str, EngineStat]:
+    """:data:`COMPILE_STATS` of a compiled loop: its log, the mode it ran (None: inductor's default), the mode the
+    options asked for, its inductor cache, and what its warm-up ran besides compiling."""
+    why = "CUDA graphs exist only on a GPU" if mode is None and asked != "default" else "as asked"
+    values = {"compile_time_s": log.seconds, "compile_mode": mode or "default"}
+    return stats_from_table(
+        COMPILE_STATS, values, cache=cache, shapes=log.describe() or "none", why=why, warm_run=warm_run
+    )
 
 
 @register
@@ -75,13 +89,7 @@ class HFEngine(Engine):
         d = self._decoder
         if d is None:
             return {}
-        why = (
-            "CUDA graphs exist only on a GPU"
-            if d.mode is None and self.options.compile_mode != "default"
-            else "as asked"
-        )
-        values = {"compile_time_s": d.log.seconds, "compile_mode": d.mode or "default"}
-        return stats_from_table(COMPILE_STATS, values, cache=d.cache_folder, shapes=d.log.describe() or "none", why=why)
+        return compile_record(d.log, d.mode, self.options.compile_mode, d.cache_folder)
 
     def stats(self) -> dict[str, EngineStat]:
         return self.compile_stats()
