@@ -11,6 +11,9 @@ Compiling happens in :meth:`CompiledDecoder.warm`, which the harness calls befor
 (:meth:`rooflens.engines.base.Engine.warm`), never inside a timed one; its wall time is reported. Inductor's
 on-disk cache lives under rooflens's cache folder, so a later run of the same shapes loads its kernels instead
 of generating them.
+
+:class:`CompiledForward` is the piece for loops that judge logits themselves (speculative decoding): a model's
+compiled prefill and fixed-width blocks on its own static cache, whose write position can be rewound.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +72,29 @@ def cache_length(prompt_len: int, n_new: int) -> int:
 COMPILE_STATS = {
     "compile_time_s": StatSpec(
         "s",
-        "wall time of compiling (torch.compile, inductor cache at {cache}) and one short generation per cell shape, "
+        "wall time of compiling (torch.compile, inductor cache at {cache}) and {warm_run} per cell shape, "
         "before the cell's repetitions, never inside a timed one: {shapes}",
     ),
     "compile_mode": StatSpec("", "torch.compile mode as run on this device ({why})"),
 }
 
 
+def compile_record(
+    log: CompileLog, mode: str | None, asked: str, cache: Path, warm_run: str = "one short generation"
+) -> dict[str, EngineStat]:
+    """:data:`COMPILE_STATS` of a compiled loop: its log, the mode it ran (None: inductor's default), the mode the
+    options asked for, its inductor cache, and what its warm-up ran besides compiling."""
+    why = "CUDA graphs exist only on a GPU" if mode is None and asked != "default" else "as asked"
+    values = {"compile_time_s": log.seconds, "compile_mode": mode or "default"}
+    shapes = log.describe() or "none"
+    return stats_from_table(COMPILE_STATS, values, cache=cache, shapes=shapes, why=why, warm_run=warm_run)
+
+
 def compile_stats(decoder: CompiledDecoder | None, asked_mode: str) -> dict[str, EngineStat]:
-    """How compiling went, for an engine's ``stats()`` (empty when the engine has not compiled)."""
+    """How a :class:`CompiledDecoder` compiled, for an engine's ``stats()`` (empty when it has not)."""
     if decoder is None:
         return {}
-    why = "CUDA graphs exist only on a GPU" if decoder.mode is None and asked_mode != "default" else "as asked"
-    values = {"compile_time_s": decoder.log.seconds, "compile_mode": decoder.mode or "default"}
-    shapes = decoder.log.describe() or "none"
-    return stats_from_table(COMPILE_STATS, values, cache=decoder.cache_folder, shapes=shapes, why=why)
+    return compile_record(decoder.log, decoder.mode, asked_mode, decoder.cache_folder)
 
 
 @dataclass
@@ -237,3 +249,95 @@ class StaticSession:
         logits = self.decoder._decode_logits(token, self.positions[at : at + 1], self.cache)
         self.length += 1
         return logits.clone()  # a CUDA graph's output is overwritten by its next replay
+
+
+def _fresh(ids: torch.Tensor) -> torch.Tensor:
+    """``ids`` copied into a new contiguous tensor: a static graph is guarded on its inputs' strides, and a slice of a
+    longer buffer (a row of a token buffer) has another row stride, which would compile the graph again."""
+    return torch.empty(ids.shape, dtype=ids.dtype, device=ids.device).copy_(ids)
+
+
+class CompiledForward:
+    """One causal LM's forward on a static cache of its own, compiled, returning logits (not tokens): for a loop
+    that judges them itself, as speculative decoding's verify pass and its draft's steps do.
+
+    :meth:`last_logits` takes any length (compiled with the length dynamic) and returns the logits after the last
+    token; :meth:`block_logits` returns every row's logits of a block of static width (one graph per width and cache
+    length: callers keep the widths few). :attr:`length` is the cache's write position; :meth:`rewind` moves it back
+    without touching the slots after it: their stale keys and values stay hidden, since transformers builds the
+    causal mask from that same position (a query at position p sees slots 0..p only), and later writes overwrite them.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, mode: str = "reduce-overhead"):
+        self.model = model
+        self.device = device
+        self.mode = compile_mode(mode, device)
+        self.cache_folder = inductor_cache()
+        self.length = 0
+        self._cache: StaticCache | None = None
+        self._caches: dict[tuple[int, int], StaticCache] = {}
+        # every (model, width, cache length) is a graph of its own: allow more of them than dynamo's default of 8
+        compile_ = partial(torch.compile, fullgraph=True, mode=self.mode, recompile_limit=RECOMPILE_LIMIT)
+        self._prefill = compile_(self._prefill_rows, dynamic=None)
+        self._block = compile_(self._block_rows, dynamic=False)
+
+    def _prefill_rows(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def _block_rows(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        return self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+
+    @property
+    def cache(self) -> StaticCache:
+        if self._cache is None:
+            raise RuntimeError("CompiledForward: start() a generation first")
+        return self._cache
+
+    @property
+    def capacity(self) -> int:
+        """Tokens the current cache holds at most."""
+        return int(self.cache.layers[0].max_cache_len)
+
+    @torch.inference_mode()
+    def start(self, batch: int, length: int) -> None:
+        """A new generation: the static cache for ``batch`` rows of up to ``length`` tokens, its position at 0.
+
+        A cache is made once per shape, its layers initialised by one eager token: a cache first filled inside a
+        compiled graph is guarded there as uninitialised, and the next call would compile again."""
+        key = (batch, length)
+        if key not in self._caches:
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
+            self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._caches[key] = cache
+        self._cache = self._caches[key]
+        self.rewind(0)
+
+    @torch.inference_mode()
+    def rewind(self, length: int) -> None:
+        """Move the write position back to ``length`` (a static cache's roll-back: nothing is cropped)."""
+        for layer in self.cache.layers:
+            layer.cumulative_length.fill_(length)
+        self.length = length
+
+    def _advance(self, width: int) -> None:
+        if self.length + width > self.capacity:  # a compiled index_copy_ past the end would not be caught
+            raise ValueError(f"static cache of {self.capacity} tokens: {self.length} + {width} do not fit")
+        self.length += width
+
+    @torch.inference_mode()
+    def last_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Append ``ids`` (``[batch, n]``, any n); the logits after the last of them, ``[batch, vocab]``."""
+        if ids.shape[1] == 1:  # a dynamic dimension is never 1: one token goes through a one-wide block
+            return self.block_logits(ids)[:, -1]
+        self._advance(ids.shape[1])
+        ids = _fresh(ids)
+        torch._dynamo.mark_dynamic(ids, 1)
+        return self._prefill(ids, self.cache)
+
+    @torch.inference_mode()
+    def block_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Append ``ids`` (``[batch, width]``, width static); every row's logits, ``[batch, width, vocab]``, valid
+        until the next call (a CUDA graph's outputs are overwritten by its next replay)."""
+        self._advance(ids.shape[1])
+        return self._block(_fresh(ids), self.cache)

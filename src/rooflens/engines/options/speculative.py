@@ -61,6 +61,15 @@ class SpeculativeOptions(EngineOptions):
         "shipped corpus); drafts propose only those, the target still verifies with its full head (lossless). "
         "proposer draft_model only; default: the full vocabulary",
     )
+    compile: bool = Field(
+        default=False,
+        description="our loop (draft_model, prompt_lookup): the target's prefill and its verify pass (at a fixed "
+        "width, gamma+1 or gamma_max+1) and a draft model's steps compiled with torch.compile on static caches",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        default="reduce-overhead",
+        description="torch.compile mode when compile is on (reduce-overhead: CUDA graphs on a GPU, inductor's default on a CPU)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeOptions:
@@ -96,6 +105,11 @@ class SpeculativeOptions(EngineOptions):
                 raise ValueError("HF prompt lookup has no gamma schedule: adaptive_gamma is not supported there")
             if self.gamma_max is not None:
                 raise ValueError("gamma_max applies to our own loop only (HF's heuristic schedule has no bound)")
+            if self.compile:
+                raise ValueError(
+                    "compile: true applies to our own loop (proposer draft_model or prompt_lookup), not to proposer "
+                    "'hf_assisted', whose forwards run inside transformers' assisted generation"
+                )
         self._check_draft_vocab()
         if self.gamma_max is not None and self.gamma_max < self.gamma:
             raise ValueError(f"gamma_max ({self.gamma_max}) must be >= gamma ({self.gamma})")

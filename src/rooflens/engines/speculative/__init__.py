@@ -17,7 +17,8 @@ greedy output equals the target's greedy output token for token (EOS ids are mas
 does for the ``hf`` baseline). Sampling is plain temperature sampling (no top-k / top-p) and its output
 distribution is the target's, by the speculative-sampling theorem (Leviathan et al. 2023, Chen et al. 2023).
 :mod:`.stats` holds what the engine counts and the table of its statistics, :mod:`.draft_cost` the draft's
-analytic cost on the roofline, :mod:`.fidelity` VocabTrim's reference setup; :mod:`.engine` the engine itself.
+analytic cost on the roofline, :mod:`.fidelity` VocabTrim's reference setup, :mod:`.compiled` the loop's compiled
+forwards (``compile: true``); :mod:`.engine` the engine itself.
 """
 
 from rooflens.engines.speculative.engine import SpeculativeEngine

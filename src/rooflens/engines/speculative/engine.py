@@ -8,11 +8,13 @@ from typing import Any
 import torch
 
 from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, Fidelity, RooflineHints, TokenClock
+from rooflens.engines.compiled import compile_record
 from rooflens.engines.decoding import eos_token_ids
 from rooflens.engines.options.speculative import SELF_RE, SpeculativeOptions
 from rooflens.engines.registry import register
 from rooflens.engines.speculative.assisted import generate_assisted
 from rooflens.engines.speculative.chooser import TokenChooser
+from rooflens.engines.speculative.compiled import CompiledSpeculation
 from rooflens.engines.speculative.draft_cost import DraftForward, head_saving
 from rooflens.engines.speculative.drafts import (
     build_draft,
@@ -22,7 +24,7 @@ from rooflens.engines.speculative.drafts import (
     trimmed_head_elements,
 )
 from rooflens.engines.speculative.fidelity import fidelity as vocabtrim_fidelity
-from rooflens.engines.speculative.loop import SpeculativeLoop
+from rooflens.engines.speculative.loop import EagerTarget, SpeculativeLoop, Target
 from rooflens.engines.speculative.proposers import DraftModelProposer, LookupProposer, Proposer
 from rooflens.engines.speculative.stats import SpeculativeCounters, speculative_stats
 from rooflens.engines.speculative.vocabtrim import DraftVocab, trim_draft
@@ -59,6 +61,7 @@ class SpeculativeEngine(Engine):
         self._sampling_rng: torch.Generator | None = None  # our loop's, made on first use, kept across calls
         self._calls = 0  # generate() calls: hf_assisted seeds each with seed + calls
         self._prepared = False
+        self._compiled: CompiledSpeculation | None = None  # compile: true, made at first use (after the draft)
 
     # -- set-up
 
@@ -91,6 +94,7 @@ class SpeculativeEngine(Engine):
             check_early_exit(target, k)
             self.draft_note = f"HF assistant_early_exit={k}"
         self._prepared = True
+        self._compiled = None
         self.reset_stats()
 
     def use_draft(self, draft: torch.nn.Module, note: str = "a draft model given by the caller") -> None:
@@ -104,6 +108,7 @@ class SpeculativeEngine(Engine):
         check_same_vocab(self.model.model, draft)
         self.draft, self.draft_note = draft.eval(), note
         self._trim_draft()
+        self._compiled = None
 
     def _trim_draft(self) -> None:
         """``draft_vocab``: the draft's LM head trimmed to the target's top-ranked tokens (VocabTrim)."""
@@ -129,7 +134,15 @@ class SpeculativeEngine(Engine):
 
     def stats(self) -> dict[str, EngineStat]:
         hf = self.options.proposer == "hf_assisted"
-        return speculative_stats(self._counters, hf, self.draft_note, self._vocab_values())
+        return {**speculative_stats(self._counters, hf, self.draft_note, self._vocab_values()), **self.compile_stats()}
+
+    def compile_stats(self) -> dict[str, EngineStat]:
+        """How compiling went, as the ``hf`` engine reports it (empty when this engine is not compiled)."""
+        c = self._compiled
+        if c is None:
+            return {}
+        run = "one call of each compiled graph (the target's prefill and verify block; the draft's feeds)"
+        return compile_record(c.log, c.target.mode, self.options.compile_mode, c.target.cache_folder, warm_run=run)
 
     def _vocab_values(self) -> dict[str, Any]:
         """The trimmed vocabulary's size, its coverage of the output, and the share of a draft forward it saves."""
@@ -166,11 +179,12 @@ class SpeculativeEngine(Engine):
         if not passes:
             return RooflineHints()
         ops, note = self._draft_ops(c.draft_passes / passes)
+        verified = c.drafted / passes + 1.0
+        if self.options.compile:  # every verify block is padded to the compiled width
+            verified = float(self.verify_width)
+            note += f"; compiled: each verify pass processes {self.verify_width} tokens (short drafts padded)"
         return RooflineHints(
-            tokens_per_pass=c.accepted / passes + 1.0,
-            tokens_verified_per_pass=c.drafted / passes + 1.0,
-            extra_ops=ops,
-            note=note,
+            tokens_per_pass=c.accepted / passes + 1.0, tokens_verified_per_pass=verified, extra_ops=ops, note=note
         )
 
     def _draft_ops(self, per_pass: float) -> tuple[tuple[OpCost, ...], str]:
@@ -203,6 +217,26 @@ class SpeculativeEngine(Engine):
 
     # -- generation
 
+    @property
+    def verify_width(self) -> int:
+        """The most tokens one verify pass takes: gamma + 1, or gamma_max + 1 under adaptive gamma."""
+        opts = self.options
+        return (opts.effective_gamma_max if opts.adaptive_gamma else opts.gamma) + 1
+
+    def compiled(self) -> CompiledSpeculation:
+        """``compile: true``: the compiled target and draft (made at first use, after ``prepare``)."""
+        if not self._prepared:
+            self.prepare()
+        if self._compiled is None:
+            draft = self.draft if self.options.mode == "draft_model" else None
+            device, mode = self.model.device, self.options.compile_mode
+            self._compiled = CompiledSpeculation(self.model.model, draft, device, mode, self.verify_width)
+        return self._compiled
+
+    def warm(self, prompts: torch.Tensor, n_new: int) -> None:
+        if self.options.compile and prompts.shape[0] == 1:  # other batch sizes are refused by generate()
+            self.compiled().warm(prompts, n_new)
+
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
         if input_ids.shape[0] != 1:
@@ -224,25 +258,35 @@ class SpeculativeEngine(Engine):
                 self._counters,
                 seed=opts.seed + self._calls,
             )
-        new = self._loop(input_ids.device).run(input_ids, max_new_tokens, clock)
+        new = self._loop(input_ids, max_new_tokens).run(input_ids, max_new_tokens, clock)
         if self.vocab is not None:
             self._outputs.append(new)
         return new
 
-    def _loop(self, device: torch.device) -> SpeculativeLoop:
+    def _loop(self, input_ids: torch.Tensor, max_new_tokens: int) -> SpeculativeLoop:
         opts = self.options
         if opts.do_sample and self._sampling_rng is None:
-            self._sampling_rng = torch.Generator(device=device).manual_seed(opts.seed)
-        proposer: Proposer
-        if opts.mode == "prompt_lookup":
-            proposer = LookupProposer(opts.min_ngram, opts.max_ngram)
-        else:
-            proposer = DraftModelProposer(self.draft, self.vocab)  # type: ignore[arg-type]
+            self._sampling_rng = torch.Generator(device=input_ids.device).manual_seed(opts.seed)
+        target, proposer = self._target_and_proposer(input_ids.shape[1], max_new_tokens)
         return SpeculativeLoop(
-            self.model.model,
+            target,
             proposer,
             TokenChooser(self._eos, opts.temperature, self._sampling_rng if opts.do_sample else None),
             self._counters,
             gamma=opts.gamma,
             gamma_max=opts.effective_gamma_max if opts.adaptive_gamma else None,
         )
+
+    def _target_and_proposer(self, prompt_len: int, max_new_tokens: int) -> tuple[Target, Proposer]:
+        """Eager, or under ``compile: true`` on the compiled forwards (:mod:`.compiled`)."""
+        opts = self.options
+        compiled = self.compiled() if opts.compile else None
+        target: Target = compiled.target_side() if compiled is not None else EagerTarget(self.model.model)
+        proposer: Proposer
+        if opts.mode == "prompt_lookup":
+            proposer = LookupProposer(opts.min_ngram, opts.max_ngram)
+        elif compiled is not None:
+            proposer = compiled.proposer(self.vocab, prompt_len, max_new_tokens)
+        else:
+            proposer = DraftModelProposer(self.draft, self.vocab)  # type: ignore[arg-type]
+        return target, proposer

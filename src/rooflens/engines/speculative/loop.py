@@ -9,14 +9,15 @@
         roll back both KV caches to the committed length
 
 so exactly ``max_new_tokens`` tokens come out, and greedy output equals the target's greedy output token
-for token (EOS is masked, so it never ends a run).
+for token (EOS is masked, so it never ends a run). The target's side (:class:`Target`) runs eagerly on a dynamic
+cache (:class:`EagerTarget`) or, under ``compile: true``, compiled on a static cache (:mod:`.compiled`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -29,22 +30,57 @@ from rooflens.engines.speculative.proposers import Draft, Proposer
 from rooflens.engines.speculative.stats import SpeculativeCounters
 
 
+class Target(Protocol):
+    """The target's side of the loop: its KV cache and its forwards (eager here, compiled in :mod:`.compiled`)."""
+
+    def start(self, prompt_len: int, max_new_tokens: int) -> None:
+        """A new generation, with an empty cache."""
+
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens`` (``[1, n]``) to the cache; the logits after the last one, ``[V]``."""
+
+    def verify(self, block: torch.Tensor) -> torch.Tensor:
+        """Append ``block`` (1-D: the last token and the draft) to the cache; its logits, ``[len(block), V]``."""
+
+    def rollback(self, length: int) -> None:
+        """Keep exactly the first ``length`` tokens in the cache."""
+
+
+@dataclass
+class EagerTarget:
+    """The target's forwards as written, over a dynamic cache that a roll-back crops."""
+
+    model: torch.nn.Module
+    cache: Any = None
+
+    def start(self, prompt_len: int, max_new_tokens: int) -> None:
+        self.cache = new_cache(self.model)
+
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        return last_logits(self.model, tokens, self.cache)[0]
+
+    def verify(self, block: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=block.view(1, -1), past_key_values=self.cache, use_cache=True).logits[0]
+
+    def rollback(self, length: int) -> None:
+        crop_cache(self.cache, length)
+
+
 @dataclass
 class Generation:
-    """One generation in progress: the token buffer and the target's KV cache."""
+    """One generation in progress: the token buffer (the target's cache lives in its :class:`Target`)."""
 
     seq: torch.Tensor  # [1, prompt_len + max_new_tokens]: the prompt, then the tokens emitted so far
     prompt_len: int
     max_new_tokens: int
     length: int  # tokens in seq; the target's cache holds length - 1 of them
-    target_cache: Any
 
     @classmethod
-    def start(cls, input_ids: torch.Tensor, max_new_tokens: int, target: torch.nn.Module) -> Generation:
+    def start(cls, input_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         L = input_ids.shape[1]
         seq = torch.empty(1, L + max_new_tokens, dtype=input_ids.dtype, device=input_ids.device)
         seq[:, :L] = input_ids
-        return cls(seq, L, max_new_tokens, L, new_cache(target))
+        return cls(seq, L, max_new_tokens, L)
 
     @property
     def remaining(self) -> int:
@@ -79,17 +115,16 @@ class Stopwatch:
         return elapsed
 
 
-def prefill(gen: Generation, target: torch.nn.Module, chooser: TokenChooser) -> None:
+def prefill(gen: Generation, target: Target, chooser: TokenChooser) -> None:
     """The prompt into the target's cache and the first token, exactly as plain decoding gives it."""
-    first, _ = chooser.choose(last_logits(target, gen.tokens, gen.target_cache)[0])
+    first, _ = chooser.choose(target.prefill(gen.tokens))
     gen.seq[0, gen.length] = first[0]
     gen.length += 1
 
 
-def verify(gen: Generation, target: torch.nn.Module, draft: Draft) -> torch.Tensor:
+def verify(gen: Generation, target: Target, draft: Draft) -> torch.Tensor:
     """One target forward over ``[last token, draft tokens]``: its logits, ``[g + 1, V]``."""
-    block = torch.cat([gen.seq[0, gen.length - 1 : gen.length], draft.tokens]).view(1, -1)
-    return target(input_ids=block, past_key_values=gen.target_cache, use_cache=True).logits[0]
+    return target.verify(torch.cat([gen.seq[0, gen.length - 1 : gen.length], draft.tokens]))
 
 
 def commit(gen: Generation, draft: Draft, verdict: Verdict) -> None:
@@ -100,9 +135,9 @@ def commit(gen: Generation, draft: Draft, verdict: Verdict) -> None:
     gen.length += n + 1
 
 
-def rollback_caches(gen: Generation, proposer: Proposer) -> None:
+def rollback_caches(gen: Generation, target: Target, proposer: Proposer) -> None:
     """Drop the rejected tokens' keys and values: both caches hold every committed token but the last."""
-    crop_cache(gen.target_cache, gen.length - 1)
+    target.rollback(gen.length - 1)
     proposer.rollback(gen.length - 1)
 
 
@@ -117,7 +152,7 @@ def next_gamma(gamma: int, drafted: int, accepted: int, gamma_max: int) -> int:
 class SpeculativeLoop:
     """The loop of the module docstring over a target, a proposer and a token chooser; counts into ``counters``."""
 
-    target: torch.nn.Module
+    target: Target
     proposer: Proposer
     chooser: TokenChooser
     counters: SpeculativeCounters
@@ -126,7 +161,8 @@ class SpeculativeLoop:
 
     def run(self, input_ids: torch.Tensor, max_new_tokens: int, clock: TokenClock) -> torch.Tensor:
         """``max_new_tokens`` new tokens after ``input_ids`` (``[1, L]``), ``[1, max_new_tokens]``."""
-        gen = Generation.start(input_ids, max_new_tokens, self.target)
+        gen = Generation.start(input_ids, max_new_tokens)
+        self.target.start(gen.prompt_len, max_new_tokens)
         watch = Stopwatch(input_ids.device)
         watch.start()
         prefill(gen, self.target, self.chooser)
@@ -156,7 +192,7 @@ class SpeculativeLoop:
         with engine_work("acceptance"):  # judging the draft, committing, rolling both caches back
             verdict = judge(logits, draft, self.chooser)
             commit(gen, draft, verdict)
-            rollback_caches(gen, self.proposer)
+            rollback_caches(gen, self.target, self.proposer)
         c.verify_time += watch.split()
         c.count_round(draft.size, verdict.accepted)
         return draft.size, verdict.accepted

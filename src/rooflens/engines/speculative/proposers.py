@@ -87,7 +87,9 @@ class LookupProposer:
 @dataclass
 class DraftModelProposer:
     """``draft_model``: ``g`` tokens from the draft model, one forward pass each, over its own KV cache; with a
-    ``vocab`` the model's logits are over that trimmed vocabulary (VocabTrim) and are mapped back to full ids."""
+    ``vocab`` the model's logits are over that trimmed vocabulary (VocabTrim) and are mapped back to full ids.
+    The cache is reached through :meth:`start`, :meth:`seen`, :meth:`logits` and :meth:`rollback` (a dynamic
+    cache here; a compiled forward on a static cache in :mod:`.compiled`)."""
 
     model: torch.nn.Module
     vocab: DraftVocab | None = None
@@ -96,13 +98,21 @@ class DraftModelProposer:
     def start(self) -> None:
         self.cache = new_cache(self.model)
 
+    def seen(self) -> int:
+        """Tokens of the sequence in the draft's cache."""
+        return self.cache.get_seq_length()
+
+    def logits(self, feed: torch.Tensor) -> torch.Tensor:
+        """Append ``feed`` (``[1, n]``) to the draft's cache; the logits after its last token (``[V]``)."""
+        return last_logits(self.model, feed, self.cache)[0]
+
     def propose(self, seq: torch.Tensor, g: int, chooser: TokenChooser) -> Draft:
         if g <= 0:
             return Draft(seq[0, :0])
         tokens, probs = [], []
-        feed = seq[:, self.cache.get_seq_length() :]  # what the draft has not seen: accepted + correction tokens
+        feed = seq[:, self.seen() :]  # what the draft has not seen: accepted + correction tokens
         for _ in range(g):
-            logits = last_logits(self.model, feed, self.cache)[0]
+            logits = self.logits(feed)
             token, p = chooser.choose(logits) if self.vocab is None else self.vocab.choose(chooser, logits)
             tokens.append(token)
             if p is not None:
@@ -111,4 +121,4 @@ class DraftModelProposer:
         return Draft(torch.cat(tokens), torch.stack(probs) if chooser.sampling else None, forward_passes=g)
 
     def rollback(self, length: int) -> None:
-        crop_cache(self.cache, min(self.cache.get_seq_length(), length))
+        crop_cache(self.cache, min(self.seen(), length))
