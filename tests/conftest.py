@@ -17,12 +17,26 @@ os.environ["ROOFLENS_HOME"] = tempfile.mkdtemp(prefix="rooflens-test-home-")
 # the machine lock of the tests' measurements is their own: a user's run (or another checkout's tests) never blocks them
 os.environ["ROOFLENS_LOCK_DIR"] = tempfile.mkdtemp(prefix="rooflens-test-lock-")
 
+import rooflens  # noqa: E402
 from factories import TEST_ENGINES, VIRTUAL_TIME  # noqa: E402
 from rooflens.config import ModelSpec  # noqa: E402
 from rooflens.engines import registry  # noqa: E402
 from rooflens.models.loader import load_model  # noqa: E402
 
 CPU = torch.device("cpu")
+# the compiled engines' kernels go to one folder of the session's own, never the user's cache: tests that compile the
+# same graphs share them (inductor's FX graph cache), as runs on one machine do
+rooflens.USER_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="rooflens-test-inductor-")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many tiny forwards (pytestmark = usefixtures): on a shared machine a second intra-op thread
+    only waits for a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -19,14 +19,10 @@ CPU = torch.device("cpu")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _private_inductor_cache(tmp_path, monkeypatch):
+def test_inductor_cache_is_rooflens_s_unless_the_user_chose_one(tmp_path, monkeypatch):
     monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path))
     monkeypatch.setattr("rooflens.USER_INDUCTOR_CACHE", None)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/torch/put/its/default")
-
-
-def test_inductor_cache_is_rooflens_s_unless_the_user_chose_one(tmp_path, monkeypatch):
     assert inductor_cache() == tmp_path / "inductor"  # not the default torch wrote into the environment
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
     monkeypatch.setattr("rooflens.USER_INDUCTOR_CACHE", str(tmp_path / "mine"))

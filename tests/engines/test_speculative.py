@@ -23,6 +23,8 @@ from rooflens.engines.speculative import SpeculativeEngine
 from rooflens.engines.speculative.proposers import lookup_ngram
 from rooflens.models.loader import LoadedModel, ModelInfo
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = torch.device("cpu")
 
 # every proposer, as options (gamma is added per case); the shape draft with seed 1 disagrees with the
@@ -35,15 +37,6 @@ PROPOSERS = {
     "hf-lookup": {"proposer": "hf_assisted", "hf_mode": "prompt_lookup"},
     "hf-early-exit": {"proposer": "hf_assisted", "hf_mode": "early_exit", "draft": "self:2"},
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Thousands of tiny forwards: on a shared machine a second intra-op thread only waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(engine, prompt, n):

@@ -22,6 +22,8 @@ from rooflens.engines.registry import validate_engine_options
 from rooflens.engines.speculative import SpeculativeEngine
 from rooflens.engines.speculative.compiled import CompiledTarget
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = torch.device("cpu")
 N_NEW = 20
 LOOKUP = {"proposer": "prompt_lookup", "gamma": 3}  # verify width gamma + 1 = 4
@@ -36,20 +38,6 @@ COUNTERS = (
     "gamma_mean",
     "generated_tokens",
 )
-
-
-@pytest.fixture(autouse=True)
-def _private_inductor_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many tiny forwards: on a shared machine a second intra-op thread only waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from rooflens.engines.speculative.draft_cost import DraftForward
 from rooflens.engines.speculative.proposers import DraftModelProposer
 from rooflens.engines.speculative.vocabtrim import DraftVocab, TrimmedHead, trim_draft
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = torch.device("cpu")
 
 
@@ -28,14 +30,6 @@ CPU = torch.device("cpu")
 def own_cache(monkeypatch, tmp_path):
     """Rankings are cached per model: each test starts from an empty cache of its own."""
     monkeypatch.setenv("ROOFLENS_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(engine, prompt, n):
