@@ -9,7 +9,7 @@ import torch
 
 from rooflens.config import EngineSpec
 from rooflens.data.prompts import make_prompts
-from rooflens.engines.base import TokenClock
+from rooflens.engines.base import EngineUnavailable, TokenClock
 from rooflens.engines.hf import HFEngine
 from rooflens.engines.registry import build_engine, registered_engines
 
@@ -61,7 +61,14 @@ def check_contract(cls, options, tiny_llama) -> None:
     try:
         expected, _ = _generate(baseline, prompts)  # the baseline under the same EOS: it is masked until N
         engine = cls(cls.Options.model_validate(options), tiny_llama)
-        engine.prepare()
+        try:
+            engine.prepare()
+        except EngineUnavailable as err:
+            if not cls.requires_packages:  # built on torch alone: every engine must run on the tiny model
+                raise
+            # on an optional library: missing here, or a file the tiny model has not (llamacpp's GGUF; its own
+            # test file runs this contract on a GGUF written from the tiny model)
+            pytest.skip(f"{cls.name} cannot run on the tiny model here: {err}")
         tokens, clock = _generate(engine, prompts)
     finally:
         model.config.eos_token_id, model.generation_config.eos_token_id = old

@@ -165,6 +165,11 @@ class Engine(ABC):
         """Adjustments to the analytic roofline cost (called after the measured repetitions)."""
         return RooflineHints()
 
+    def why_not_attributed(self) -> str | None:
+        """Why the per-operator attribution cannot see this engine's work (None when torch.profiler can: its work
+        runs as torch operators of :meth:`profiled_modules`)."""
+        return None
+
     def profiled_modules(self) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
         """The module whose operators are the model's (the target, as this engine runs it) and the engine's own
         modules by the class their time goes to (a draft model: ``{"draft": ...}``), for the per-operator

@@ -38,6 +38,7 @@ _BUILTIN_MODULES = (
     "rooflens.engines.quantized",
     "rooflens.engines.early_exit",
     "rooflens.engines.mixed_precision",
+    "rooflens.engines.llamacpp",
 )
 _ENTRY_POINT_ERRORS: dict[str, str] = {}
 

@@ -135,13 +135,20 @@ def _builtin_dir(name: str) -> Path:
     return folder
 
 
+def builtin_gguf(name: str) -> Path:
+    """The GGUF file the built-in model ``name`` ships as (what rooflens dequantizes, and what llama.cpp runs)."""
+    if name not in BUILTIN_MODELS:
+        raise ModelLoadError(f"unknown built-in model '{name}' (built-in: {', '.join(BUILTIN_MODELS)})")
+    return _builtin_dir(name) / BUILTIN_MODELS[name]["gguf"]
+
+
 def converted_builtin(name: str) -> Path:
     """Path of the builtin model converted once from GGUF to safetensors (GGUF dequant takes ~15 s)."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = _builtin_dir(name)
-    gguf = folder / BUILTIN_MODELS[name]["gguf"]
+    gguf = builtin_gguf(name)
+    folder = gguf.parent
     stat = gguf.stat()
     key = f"{name}-{stat.st_size}-{int(stat.st_mtime)}-tf{transformers.__version__}"
     target = cache_dir("models") / key

@@ -36,6 +36,9 @@ def _profiler_name(device: torch.device) -> str:
 
 def why_not_attributed(engine: Engine) -> str | None:
     """Why this engine's operators cannot be told apart (None when they can)."""
+    own = engine.why_not_attributed()
+    if own is not None:
+        return own
     if getattr(engine.options, "compile", False):
         return "torch.compile fuses the forward into generated kernels: no per-module operators to attribute"
     return None

@@ -28,6 +28,7 @@ BUILTIN_OPTIONS: dict[str, str] = {
     "speculative": "rooflens.engines.options.speculative:SpeculativeOptions",
     "early_exit": "rooflens.engines.options.early_exit:EarlyExitOptions",
     "mixed_precision": "rooflens.engines.options.mixed_precision:MixedPrecisionOptions",
+    "llamacpp": "rooflens.engines.options.llamacpp:LlamaCppOptions",
 }
 """Built-in engine name -> its schema (``module:class``); a test checks it against the registry."""
 
