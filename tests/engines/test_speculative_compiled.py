@@ -20,7 +20,7 @@ from rooflens.engines.options.hf import HFOptions
 from rooflens.engines.options.speculative import SpeculativeOptions
 from rooflens.engines.registry import validate_engine_options
 from rooflens.engines.speculative import SpeculativeEngine
-from rooflens.engines.speculative.compiled import CompiledTarget
+from rooflens.engines.speculative.compiled import CompiledTarget, VerifyCount
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,7 +104,11 @@ def test_compiled_prompt_lookup_equals_eager_and_reports_compiling(tiny_llama):
     stats = engine.stats()
     assert stats["compile_time_s"].value > 0 and stats["compile_mode"].value == "default"
     assert "prompt 12, cache 128, verify width 4" in stats["compile_time_s"].description
-    assert engine.roofline_hints().tokens_verified_per_pass == 4.0  # short drafts are padded to the width
+    # a pass is 1 token (nothing drafted) or padded to the width: the hints say what the passes processed
+    count = engine._compiled.count
+    assert count.passes > 0
+    assert engine.roofline_hints().tokens_verified_per_pass == pytest.approx(count.tokens / count.passes)
+    assert 1.0 <= count.tokens / count.passes <= 4.0
 
 
 @pytest.mark.slow
@@ -122,7 +126,7 @@ def test_stale_slots_of_a_rewound_static_cache_change_nothing(tiny_llama):
     the write position. Filling every slot after it with garbage leaves the next verify's logits as they were:
     the causal mask (built from that position) hides them."""
     model = tiny_llama.model
-    target = CompiledTarget(CompiledForward(model, CPU, "default"), width=4)
+    target = CompiledTarget(CompiledForward(model, CPU, "default"), width=4, count=VerifyCount())
     prompt = make_prompts(tiny_llama, "synthetic", 1, 12, seed=4)
     kept, block = torch.tensor([7]), torch.tensor([5, 6])  # a 2-token block: 2 padded rows
 

@@ -14,7 +14,7 @@ from rooflens.engines.options.speculative import SELF_RE, SpeculativeOptions
 from rooflens.engines.registry import register
 from rooflens.engines.speculative.assisted import generate_assisted
 from rooflens.engines.speculative.chooser import TokenChooser
-from rooflens.engines.speculative.compiled import CompiledSpeculation
+from rooflens.engines.speculative.compiled import CompiledSpeculation, VerifyCount
 from rooflens.engines.speculative.draft_cost import DraftForward, head_saving
 from rooflens.engines.speculative.drafts import (
     build_draft,
@@ -131,6 +131,8 @@ class SpeculativeEngine(Engine):
     def reset_stats(self) -> None:
         self._counters = SpeculativeCounters()
         self._outputs = []
+        if self._compiled is not None:
+            self._compiled.count = VerifyCount()
 
     def stats(self) -> dict[str, EngineStat]:
         hf = self.options.proposer == "hf_assisted"
@@ -180,9 +182,13 @@ class SpeculativeEngine(Engine):
             return RooflineHints()
         ops, note = self._draft_ops(c.draft_passes / passes)
         verified = c.drafted / passes + 1.0
-        if self.options.compile:  # every verify block is padded to the compiled width
-            verified = float(self.verify_width)
-            note += f"; compiled: each verify pass processes {self.verify_width} tokens (short drafts padded)"
+        count = self._compiled.count if self._compiled is not None else None
+        if count is not None and count.passes:  # compiled: a block is one token or padded to the compiled width
+            verified = count.tokens / count.passes
+            note += (
+                f"; compiled: a verify pass processes 1 token (nothing drafted) or {self.verify_width} (short drafts "
+                f"padded): {verified:.2f} on average"
+            )
         return RooflineHints(
             tokens_per_pass=c.accepted / passes + 1.0, tokens_verified_per_pass=verified, extra_ops=ops, note=note
         )
