@@ -4,7 +4,8 @@
 For SmolLM2-135M's and Llama-2-7B's linear shapes (``N x K``) at ``M`` rows of activations, times
 ``y = x @ W.T`` for: fp32 and bf16 ``F.linear``; rooflens 8/4/3/2-bit through the CPU path ``kernel: auto``
 takes (the native AVX2 kernel, :mod:`rooflens.kernels.cpu_native`, where it builds, else torch's int4 kernel;
-fp32 activations in and out, as in an fp32 model; the kind's label names the path); and, beside it,
+fp32 activations in and out, as in an fp32 model; the kind's label names the path) and, where the native kernel
+runs, the same kernel with int8 activations (``kernel: native_a8``); and, beside them,
 the library kernels this machine has: torch's own ``_weight_int8pack_mm`` (per-channel int8) and
 ``_weight_int4pack_mm_for_cpu`` (g64) called directly with bf16 activations, torchao int8 weight-only and
 int8 dynamic, bitsandbytes int8 and nf4.
@@ -100,11 +101,11 @@ def dense(w: torch.Tensor, dtype: torch.dtype):
     return (lambda x: F.linear(x.to(dtype), wd)), wd.numel() * wd.element_size()
 
 
-def rooflens_cpu(w: torch.Tensor, bits: int, group: int):
+def rooflens_cpu(w: torch.Tensor, bits: int, group: int, kernel: str = "auto"):
     """The layer and its bytes read per call as a function of the rows (the native dense path reads more)."""
     from rooflens.kernels import LowBitLinear, quantize
 
-    layer = LowBitLinear(quantize(w, bits=bits, group_size=group, symmetric=True))
+    layer = LowBitLinear(quantize(w, bits=bits, group_size=group, symmetric=True), kernel=kernel)
     return layer, lambda rows: layer.read_bytes(torch.device("cpu"), torch.float32, rows)
 
 
@@ -159,6 +160,8 @@ def kinds(w: torch.Tensor, args) -> dict[str, Callable[[], tuple[Callable, int |
     path = rooflens_path()
     for bits in args.bits:
         out[f"rooflens {bits}-bit g{g} ({path})"] = lambda bits=bits: rooflens_cpu(w, bits, g)
+        if path == "native":  # the same kernel with int8 activations (kernel: native_a8)
+            out[f"rooflens {bits}-bit g{g} (native_a8)"] = lambda bits=bits: rooflens_cpu(w, bits, g, "native_a8")
     if not args.no_libraries:
         out["torch int8pack (per-channel)"] = lambda: torch_int8pack(w)
         out[f"torch int4pack g{g}"] = lambda: torch_int4pack(w, g)

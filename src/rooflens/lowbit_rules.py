@@ -11,6 +11,8 @@ ALLOWED_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
 KERNEL_CHOICES: dict[str, str] = {
     "auto": "Triton on CUDA; on CPU the native kernel where it builds, else int4pack, else torch",
     "native": "rooflens's C kernel for x86-64 AVX2 CPUs (built once with the system C compiler)",
+    "native_a8": "the same C kernel with activations quantized to int8 per 32 values below 16 rows (integer dot "
+    "products, as llama.cpp's q8 blocks: faster, lossy in the activations)",
     "int4pack": "torch's int4 CPU kernel (bf16 activations; 8-bit as two 4-bit halves)",
     "triton": "rooflens's Triton kernel (on CPU only under TRITON_INTERPRET=1)",
     "torch": "the plain-torch reference (dequantize every call; slow, exact)",

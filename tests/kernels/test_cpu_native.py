@@ -271,3 +271,40 @@ def test_a_new_kernel_cache_folder_is_private(monkeypatch, tmp_path):
         assert stat.S_IMODE((tmp_path / "fresh" / "kernels").stat().st_mode) == 0o700  # whatever the umask
     finally:
         native._load.cache_clear()
+
+
+def int8_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the int8 path sees it, computed independently: per chunk of 32 values q = round(x * 127 / max|x|)
+    (ties to even, as the kernel's cvtss2si), times max|x| / 127."""
+    chunks = x.float().reshape(*x.shape[:-1], -1, 32)
+    amax = chunks.abs().amax(-1, keepdim=True)
+    # a true division, as the kernel's (a scalar over a tensor is computed as reciprocal(amax) * 127 in torch)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    q = torch.round(chunks * inv).clamp(-127, 127)
+    return (q * (amax / 127.0)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3, 2])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@torch.no_grad()
+def test_int8_activation_path_is_the_reference_on_quantized_activations(bits, group_size, symmetric):
+    """kernel: native_a8 computes the format's product with x quantized per 32 values: exact in integers, so
+    against the reference on those activations only fp32 summation error remains; ragged N, short last blocks
+    of codes (K * bits / 8 not a multiple of 32 bytes) and every tile of rows."""
+    gen = torch.Generator().manual_seed(bits * 100 + group_size + symmetric)
+    for n, k in ((37, 3 * group_size), (130, 2 * group_size), (1, group_size), (6, 4 * group_size)):
+        w = torch.randn(n, k, generator=gen) * 0.05
+        qw = quantize(w, bits=bits, group_size=group_size, symmetric=symmetric)
+        plan, bias = plan_for(qw), torch.randn(n, generator=gen)
+        for m in (1, 2, 3, 4, 7, DENSE_FROM_ROWS - 1):
+            x = torch.randn(m, k, generator=gen) * torch.rand(m, k, generator=gen) * 3
+            out = native_lowbit_linear(x, plan, bias, int8_activations=True)
+            xq = int8_activations(x)
+            assert summation_error(out, reference_linear(xq, qw, bias), xq, qw) < 1e-6, (n, k, m)
+            exact = reference_linear(x, qw, bias)
+            assert summation_error(out, exact, x, qw) < 2e-2, (n, k, m)  # the activations' rounding, bounded
+            assert summation_error(out, exact, x, qw) > 1e-6  # and present: this is not the fp32 path
+        x = torch.randn(DENSE_FROM_ROWS + 3, k, generator=gen)  # the dense path is the exact one
+        dense = native_lowbit_linear(x, plan, bias, int8_activations=True)
+        assert summation_error(dense, reference_linear(x, qw, bias), x, qw) < 1e-6

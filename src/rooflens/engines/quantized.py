@@ -181,7 +181,7 @@ class QuantizedEngine(HFEngine):
         if options.backend == "rooflens" and model.device.type == "cpu":
             kernel = options.kernel or "auto"
             int4pack = kernel == "int4pack" or (kernel == "auto" and native_unavailable() is not None)
-            layouts = 2 if int4pack or (kernel in ("auto", "native") and options.resolved_bits == 3) else 1
+            layouts = 2 if int4pack or (kernel in ("auto", "native", "native_a8") and options.resolved_bits == 3) else 1
         quantized = int(target_params * code_bits / 8 * 1.25 * layouts)
         return model.info.param_bytes - target_bytes + quantized, f"quantized copy ({options.describe()})"
 

@@ -16,6 +16,12 @@ Two dataflows, picked by the number of activation rows ``M`` (FlashDecoding++'s 
   better than the register tiles do. Crossover measured on the same machine: at M = 8 the flat tiles win
   (4096x4096 4-bit: 3.9 vs 6.0 ms; SmolLM2's 1536x576: 0.18 vs 0.35 ms), from M = 16 the dense path
   (5.8 vs 7.8 ms; 0.34 vs 0.39 ms). This path reads the codes and also writes and reads back the fp32 slice.
+
+``int8_activations`` (``kernel: native_a8``) changes the first dataflow only: the activations are quantized to int8
+per chunk of 32 values (``d = max|x| / 127``, llama.cpp's q8 blocks) and the codes multiplied with them in integers
+(``vpmaddubsw``: 32 codes per instruction instead of 8 converted to fp32), scaled once per chunk. Lossy in the
+activations (a relative error of about 1e-2 per output), as llama.cpp's quantized dot products are; the dense
+path stays exact.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from rooflens.kernels.ranges import kernel_range
 DENSE_FROM_ROWS = 16  # measured crossover (see the module docstring); flat tiles below, dequant + GEMM from here
 SLICE_ELEMENTS = 1 << 21  # fp32 weights dequantized per slice on the dense path (8 MB)
 KERNEL_NAME = "rooflens AVX2 kernel (fp32 activations)"
+KERNEL_NAME_A8 = "rooflens AVX2 kernel (int8 activations per 32 below 16 rows, integer dot products)"
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,11 @@ def _check(rc: int, what: str) -> None:
         raise RuntimeError(f"rooflens native kernel rejected its arguments in {what} (code {rc})")
 
 
-def native_lowbit_linear(x: torch.Tensor, plan: NativePlan, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W.T + bias`` for CPU ``x [..., K]``; computes in fp32, returns ``x.dtype``.
+def native_lowbit_linear(
+    x: torch.Tensor, plan: NativePlan, bias: torch.Tensor | None = None, int8_activations: bool = False
+) -> torch.Tensor:
+    """``x @ W.T + bias`` for CPU ``x [..., K]``; computes in fp32 (``int8_activations``: int8 x codes below
+    ``DENSE_FROM_ROWS`` rows), returns ``x.dtype``.
 
     Decode calls it ~200 times per token on a small model, so the common case (fp32, contiguous, few rows)
     does no extra tensor work: ~10 us of Python and ctypes per call.
@@ -97,9 +107,10 @@ def native_lowbit_linear(x: torch.Tensor, plan: NativePlan, bias: torch.Tensor |
     threads = torch.get_num_threads()
     if m < DENSE_FROM_ROWS:
         y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
-        with kernel_range("rl_lowbit_gemm"):
-            rc = lib.rl_lowbit_gemm(*plan.weight_args, x2.data_ptr(), m, y.data_ptr(), threads)
-        _check(rc, "rl_lowbit_gemm")
+        entry = "rl_lowbit_gemm_a8" if int8_activations else "rl_lowbit_gemm"
+        with kernel_range(entry):
+            rc = getattr(lib, entry)(*plan.weight_args, x2.data_ptr(), m, y.data_ptr(), threads)
+        _check(rc, entry)
     else:
         xp = torch.empty(m, k, dtype=torch.float32)
         with kernel_range("rl_permute_x"):

@@ -40,10 +40,10 @@ def kernel_unavailable(kernel: str, device: torch.device) -> Optional[str]:
     """Why the forward path ``kernel`` cannot run for inputs on ``device`` (None when it can)."""
     if kernel not in KERNELS:
         return f"kernel: {kernel!r} is not one of {', '.join(KERNELS)}"
-    if kernel in ("native", "int4pack"):
+    if kernel in ("native", "native_a8", "int4pack"):
         if device.type != "cpu":
             return f"kernel: {kernel} runs on the CPU, not {device.type}; use kernel: auto"
-        return native_unavailable() if kernel == "native" else cpu_lowbit.cpu_kernel_unavailable()
+        return cpu_lowbit.cpu_kernel_unavailable() if kernel == "int4pack" else native_unavailable()
     if kernel == "triton":
         if importlib.util.find_spec("triton") is None:
             return "kernel: triton needs the triton package (pip install triton)"
@@ -74,7 +74,8 @@ class LowBitLinear(nn.Module):
     available; for CPU inputs rooflens's AVX2 kernel (:mod:`rooflens.kernels.cpu_native`) where it builds and
     runs, else torch's int4 CPU kernel (:mod:`rooflens.kernels.cpu_lowbit`) where this torch build has it;
     the torch reference otherwise. Any other value forces that path: ``triton`` (on CPU this needs
-    ``TRITON_INTERPRET=1``), ``native``, ``int4pack``, ``torch`` (the reference).
+    ``TRITON_INTERPRET=1``), ``native``, ``native_a8`` (the AVX2 kernel with int8 activations below its dense
+    threshold), ``int4pack``, ``torch`` (the reference).
 
     The path and plan are resolved eagerly, on the first call for a device type (or by :meth:`resolve`), and kept
     as :attr:`route`: ``torch.compile(fullgraph=True)`` then traces a forward that only reads them (choosing a
@@ -154,11 +155,12 @@ class LowBitLinear(nn.Module):
         return "torch"
 
     def plan(self, path: str):
-        """The weight as the CPU kernel ``path`` (``native`` or ``int4pack``) reads it; built once."""
-        if path not in self._plans:
-            module = cpu_native if path == "native" else cpu_lowbit
-            self._plans[path] = module.plan_for(self.qweight.to("cpu"))
-        return self._plans[path]
+        """The weight as the CPU kernel ``path`` (``native``/``native_a8`` or ``int4pack``) reads it; built once."""
+        key = "int4pack" if path == "int4pack" else "native"
+        if key not in self._plans:
+            module = cpu_lowbit if key == "int4pack" else cpu_native
+            self._plans[key] = module.plan_for(self.qweight.to("cpu"))
+        return self._plans[key]
 
     def read_bytes(self, device: torch.device, act_dtype: torch.dtype, rows: int = 1) -> int:
         """Weight bytes one forward of ``rows`` input rows on ``device`` reads (bias excluded), for the roofline.
@@ -172,7 +174,7 @@ class LowBitLinear(nn.Module):
         path = self.path(device)
         if path == "int4pack":
             return self.plan(path).read_bytes
-        if path == "native":
+        if path in ("native", "native_a8"):
             plan = self.plan(path)
             return plan.read_bytes + (plan.dense_extra_bytes if rows >= cpu_native.DENSE_FROM_ROWS else 0)
         dequantized = 2 * self.out_features * self.in_features * act_dtype.itemsize
@@ -186,7 +188,7 @@ class LowBitLinear(nn.Module):
     def resolve(self, device: torch.device) -> Route:
         """The path for inputs on ``device`` and its plan, built now and kept for the forwards that follow."""
         path = self.path(device)
-        plan = self.plan(path) if path in ("native", "int4pack") else None
+        plan = self.plan(path) if path in ("native", "native_a8", "int4pack") else None
         self.route = Route(self.kernel, device.type, path, plan)
         return self.route
 
@@ -197,9 +199,9 @@ class LowBitLinear(nn.Module):
             if compiling:
                 raise RuntimeError(UNRESOLVED)
             route = self.resolve(x.device)
-        if route.path == "native":
+        if route.path in ("native", "native_a8"):
             native = ops.native_op_linear if compiling else cpu_native.native_lowbit_linear
-            return native(x, route.plan, self.bias)
+            return native(x, route.plan, self.bias, route.path == "native_a8")
         if route.path == "int4pack":
             return cpu_lowbit.cpu_lowbit_linear(x, route.plan, self.bias)
         if route.path == "triton":

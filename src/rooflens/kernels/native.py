@@ -36,6 +36,7 @@ _I = ctypes.c_int
 _F = ctypes.c_float
 SIGNATURES = {  # name -> (argtypes, restype); see the C source for what each argument is
     "rl_lowbit_gemm": ((_P, _I, _I, _I, _P, _P, _F, _I, _P, _I, _P, _I), _I),
+    "rl_lowbit_gemm_a8": ((_P, _I, _I, _I, _P, _P, _F, _I, _P, _I, _P, _I), _I),
     "rl_lowbit_dequant": ((_P, _I, _I, _I, _P, _P, _F, _I, _I, _I, _P, _I), _I),
     "rl_permute_x": ((_P, _I, _I, _I, _P), None),
 }

@@ -35,14 +35,16 @@ def lowbit_native(
     group_size: int,
     n: int,
     k: int,
+    int8_activations: bool,
 ) -> torch.Tensor:
     """:func:`~rooflens.kernels.cpu_native.native_lowbit_linear` on a :class:`NativePlan`'s tensors and numbers."""
-    return native_lowbit_linear(x, NativePlan(codes, scales, zeros, kbits, zconst, group_size, (n, k)), bias)
+    plan = NativePlan(codes, scales, zeros, kbits, zconst, group_size, (n, k))
+    return native_lowbit_linear(x, plan, bias, int8_activations)
 
 
 @lowbit_native.register_fake
 def _native_fake(
-    x: torch.Tensor, codes, scales, zeros, bias, kbits, zconst, group_size, n: int, k: int
+    x: torch.Tensor, codes, scales, zeros, bias, kbits, zconst, group_size, n: int, k: int, int8_activations: bool
 ) -> torch.Tensor:
     """The kernel's own layout: row-major below ``DENSE_FROM_ROWS`` rows, else its fp32 GEMM's transposed output."""
     lead, m = x.shape[:-1], x.numel() // k
@@ -54,10 +56,13 @@ def _native_fake(
     return y if bias is None else y + bias
 
 
-def native_op_linear(x: torch.Tensor, plan: NativePlan, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def native_op_linear(
+    x: torch.Tensor, plan: NativePlan, bias: Optional[torch.Tensor] = None, int8_activations: bool = False
+) -> torch.Tensor:
     """``rooflens::lowbit_native`` for ``plan``: what a compiled forward calls."""
     n, k = plan.shape
-    return lowbit_native(x, plan.codes, plan.scales, plan.zeros, bias, plan.kbits, plan.zconst, plan.group_size, n, k)
+    args = (plan.codes, plan.scales, plan.zeros, bias, plan.kbits, plan.zconst, plan.group_size, n, k)
+    return lowbit_native(x, *args, int8_activations)
 
 
 def triton_linear(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

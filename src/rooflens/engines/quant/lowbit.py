@@ -30,6 +30,9 @@ KERNEL_PATHS = {
     "native": "rooflens's AVX2 kernel (rooflens.kernels.cpu_native): the format as stored, fp32 activations; "
     f"GEMV / flat GEMM below {DENSE_FROM_ROWS} rows, exact dequantization + torch's fp32 GEMM from "
     f"{DENSE_FROM_ROWS} rows (prefill); 3-bit codes run in the 4-bit packing",
+    "native_a8": "rooflens's AVX2 kernel with int8 activations (rooflens.kernels.cpu_native): below "
+    f"{DENSE_FROM_ROWS} rows the activations quantized per 32 values and multiplied with the codes in integers "
+    "(as llama.cpp's q8 blocks; lossy in the activations), the exact dense path from there; 3-bit codes in the 4-bit packing",
     "int4pack": "torch's int4 CPU kernel (aten._weight_int4pack_mm_for_cpu): bf16 activations, scales and zeros; "
     "3/2-bit codes run in the 4-bit layout, 8-bit codes as two 4-bit halves",
     "triton": "Triton dequant-matmul kernel (rooflens.kernels.triton_lowbit)",

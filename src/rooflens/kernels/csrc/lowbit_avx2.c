@@ -246,3 +246,187 @@ int rl_lowbit_dequant(const uint8_t *codes, int bits, int N, int K, const uint16
     else dequant8(&j, n0, n1, w, nthreads);
     return 0;
 }
+
+// ---- int8 activations (kernel: native_a8): integer dot products, as llama.cpp's q8 blocks -------------------
+//
+// x is quantized per chunk of 32 values along K: q = round(x / d), d = max|x| / 127, q in -127..127; then
+// y[m, n] = sum_c sw[n, c] d[m, c] (sum_{k in c} u q - z sum_{k in c} q), the inner sums in int32 (sw, z: the
+// weight's scale and zero point of the group holding chunk c). Codes are read 32 bytes (a "block", 32 * P
+// codes) at a time and multiplied with _mm256_maddubs_epi16 (u8 x s8, pairs summed into s16): at 4 and 2 bits
+// each bit plane of the block is unsigned and <= 15, so the planes' s16 sums cannot saturate; at 8 bits the
+// codes are taken as u - 128 (signed) with their sign moved onto q (|u - 128| <= 128, 2 * 128 * 127 < 2^15).
+// int32 lane l of a block's sums covers codes 4Pl .. 4Pl + 4P - 1: chunk P * l / 8 of the block.
+
+typedef struct {
+    const int8_t *q;  // [M, nblk * 32P] activations in plane order per block (zero past K)
+    const float *d;   // [M, C + 8] chunk scales (zero past C)
+    const float *dq;  // [M, C] d * sum of q over the chunk
+    int M, K, C, gsize, N, nblk, G;
+    const uint8_t *codes;
+    size_t row_bytes;
+    const uint16_t *scales, *zeros;
+    float zconst;
+    float *y;
+} job8_t;
+
+// Block b of row n's codes; the last block of a row may be short (K * bits / 8 not a multiple of 32): zero-padded.
+INLINE __m256i load_block8(const job8_t *j, int n, int b) {
+    const uint8_t *src = j->codes + (size_t)n * j->row_bytes + (size_t)b * 32;
+    const size_t left = j->row_bytes - (size_t)b * 32;
+    if (left >= 32) return _mm256_loadu_si256((const __m256i *)src);
+    uint8_t tmp[32] __attribute__((aligned(32))) = {0};
+    for (size_t i = 0; i < left; i++) tmp[i] = src[i];
+    return _mm256_load_si256((const __m256i *)tmp);
+}
+
+// The 8 int32 sums of codes times q for one block (q: the block's 32P activation bytes in plane order).
+INLINE __m256i block_dot(__m256i v, const int8_t *q, const int BITS) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (BITS == 8) {
+        const __m256i w = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
+        const __m256i qs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), w);
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), qs), ones);
+    }
+    const int P = 8 / BITS;
+    const __m256i mask = _mm256_set1_epi8((char)((1 << BITS) - 1));
+    __m256i s = _mm256_setzero_si256();
+    UNROLL for (int p = 0; p < P; p++) {
+        const __m256i plane_p = _mm256_and_si256(p ? _mm256_srli_epi16(v, BITS * p) : v, mask);
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(plane_p, _mm256_loadu_si256((const __m256i *)(q + 32 * p))));
+    }
+    return _mm256_madd_epi16(s, ones);
+}
+
+// Row n's weight scale per chunk (sw, C + 8 floats, zero past C) and zero point per chunk (minus 128 at 8 bits).
+INLINE void row_chunks(const job8_t *j, int n, float *sw, float *zc, const int BITS) {
+    const int per = j->gsize / 32;
+    const uint16_t *s = j->scales + (size_t)n * j->G, *z = j->zeros ? j->zeros + (size_t)n * j->G : NULL;
+    for (int c = 0; c < j->C; c++) {
+        sw[c] = _cvtsh_ss(s[c / per]);
+        zc[c] = (z ? _cvtsh_ss(z[c / per]) : j->zconst) - (BITS == 8 ? 128.f : 0.f);
+    }
+    for (int c = j->C; c < j->C + 8; c++) sw[c] = 0.f;
+}
+
+// R output rows times MC activation rows; fp32 accumulators, one per pair.
+INLINE void tile_a8(const job8_t *j, int n0, int m0, const int R, const int MC, const int BITS) {
+    const int P = 8 / BITS, C = j->C, KP = j->nblk * 32 * P;
+    float sw[R][C + 8], zc[R][C];
+    for (int r = 0; r < R; r++) row_chunks(j, n0 + r, sw[r], zc[r], BITS);
+    const __m256i idx = _mm256_setr_epi32(0, P / 8, 2 * P / 8, 3 * P / 8, 4 * P / 8, 5 * P / 8, 6 * P / 8, 7 * P / 8);
+    __m256 acc[R][MC];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int m = 0; m < MC; m++) acc[r][m] = _mm256_setzero_ps();
+    for (int b = 0; b < j->nblk; b++) {
+        __m256 dx[MC];
+        UNROLL for (int m = 0; m < MC; m++)
+            dx[m] = _mm256_permutevar8x32_ps(_mm256_loadu_ps(j->d + (size_t)(m0 + m) * (C + 8) + b * P), idx);
+        UNROLL for (int r = 0; r < R; r++) {
+            const __m256i v = load_block8(j, n0 + r, b);
+            const __m256 ws = _mm256_permutevar8x32_ps(_mm256_loadu_ps(sw[r] + b * P), idx);
+            UNROLL for (int m = 0; m < MC; m++) {
+                const __m256i isum = block_dot(v, j->q + (size_t)(m0 + m) * KP + (size_t)b * 32 * P, BITS);
+                acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(ws, dx[m]), acc[r][m]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int m = 0; m < MC; m++) {
+        const float *dq = j->dq + (size_t)(m0 + m) * C;
+        float zt = 0.f;
+        for (int c = 0; c < C; c++) zt += sw[r][c] * zc[r][c] * dq[c];
+        j->y[(size_t)(m0 + m) * j->N + n0 + r] = hsum(acc[r][m]) - zt;
+    }
+}
+
+// Output rows [n0, n0 + rows) (rows <= 4) for every activation row: 4 x 1, 4 x 2 and 2 x 4 tiles (<= 8 accumulators).
+INLINE void rows_all_m_a8(const job8_t *j, int n0, int rows, const int BITS) {
+    for (int m0 = 0; m0 < j->M;) {
+        const int left = j->M - m0;
+        if (left >= 4) {
+            int r = 0;
+            for (; r + 2 <= rows; r += 2) tile_a8(j, n0 + r, m0, 2, 4, BITS);
+            for (; r < rows; r++) tile_a8(j, n0 + r, m0, 1, 4, BITS);
+            m0 += 4;
+        } else if (left >= 2) {
+            if (rows == 4) tile_a8(j, n0, m0, 4, 2, BITS);
+            else for (int r = 0; r < rows; r++) tile_a8(j, n0 + r, m0, 1, 2, BITS);
+            m0 += 2;
+        } else {
+            if (rows == 4) tile_a8(j, n0, m0, 4, 1, BITS);
+            else for (int r = 0; r < rows; r++) tile_a8(j, n0 + r, m0, 1, 1, BITS);
+            m0 += 1;
+        }
+    }
+}
+
+#define DEFINE_GEMM_A8(BITS)                                                   \
+    static void gemm_a8_##BITS(const job8_t *j, int nthreads) {                \
+        const int ntiles = (j->N + 3) / 4;                                     \
+        _Pragma("omp parallel for num_threads(nthreads) schedule(static)")     \
+        for (int t = 0; t < ntiles; t++) {                                     \
+            const int n0 = t * 4;                                              \
+            rows_all_m_a8(j, n0, j->N - n0 < 4 ? j->N - n0 : 4, BITS);         \
+        }                                                                      \
+    }
+DEFINE_GEMM_A8(2)
+DEFINE_GEMM_A8(4)
+DEFINE_GEMM_A8(8)
+
+// x [M, K] fp32 -> q in plane order (per block of 32P codes: plane p's 32 bytes are x[P * i + p]), chunk scales d
+// and d * sum(q) per chunk of 32.
+static void quantize_x(const float *x, int M, int K, int bits, int nblk, int8_t *q, float *d, float *dq) {
+    const int P = 8 / bits, C = K / 32, KP = nblk * 32 * P;
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * K;
+        int8_t *qm = q + (size_t)m * KP;
+        float *dm = d + (size_t)m * (C + 8);
+        for (int i = 0; i < KP; i++) qm[i] = 0;
+        for (int c = 0; c < C + 8; c++) dm[c] = 0.f;
+        for (int c = 0; c < C; c++) {
+            float amax = 0.f;
+            for (int k = 32 * c; k < 32 * c + 32; k++) {
+                const float a = __builtin_fabsf(xm[k]);
+                amax = a > amax ? a : amax;
+            }
+            const float dc = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+            int sum = 0;
+            for (int k = 32 * c; k < 32 * c + 32; k++) {
+                const int v = _mm_cvtss_si32(_mm_set_ss(xm[k] * inv));  // round to nearest even
+                const int qv = v > 127 ? 127 : (v < -127 ? -127 : v);
+                const int blk = k / (32 * P), within = k % (32 * P);
+                qm[(size_t)blk * 32 * P + (within % P) * 32 + within / P] = (int8_t)qv;
+                sum += qv;
+            }
+            dm[c] = dc;
+            dq[(size_t)m * C + c] = dc * (float)sum;
+        }
+    }
+}
+
+// y[M, N] = x[M, K] @ W^T with x quantized to int8 per chunk of 32 (the arguments as rl_lowbit_gemm's).
+int rl_lowbit_gemm_a8(const uint8_t *codes, int bits, int N, int K, const uint16_t *scales, const uint16_t *zeros,
+                      float zconst, int gsize, const float *x, int M, float *y, int nthreads) {
+    const int bad = check(bits, K, gsize);
+    if (bad) return bad;
+    if (K % 32 || gsize % 32) return -5;
+    const int P = 8 / bits, C = K / 32;
+    const size_t row_bytes = (size_t)K * bits / 8;
+    const int nblk = (int)((row_bytes + 31) / 32);
+    int8_t *q = malloc((size_t)M * nblk * 32 * P + 32);
+    float *d = malloc((size_t)M * (C + 8) * sizeof(float));
+    float *dq = malloc((size_t)M * C * sizeof(float) + 4);
+    if (!q || !d || !dq) {
+        free(q);
+        free(d);
+        free(dq);
+        return -3;
+    }
+    quantize_x(x, M, K, bits, nblk, q, d, dq);
+    const job8_t j = {q, d, dq, M, K, C, gsize, N, nblk, K / gsize, codes, row_bytes, scales, zeros, zconst, y};
+    if (bits == 2) gemm_a8_2(&j, nthreads);
+    else if (bits == 4) gemm_a8_4(&j, nthreads);
+    else gemm_a8_8(&j, nthreads);
+    free(q);
+    free(d);
+    free(dq);
+    return 0;
+}
