@@ -128,6 +128,18 @@ def test_role_of_names_the_analytic_classes():
 # ---------------------------------------------------------------------------- the table
 
 
+def test_a_removed_cost_larger_than_the_time_outside_operators_is_capped_there():
+    """An over-estimated profiler cost (a busy machine) removes at most the time outside operators: the rows
+    still add up to the attributed pass, inside operators is exactly 1, never above."""
+    inside = {"q_proj": 0.006, "attention": 0.003}
+    profiled = ProfiledPhase(1, 0.010, 0.002, inside, {"q_proj": 2})  # 1 ms outside operators, 2 ms "removed"
+    table = phase_attribution("decode", profiled, None, [], timed_pass_s=None)
+    assert table.removed_s.value == pytest.approx(0.001)
+    assert table.attributed_pass_time_s.value == pytest.approx(0.009)
+    assert table.inside_operators == 1.0
+    assert sum(r.time_s.value for r in table.rows) == pytest.approx(0.009)
+
+
 def test_phase_table_adds_up_and_compares_each_class_with_its_analytic_ops():
     from rooflens.results.record import CeilingRef, Quantity
 

@@ -39,22 +39,25 @@ def _weight(bits: int, symmetric: bool, n: int = 48, k: int = 128, seed: int = 0
 
 @needs_native
 @pytest.mark.parametrize(
-    ("bits", "symmetric", "shape", "dtype", "with_bias"),
+    ("bits", "symmetric", "shape", "dtype", "with_bias", "int8_activations"),
     [
-        (4, True, (1, 128), torch.float32, False),
-        (3, False, (2, 3, 128), torch.bfloat16, True),  # 3 bits run in the 4-bit packing; leading dims
-        (8, False, (DENSE_FROM_ROWS + 4, 128), torch.float32, True),  # the dense path: a transposed output
-        (2, True, (2, DENSE_FROM_ROWS, 128), torch.bfloat16, False),
+        (4, True, (1, 128), torch.float32, False, False),
+        (3, False, (2, 3, 128), torch.bfloat16, True, False),  # 3 bits run in the 4-bit packing; leading dims
+        (8, False, (DENSE_FROM_ROWS + 4, 128), torch.float32, True, False),  # the dense path: a transposed output
+        (2, True, (2, DENSE_FROM_ROWS, 128), torch.bfloat16, False, False),
+        (4, False, (3, 128), torch.float32, True, True),  # kernel: native_a8
+        (8, True, (DENSE_FROM_ROWS + 1, 128), torch.float32, False, True),
     ],
 )
-def test_native_op_passes_opcheck(bits, symmetric, shape, dtype, with_bias):
+def test_native_op_passes_opcheck(bits, symmetric, shape, dtype, with_bias, int8_activations):
     qw, bias = _weight(bits, symmetric)
     plan = plan_for(qw)
     x = torch.randn(*shape).to(dtype)
     if x.dim() == 2:  # a column-major input: the kernel copies it, the output's layout must not follow it
         x = x.t().contiguous().t()
     args = (x, plan.codes, plan.scales, plan.zeros, bias.to(dtype) if with_bias else None)
-    torch.library.opcheck(lowbit_native, (*args, plan.kbits, plan.zconst, plan.group_size, *plan.shape))
+    args = (*args, plan.kbits, plan.zconst, plan.group_size, *plan.shape)
+    torch.library.opcheck(lowbit_native, (*args, int8_activations) if int8_activations else args)
 
 
 @needs_triton
@@ -79,6 +82,7 @@ def _tiny_model(kernel: str) -> nn.Module:
     ("kernel", "op"),
     [
         pytest.param("native", "rooflens.lowbit_native", marks=needs_native),
+        pytest.param("native_a8", "rooflens.lowbit_native", marks=needs_native),
         ("int4pack", "aten._weight_int4pack_mm_for_cpu"),
         ("torch", "torch.matmul"),
         pytest.param("triton", "rooflens.lowbit_triton", marks=needs_triton),

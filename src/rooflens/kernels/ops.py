@@ -35,7 +35,7 @@ def lowbit_native(
     group_size: int,
     n: int,
     k: int,
-    int8_activations: bool,
+    int8_activations: bool = False,
 ) -> torch.Tensor:
     """:func:`~rooflens.kernels.cpu_native.native_lowbit_linear` on a :class:`NativePlan`'s tensors and numbers."""
     plan = NativePlan(codes, scales, zeros, kbits, zconst, group_size, (n, k))
@@ -44,7 +44,7 @@ def lowbit_native(
 
 @lowbit_native.register_fake
 def _native_fake(
-    x: torch.Tensor, codes, scales, zeros, bias, kbits, zconst, group_size, n: int, k: int, int8_activations: bool
+    x: torch.Tensor, codes, scales, zeros, bias, kbits, zconst, group_size, n: int, k: int, int8_activations: bool = False
 ) -> torch.Tensor:
     """The kernel's own layout: row-major below ``DENSE_FROM_ROWS`` rows, else its fp32 GEMM's transposed output."""
     lead, m = x.shape[:-1], x.numel() // k

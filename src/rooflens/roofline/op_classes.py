@@ -119,8 +119,11 @@ def phase_attribution(
     rows add up to the profiled pass less the profiler's estimated cost, which is compared with the timed pass."""
     n = profiled.passes
     raw = profiled.wall_s / n
-    attributed = (profiled.wall_s - profiled.removed_s) / n
     inside = sum(profiled.inside_s.values()) / n
+    # the profiler's cost is an estimate: never remove more than the time outside operators (a busy machine's
+    # estimate can exceed it), so that the rows still add up and inside operators stays <= 1
+    removed = min(profiled.removed_s / n, max(raw - inside, 0.0))
+    attributed = raw - removed
     rows = [
         class_row(
             cls,
@@ -146,7 +149,7 @@ def phase_attribution(
         phase=phase,  # type: ignore[arg-type]
         passes=n,
         pass_time_s=_q(raw, "s", "measured", how),
-        removed_s=_q(profiled.removed_s / n, "s", "derived", profiled.removed_how or "none removed"),
+        removed_s=_q(removed, "s", "derived", profiled.removed_how or "none removed"),
         attributed_pass_time_s=_q(attributed, "s", "derived", "profiled pass less the profiler's estimated cost"),
         timed_pass_time_s=timed,
         profiler_overhead=overhead,
