@@ -97,6 +97,27 @@ def compile_stats(decoder: CompiledDecoder | None, asked_mode: str) -> dict[str,
     return compile_record(decoder.log, decoder.mode, asked_mode, decoder.cache_folder)
 
 
+def eos_bias(vocab_size: int, eos: list[int], device: torch.device) -> torch.Tensor:
+    """What a compiled graph adds to float32 logits to mask EOS as :func:`rooflens.engines.decoding.mask_eos` does
+    (-inf at the EOS ids; zeros inside :func:`rooflens.engines.decoding.eos_allowed`): read when a generation starts,
+    since a graph cannot read the context variable."""
+    bias = torch.zeros(vocab_size, device=device)
+    if eos_masked() and eos:
+        bias[eos] = float("-inf")
+    return bias
+
+
+def static_cache(config: Any, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> StaticCache:
+    """A static KV cache of ``length`` tokens for a model of ``config``, its tensors allocated now, not at the first
+    update: a first (warm-up) graph traced on an empty cache would not match the filled one of every later
+    generation, and the first timed prefill would compile again."""
+    cache = StaticCache(config=config, max_cache_len=length)
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    cache.early_initialization(batch, heads, head_dim, dtype, device)
+    return cache
+
+
 @dataclass
 class CompileLog:
     """What compiling cost: wall seconds of each warm-up (compiling and one short generation), per cell shape."""
@@ -156,22 +177,12 @@ class CompiledDecoder:
     def _cache(self, batch: int, length: int) -> StaticCache:
         key = (batch, length)
         if key not in self._caches:
-            cfg = self.model.config
-            cache = StaticCache(config=cfg, max_cache_len=length)
-            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
             dtype = self.model.get_input_embeddings().weight.dtype  # the activations', hence the K/V's
-            # allocated now, not at the first update: a first (warm-up) graph traced on an empty cache would not
-            # match the filled one of every later generation, and the first timed prefill would compile again
-            cache.early_initialization(batch, heads, head_dim, dtype, self.device)
-            self._caches[key] = cache
+            self._caches[key] = static_cache(self.model.config, batch, length, dtype, self.device)
         return self._caches[key]
 
     def _eos_bias(self) -> torch.Tensor:
-        bias = torch.zeros(int(self.model.config.vocab_size), device=self.device)
-        if eos_masked() and self._eos:
-            bias[self._eos] = float("-inf")
-        return bias
+        return eos_bias(int(self.model.config.vocab_size), self._eos, self.device)
 
     def warm(self, prompts: torch.Tensor, n_new: int) -> float:
         """Compile for this shape (a short generation through both graphs); seconds spent, 0 when already warm."""

@@ -251,18 +251,25 @@ def write_kv(stack: LayerStack, hidden: torch.Tensor, positions: torch.Tensor, c
     Early exit's KV fill: the layers after an exit get an entry computed from the exit layer's hidden
     state (CALM's state propagation) at the cost of their K and V projections only.
     """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     cos, sin = stack.rotary_emb(hidden, position_ids=positions.view(1, -1))
     for j in layers:
-        layer = stack.layers[j]
-        attn = layer.self_attn
-        x = layer.input_layernorm(hidden)
-        shape = (*x.shape[:-1], -1, attn.head_dim)
-        k = attn.k_proj(x).view(shape).transpose(1, 2)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
-        _, k = apply_rotary_pos_emb(k, k, cos, sin)
+        k, v = layer_kv(stack.layers[j], hidden, cos, sin)
         cache.update(k, v, j)
+
+
+def layer_kv(
+    layer: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys (rotated) and values [batch, heads, rows, head_dim] a Llama decoder layer computes from ``hidden``."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    shape = (*x.shape[:-1], -1, attn.head_dim)
+    k = attn.k_proj(x).view(shape).transpose(1, 2)
+    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    return k, v
 
 
 # ---------------------------------------------------------------------------- self-drafts

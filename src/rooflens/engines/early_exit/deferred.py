@@ -56,13 +56,24 @@ def run_layer(stack: LayerStack, j: int, hidden: torch.Tensor, first_pos: int, c
     )
 
 
+LayerFn = Callable[[int, torch.Tensor, int], torch.Tensor]
+"""(layer j, rows [1, m, H], position of the first row) -> the layer's output rows, their K/V cached."""
+
+
 @dataclass
 class DeferredPass:
-    """One decode step's walk: the step's token at ``pos`` plus, from their depth on, the pending rows."""
+    """One decode step's walk: the step's token at ``pos`` plus, from their depth on, the pending rows. ``layer``
+    runs one layer on rows (default: :func:`run_layer` on ``cache``; ``compile: true``: a compiled graph)."""
 
     stack: LayerStack
     cache: object
     pos: int
+    layer: LayerFn | None = None
+
+    def _layer(self, j: int, hidden: torch.Tensor, first: int) -> torch.Tensor:
+        if self.layer is not None:
+            return self.layer(j, hidden, first)
+        return run_layer(self.stack, j, hidden, first, self.cache)
 
     def run(
         self, x: torch.Tensor, pending: Pending | None, exit_test: Callable[[int, torch.Tensor], bool]
@@ -81,7 +92,7 @@ class DeferredPass:
                     return hidden[:, -1:], block, j, extra
                 done = self._complete(block, first)
                 return hidden[:, -1:], None, L, extra + done
-            hidden = run_layer(self.stack, j, hidden, first, self.cache)
+            hidden = self._layer(j, hidden, first)
             extra += exit_at is not None
             if exit_at is None and exit_test(j, hidden[:, -1:]):
                 exit_at = j
@@ -91,5 +102,5 @@ class DeferredPass:
         """Run the block's rows through the layers it still lacks; the layers run."""
         hidden = block.hidden
         for j in range(block.depth, len(self.stack.layers)):
-            hidden = run_layer(self.stack, j, hidden, first, self.cache)
+            hidden = self._layer(j, hidden, first)
         return len(self.stack.layers) - block.depth

@@ -23,6 +23,13 @@ later tokens attend to fewer positions there (needs an attention that takes a si
 sdpa). ``fill`` and ``unwritten`` change what every later token attends to, and greedy output drifts from the full
 model's even when every exit is right.
 
+``compile: true`` (:mod:`.compiled`): the same steps with their tensor work (:class:`.ops.EagerOps`: prefill, layer,
+heads, predictors, K/V fill, draft head) compiled on static caches, one decoder-layer graph serving every layer; the
+control flow above stays Python. Its tokens, exits and predictor calls equal the eager engine's (tests: the tiny model;
+SmolLM2 checked by hand), up to rounding: inductor's kernels sum in another order, so a near tie (a predictor logit at
+the threshold, two top logits) could go the other way. Everything compiles in ``warm()``, before the timed
+repetitions; ``threshold: auto``'s calibration (cached, shared) always decodes eagerly.
+
 Exits are not re-verified by the remaining layers, so the output can differ from the ``hf`` baseline's:
 the records' agreement says how much. ``stats()`` also audits the run outside the timed region (the
 full-depth model teacher-forced on the engine's own output: was each exit the full model's token,
@@ -39,7 +46,8 @@ from collections.abc import Callable
 import torch
 
 from rooflens.engines.base import Engine, EngineStat, EngineUnavailable, Fidelity, RooflineHints, TokenClock
-from rooflens.engines.decoding import LayerStack, eos_token_ids, forward_layers, mask_eos, new_cache, write_kv
+from rooflens.engines.compiled import compile_record
+from rooflens.engines.decoding import LayerStack, eos_token_ids
 from rooflens.engines.early_exit import fidelity as specee
 from rooflens.engines.early_exit.audit import AuditCounts, audit_generations, oracle_generation
 from rooflens.engines.early_exit.calibration import (
@@ -50,6 +58,7 @@ from rooflens.engines.early_exit.calibration import (
     choose_threshold,
     training_key,
 )
+from rooflens.engines.early_exit.compiled import CompiledOps
 from rooflens.engines.early_exit.decode_state import (
     PHASES,
     Candidates,
@@ -59,10 +68,11 @@ from rooflens.engines.early_exit.decode_state import (
     KeptGeneration,
     PhaseLap,
 )
-from rooflens.engines.early_exit.deferred import MAX_PENDING, DeferredPass
+from rooflens.engines.early_exit.deferred import MAX_PENDING
 from rooflens.engines.early_exit.eagle import load_eagle
+from rooflens.engines.early_exit.ops import EagerOps
 from rooflens.engines.early_exit.oracle import oracle_exits
-from rooflens.engines.early_exit.predictors import exit_features, threshold_logit
+from rooflens.engines.early_exit.predictors import threshold_logit
 from rooflens.engines.early_exit.proposers import lookup_candidates, mixed_candidates
 from rooflens.engines.early_exit.training import ExitArtifacts, TrainSettings, held_out_prompts, load_or_train
 from rooflens.engines.marks import engine_work
@@ -207,6 +217,8 @@ class EarlyExitEngine(Engine):
         self._audit_cache: tuple[int, dict[str, object]] | None = None
         self.calibration: Calibration | None = None
         self.threshold = 0.0 if options.threshold == "auto" else float(options.threshold)
+        self._ops: EagerOps | None = None  # the decode step's tensor work (prepare)
+        self._compiled: CompiledOps | None = None  # compile: true, made after the calibration (which decodes eagerly)
 
     # -- set-up
 
@@ -253,12 +265,33 @@ class EarlyExitEngine(Engine):
             ids = [t for t in self.art.ranked_vocab[: opts.draft_vocab].tolist() if t not in self._eos_set]
             self._precheck_ids = torch.tensor(ids, dtype=torch.long, device=self.art.ranked_vocab.device)
             self._precheck_rows = self.stack.lm_head.weight.detach()[self._precheck_ids].float()
+        ops_args = (target, self.stack, self.art.predictors, self.art.draft, self._eos, self._precheck_rows)
+        self._ops = EagerOps(*ops_args)
         self.reset_stats()
-        if opts.threshold == "auto":
+        if opts.threshold == "auto":  # cached and shared with the eager engine: always decoded eagerly
             self.calibration = self._load_or_calibrate()
             self.threshold = self.calibration.threshold
             self.reset_stats()
         self._threshold_logit = threshold_logit(self.threshold)
+        if opts.compile:
+            self._ops = self._compiled = CompiledOps(*ops_args, self.model.device, opts.compile_mode)
+
+    @property
+    def ops(self) -> EagerOps:
+        """The decode step's tensor work: eager, or compiled under ``compile: true``."""
+        if self._ops is None:
+            raise RuntimeError("engine 'early_exit': prepare() first")
+        return self._ops
+
+    @torch.inference_mode()
+    def warm(self, prompts: torch.Tensor, n_new: int) -> None:
+        """``compile: true``: compile every graph a generation of this shape may call, before the timed ones."""
+        if not self.options.compile or prompts.shape[0] != 1:  # other batch sizes are refused by generate()
+            return
+        if self.art is None:
+            self.prepare()
+        assert self._compiled is not None
+        self._compiled.warm(prompts, n_new, self.options.k, self.options.skipped_kv, self._self_k is not None)
 
     def _check_draft(self) -> tuple[str, int | None]:
         """(draft kind, k of ``self:k``) after checking the options against the model."""
@@ -419,17 +452,16 @@ class EarlyExitEngine(Engine):
         tokens[:, :P] = input_ids
         prefill_time: dict[str, float] = {}
         lap = PhaseLap(device, prefill_time)
-        cache = new_cache(self.model.model)
-        _, h = forward_layers(stack, input_ids, cache, torch.arange(P, device=device))
-        normed = stack.norm(h)
-        tokens[0, P] = mask_eos(stack.lm_head(normed[:, -1:])[:, -1], self._eos).argmax(-1)
+        ops = self.ops
+        cache = ops.start(P, max_new_tokens)
+        normed, tokens[0, P] = ops.prefill(input_ids, cache)
         draft_cache = None
         if draft is not None:
-            draft_cache = draft.new_cache()
+            draft_cache = ops.draft_cache()
             if P >= 2:
                 positions = torch.arange(P - 1, device=device).view(1, -1)
                 with engine_work("draft_head"):
-                    draft(stack.embed_tokens(input_ids[:, 1:]), normed[:, :-1], positions, draft_cache)
+                    ops.draft_prefill(stack.embed_tokens(input_ids[:, 1:]), normed[:, :-1], positions, draft_cache)
         lap("prefill")
         self._c.prefill_time += prefill_time["prefill"]
         recent = deque(maxlen=self.options.online_window)
@@ -453,8 +485,8 @@ class EarlyExitEngine(Engine):
         ids: torch.Tensor | None = None
         if art.draft is not None:
             step_pos = torch.tensor([[gen.length - 2]], device=x.device)
-            draft_logits = art.draft(self.stack.embed_tokens(x), gen.last_normed, step_pos, gen.draft_cache)
-            ids = art.draft.vocab_ids[draft_logits[0, -1].topk(opts.k).indices]
+            embeds = self.stack.embed_tokens(x)
+            ids = self.ops.draft_candidates(embeds, gen.last_normed, step_pos, gen.draft_cache, opts.k)
             if self._kind == "head+lookup":
                 ids = mixed_candidates(gen.tokens[0, : gen.length], ids.tolist(), opts.k, art.ranked_vocab)
         elif self._kind == "lookup":
@@ -467,12 +499,13 @@ class EarlyExitEngine(Engine):
         """The target's layers on the step's token, stopped by a verified exit; the last layer's hidden state
         (``deferred``: with the earlier exits' owed rows joining at their depth, see deferred.py)."""
         exit_test = self._exit_test(attempt, self._scheduled(gen.recent_exits), lap)
+        ops = self.ops
         if self.options.skipped_kv == "deferred":
-            walk = DeferredPass(self.stack, gen.cache, int(pos))
+            walk = ops.deferred(gen.cache, int(pos))
             h, gen.pending, _, extra = walk.run(x, gen.pending, exit_test)
             self._c.catch_up_layers += extra
         else:
-            _, h = forward_layers(self.stack, x, gen.cache, pos, exit_test)
+            h = ops.walk(x, pos, gen.cache, exit_test)
         lap("layers")
         return h
 
@@ -492,10 +525,9 @@ class EarlyExitEngine(Engine):
     def _self_candidates(self, hidden: torch.Tensor, lap: PhaseLap) -> Candidates:
         """``self:k``: the top-k of the full LM head after layer k-1."""
         lap("layers")
-        stack = self.stack
         with engine_work("draft_self_head"):
-            logits = mask_eos(stack.lm_head(stack.norm(hidden[0, -1])), self._eos)
-            candidates = Candidates.of(logits.topk(self.options.k).indices, stack.lm_head.weight, self._eos_set)
+            ids = self.ops.self_topk(hidden, self.options.k)
+            candidates = Candidates.of(ids, self.stack.lm_head.weight, self._eos_set)
         lap("draft")
         return candidates
 
@@ -504,11 +536,10 @@ class EarlyExitEngine(Engine):
         assert self.art is not None and attempt.candidates is not None
         lap("layers")
         with engine_work("exit_predictors"):
-            normed = self.stack.norm(hidden[:, -1:])
-            feat, attempt.prev_features = exit_features(
-                normed[0, 0], attempt.candidates.head_rows, attempt.prev_features
+            normed, feat, attempt.prev_features, logit = self.ops.exit_logit(
+                i, hidden, attempt.candidates.head_rows, attempt.prev_features
             )
-            fired = float(self.art.predictors.logit(i, feat)) > self._threshold_logit
+            fired = logit > self._threshold_logit
         attempt.calls.append((i, fired))
         lap("predictors")
         if not fired:
@@ -528,19 +559,18 @@ class EarlyExitEngine(Engine):
             return False
         candidate_logits = feat[: self.options.k].clone()
         candidate_logits[candidates.eos_slots] = float("-inf")
-        trimmed_logits = self._precheck_rows @ normed[0, 0].float()
-        j = int(trimmed_logits.argmax())
-        return float(trimmed_logits[j]) > float(candidate_logits.max()) and (
+        best, j = self.ops.trimmed_best(normed)
+        return best > float(candidate_logits.max()) and (
             int(self._precheck_ids[j]) not in candidates.id_set  # type: ignore[index]
         )
 
     def _verify(self, i: int, normed: torch.Tensor, attempt: ExitAttempt, lap: PhaseLap) -> bool:
         """The full-vocabulary argmax at layer ``i``: an exit when it is one of the candidates."""
         with engine_work("exit_heads"):
-            token = int(mask_eos(self.stack.lm_head(normed[0, 0]), self._eos).argmax())
+            token = self.ops.head_token(normed)
         self._c.exit_heads += 1
         lap("exit_head")
-        if token in attempt.candidates.id_set:  # type: ignore[union-attr]
+        if token in attempt.candidates.id_set:
             attempt.exit_layer, attempt.exit_token, attempt.exit_normed = i, token, normed
             return True
         return False
@@ -558,14 +588,13 @@ class EarlyExitEngine(Engine):
                     self._fill_skipped_kv(h, pos, gen.cache, e)
                 lap("kv_fill")
             return e + 1
-        gen.last_normed = self.stack.norm(h)
-        gen.tokens[0, gen.length] = mask_eos(self.stack.lm_head(gen.last_normed)[:, -1], self._eos).argmax(-1)
+        gen.last_normed, gen.tokens[0, gen.length] = self.ops.final(h)
         lap("final_head")
         return L
 
     def _fill_skipped_kv(self, h: torch.Tensor, pos: torch.Tensor, cache, exit_layer: int) -> None:
         """KV for the layers after the exit, projected from the exit layer's hidden state (``skipped_kv: fill``)."""
-        write_kv(self.stack, h, pos, cache, range(exit_layer + 1, len(self.stack.layers)))
+        self.ops.fill(h, pos, cache, range(exit_layer + 1, len(self.stack.layers)))
 
     def _record_step(self, gen: GenerationState, attempt: ExitAttempt, layers_run: int) -> None:
         c = self._c
@@ -591,7 +620,16 @@ class EarlyExitEngine(Engine):
         values = {**self._run_values(), **self._phase_values(), **self._training_values()}
         if self.options.audit:
             values.update(self._audit())
-        return dict(sorted(stats_from_table(STATS, values, L=len(self.stack.layers)).items()))
+        table = stats_from_table(STATS, values, L=len(self.stack.layers))
+        return dict(sorted({**table, **self._compile_stats()}.items()))
+
+    def _compile_stats(self) -> dict[str, EngineStat]:
+        """How compiling went, as the other compiled engines report it (empty when this engine is not compiled)."""
+        c = self._compiled
+        if c is None:
+            return {}
+        run = "one call of each compiled graph (prefill, draft head, layer step, K/V fill, predictor, heads)"
+        return compile_record(c.log, c.mode, self.options.compile_mode, c.cache_folder, warm_run=run)
 
     def _run_values(self) -> dict[str, object]:
         c = self._c

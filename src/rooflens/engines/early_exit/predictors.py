@@ -52,6 +52,13 @@ class ExitPredictors(nn.Module):
         h = torch.relu(torch.addmv(self.b1[layer], self.w1[layer].T, feature.reshape(-1)))
         return torch.dot(h, self.w2[layer]) + self.b2[layer]
 
+    def logit_at(self, index: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        """:meth:`logit` with the layer given as a one-element long tensor: a compiled graph of it then serves every
+        layer (an int would be a constant of the graph)."""
+        w1, b1, w2, b2 = (p.index_select(0, index)[0] for p in (self.w1, self.b1, self.w2, self.b2))
+        h = torch.relu(torch.addmv(b1, w1.T, feature.reshape(-1)))
+        return torch.dot(h, w2) + b2
+
     def weight_elements(self) -> int:
         """Weights one predictor call reads (one layer's MLP)."""
         return sum(p[0].numel() for p in self.parameters())

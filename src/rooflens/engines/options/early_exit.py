@@ -79,6 +79,16 @@ class EarlyExitOptions(EngineOptions):
         "the full argmax at all; exact up to rounding in near ties",
     )
     audit: bool = Field(default=True, description="stats(): audit exits against the full-depth model, run the oracle")
+    compile: bool = Field(
+        default=False,
+        description="static caches and torch.compile: the full-depth prefill, one decoder-layer step reused for every "
+        "layer, the K/V fill, the predictors, the heads and the draft head compiled; the per-token control flow (exit "
+        "tests, verification, the deferred walk) stays in Python",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        default="reduce-overhead",
+        description="torch.compile mode when compile is on (reduce-overhead: CUDA graphs on a GPU, inductor's default on a CPU)",
+    )
 
     train_fields: ClassVar[tuple[str, ...]] = (
         "draft",
