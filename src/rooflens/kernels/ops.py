@@ -44,7 +44,17 @@ def lowbit_native(
 
 @lowbit_native.register_fake
 def _native_fake(
-    x: torch.Tensor, codes, scales, zeros, bias, kbits, zconst, group_size, n: int, k: int, int8_activations: bool = False
+    x: torch.Tensor,
+    codes,
+    scales,
+    zeros,
+    bias,
+    kbits,
+    zconst,
+    group_size,
+    n: int,
+    k: int,
+    int8_activations: bool = False,
 ) -> torch.Tensor:
     """The kernel's own layout: row-major below ``DENSE_FROM_ROWS`` rows, else its fp32 GEMM's transposed output."""
     lead, m = x.shape[:-1], x.numel() // k

@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
@@ -77,10 +78,10 @@ INLINE void tile_gemv(const job_t *j, int n0, int m0, const int R, const int BIT
     float s[R][G], zterm[R];
     for (int r = 0; r < R; r++) row_terms(j, n0 + r, m0, 1, s[r], &zterm[r]);
     const float *xp = j->xp + (size_t)m0 * j->K;
-    __m256 tot[R];
+    __m256 tot[4];  // fixed sizes: variable-length arrays of vectors would live in memory, not in registers
     UNROLL for (int r = 0; r < R; r++) tot[r] = _mm256_setzero_ps();
     for (int g = 0; g < G; g++) {
-        __m256 part[R][2];
+        __m256 part[4][2];
         UNROLL for (int r = 0; r < R; r++) part[r][0] = part[r][1] = _mm256_setzero_ps();
         UNROLL for (int b = g * bpg; b < (g + 1) * bpg; b++) {
             UNROLL for (int r = 0; r < R; r++) {
@@ -103,7 +104,7 @@ INLINE void tile_flat(const job_t *j, int n0, int m0, const int R, const int MC,
     float s[R][G], zterm[R][MC];
     for (int r = 0; r < R; r++) row_terms(j, n0 + r, m0, MC, s[r], zterm[r]);
     const float *xp = j->xp + (size_t)m0 * K;
-    __m256 acc[R][MC];
+    __m256 acc[4][8];  // fixed sizes, as in tile_gemv
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int m = 0; m < MC; m++) acc[r][m] = _mm256_setzero_ps();
     for (int g = 0; g < G; g++) {
         for (int b = g * bpg; b < (g + 1) * bpg; b++) {
@@ -250,23 +251,26 @@ int rl_lowbit_dequant(const uint8_t *codes, int bits, int N, int K, const uint16
 // ---- int8 activations (kernel: native_a8): integer dot products, as llama.cpp's q8 blocks -------------------
 //
 // x is quantized per chunk of 32 values along K: q = round(x / d), d = max|x| / 127, q in -127..127; then
-// y[m, n] = sum_c sw[n, c] d[m, c] (sum_{k in c} u q - z sum_{k in c} q), the inner sums in int32 (sw, z: the
-// weight's scale and zero point of the group holding chunk c). Codes are read 32 bytes (a "block", 32 * P
-// codes) at a time and multiplied with _mm256_maddubs_epi16 (u8 x s8, pairs summed into s16): at 4 and 2 bits
-// each bit plane of the block is unsigned and <= 15, so the planes' s16 sums cannot saturate; at 8 bits the
+// y[m, n] = sum_c s[n, c] (d[m, c] sum_{k in c} u q - z[n, c] d[m, c] sum_{k in c} q), the inner sums in int32
+// (s, z: the weight's scale and zero point of the group holding chunk c). Codes are read 32 bytes (a "block",
+// 32 * P codes) at a time and multiplied with _mm256_maddubs_epi16 (u8 x s8, pairs summed into s16): at 4 and 2
+// bits each bit plane of the block is unsigned and <= 15, so the planes' s16 sums cannot saturate; at 8 bits the
 // codes are taken as u - 128 (signed) with their sign moved onto q (|u - 128| <= 128, 2 * 128 * 127 < 2^15).
-// int32 lane l of a block's sums covers codes 4Pl .. 4Pl + 4P - 1: chunk P * l / 8 of the block.
+// int32 lane l of a block's sums covers codes 4Pl .. 4Pl + 4P - 1, inside one chunk and one group, so every
+// scale is applied per lane: the activations' terms are laid out per lane once per call (dx, dql), the weight's
+// scales and zero points are read per block straight from their fp16 rows (no per-row preparation: SmolLM2's
+// rows are 9 to 24 blocks long).
 
 typedef struct {
-    const int8_t *q;  // [M, nblk * 32P] activations in plane order per block (zero past K)
-    const float *d;   // [M, C + 8] chunk scales (zero past C)
-    const float *dq;  // [M, C] d * sum of q over the chunk
-    int M, K, C, gsize, N, nblk, G;
+    const int8_t *q;   // [M, nblk * 32P] activations in plane order per block (zero past K)
+    const float *dx;   // [M, nblk * 8] per lane: d of the lane's chunk (zero past K)
+    const float *dql;  // [M, nblk * 8] per lane: d * sum(q) of the lane's chunk / lanes per chunk
+    int M, N, nblk, G, gsize;
     const uint8_t *codes;
     size_t row_bytes;
-    const uint16_t *scales, *zeros;
+    const uint16_t *scales, *zeros;  // fp16 [N, G]; zeros NULL when symmetric (then z = zconst)
     float zconst;
-    float *y;
+    float *y;  // [M, N]
 } job8_t;
 
 // Block b of row n's codes; the last block of a row may be short (K * bits / 8 not a multiple of 32): zero-padded.
@@ -297,44 +301,54 @@ INLINE __m256i block_dot(__m256i v, const int8_t *q, const int BITS) {
     return _mm256_madd_epi16(s, ones);
 }
 
-// Row n's weight scale per chunk (sw, C + 8 floats, zero past C) and zero point per chunk (minus 128 at 8 bits).
-INLINE void row_chunks(const job8_t *j, int n, float *sw, float *zc, const int BITS) {
-    const int per = j->gsize / 32;
-    const uint16_t *s = j->scales + (size_t)n * j->G, *z = j->zeros ? j->zeros + (size_t)n * j->G : NULL;
-    for (int c = 0; c < j->C; c++) {
-        sw[c] = _cvtsh_ss(s[c / per]);
-        zc[c] = (z ? _cvtsh_ss(z[c / per]) : j->zconst) - (BITS == 8 ? 128.f : 0.f);
-    }
-    for (int c = j->C; c < j->C + 8; c++) sw[c] = 0.f;
+// One row's fp16 per-group values (scales or zero points) as fp32, zero-padded by 8.
+INLINE void row_groups(const uint16_t *h, int G, float *out) {
+    halfs_to_floats(h, G, out);
+    for (int g = G; g < G + 8; g++) out[g] = 0.f;
 }
 
-// R output rows times MC activation rows; fp32 accumulators, one per pair.
+// The 8 lanes' values of block b from a row's per-group fp32 values f: one group per block or fewer (gpb = 0:
+// group b >> bpg_shift), else gpb = 2 or 4 groups side by side.
+INLINE __m256 lane_groups(const float *f, int b, int gpb, int bpg_shift, __m256i idx) {
+    if (!gpb) return _mm256_broadcast_ss(f + (b >> bpg_shift));
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(f + (size_t)b * gpb), idx);
+}
+
+// R output rows times MC activation rows; fp32 accumulators, one per pair (all in registers: R * MC <= 8).
 INLINE void tile_a8(const job8_t *j, int n0, int m0, const int R, const int MC, const int BITS) {
-    const int P = 8 / BITS, C = j->C, KP = j->nblk * 32 * P;
-    float sw[R][C + 8], zc[R][C];
-    for (int r = 0; r < R; r++) row_chunks(j, n0 + r, sw[r], zc[r], BITS);
-    const __m256i idx = _mm256_setr_epi32(0, P / 8, 2 * P / 8, 3 * P / 8, 4 * P / 8, 5 * P / 8, 6 * P / 8, 7 * P / 8);
-    __m256 acc[R][MC];
+    const int P = 8 / BITS, G = j->G, G1 = G + 8, full = (int)(j->row_bytes / 32), nblk = j->nblk;
+    const int KP = nblk * 32 * P, codes = 32 * P, gpb = j->gsize >= codes ? 0 : codes / j->gsize;
+    const int bpg_shift = j->gsize >= 4 * codes ? 2 : (j->gsize >= 2 * codes ? 1 : 0);
+    const __m256i idx = gpb == 2 ? _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1) : _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const int asym = j->zeros != NULL;
+    const __m256 zshift = _mm256_set1_ps(BITS == 8 ? 128.f : 0.f), zconst = _mm256_sub_ps(_mm256_set1_ps(j->zconst), zshift);
+    float sw[R * G1], zw[asym ? R * G1 : 1];
+    for (int r = 0; r < R; r++) {
+        row_groups(j->scales + (size_t)(n0 + r) * G, G, sw + r * G1);
+        if (asym) row_groups(j->zeros + (size_t)(n0 + r) * G, G, zw + r * G1);
+    }
+    const uint8_t *rows = j->codes + (size_t)n0 * j->row_bytes;
+    const int8_t *q = j->q + (size_t)m0 * KP;
+    const float *dxb = j->dx + (size_t)m0 * nblk * 8, *dqb = j->dql + (size_t)m0 * nblk * 8;
+    __m256 acc[4][4];  // fixed sizes: a variable-length array would live in memory, not in registers
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int m = 0; m < MC; m++) acc[r][m] = _mm256_setzero_ps();
-    for (int b = 0; b < j->nblk; b++) {
-        __m256 dx[MC];
-        UNROLL for (int m = 0; m < MC; m++)
-            dx[m] = _mm256_permutevar8x32_ps(_mm256_loadu_ps(j->d + (size_t)(m0 + m) * (C + 8) + b * P), idx);
+    for (int b = 0; b < nblk; b++) {
         UNROLL for (int r = 0; r < R; r++) {
-            const __m256i v = load_block8(j, n0 + r, b);
-            const __m256 ws = _mm256_permutevar8x32_ps(_mm256_loadu_ps(sw[r] + b * P), idx);
+            const __m256i v = b < full ? _mm256_loadu_si256((const __m256i *)(rows + (size_t)r * j->row_bytes + (size_t)b * 32))
+                                       : load_block8(j, n0 + r, b);
+            const __m256 ws = lane_groups(sw + r * G1, b, gpb, bpg_shift, idx);
+            const __m256 z = asym ? _mm256_sub_ps(lane_groups(zw + r * G1, b, gpb, bpg_shift, idx), zshift) : zconst;
             UNROLL for (int m = 0; m < MC; m++) {
-                const __m256i isum = block_dot(v, j->q + (size_t)(m0 + m) * KP + (size_t)b * 32 * P, BITS);
-                acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(ws, dx[m]), acc[r][m]);
+                const __m256i isum = block_dot(v, q + (size_t)m * KP + (size_t)b * codes, BITS);
+                const __m256 dx = _mm256_loadu_ps(dxb + ((size_t)m * nblk + b) * 8);  // from L1: registers are
+                const __m256 dql = _mm256_loadu_ps(dqb + ((size_t)m * nblk + b) * 8);  // for the accumulators
+                const __m256 t = _mm256_fnmadd_ps(z, dql, _mm256_mul_ps(dx, _mm256_cvtepi32_ps(isum)));
+                acc[r][m] = _mm256_fmadd_ps(ws, t, acc[r][m]);
             }
         }
     }
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int m = 0; m < MC; m++) {
-        const float *dq = j->dq + (size_t)(m0 + m) * C;
-        float zt = 0.f;
-        for (int c = 0; c < C; c++) zt += sw[r][c] * zc[r][c] * dq[c];
-        j->y[(size_t)(m0 + m) * j->N + n0 + r] = hsum(acc[r][m]) - zt;
-    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int m = 0; m < MC; m++)
+        j->y[(size_t)(m0 + m) * j->N + n0 + r] = hsum(acc[r][m]);
 }
 
 // Output rows [n0, n0 + rows) (rows <= 4) for every activation row: 4 x 1, 4 x 2 and 2 x 4 tiles (<= 8 accumulators).
@@ -371,33 +385,55 @@ DEFINE_GEMM_A8(2)
 DEFINE_GEMM_A8(4)
 DEFINE_GEMM_A8(8)
 
-// x [M, K] fp32 -> q in plane order (per block of 32P codes: plane p's 32 bytes are x[P * i + p]), chunk scales d
-// and d * sum(q) per chunk of 32.
-static void quantize_x(const float *x, int M, int K, int bits, int nblk, int8_t *q, float *d, float *dq) {
-    const int P = 8 / bits, C = K / 32, KP = nblk * 32 * P;
+// One chunk of 32 values of x quantized: q (in K order), d = max|x| / 127; returns sum(q).
+INLINE int quantize_chunk(const float *x, int32_t q[32], float *d) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 mx = _mm256_setzero_ps();
+    for (int i = 0; i < 32; i += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(x + i), absmask));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    const float amax = _mm_cvtss_f32(h);
+    *d = amax / 127.f;
+    const __m256 inv = _mm256_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    __m256i sum = _mm256_setzero_si256();
+    for (int i = 0; i < 32; i += 8) {  // cvtps2dq: round to nearest even, as MXCSR says by default
+        __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+        v = _mm256_max_epi32(_mm256_min_epi32(v, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+        _mm256_storeu_si256((__m256i *)(q + i), v);
+        sum = _mm256_add_epi32(sum, v);
+    }
+    int32_t s8[8], total = 0;
+    _mm256_storeu_si256((__m256i *)s8, sum);
+    for (int i = 0; i < 8; i++) total += s8[i];
+    return total;
+}
+
+// x [M, K] fp32 -> q in plane order (per block of 32P codes: plane p's 32 bytes are x[P * i + p]) and, per lane of
+// every block, its chunk's d and d * sum(q) / lanes per chunk (zero past K).
+static void quantize_x(const float *x, int M, int K, int bits, int nblk, int8_t *q, float *dx, float *dql) {
+    const int P = 8 / bits, C = K / 32, KP = nblk * 32 * P, lanes = 8 / P, logp = P == 1 ? 0 : (P == 2 ? 1 : 2);
     for (int m = 0; m < M; m++) {
-        const float *xm = x + (size_t)m * K;
         int8_t *qm = q + (size_t)m * KP;
-        float *dm = d + (size_t)m * (C + 8);
-        for (int i = 0; i < KP; i++) qm[i] = 0;
-        for (int c = 0; c < C + 8; c++) dm[c] = 0.f;
+        float *dm = dx + (size_t)m * nblk * 8, *sm = dql + (size_t)m * nblk * 8;
+        memset(qm, 0, (size_t)KP);
+        for (int i = 0; i < nblk * 8; i++) dm[i] = sm[i] = 0.f;
         for (int c = 0; c < C; c++) {
-            float amax = 0.f;
-            for (int k = 32 * c; k < 32 * c + 32; k++) {
-                const float a = __builtin_fabsf(xm[k]);
-                amax = a > amax ? a : amax;
+            int32_t qc[32];
+            float d;
+            const int sum = quantize_chunk(x + (size_t)m * K + 32 * c, qc, &d);
+            // chunk c is local chunk c % P of block c / P: its codes k = 32 (c % P) + i of the block sit in plane
+            // k % P at byte k / P
+            int8_t *blk = qm + (size_t)(c >> logp) * 32 * P;
+            const int base = 32 * (c & (P - 1));
+            for (int i = 0; i < 32; i++) {
+                const int k = base + i;
+                blk[(k & (P - 1)) * 32 + (k >> logp)] = (int8_t)qc[i];
             }
-            const float dc = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-            int sum = 0;
-            for (int k = 32 * c; k < 32 * c + 32; k++) {
-                const int v = _mm_cvtss_si32(_mm_set_ss(xm[k] * inv));  // round to nearest even
-                const int qv = v > 127 ? 127 : (v < -127 ? -127 : v);
-                const int blk = k / (32 * P), within = k % (32 * P);
-                qm[(size_t)blk * 32 * P + (within % P) * 32 + within / P] = (int8_t)qv;
-                sum += qv;
+            for (int l = 0; l < lanes; l++) {  // its lanes: (c % P) * lanes .. + lanes - 1
+                dm[(c >> logp) * 8 + (c & (P - 1)) * lanes + l] = d;
+                sm[(c >> logp) * 8 + (c & (P - 1)) * lanes + l] = d * (float)sum / (float)lanes;
             }
-            dm[c] = dc;
-            dq[(size_t)m * C + c] = dc * (float)sum;
         }
     }
 }
@@ -408,25 +444,25 @@ int rl_lowbit_gemm_a8(const uint8_t *codes, int bits, int N, int K, const uint16
     const int bad = check(bits, K, gsize);
     if (bad) return bad;
     if (K % 32 || gsize % 32) return -5;
-    const int P = 8 / bits, C = K / 32;
+    const int P = 8 / bits;
     const size_t row_bytes = (size_t)K * bits / 8;
     const int nblk = (int)((row_bytes + 31) / 32);
     int8_t *q = malloc((size_t)M * nblk * 32 * P + 32);
-    float *d = malloc((size_t)M * (C + 8) * sizeof(float));
-    float *dq = malloc((size_t)M * C * sizeof(float) + 4);
-    if (!q || !d || !dq) {
+    float *dx = malloc((size_t)M * nblk * 8 * sizeof(float));
+    float *dql = malloc((size_t)M * nblk * 8 * sizeof(float));
+    if (!q || !dx || !dql) {
         free(q);
-        free(d);
-        free(dq);
+        free(dx);
+        free(dql);
         return -3;
     }
-    quantize_x(x, M, K, bits, nblk, q, d, dq);
-    const job8_t j = {q, d, dq, M, K, C, gsize, N, nblk, K / gsize, codes, row_bytes, scales, zeros, zconst, y};
+    quantize_x(x, M, K, bits, nblk, q, dx, dql);
+    const job8_t j = {q, dx, dql, M, N, nblk, K / gsize, gsize, codes, row_bytes, scales, zeros, zconst, y};
     if (bits == 2) gemm_a8_2(&j, nthreads);
     else if (bits == 4) gemm_a8_4(&j, nthreads);
     else gemm_a8_8(&j, nthreads);
     free(q);
-    free(d);
-    free(dq);
+    free(dx);
+    free(dql);
     return 0;
 }
