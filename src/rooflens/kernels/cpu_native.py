@@ -21,7 +21,9 @@ Two dataflows, picked by the number of activation rows ``M`` (FlashDecoding++'s 
 per chunk of 32 values (``d = max|x| / 127``, llama.cpp's q8 blocks) and the codes multiplied with them in integers
 (``vpmaddubsw``: 32 codes per instruction instead of 8 converted to fp32), scaled once per chunk. Lossy in the
 activations (a relative error of about 1e-2 per output), as llama.cpp's quantized dot products are; the dense
-path stays exact.
+path stays exact. Measured on a 2-core AMD EPYC (Zen 3, AVX2 only), one thread, 576 rows of 1536 weights from cache:
+4-bit 81 ns per row against the fp32 path's 105, 8-bit 141 against 99 (the signed 8-bit codes cost more there than
+the fp32 path's conversions); with 2 threads on SmolLM2's shapes the 4-bit gain is 0-25 %, the 8-bit path slower.
 """
 
 from __future__ import annotations
