@@ -197,3 +197,20 @@ def test_compile_options_validate_and_name_the_field():
     assert problems(compile=True, draft="self:2", compile_mode="max-autotune") == []
     message = problems(compile=True, compile_mode="fast")[0]
     assert "options.compile_mode" in message and "'reduce-overhead'" in message
+
+
+@pytest.mark.slow
+@torch.inference_mode()
+def test_the_layer_graph_traces_after_a_forward_installed_transformers_output_hooks(tiny_llama):
+    """A forward that asks for hidden states installs transformers' output-capturing hooks on the layers, and their
+    ContextVar is not traceable: the layer graph must still compile whole (CI failed here when another test had run
+    such a forward first) and equal the eager layer."""
+    model = copy.deepcopy(tiny_llama.model)
+    model(torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    hidden = torch.randn(1, 1, model.config.hidden_size)
+    outs = []
+    for step in (torch.compile(ee_compiled._layer_one, fullgraph=True, dynamic=False), ee_compiled._layer_one):
+        cache = ee_compiled.static_cache(model.config, 1, 128, torch.float32, CPU)
+        slot = ee_compiled.LayerSlot(cache.layers[0])
+        outs.append(step(model.model.layers[0], model.model.rotary_emb, hidden, torch.tensor(0), slot))
+    torch.testing.assert_close(outs[0], outs[1])

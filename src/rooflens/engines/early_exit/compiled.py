@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 from transformers import StaticCache
+from transformers.utils.output_capturing import _active_collector
 
 from rooflens.engines.compiled import (
     RECOMPILE_LIMIT,
@@ -67,7 +68,11 @@ def _layer(layer: Module, rotary: Module, hidden: Tensor, first: Tensor, slot: L
     zero = torch.zeros((), dtype=hidden.dtype, device=device)
     mask = torch.where(visible, zero, torch.finfo(hidden.dtype).min).view(1, 1, m, -1)
     positions = (first + rows).view(1, -1)
-    return layer(
+    # transformers' output-capturing hooks (installed on the layers by any forward that asked for hidden states or
+    # attentions) read a ContextVar, which dynamo cannot trace; set under compile it is a plain global, as in a
+    # compiled whole-model forward, and the hooks stay inactive
+    token = _active_collector.set(None)
+    out = layer(
         hidden,
         attention_mask=mask,
         position_embeddings=rotary(hidden, position_ids=positions),
@@ -75,6 +80,8 @@ def _layer(layer: Module, rotary: Module, hidden: Tensor, first: Tensor, slot: L
         past_key_values=slot,
         use_cache=True,
     )
+    _active_collector.reset(token)
+    return out
 
 
 def _layer_one(layer: Module, rotary: Module, hidden: Tensor, first: Tensor, slot: LayerSlot) -> Tensor:  # 1 row
