@@ -13,8 +13,8 @@ from rooflens.kernels import LowBitLinear, quantize
 from rooflens.kernels.cpu_lowbit import cpu_kernel_unavailable
 from rooflens.kernels.cpu_native import DENSE_FROM_ROWS, plan_for
 from rooflens.kernels.linear import resolve_lowbit_layers
-from rooflens.kernels.native import native_unavailable
-from rooflens.kernels.ops import lowbit_native, lowbit_triton, native_op_linear
+from rooflens.kernels.native import native_operator_unavailable, native_unavailable
+from rooflens.kernels.ops import lowbit_native, lowbit_triton
 from rooflens.kernels.ranges import KERNEL, OP, STEP, profiler_range, recording_ranges
 
 
@@ -30,6 +30,8 @@ needs_native = pytest.mark.skipif(native_unavailable() is not None, reason=str(n
 needs_triton = pytest.mark.skipif(_triton_missing() is not None, reason=str(_triton_missing()))
 TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the CPU: under the interpreter
 ROWS = (1, DENSE_FROM_ROWS + 4)  # the GEMV and the dense path of the native kernel
+# what resolve_lowbit_layers has compiled graphs call: the C++ operator where it builds, else the Python one
+NATIVE_OP = "rooflens_native.linear" if native_operator_unavailable() is None else "rooflens.lowbit_native"
 
 
 def _weight(bits: int, symmetric: bool, n: int = 48, k: int = 128, seed: int = 0):
@@ -81,8 +83,8 @@ def _tiny_model(kernel: str) -> nn.Module:
 @pytest.mark.parametrize(
     ("kernel", "op"),
     [
-        pytest.param("native", "rooflens.lowbit_native", marks=needs_native),
-        pytest.param("native_a8", "rooflens.lowbit_native", marks=needs_native),
+        pytest.param("native", NATIVE_OP, marks=needs_native),
+        pytest.param("native_a8", NATIVE_OP, marks=needs_native),
         ("int4pack", "aten._weight_int4pack_mm_for_cpu"),
         ("torch", "torch.matmul"),
         pytest.param("triton", "rooflens.lowbit_triton", marks=needs_triton),
@@ -125,11 +127,12 @@ def test_the_quantized_engines_tiny_llama_compiles_whole(tiny_llama):
 
 @needs_native
 def test_the_attribution_counts_the_native_op_once_as_an_operator_of_its_class():
-    """The kernel's range nests in the operator's event: the call is one operator of the class, not two."""
+    """The kernel's range nests in the Python operator's event: the call is one operator of the class, not two."""
     plan, x = plan_for(_weight(4, True)[0]), torch.randn(1, 128)
+    args = (plan.codes, plan.scales, plan.zeros, None, plan.kbits, plan.zconst, plan.group_size, *plan.shape)
     with recording_ranges(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         with profiler_range(STEP + "decode"), profiler_range(OP + "mlp"):
-            native_op_linear(x, plan)
+            lowbit_native(x, *args)
     nodes = event_tree(prof.profiler.kineto_results.events())
     placed = {n.name: place(n) for n in nodes}
     assert placed["rooflens::lowbit_native"] == ("decode", "mlp", False)

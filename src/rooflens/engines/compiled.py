@@ -32,6 +32,7 @@ from rooflens.engines.base import TokenClock
 from rooflens.engines.decoding import eos_masked, eos_token_ids
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.fsutil import cache_dir, own_folder
+from rooflens.kernels.linear import resolve_lowbit_layers
 from rooflens.results.stat import EngineStat
 
 CACHE_BUCKET = 128  # static cache lengths are rounded up to this: cells of nearby lengths share a decode graph
@@ -137,6 +138,7 @@ class CompiledDecoder:
         self.device = device
         self.mode = compile_mode(mode, device)
         self.cache_folder = inductor_cache()
+        resolve_lowbit_layers(model, device)  # low-bit layers' kernels chosen (and built) before tracing
         self.log = CompileLog()
         self._caches: dict[tuple[int, int], StaticCache] = {}
         self._warm: set[tuple[int, int, int]] = set()
@@ -284,6 +286,7 @@ class CompiledForward:
         self.device = device
         self.mode = compile_mode(mode, device)
         self.cache_folder = inductor_cache()
+        resolve_lowbit_layers(model, device)  # low-bit layers' kernels chosen (and built) before tracing
         self.length = 0
         self._cache: StaticCache | None = None
         self._caches: dict[tuple[int, int], StaticCache] = {}

@@ -229,6 +229,8 @@ def resolve_lowbit_layers(model: nn.Module, device: torch.device) -> int:
     layers = [m for m in model.modules() if isinstance(m, LowBitLinear)]
     for layer in layers:
         layer.resolve(device)
+    if any(layer.route.path in ("native", "native_a8") for layer in layers):
+        ops.prepare_native_operator()  # the C++ operator where it builds, else graphs call the Python one
     return len(layers)
 
 

@@ -5,6 +5,11 @@ source, the flags and the compiler's version, written atomically, and loaded wit
 release the GIL). No torch headers and no Python headers are needed, so a build takes ~2 s. When the CPU
 lacks the instruction sets, or no compiler works, :func:`native_unavailable` says why and callers fall back.
 
+Compiled graphs call the kernel through a torch operator instead: ``csrc/lowbit_op.cpp``, built with the C++
+compiler against the running torch's headers (~13 s, once per torch version), loaded with
+``torch.ops.load_library`` and bound to the loaded kernel's entry points, so both run the same machine code
+(:func:`native_operator_unavailable`).
+
 Loading a library runs its code, so the cache is trusted only as the user's own: the folder must belong to
 this user and be writable by no one else (else the kernel is unavailable, the reason naming the folder and
 the fix), and a library is loaded only when its SHA-256 matches the digest rooflens recorded beside it when
@@ -28,6 +33,7 @@ from rooflens.device.cpu import detect_cpu
 from rooflens.fsutil import UntrustedFolder, atomic_output, cache_dir, own_folder, write_atomic
 
 SOURCE = Path(__file__).with_name("csrc") / "lowbit_avx2.c"
+OP_SOURCE = Path(__file__).with_name("csrc") / "lowbit_op.cpp"
 CPU_FLAGS = ("avx2", "fma", "f16c")
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
 
@@ -58,19 +64,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _build(cc: list[str]) -> Path:
-    """The kernel library for this source, flags and compiler: the cached one if its digest is the one recorded
-    when it was built, else built now (and its digest recorded)."""
+def _build(cc: list[str], source: Path = SOURCE, flags: tuple[str, ...] = CFLAGS, salt: str = "") -> Path:
+    """The library built from ``source`` with ``flags`` by ``cc`` (``salt``: anything else it depends on): the cached
+    one if its digest is the one recorded when it was built, else built now (and its digest recorded)."""
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
+    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + (version + salt).encode()).hexdigest()[:16]
     folder = own_folder(cache_dir("kernels"), PLANTED)
-    target, digest = folder / f"{SOURCE.stem}-{key}.so", folder / f"{SOURCE.stem}-{key}.sha256"
+    target, digest = folder / f"{source.stem}-{key}.so", folder / f"{source.stem}-{key}.sha256"
     if target.exists() and digest.exists() and digest.read_text().strip() == _sha256(target):
         return target
     with atomic_output(target) as tmp:  # the linker writes the .so executable
-        done = subprocess.run([*cc, *CFLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*cc, str(source), *flags, "-o", str(tmp)], capture_output=True, text=True, timeout=600)
         if done.returncode:
-            raise RuntimeError(f"{shlex.join(cc)} failed on {SOURCE.name}: {done.stderr.strip()[-600:]}")
+            raise RuntimeError(f"{shlex.join(cc)} failed on {source.name}: {done.stderr.strip()[-600:]}")
         write_atomic(digest, _sha256(tmp) + "\n")
     return target
 
@@ -113,3 +119,54 @@ def native_library() -> ctypes.CDLL:
     if lib is None:
         raise RuntimeError(why)
     return lib
+
+
+def cxx_compiler() -> list[str] | None:
+    """The C++ compiler command: ``$CXX`` split as a shell would, else ``c++``, ``g++`` or ``clang++`` on the PATH."""
+    env = shlex.split(os.environ.get("CXX", ""))
+    if env:
+        return env if shutil.which(env[0]) else None
+    return next(([c] for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+
+
+def _torch_flags() -> tuple[str, ...]:
+    """Compile and link flags for a shared library of torch operators against the running torch."""
+    import torch
+
+    root = Path(torch.__file__).parent
+    include, lib = root / "include", root / "lib"
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return (
+        *("-O2", "-shared", "-fPIC", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"),
+        *(f"-I{include}", f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}"),
+        *(f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"),
+    )
+
+
+@cache
+def _load_operator() -> str | None:
+    """Build and load ``csrc/lowbit_op.cpp`` (the kernel as the torch operator ``rooflens_native::linear``) and bind it
+    to the loaded kernel's entry points; None when it is ready, else why not (callers keep the Python operator)."""
+    lib, why = _load()
+    if lib is None:
+        return why
+    cxx = cxx_compiler()
+    if cxx is None:
+        return "no C++ compiler found (set CXX, or install g++) to build the native kernel's torch operator"
+    import torch
+
+    try:
+        torch.ops.load_library(str(_build(cxx, OP_SOURCE, _torch_flags(), salt=torch.__version__)))
+    except UntrustedFolder as err:
+        return f"the native kernel's operator is not loaded from an untrusted cache: {err}"
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        return f"could not build or load the native kernel's torch operator: {err}"
+    entries = ("rl_lowbit_gemm", "rl_lowbit_gemm_a8", "rl_lowbit_dequant", "rl_permute_x")
+    torch.ops.rooflens_native.bind(*(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in entries))
+    return None
+
+
+def native_operator_unavailable() -> str | None:
+    """Why the C++ operator ``rooflens_native::linear`` cannot be used here (None when it is loaded); builds it on first
+    call (~20 s against torch's headers, then cached)."""
+    return _load_operator()

@@ -7,20 +7,37 @@ reads from a file), so each is one opaque operator here, ``rooflens::lowbit_nati
 directly, so the ~200 calls of a decoded token pay no dispatcher round trip into Python. torch's int4 kernel and
 the reference are torch operators already and trace as they are.
 
+A Python custom operator costs its graph ~25-35 us per call on top of the kernel (the dispatcher calls back into
+Python, which calls ctypes): on a 2-core AMD EPYC, a 576x576 4-bit GEMV is 17 us through ctypes alone and 55 us
+through ``rooflens::lowbit_native`` (``benchmarks/native_call_cost.py``). So where a C++ compiler and torch's
+headers are at hand, :func:`prepare_native_operator` builds ``csrc/lowbit_op.cpp``, the same kernel registered
+from C++ as ``rooflens_native::linear`` (+4-8 us per call), and compiled graphs call that one; the Python operator
+stays as the fallback, and the record names which one ran (:func:`native_call_path`).
+
 In a profile the operator is the event the attribution counts (:mod:`rooflens.bench.attribution.events`); the
 native kernel's ``rooflens.kernel/`` ranges nest inside it and count with it.
 
 No ``from __future__ import annotations`` here: ``custom_op`` reads the schema from the annotations.
 """
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
 
-from rooflens.kernels.cpu_native import DENSE_FROM_ROWS, NativePlan, native_lowbit_linear
+from rooflens.kernels.cpu_native import DENSE_FROM_ROWS, SLICE_ELEMENTS, NativePlan, native_lowbit_linear
 from rooflens.kernels.lowbit import QuantizedWeight
+from rooflens.kernels.native import native_operator_unavailable
 
-__all__ = ["lowbit_native", "lowbit_triton", "native_op_linear", "triton_linear", "triton_op_linear"]
+__all__ = [
+    "lowbit_native",
+    "lowbit_triton",
+    "native_call_path",
+    "native_op_linear",
+    "prepare_native_operator",
+    "triton_linear",
+    "triton_op_linear",
+]
 
 
 @torch.library.custom_op("rooflens::lowbit_native", mutates_args=())
@@ -66,12 +83,53 @@ def _native_fake(
     return y if bias is None else y + bias
 
 
+def _cpp_native_fake(
+    x: torch.Tensor,
+    codes,
+    scales,
+    zeros,
+    bias,
+    kbits,
+    zconst,
+    group_size,
+    n: int,
+    k: int,
+    int8_activations: bool,
+    dense_from_rows: int,
+    slice_elements: int,
+) -> torch.Tensor:
+    return _native_fake(x, codes, scales, zeros, bias, kbits, zconst, group_size, n, k, int8_activations)
+
+
+_cpp_linear: Optional[Callable[..., torch.Tensor]] = None  # rooflens_native::linear, once prepared
+
+
+def prepare_native_operator() -> Optional[str]:
+    """Build and load the C++ operator ``rooflens_native::linear`` (:file:`csrc/lowbit_op.cpp`) and register its fake,
+    before tracing (a build is not traceable); None when ready, else why not: compiled graphs then call the Python
+    operator :func:`lowbit_native`."""
+    global _cpp_linear
+    why = native_operator_unavailable()
+    if why is None and _cpp_linear is None:
+        torch.library.register_fake("rooflens_native::linear", _cpp_native_fake)
+        _cpp_linear = torch.ops.rooflens_native.linear.default
+    return why
+
+
+def native_call_path() -> str:
+    """How a compiled graph reaches the native kernel here, for the record."""
+    why = prepare_native_operator()
+    return "C++ torch operator (rooflens_native::linear)" if why is None else f"Python custom operator ({why})"
+
+
 def native_op_linear(
     x: torch.Tensor, plan: NativePlan, bias: Optional[torch.Tensor] = None, int8_activations: bool = False
 ) -> torch.Tensor:
-    """``rooflens::lowbit_native`` for ``plan``: what a compiled forward calls."""
+    """The native kernel as one operator for ``plan``: what a compiled forward calls (the C++ one where it builds)."""
     n, k = plan.shape
     args = (plan.codes, plan.scales, plan.zeros, bias, plan.kbits, plan.zconst, plan.group_size, n, k)
+    if _cpp_linear is not None:  # a module global: dynamo reads it as a constant
+        return _cpp_linear(x, *args, int8_activations, DENSE_FROM_ROWS, SLICE_ELEMENTS)
     return lowbit_native(x, *args, int8_activations)
 
 

@@ -39,7 +39,7 @@ from rooflens.engines.quant.base import copy_for_quantization, untie_from
 from rooflens.engines.quant.hqq import QUANTIZERS
 from rooflens.engines.registry import register
 from rooflens.engines.stat_table import StatSpec, stats_from_table
-from rooflens.kernels.linear import kernel_unavailable, resolve_lowbit_layers
+from rooflens.kernels.linear import kernel_unavailable
 from rooflens.kernels.multiprecision import MultiPrecisionLinear, quantize_multiprecision, set_precision
 from rooflens.lowbit_rules import ALLOWED_BITS
 
@@ -276,7 +276,6 @@ class MixedPrecisionEngine(Engine):
             return None
         if self._decoder is None:
             assert self.module is not None
-            resolve_lowbit_layers(self.module, self.model.device)  # every rung's kernel chosen before tracing
             self._decoder = CompiledDecoder(self.module, self.model.device, self.options.compile_mode)
         return self._decoder.session(input_ids.shape[0], input_ids.shape[1], n_new)
 

@@ -24,6 +24,7 @@ from rooflens.engines.quant.hqq import QUANTIZERS
 from rooflens.kernels import LowBitLinear, QuantizationReport, quantize_linear_layers
 from rooflens.kernels.cpu_native import DENSE_FROM_ROWS
 from rooflens.kernels.linear import kernel_unavailable
+from rooflens.kernels.ops import native_call_path
 
 KERNEL_PATHS = {
     "torch": "torch reference (dequantize every call + matmul in the activation dtype: a correctness path, not a fast one)",
@@ -79,3 +80,9 @@ class RooflensHandler(QuantHandler):
         return (
             "exact: QuantizedWeight.storage_bytes (packed int32 codes + fp16 scales, + fp16 zero points if asymmetric)"
         )
+
+    def notes(
+        self, spec: QuantSpec, model: nn.Module, device: torch.device, dtype: str, compiled: bool = False
+    ) -> list[str]:
+        native = any(m.path(device) in ("native", "native_a8") for m in model.modules() if isinstance(m, LowBitLinear))
+        return [f"compiled graphs call the native kernel as a {native_call_path()}"] if compiled and native else []
