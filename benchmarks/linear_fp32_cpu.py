@@ -11,13 +11,13 @@ every weight streams from memory as in a real step). Timed per backend, the same
   ``freezing`` puts in a compiled fp32 graph on x86;
 * ``onednn``: ``mkldnn._linear_pointwise`` on weights reordered for oneDNN (its JIT kernels pick the ISA from the
   CPU's flags, not its vendor);
-* ``inductor_cpp`` (``--inductor``): a module per shape compiled with ``freezing`` and ``max_autotune`` restricted
-  to inductor's C++ GEMM template (slow to compile).
+* ``rooflens``: ``rooflens_native::dense_linear`` (rooflens's AVX2 GEMV, ``rl_f32_gemm``), what compiled engines'
+  graphs call with ``compile_gemv: true`` (:mod:`rooflens.kernels.dense`).
 
 Printed: ms per step's linears and the weight bytes over that time (GB/s), beside the machine's probed bandwidth
 when a profile exists. Median of ``--reps`` passes after warm-up passes. Nothing else may run meanwhile.
 
-    python benchmarks/linear_fp32_cpu.py [--threads 2] [--reps 15] [--inductor]
+    python benchmarks/linear_fp32_cpu.py [--threads 2] [--reps 15] [--rows 1]
 """
 
 from __future__ import annotations
@@ -49,21 +49,28 @@ def weights() -> list[torch.Tensor]:
     return [torch.randn(n, k) * 0.02 for n, k in shapes]
 
 
-def step_fn(backend: str, ws: list[torch.Tensor]) -> Callable[[torch.Tensor], float]:
-    """A function that runs the step's products for ``backend`` on an input row (its ``K`` sliced per weight)."""
+def step_fn(backend: str, ws: list[torch.Tensor], rows: int) -> Callable[[], float]:
+    """A function that runs the step's products for ``backend`` on ``rows`` activation rows; its seconds."""
     if backend == "F.linear":
         calls = [lambda x, w=w: F.linear(x, w) for w in ws]
     elif backend == "mkl_packed":
-        packed = [(torch.ops.mkl._mkl_reorder_linear_weight(w, 1), w) for w in ws]
-        calls = [lambda x, p=p, w=w: torch.ops.mkl._mkl_linear(x, p, w, None, 1) for p, w in packed]
+        packed = [(torch.ops.mkl._mkl_reorder_linear_weight(w, rows), w) for w in ws]
+        calls = [lambda x, p=p, w=w: torch.ops.mkl._mkl_linear(x, p, w, None, rows) for p, w in packed]
     elif backend == "onednn":
-        packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in ws]
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in ws]
         calls = [lambda x, p=p: torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for p in packed]
-    elif backend == "inductor_cpp":
-        calls = inductor_calls(ws)
+    elif backend == "rooflens":
+        from rooflens.kernels.dense import GEMV_ROWS
+        from rooflens.kernels.ops import dense_operator, prepare_native_operator
+
+        why = prepare_native_operator()
+        if why is not None:
+            raise RuntimeError(why)
+        op = dense_operator()
+        calls = [lambda x, w=w: op(x, w, None, GEMV_ROWS) for w in ws]
     else:
         raise ValueError(backend)
-    xs = {k: torch.randn(1, k) for k in (HIDDEN, INTER)}
+    xs = {k: torch.randn(rows, k) for k in (HIDDEN, INTER)}
     ins = [xs[w.shape[1]] for w in ws]
 
     def run() -> float:
@@ -75,28 +82,12 @@ def step_fn(backend: str, ws: list[torch.Tensor]) -> Callable[[torch.Tensor], fl
     return run
 
 
-def inductor_calls(ws: list[torch.Tensor]) -> list[Callable]:
-    """One compiled ``nn.Linear`` per weight (frozen, C++ GEMM template only); shapes share their compiled code."""
-    import torch._inductor.config as cfg
-
-    cfg.freezing = True
-    cfg.max_autotune = True
-    cfg.max_autotune_gemm_backends = "CPP"
-    out = []
-    for w in ws:
-        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
-        lin.weight.data = w
-        lin.requires_grad_(False)
-        out.append(torch.compile(lin, fullgraph=True, dynamic=False))
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--inductor", action="store_true", help="also inductor's C++ GEMM template (compiles ~7 graphs)")
+    ap.add_argument("--rows", type=int, default=1, help="activation rows (1: batch-1 decode)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ws = weights()
@@ -104,11 +95,11 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {args.threads} threads, {len(ws)} products, {mb:.0f} MB of fp32 weights per step"
     )
-    backends = ["F.linear", "mkl_packed", "onednn"] + (["inductor_cpp"] if args.inductor else [])
+    backends = ["F.linear", "mkl_packed", "onednn", "rooflens"]
     with torch.inference_mode():
         for backend in backends:
             try:
-                run = step_fn(backend, ws)
+                run = step_fn(backend, ws, args.rows)
                 for _ in range(args.warmup):
                     run()
                 t = statistics.median(run() for _ in range(args.reps))

@@ -14,6 +14,7 @@ from rooflens.engines.base import TokenClock
 from rooflens.engines.compiled import CACHE_BUCKET, cache_length, compile_mode, inductor_cache
 from rooflens.engines.decoding import eos_allowed, eos_token_ids
 from rooflens.engines.registry import build_engine
+from rooflens.kernels.native import native_operator_unavailable
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.slow
@@ -72,6 +73,25 @@ def test_compiling_happens_in_warm_and_is_reported(tiny_llama):
     assert graphs > 0  # the counter does count this engine's graphs
     _tokens(engine, prompts, 5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # a timed run compiles nothing
+
+
+def test_compiled_engines_with_and_without_the_gemv_share_a_model_and_alternate_without_recompiling(tiny_llama):
+    """compile_gemv changes what the graphs call, not the model: two engines on one model, measured in turns."""
+    static = {"cache": "static", "compile": True}
+    gemv = build_engine(EngineSpec(name="hf", options=static), tiny_llama)
+    plain = build_engine(EngineSpec(name="hf", options={**static, "compile_gemv": False}), tiny_llama)
+    eager = build_engine(EngineSpec(name="hf"), tiny_llama)
+    prompts = make_prompts(tiny_llama, "synthetic", 1, 11, seed=3)
+    gemv.warm(prompts, 6)
+    plain.warm(prompts, 6)
+    if native_operator_unavailable() is None:
+        assert gemv.stats()["compile_fp32_linear"].value.startswith("rooflens AVX2 fp32 GEMV")
+    assert plain.stats()["compile_fp32_linear"].value == "torch's linear (compile_gemv: false)"
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    want = _tokens(eager, prompts, 6)
+    for engine in (gemv, plain, gemv, plain):
+        assert torch.equal(_tokens(engine, prompts, 6), want)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # each engine's guards held
 
 
 def test_compiled_loop_masks_eos_and_lets_it_through_for_task_answers(tiny_llama):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,7 @@ from rooflens.engines.base import TokenClock
 from rooflens.engines.decoding import eos_masked, eos_token_ids
 from rooflens.engines.stat_table import StatSpec, stats_from_table
 from rooflens.fsutil import cache_dir, own_folder
+from rooflens.kernels.dense import gemv_mode
 from rooflens.kernels.linear import resolve_lowbit_layers
 from rooflens.results.stat import EngineStat
 
@@ -77,16 +79,22 @@ COMPILE_STATS = {
         "before the cell's repetitions, never inside a timed one: {shapes}",
     ),
     "compile_mode": StatSpec("", "torch.compile mode as run on this device ({why})"),
+    "compile_fp32_linear": StatSpec("", "what the compiled graphs' fp32 linear layers call (option compile_gemv)"),
 }
 
 
 def compile_record(
-    log: CompileLog, mode: str | None, asked: str, cache: Path, warm_run: str = "one short generation"
+    log: CompileLog,
+    mode: str | None,
+    asked: str,
+    cache: Path,
+    gemv: str = "torch's linear",
+    warm_run: str = "one short generation",
 ) -> dict[str, EngineStat]:
     """:data:`COMPILE_STATS` of a compiled loop: its log, the mode it ran (None: inductor's default), the mode the
-    options asked for, its inductor cache, and what its warm-up ran besides compiling."""
+    options asked for, its inductor cache, what its fp32 linears call, and what its warm-up ran besides compiling."""
     why = "CUDA graphs exist only on a GPU" if mode is None and asked != "default" else "as asked"
-    values = {"compile_time_s": log.seconds, "compile_mode": mode or "default"}
+    values = {"compile_time_s": log.seconds, "compile_mode": mode or "default", "compile_fp32_linear": gemv}
     shapes = log.describe() or "none"
     return stats_from_table(COMPILE_STATS, values, cache=cache, shapes=shapes, why=why, warm_run=warm_run)
 
@@ -95,7 +103,26 @@ def compile_stats(decoder: CompiledDecoder | None, asked_mode: str) -> dict[str,
     """How a :class:`CompiledDecoder` compiled, for an engine's ``stats()`` (empty when it has not)."""
     if decoder is None:
         return {}
-    return compile_record(decoder.log, decoder.mode, asked_mode, decoder.cache_folder)
+    return compile_record(decoder.log, decoder.mode, asked_mode, decoder.cache_folder, decoder.gemv)
+
+
+def prepare_kernels(model: torch.nn.Module, device: torch.device, gemv: bool) -> tuple[Callable[[], Any], str]:
+    """Before tracing (neither is traceable): the low-bit layers' kernels chosen (and built), and what to enter around
+    each call of a graph for the fp32 linears (:func:`rooflens.kernels.dense.gemv_mode`), with its words."""
+    resolve_lowbit_layers(model, device)
+    return gemv_mode(device, gemv)
+
+
+def compiled(kernels: Callable[[], Any], fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+    """``torch.compile(fn, **options)``, called with ``kernels()`` entered (:func:`prepare_kernels`): dynamo traces
+    the fp32-linear mode into the graph and guards on it, so every call must enter the same one."""
+    graph = torch.compile(fn, **options)
+
+    def call(*args: Any) -> Any:
+        with kernels():
+            return graph(*args)
+
+    return call
 
 
 def eos_bias(vocab_size: int, eos: list[int], device: torch.device) -> torch.Tensor:
@@ -133,12 +160,12 @@ class CompileLog:
 class CompiledDecoder:
     """Greedy generation of exactly N tokens through a compiled prefill and decode step on a static cache."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, mode: str = "reduce-overhead"):
+    def __init__(self, model: torch.nn.Module, device: torch.device, mode: str = "reduce-overhead", gemv: bool = True):
         self.model = model
         self.device = device
         self.mode = compile_mode(mode, device)
         self.cache_folder = inductor_cache()
-        resolve_lowbit_layers(model, device)  # low-bit layers' kernels chosen (and built) before tracing
+        kernels, self.gemv = prepare_kernels(model, device, gemv)
         self.log = CompileLog()
         self._caches: dict[tuple[int, int], StaticCache] = {}
         self._warm: set[tuple[int, int, int]] = set()
@@ -146,11 +173,11 @@ class CompiledDecoder:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         torch._dynamo.config.fail_on_recompile_limit_hit = True  # an error, never an eager step called compiled
         # two functions, so that each has its own compiled code: the prefill's length is dynamic, the step's static
-        self._prefill = torch.compile(self._prefill_step, fullgraph=True, dynamic=None, mode=self.mode)
-        self._decode = torch.compile(self._decode_step, fullgraph=True, dynamic=False, mode=self.mode)
+        static = partial(compiled, kernels, fullgraph=True, dynamic=False, mode=self.mode)
+        dynamic = partial(compiled, kernels, fullgraph=True, dynamic=None, mode=self.mode)
+        self._prefill, self._decode = dynamic(self._prefill_step), static(self._decode_step)
         # the same, logits out, for loops that read them (a scheduler): see :meth:`session`
-        self._prefill_logits = torch.compile(self._logits_prefill, fullgraph=True, dynamic=None, mode=self.mode)
-        self._decode_logits = torch.compile(self._logits_step, fullgraph=True, dynamic=False, mode=self.mode)
+        self._prefill_logits, self._decode_logits = dynamic(self._logits_prefill), static(self._logits_step)
 
     def _logits(self, ids: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         out = self.model(
@@ -281,17 +308,17 @@ class CompiledForward:
     causal mask from that same position (a query at position p sees slots 0..p only), and later writes overwrite them.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, mode: str = "reduce-overhead"):
+    def __init__(self, model: torch.nn.Module, device: torch.device, mode: str = "reduce-overhead", gemv: bool = True):
         self.model = model
         self.device = device
         self.mode = compile_mode(mode, device)
         self.cache_folder = inductor_cache()
-        resolve_lowbit_layers(model, device)  # low-bit layers' kernels chosen (and built) before tracing
+        kernels, self.gemv = prepare_kernels(model, device, gemv)
         self.length = 0
         self._cache: StaticCache | None = None
         self._caches: dict[tuple[int, int], StaticCache] = {}
         # every (model, width, cache length) is a graph of its own: allow more of them than dynamo's default of 8
-        compile_ = partial(torch.compile, fullgraph=True, mode=self.mode, recompile_limit=RECOMPILE_LIMIT)
+        compile_ = partial(compiled, kernels, fullgraph=True, mode=self.mode, recompile_limit=RECOMPILE_LIMIT)
         self._prefill = compile_(self._prefill_rows, dynamic=None)
         self._block = compile_(self._block_rows, dynamic=False)
 

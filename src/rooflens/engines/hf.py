@@ -41,7 +41,8 @@ class HFEngine(Engine):
     def decoder(self) -> CompiledDecoder:
         """The compiled loop on :attr:`module` (made at first use, after ``prepare``)."""
         if self._decoder is None:
-            self._decoder = CompiledDecoder(self.module, self.model.device, self.options.compile_mode)
+            o = self.options
+            self._decoder = CompiledDecoder(self.module, self.model.device, o.compile_mode, o.compile_gemv)
         return self._decoder
 
     def warm(self, prompts: torch.Tensor, n_new: int) -> None:

@@ -45,6 +45,7 @@ SIGNATURES = {  # name -> (argtypes, restype); see the C source for what each ar
     "rl_lowbit_gemm_a8": ((_P, _I, _I, _I, _P, _P, _F, _I, _P, _I, _P, _I), _I),
     "rl_lowbit_dequant": ((_P, _I, _I, _I, _P, _P, _F, _I, _I, _I, _P, _I), _I),
     "rl_permute_x": ((_P, _I, _I, _I, _P), None),
+    "rl_f32_gemm": ((_P, _I, _I, _P, _I, _P, _I), _I),
 }
 
 
@@ -161,7 +162,7 @@ def _load_operator() -> str | None:
         return f"the native kernel's operator is not loaded from an untrusted cache: {err}"
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         return f"could not build or load the native kernel's torch operator: {err}"
-    entries = ("rl_lowbit_gemm", "rl_lowbit_gemm_a8", "rl_lowbit_dequant", "rl_permute_x")
+    entries = ("rl_lowbit_gemm", "rl_lowbit_gemm_a8", "rl_lowbit_dequant", "rl_permute_x", "rl_f32_gemm")
     torch.ops.rooflens_native.bind(*(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in entries))
     return None
 

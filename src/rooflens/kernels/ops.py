@@ -30,6 +30,7 @@ from rooflens.kernels.lowbit import QuantizedWeight
 from rooflens.kernels.native import native_operator_unavailable
 
 __all__ = [
+    "dense_operator",
     "lowbit_native",
     "lowbit_triton",
     "native_call_path",
@@ -102,18 +103,30 @@ def _cpp_native_fake(
 
 
 _cpp_linear: Optional[Callable[..., torch.Tensor]] = None  # rooflens_native::linear, once prepared
+_cpp_dense: Optional[Callable[..., torch.Tensor]] = None  # rooflens_native::dense_linear, once prepared
+
+
+def _dense_fake(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], max_rows: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))  # contiguous, in x.dtype, on both paths
 
 
 def prepare_native_operator() -> Optional[str]:
     """Build and load the C++ operator ``rooflens_native::linear`` (:file:`csrc/lowbit_op.cpp`) and register its fake,
     before tracing (a build is not traceable); None when ready, else why not: compiled graphs then call the Python
     operator :func:`lowbit_native`."""
-    global _cpp_linear
+    global _cpp_linear, _cpp_dense
     why = native_operator_unavailable()
     if why is None and _cpp_linear is None:
         torch.library.register_fake("rooflens_native::linear", _cpp_native_fake)
+        torch.library.register_fake("rooflens_native::dense_linear", _dense_fake)
         _cpp_linear = torch.ops.rooflens_native.linear.default
+        _cpp_dense = torch.ops.rooflens_native.dense_linear.default
     return why
+
+
+def dense_operator() -> Optional[Callable[..., torch.Tensor]]:
+    """``rooflens_native::dense_linear`` once :func:`prepare_native_operator` has loaded it, else None."""
+    return _cpp_dense
 
 
 def native_call_path() -> str:

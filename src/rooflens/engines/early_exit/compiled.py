@@ -34,8 +34,10 @@ from rooflens.engines.compiled import (
     CompileLog,
     cache_length,
     compile_mode,
+    compiled,
     eos_bias,
     inductor_cache,
+    prepare_kernels,
     static_cache,
 )
 from rooflens.engines.decoding import LayerStack, layer_kv
@@ -185,11 +187,13 @@ class CompiledOps(EagerOps):
         precheck_rows: torch.Tensor | None,
         device: torch.device,
         mode: str,
+        gemv: bool = True,
     ):
         super().__init__(model, stack, predictors, draft, eos, precheck_rows)
         self.device = device
         self.mode = compile_mode(mode, device)
         self.cache_folder = inductor_cache()
+        kernels, self.gemv = prepare_kernels(model, device, gemv)
         self.log = CompileLog()
         self._sets: dict[int, StaticCaches] = {}
         self._now: StaticCaches | None = None
@@ -200,8 +204,8 @@ class CompiledOps(EagerOps):
             self._no_prev = torch.zeros(predictors.k, device=device)  # the first checked layer's softmax change
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         torch._dynamo.config.fail_on_recompile_limit_hit = True  # an error, never an eager step called compiled
-        static = partial(torch.compile, fullgraph=True, mode=self.mode, dynamic=False)
-        dynamic = partial(torch.compile, fullgraph=True, mode=self.mode, dynamic=None)  # with mark_dynamic
+        static = partial(compiled, kernels, fullgraph=True, mode=self.mode, dynamic=False)
+        dynamic = partial(compiled, kernels, fullgraph=True, mode=self.mode, dynamic=None)  # with mark_dynamic
         self._prefill_c, self._rows_c, self._draft_prefill_c = (
             dynamic(_prefill),
             dynamic(_layer_rows),

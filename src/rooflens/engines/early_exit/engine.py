@@ -274,7 +274,7 @@ class EarlyExitEngine(Engine):
             self.reset_stats()
         self._threshold_logit = threshold_logit(self.threshold)
         if opts.compile:
-            self._ops = self._compiled = CompiledOps(*ops_args, self.model.device, opts.compile_mode)
+            self._ops = self._compiled = CompiledOps(*ops_args, self.model.device, opts.compile_mode, opts.compile_gemv)
 
     @property
     def ops(self) -> EagerOps:
@@ -629,7 +629,7 @@ class EarlyExitEngine(Engine):
         if c is None:
             return {}
         run = "one call of each compiled graph (prefill, draft head, layer step, K/V fill, predictor, heads)"
-        return compile_record(c.log, c.mode, self.options.compile_mode, c.cache_folder, warm_run=run)
+        return compile_record(c.log, c.mode, self.options.compile_mode, c.cache_folder, c.gemv, warm_run=run)
 
     def _run_values(self) -> dict[str, object]:
         c = self._c

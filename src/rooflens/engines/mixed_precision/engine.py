@@ -276,7 +276,8 @@ class MixedPrecisionEngine(Engine):
             return None
         if self._decoder is None:
             assert self.module is not None
-            self._decoder = CompiledDecoder(self.module, self.model.device, self.options.compile_mode)
+            o = self.options
+            self._decoder = CompiledDecoder(self.module, self.model.device, o.compile_mode, o.compile_gemv)
         return self._decoder.session(input_ids.shape[0], input_ids.shape[1], n_new)
 
     @torch.inference_mode()

@@ -11,9 +11,21 @@ Validating an engine entry against its schema is :func:`rooflens.engines.registr
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
 
-__all__ = ["BUILTIN_OPTIONS", "EngineOptions", "EngineOptionsError"]
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["BUILTIN_OPTIONS", "EngineOptions", "EngineOptionsError", "compile_gemv_field"]
+
+
+def compile_gemv_field() -> Any:
+    """The ``compile_gemv`` option every compiled engine takes (rooflens.kernels.dense)."""
+    return Field(
+        default=True,
+        description="when compile is on, on a CPU: the compiled graphs' fp32 linear layers call rooflens's AVX2 GEMV "
+        "below 4 activation rows (torch's fp32 GEMV streams well below the memory's speed on some CPUs); false keeps "
+        "torch's linear, as inductor compiles it",
+    )
 
 
 class EngineOptions(BaseModel):

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rooflens.engines.options import EngineOptions
+from rooflens.engines.options import EngineOptions, compile_gemv_field
 from rooflens.engines.options.speculative import SELF_RE
 
 DRAFTS = ("head", "lookup", "head+lookup", "self:<k>", "eagle:<folder>")
@@ -89,6 +89,7 @@ class EarlyExitOptions(EngineOptions):
         default="reduce-overhead",
         description="torch.compile mode when compile is on (reduce-overhead: CUDA graphs on a GPU, inductor's default on a CPU)",
     )
+    compile_gemv: bool = compile_gemv_field()
 
     train_fields: ClassVar[tuple[str, ...]] = (
         "draft",

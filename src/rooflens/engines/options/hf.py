@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rooflens.engines.options import EngineOptions
+from rooflens.engines.options import EngineOptions, compile_gemv_field
 
 
 class HFOptions(EngineOptions):
@@ -21,6 +21,7 @@ class HFOptions(EngineOptions):
         default="reduce-overhead",
         description="torch.compile mode when compile is on (reduce-overhead: CUDA graphs on a GPU, inductor's default on a CPU)",
     )
+    compile_gemv: bool = compile_gemv_field()
 
     @model_validator(mode="after")
     def _compile_needs_static(self) -> HFOptions:

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from rooflens.engines.options import EngineOptions
+from rooflens.engines.options import EngineOptions, compile_gemv_field
 from rooflens.lowbit_rules import KERNELS, check_ladder, describe_kernels
 
 CONFIDENCE_OPTIONS = ("confidence_k", "confidence_warmup", "confidence_window")
@@ -76,6 +76,7 @@ class MixedPrecisionOptions(EngineOptions):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
         default="reduce-overhead", description="torch.compile mode when compile is on (CUDA graphs only on a GPU)"
     )
+    compile_gemv: bool = compile_gemv_field()
 
     train_fields: ClassVar[tuple[str, ...]] = (
         "ladder",

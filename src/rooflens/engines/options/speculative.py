@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rooflens.engines.options import EngineOptions
+from rooflens.engines.options import EngineOptions, compile_gemv_field
 from rooflens.models.catalog import shipped_config_names
 from rooflens.text import quote
 
@@ -70,6 +70,7 @@ class SpeculativeOptions(EngineOptions):
         default="reduce-overhead",
         description="torch.compile mode when compile is on (reduce-overhead: CUDA graphs on a GPU, inductor's default on a CPU)",
     )
+    compile_gemv: bool = compile_gemv_field()
 
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeOptions:

@@ -104,10 +104,16 @@ class CompiledSpeculation:
     verify width, and what compiling them cost."""
 
     def __init__(
-        self, target: torch.nn.Module, draft: torch.nn.Module | None, device: torch.device, mode: str, width: int
+        self,
+        target: torch.nn.Module,
+        draft: torch.nn.Module | None,
+        device: torch.device,
+        mode: str,
+        width: int,
+        gemv: bool = True,
     ):
-        self.target = CompiledForward(target, device, mode)
-        self.draft = CompiledForward(draft, device, mode) if draft is not None else None
+        self.target = CompiledForward(target, device, mode, gemv)
+        self.draft = CompiledForward(draft, device, mode, gemv) if draft is not None else None
         self.width = width
         self.log = CompileLog()
         self.count = VerifyCount()

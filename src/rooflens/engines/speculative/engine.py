@@ -144,7 +144,8 @@ class SpeculativeEngine(Engine):
         if c is None:
             return {}
         run = "one call of each compiled graph (the target's prefill and verify block; the draft's feeds)"
-        return compile_record(c.log, c.target.mode, self.options.compile_mode, c.target.cache_folder, warm_run=run)
+        mode, asked, folder = c.target.mode, self.options.compile_mode, c.target.cache_folder
+        return compile_record(c.log, mode, asked, folder, c.target.gemv, warm_run=run)
 
     def _vocab_values(self) -> dict[str, Any]:
         """The trimmed vocabulary's size, its coverage of the output, and the share of a draft forward it saves."""
@@ -236,7 +237,8 @@ class SpeculativeEngine(Engine):
         if self._compiled is None:
             draft = self.draft if self.options.mode == "draft_model" else None
             device, mode = self.model.device, self.options.compile_mode
-            self._compiled = CompiledSpeculation(self.model.model, draft, device, mode, self.verify_width)
+            width, gemv = self.verify_width, self.options.compile_gemv
+            self._compiled = CompiledSpeculation(self.model.model, draft, device, mode, width, gemv)
         return self._compiled
 
     def warm(self, prompts: torch.Tensor, n_new: int) -> None:

@@ -466,3 +466,34 @@ int rl_lowbit_gemm_a8(const uint8_t *codes, int bits, int N, int K, const uint16
     free(dql);
     return 0;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// fp32 weights: y[M, N] = x[M, K] @ W[N, K]^T for the few activation rows of a decode step (M small), what an fp32
+// model's linear layers are at batch 1. Each thread streams its rows of W one after the other (one sequential stream:
+// 26.6 GB/s on a 49152x576 matrix on a 2-core Zen 3, where 4 rows at a time read 23.6), four accumulators per dot
+// product; a row (at most a few KB) stays in L1 for the other activation rows. Summation order: lanes of 8 strided by
+// 32, then a tree; not a dense GEMM's order.
+
+INLINE float f32_dot(const float *w, const float *x, int K) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; k++) s += w[k] * x[k];
+    return s;
+}
+
+// Returns 0, or -1 for a shape it does not take.
+int rl_f32_gemm(const float *w, int N, int K, const float *x, int M, float *y, int nthreads) {
+    if (N <= 0 || K <= 0 || M <= 0) return -1;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int m = 0; m < M; m++) y[(size_t)m * N + n] = f32_dot(w + (size_t)n * K, x + (size_t)m * K, K);
+    return 0;
+}
