@@ -65,9 +65,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _build(cc: list[str], source: Path = SOURCE, flags: tuple[str, ...] = CFLAGS, salt: str = "") -> Path:
-    """The library built from ``source`` with ``flags`` by ``cc`` (``salt``: anything else it depends on): the cached
-    one if its digest is the one recorded when it was built, else built now (and its digest recorded)."""
+def _build(cc: list[str], source: Path | None = None, flags: tuple[str, ...] = CFLAGS, salt: str = "") -> Path:
+    """The library built from ``source`` (default: the C kernel, :data:`SOURCE`) with ``flags`` by ``cc`` (``salt``:
+    anything else it depends on): the cached one if its digest is the one recorded when it was built, else built
+    now (and its digest recorded)."""
+    source = source or SOURCE  # read now, not when this was defined (tests point SOURCE elsewhere)
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + (version + salt).encode()).hexdigest()[:16]
     folder = own_folder(cache_dir("kernels"), PLANTED)
