@@ -102,7 +102,7 @@ def test_engine_name_and_options_are_validated():
     msg = error_of(with_(engines=[{"name": "hf", "options": {"cache": "static", "turbo": True}}]))
     assert (
         msg
-        == "exp.yaml: engines[0].options.turbo: unknown option for engine 'hf' (allowed: cache, compile, compile_gemv, compile_mode)"
+        == "exp.yaml: engines[0].options.turbo: unknown option for engine 'hf' (allowed: cache, compile, compile_mode, compile_gemv)"
     )
     msg = error_of(with_(engines=[{"name": "hf", "options": {"compile": True}}]))
     assert "engines[0].options: compile: true needs cache: static" in msg
