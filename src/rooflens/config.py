@@ -288,6 +288,15 @@ class Experiment(_Strict):
         "...), the engine's own work and the time outside operators, each on the roofline (record: attribution). "
         "Never inside the timed repetitions; false skips it",
     )
+    attribution_repetitions: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="profiled repetitions per cell (attribution on): each phase's table is their median one, and "
+        "each is paired with a bare prefill run just before it with the profiler off, the check that the parts add "
+        "up (record: attribution.phases[].agreement). More pairs tighten that check on a noisy machine; each costs "
+        "about one generation and two prefills",
+    )
     probe: Literal["never", "auto"] = Field(
         default="never",
         description="auto: on a device with neither datasheet ceilings nor a valid saved probe at the run's "
@@ -358,14 +367,24 @@ class Experiment(_Strict):
         """Hash of the validated experiment (defaults filled in), stable across key order.
 
         ``executor`` says where cells run, ``schedule`` in what order their repetitions are taken, ``probe``
-        whether missing ceilings are measured first, ``validity`` how a measurement is judged and
-        ``cell_timeout_s`` when a hung one is stopped, ``attribution`` whether one more repetition is profiled
-        after the timed ones, not what is measured: they are left out, so runs of one experiment under different
-        executors, schedules or limits (and records from before the fields existed) compare.
+        whether missing ceilings are measured first, ``validity`` how a measurement is judged,
+        ``cell_timeout_s`` when a hung one is stopped, ``attribution`` and ``attribution_repetitions`` whether and
+        how often the cell is profiled after the timed repetitions, not what is measured: they are left out, so runs
+        of one experiment under different executors, schedules or limits (and records from before the fields
+        existed) compare.
         """
         blob = json.dumps(
             self.model_dump(
-                mode="json", exclude={"executor", "schedule", "probe", "validity", "cell_timeout_s", "attribution"}
+                mode="json",
+                exclude={
+                    "executor",
+                    "schedule",
+                    "probe",
+                    "validity",
+                    "cell_timeout_s",
+                    "attribution",
+                    "attribution_repetitions",
+                },
             ),
             sort_keys=True,
             separators=(",", ":"),

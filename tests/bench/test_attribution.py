@@ -174,6 +174,20 @@ def test_phase_table_adds_up_and_compares_each_class_with_its_analytic_ops():
     assert rows["attention"].modelled == ["attention"]
 
 
+def test_with_pairs_the_agreement_is_their_median_not_the_timed_median():
+    """Each attributed profiled pass against the bare pass run just before it: a timed median taken while the
+    machine was slower (here 20 %) does not enter the check."""
+    profiled = ProfiledPhase(1, 0.011, 0.001, {"q_proj": 0.006}, {"q_proj": 2})
+    pairs = [(0.0100, 0.0102), (0.0110, 0.0110), (0.0090, 0.0099)]  # +2 %, 0 %, +10 %
+    table = phase_attribution("prefill", profiled, None, [], timed_pass_s=0.012, pairs=pairs)
+    assert table.agreement.value == pytest.approx(0.02)
+    assert "median of 3 pairs" in table.agreement.how and "+10.0%" in table.agreement.how
+    assert table.agreement_pairs == [list(p) for p in pairs]
+    assert table.profiler_overhead.value == pytest.approx(0.011 / 0.012 - 1)  # still against the timed median
+    even = phase_attribution("prefill", profiled, None, [], timed_pass_s=None, pairs=pairs[:2])
+    assert even.agreement.value == pytest.approx(0.01)  # of two, their mean
+
+
 def test_sdpa_attention_bytes_by_hand():
     """SmolLM2-135M's shape, decode of 2 sequences at a 100-token cache, bf16: the fused kernel reads Q, the K and V
     of 101 positions at 3 KV heads, writes the output; no score matrix."""
@@ -278,7 +292,10 @@ def test_each_phase_keeps_the_median_profiled_repetition(tiny_llama):
     engine = build_engine(EngineSpec(name="hf"), tiny_llama)
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=3)
     three = profile_repetition(engine, prompts, 4, CPU)
-    assert (three["prefill"].passes, three["decode"].passes) == (1, 3)  # one repetition's passes, not their sum
+    median = three.median()
+    assert (median["prefill"].passes, median["decode"].passes) == (1, 3)  # one repetition's passes, not their sum
+    assert len(three.runs) == len(three.bare) == 3  # each profiled repetition beside a bare one
+    assert all(len(passes) == 4 and min(passes) > 0 for passes in three.bare)  # a prefill and 3 decode passes
 
 
 def test_median_phases_picks_the_middle_run_per_phase():
@@ -297,7 +314,7 @@ def test_a_slowed_operator_moves_time_to_its_class_and_nowhere_else(tiny_llama):
     engine = build_engine(EngineSpec(name="hf"), tiny_llama)
     prompts = make_prompts(tiny_llama, "synthetic", 1, 8, seed=3)
     profile_repetition(engine, prompts, 4, CPU)  # warm
-    plain = profile_repetition(engine, prompts, 6, CPU)
+    plain = profile_repetition(engine, prompts, 6, CPU).median()
     mlps = [m for name, m in tiny_llama.model.named_modules() if name.endswith("mlp")]
     originals = [m.down_proj for m in mlps]
     try:
@@ -305,7 +322,7 @@ def test_a_slowed_operator_moves_time_to_its_class_and_nowhere_else(tiny_llama):
             nap = NappingLinear(lin.in_features, lin.out_features, bias=lin.bias is not None)
             nap.load_state_dict(lin.state_dict())
             m.down_proj = nap
-        slowed = profile_repetition(engine, prompts, 6, CPU)
+        slowed = profile_repetition(engine, prompts, 6, CPU).median()
     finally:
         for m, lin in zip(mlps, originals):
             m.down_proj = lin
@@ -371,6 +388,9 @@ def test_every_engine_is_attributed_and_left_as_it_was(name, options, tiny_llama
         names = {r.name for r in p.rows}
         assert OUTSIDE in names
     assert phases["decode"].passes >= 1
+    pairs = phases["prefill"].agreement_pairs  # each profiled prefill beside a bare one, run just before it
+    assert len(pairs) == 3 and all(bare > 0 and attributed > 0 for bare, attributed in pairs)
+    assert "pairs" in phases["prefill"].agreement.how
     decode = {r.name for r in phases["decode"].rows}
     assert {"q_proj", "down_proj", "attention"} <= decode or any(r.kind == "engine" for r in phases["decode"].rows)
 
@@ -423,6 +443,25 @@ def test_attribution_off_and_out_of_the_config_hash(tmp_path):
     assert on.config_hash() == off.config_hash()  # it changes nothing that is timed
     ExperimentRunner(off, results_root=tmp_path).run()
     assert [r.attribution for r in load_records(tmp_path)] == [None]
+
+
+def test_bare_and_profiled_passes_pair_up_per_repetition():
+    from rooflens.bench.attribution import ProfiledReps
+    from rooflens.bench.attribution.events import PhaseTimes
+
+    def run(prefill_us: float, decode_us: float) -> dict[str, PhaseTimes]:
+        return {"prefill": PhaseTimes(passes=1, wall_us=prefill_us), "decode": PhaseTimes(passes=2, wall_us=decode_us)}
+
+    reps = ProfiledReps(
+        runs=[run(110.0, 44.0), run(100.0, 40.0), run(300.0, 90.0)],
+        bare=[[100e-6, 20e-6, 22e-6], [90e-6, 18e-6, 22e-6], [200e-6]],  # the last generation stopped at its prefill
+    )
+    assert reps.bare_pass_s("decode", 0) == pytest.approx(21e-6)  # the mean of its passes, as a profiled phase's
+    assert reps.bare_pass_s("decode", 2) is None
+    assert reps.bare_median_s() == pytest.approx({"prefill": 100e-6, "decode": 20.5e-6})  # decode: of 2 reps
+    flat = lambda pairs: [x for pair in pairs for x in pair]  # noqa: E731
+    assert flat(reps.pairs("prefill", None)) == pytest.approx([100e-6, 110e-6, 90e-6, 100e-6, 200e-6, 300e-6])
+    assert flat(reps.pairs("decode", None)) == pytest.approx([21e-6, 22e-6, 20e-6, 20e-6])  # per pass; none for rep 3
 
 
 def test_profiler_cost_per_operator_is_what_the_decode_passes_show_never_below_the_loops():

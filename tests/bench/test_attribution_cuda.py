@@ -49,7 +49,7 @@ def test_on_cuda_each_class_gets_its_kernels_device_time(gpu_llama):
     engine = build_engine(EngineSpec(name="hf"), gpu_llama)
     prompts = make_prompts(gpu_llama, "synthetic", 1, 8, seed=3).to(CUDA)
     profile_repetition(engine, prompts, 4, CUDA)  # warm
-    times = profile_repetition(engine, prompts, 6, CUDA)
+    times = profile_repetition(engine, prompts, 6, CUDA).median()
     decode = times["decode"]
     assert decode.passes == 5 and times["prefill"].passes == 1
     for cls in ("q_proj", "down_proj", "attention", "lm_head"):
@@ -62,7 +62,7 @@ def test_on_cuda_extra_kernels_in_one_module_move_time_to_that_class_only(gpu_ll
     engine = build_engine(EngineSpec(name="hf"), gpu_llama)
     prompts = make_prompts(gpu_llama, "synthetic", 1, 8, seed=3).to(CUDA)
     profile_repetition(engine, prompts, 4, CUDA)  # warm
-    plain = profile_repetition(engine, prompts, 6, CUDA)
+    plain = profile_repetition(engine, prompts, 6, CUDA).median()
     mlps = [m for name, m in gpu_llama.model.named_modules() if name.endswith("mlp")]
     originals = [m.down_proj for m in mlps]
     try:
@@ -70,7 +70,7 @@ def test_on_cuda_extra_kernels_in_one_module_move_time_to_that_class_only(gpu_ll
             rep = RepeatingLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, device=CUDA)
             rep.load_state_dict(lin.state_dict())
             m.down_proj = rep
-        slowed = profile_repetition(engine, prompts, 6, CUDA)
+        slowed = profile_repetition(engine, prompts, 6, CUDA).median()
     finally:
         for m, lin in zip(mlps, originals):
             m.down_proj = lin

@@ -51,7 +51,16 @@ def test_lever_sentence_names_the_biggest_share():
     assert "80% of int4's decode pass (batch 1) is in linear layers" in text
     assert "60% of spec's decode pass (batch 1) is the engine's own draft" in text
     assert "took +5% (median) against the timed ones" in text  # the profiled pass: 0.01 against 0.0095
-    assert "within 5% (median; worst 5%)" in text  # nothing removed in these records
+    assert "within 5.3% (median over cells; worst 5.3%) of the timed one" in text  # nothing removed here
+
+
+def test_the_check_sentence_says_when_it_compares_pairs():
+    r = attributed("hf", {"q_proj": 0.002, "lm_head": 0.001}, 0.01)
+    prefill = r.attribution.phases[0]
+    prefill.agreement_pairs = [[0.0099, 0.01], [0.0101, 0.01], [0.01, 0.01]]
+    prefill.agreement.value = 0.0
+    text = " ".join(attribution_sentences([r]))
+    assert "within 0.0% (median over cells; worst 0.0%) of a bare prefill run just before it" in text
 
 
 def test_model_error_sentence_quotes_predicted_over_measured():

@@ -270,7 +270,8 @@ def _attribution(
     except ValueError:  # an architecture the analytic model does not know: times only
         costs = {}
     timed = {"prefill": metrics["ttft_s"].median, "decode": metrics["tpot_s"].median * (hints.tokens_per_pass or 1.0)}
-    return attribute_cell(engine, group.prompts(cell), w.gen_len, group.bench.device, costs, ceilings, timed)
+    reps = group.job.experiment.attribution_repetitions
+    return attribute_cell(engine, group.prompts(cell), w.gen_len, group.bench.device, costs, ceilings, timed, reps)
 
 
 def _quality(group: Group, cell: Cell, engine: Engine, tokens: torch.Tensor) -> QualityResult | None:

@@ -130,15 +130,15 @@ def attribution_sentences(records: list[Record]) -> list[str]:
     phases = [p for r in records if r.attribution for p in r.attribution.phases]
     raw = [p.profiler_overhead.value for p in phases if p.profiler_overhead and p.profiler_overhead.value is not None]
     # the decode passes calibrate the profiler's cost per operator on a CPU (they agree by construction there):
-    # the prefill is the independent check
-    left = [
-        abs(p.agreement.value) for p in phases if p.phase == "prefill" and p.agreement and p.agreement.value is not None
-    ]
+    # the prefill is the independent check, each profiled prefill against a bare one run just before it
+    prefills = [p for p in phases if p.phase == "prefill" and p.agreement and p.agreement.value is not None]
+    left = [abs(p.agreement.value) for p in prefills if p.agreement and p.agreement.value is not None]
     if raw and left:
+        against = "a bare prefill run just before it" if all(p.agreement_pairs for p in prefills) else "the timed one"
         out.append(
             f"The profiled passes took {statistics.median(raw):+.0%} (median) against the timed ones; with the "
-            f"profiler's estimated cost taken out, the attributed prefill is within {statistics.median(left):.0%} "
-            f"(median; worst {max(left):.0%}) of the timed one"
+            f"profiler's estimated cost taken out, the attributed prefill is within {statistics.median(left):.1%} "
+            f"(median over cells; worst {max(left):.1%}) of {against}"
         )
     return [s + "." for s in [*out, *_model_error(records)]]
 

@@ -61,7 +61,7 @@ def class_row(
 ) -> OpClassRow:
     """One class of a pass: ``seconds`` measured per pass, compared with its analytic ops in ``cost`` (per pass;
     None: an architecture the analytic model does not know)."""
-    how = "torch.profiler, the median of 3 profiled repetitions; mean per pass"
+    how = "torch.profiler, the phase's median profiled repetition; mean per pass"
     row = OpClassRow(name=name, kind=kind, time_s=_q(seconds, "s", "measured", how), share=share, calls=calls)  # type: ignore[arg-type]
     ops = modelled_ops(name, cost) if kind != "outside" and cost is not None else []
     if not ops or cost is None:
@@ -106,6 +106,17 @@ class ProfiledPhase:
     calls: dict[str, int]
     engine_classes: frozenset[str] = frozenset()
     removed_how: str = ""
+    of_runs: int = 1  # profiled repetitions this phase's (median) one was chosen from
+
+    def removed_per_pass_s(self) -> float:
+        """The profiler's estimated cost per pass, never more than the time outside operators (a busy machine's
+        estimate can exceed it), so that the rows still add up and inside operators stays <= 1."""
+        raw, inside = self.wall_s / self.passes, sum(self.inside_s.values()) / self.passes
+        return min(self.removed_s / self.passes, max(raw - inside, 0.0))
+
+    def attributed_s(self) -> float:
+        """What a pass's rows add up to: the profiled pass less the profiler's estimated cost."""
+        return self.wall_s / self.passes - self.removed_per_pass_s()
 
 
 def phase_attribution(
@@ -114,15 +125,16 @@ def phase_attribution(
     cost: PhaseCost | None,
     ceilings: list[CeilingRef],
     timed_pass_s: float | None,
+    pairs: list[tuple[float, float]] | None = None,
 ) -> PhaseAttribution:
     """A phase's table: per class its time per pass against its analytic ops, and the time outside operators; the
-    rows add up to the profiled pass less the profiler's estimated cost, which is compared with the timed pass."""
+    rows add up to the profiled pass less the profiler's estimated cost. That is compared with the timed pass, and,
+    given ``pairs`` (bare pass, attributed profiled pass, run one after the other), with the bare pass of each pair:
+    the ``agreement`` is then their median (the check that the parts add up, free of the machine's drift)."""
     n = profiled.passes
     raw = profiled.wall_s / n
     inside = sum(profiled.inside_s.values()) / n
-    # the profiler's cost is an estimate: never remove more than the time outside operators (a busy machine's
-    # estimate can exceed it), so that the rows still add up and inside operators stays <= 1
-    removed = min(profiled.removed_s / n, max(raw - inside, 0.0))
+    removed = profiled.removed_per_pass_s()
     attributed = raw - removed
     rows = [
         class_row(
@@ -139,12 +151,14 @@ def phase_attribution(
     outside = max(attributed - inside, 0.0)
     rows.append(class_row(OUTSIDE, "outside", outside, outside / attributed, None, cost, ceilings))
     catch_all = sum(profiled.inside_s.get(k, 0.0) for k in CATCH_ALL) / n
-    how = "torch.profiler, the step ranges of the median of 3 profiled repetitions; mean per pass"
+    how = f"torch.profiler, the step ranges of the median of {profiled.of_runs} profiled repetitions; mean per pass"
     timed = agreement = overhead = None
     if timed_pass_s:
         timed = _q(timed_pass_s, "s", "measured", "the timed repetitions' median")
         overhead = _q(raw / timed_pass_s - 1, "fraction", "derived", "profiled pass / timed pass - 1")
         agreement = _q(attributed / timed_pass_s - 1, "fraction", "derived", "attributed pass / timed pass - 1")
+    if pairs:
+        agreement = paired_agreement(pairs)
     return PhaseAttribution(
         phase=phase,  # type: ignore[arg-type]
         passes=n,
@@ -154,7 +168,20 @@ def phase_attribution(
         timed_pass_time_s=timed,
         profiler_overhead=overhead,
         agreement=agreement,
+        agreement_pairs=[list(p) for p in pairs or []],
         inside_operators=inside / attributed,
         coverage=(1 - catch_all / inside) if inside else 0.0,
         rows=rows,
     )
+
+
+def paired_agreement(pairs: list[tuple[float, float]]) -> Quantity:
+    """The median over ``pairs`` of attributed / bare - 1, with their range."""
+    ratios = sorted(a / b - 1 for b, a in pairs)
+    mid = len(ratios) // 2
+    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    how = (
+        f"attributed profiled pass / the bare generation's run just before it - 1; median of {len(ratios)} pairs "
+        f"(range {ratios[0]:+.1%} to {ratios[-1]:+.1%})"
+    )
+    return _q(median, "fraction", "derived", how)

@@ -1,26 +1,28 @@
-"""Per-operator attribution of a cell: one repetition after the timed ones (never inside them), run under
-``torch.profiler`` with the model instrumented (:mod:`.instrument`), its operators sorted into the analytic model's
-classes and the engine's own work (:mod:`.events`), and each class placed on the roofline
+"""Per-operator attribution of a cell: repetitions after the timed ones (never inside them), run under
+``torch.profiler`` with the model instrumented (:mod:`.instrument`), their operators sorted into the analytic
+model's classes and the engine's own work (:mod:`.events`), and each class placed on the roofline
 (:mod:`rooflens.roofline.op_classes`). CPU activity on a CPU; on a GPU the kernels' device time (CUPTI) is an
-operator's time. On a CPU the profiler's own cost is taken out: per range as measured just before (:mod:`.overhead`),
-per recorded operator as the decode passes show it against the timed ones (:func:`in_situ`); the prefill, corrected
-with that figure, is compared with its timed pass (``agreement``). The profiled repetition's tokens are not used.
-"""
+operator's time. Each profiled repetition follows a bare one (profiler off). On a CPU the profiler's own cost is
+taken out: per range as measured just before (:mod:`.overhead`), per recorded operator as the decode passes show it
+against the bare ones (:func:`in_situ`); each pass, so corrected, is compared with its bare pair (``agreement``:
+the prefill's is the independent check). The profiled repetitions' tokens are not used."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from rooflens.bench.attribution.events import PhaseTimes, event_tree, phase_times
 from rooflens.bench.attribution.instrument import SteppedClock, instrumented
 from rooflens.bench.attribution.overhead import ProfilerCost, measure_profiler_cost
-from rooflens.engines.base import Engine
+from rooflens.engines.base import Engine, TokenClock
 from rooflens.results.record import Attribution, CeilingRef
 from rooflens.roofline.analytic import SUPPORTED_MODEL_TYPES, PhaseCost
 from rooflens.roofline.op_classes import ProfiledPhase, phase_attribution
@@ -64,41 +66,98 @@ def _kineto_quiet() -> Iterator[None]:
 PROFILED_REPS = 3  # profiled repetitions per cell; each phase keeps the median one, as the timed metrics are medians
 
 
+@dataclass
+class ProfiledReps:
+    """A cell's profiled repetitions (per repetition, its phases' times) and, run just before each with the profiler
+    off, a bare generation of the same prompts (its passes: the prefill, then each decode pass). Bare and profiled
+    pass pair up per repetition (the check that the parts add up), and the bare decode passes calibrate the
+    profiler's cost: both free of the machine's drift since the timed repetitions."""
+
+    runs: list[dict[str, PhaseTimes]]
+    bare: list[list[float]]
+
+    def median(self) -> dict[str, PhaseTimes]:
+        return median_phases(self.runs)
+
+    def bare_pass_s(self, phase: str, i: int) -> float | None:
+        """Repetition ``i``'s bare pass of ``phase`` (decode: the mean of its passes, as a profiled phase's)."""
+        passes = self.bare[i][:1] if phase == "prefill" else self.bare[i][1:]
+        return statistics.fmean(passes) if passes else None
+
+    def bare_median_s(self) -> dict[str, float]:
+        """Per phase, the median over repetitions of its bare pass (a phase without passes left out)."""
+        out = {}
+        for phase in ("prefill", "decode"):
+            seen = [t for i in range(len(self.bare)) if (t := self.bare_pass_s(phase, i)) is not None]
+            if seen:
+                out[phase] = statistics.median(seen)
+        return out
+
+    def pairs(self, phase: str, cost: ProfilerCost | None) -> list[tuple[float, float]]:
+        """(bare pass, attributed profiled pass) in seconds, per repetition that has both."""
+        out = []
+        for i, run in enumerate(self.runs):
+            t, bare = run.get(phase), self.bare_pass_s(phase, i)
+            if t is not None and t.passes and t.wall_us > 0 and bare:
+                out.append((bare, _profiled(t, cost).attributed_s()))
+        return out
+
+
+def _generate(engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device) -> None:
+    clock = SteppedClock(device, n_new)
+    clock.start()
+    try:
+        engine.generate(prompts, n_new, clock)
+    finally:
+        clock.stop()  # closes the open step range
+
+
+def _bare_generation(engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device) -> list[float]:
+    """A generation with the profiler off, timed as the timed repetitions are: its passes in seconds, the prefill
+    (time to the first emission) first, then each decode pass (between emissions)."""
+    clock = TokenClock(device)
+    clock.start()
+    engine.generate(prompts, n_new, clock)
+    clock.stop()
+    assert clock.t_start is not None and clock.events, "the engine emitted no token"
+    stamps = [clock.t_start] + [t for t, _ in clock.events]
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
 def profile_repetition(
     engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device, reps: int = PROFILED_REPS
-) -> dict[str, PhaseTimes]:
+) -> ProfiledReps:
     """``reps`` generations of ``n_new`` tokens under the profiler with the engine's modules instrumented, each in
-    its own profiler cycle after a short one under the cycle's warm-up step (a cold profiler's first events cost far
-    more: it doubled a prefill). Per phase, the repetition whose mean pass is the median of theirs: a prefill is one
-    pass per repetition, and a single profiled one was now and then 10-20 % off its timed median on a quiet machine
-    (SmolLM2 here) where the median of three was not."""
+    its own profiler cycle: a bare generation with the profiler off (the cycle's wait step), then a short one
+    under its warm-up step (a cold profiler's first events cost far more: it doubled a prefill), then the profiled
+    one. Each phase's table takes the repetition whose mean pass is the median (:meth:`ProfiledReps.median`)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     target, own = engine.profiled_modules()
     family = SUPPORTED_MODEL_TYPES.get(str(getattr(target.config, "model_type", "")), "llama")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    kept: list[dict[str, PhaseTimes]] = []
+    out = ProfiledReps([], [])
 
     def keep(prof) -> None:  # the active step's events, read before the profiler clears them
-        kept.append(phase_times(event_tree(prof.profiler.kineto_results.events()), on_device=device.type == "cuda"))
+        out.runs.append(phase_times(event_tree(prof.profiler.kineto_results.events()), on_device=device.type == "cuda"))
 
-    steps = schedule(wait=0, warmup=1, active=1, repeat=reps)
+    steps = schedule(wait=1, warmup=1, active=1, repeat=reps)
     with (
         _kineto_quiet(),
         instrumented(target, family, own),
         profile(activities=activities, schedule=steps, on_trace_ready=keep) as prof,
     ):
-        for n in (2, n_new) * reps:
-            clock = SteppedClock(device, n)
-            clock.start()
-            try:
-                engine.generate(prompts, n, clock)
-            finally:
-                clock.stop()  # closes the open step range
+        for _ in range(reps):
+            _bare_generation(engine, prompts, 2, device)  # after the last cycle's trace processing, as timed reps
+            out.bare.append(_bare_generation(engine, prompts, n_new, device))  # follow a generation
             prof.step()
-    if not kept:
+            _generate(engine, prompts, 2, device)
+            prof.step()
+            _generate(engine, prompts, n_new, device)
+            prof.step()
+    if not out.runs:
         raise RuntimeError("the profiler handed back no events")
-    return median_phases(kept)
+    return out
 
 
 def median_phases(runs: list[dict[str, PhaseTimes]]) -> dict[str, PhaseTimes]:
@@ -111,27 +170,28 @@ def median_phases(runs: list[dict[str, PhaseTimes]]) -> dict[str, PhaseTimes]:
     return out
 
 
-def in_situ(cost: ProfilerCost, times: dict[str, PhaseTimes], timed_pass_s: dict[str, float]) -> ProfilerCost:
-    """The cost per operator as the decode passes show it: their profiled time less their timed time and their
-    ranges' cost, over their operators; never below the loop's figure. Inside a real forward an operator costs the
-    profiler two to ten times what it costs in a tight loop (SmolLM2 on a 2-core CPU), so the loop's figure alone
-    would leave most of the profiler's cost in *outside operators*. The decode passes are then attributed in the
-    timed pass's length by construction; the prefill, corrected with their figure, is the check."""
-    decode, timed = times.get("decode"), timed_pass_s.get("decode")
-    if decode is None or not decode.passes or not timed:
+def in_situ(cost: ProfilerCost, times: dict[str, PhaseTimes], bare_pass_s: dict[str, float]) -> ProfilerCost:
+    """The cost per operator as the decode passes show it: their profiled time less the bare decode pass (run just
+    before, profiler off) and their ranges' cost, over their operators; never below the loop's figure. Inside a
+    real forward an operator costs the profiler two to ten times what it costs in a tight loop (SmolLM2 on a 2-core
+    CPU), so the loop's figure alone would leave most of the profiler's cost in *outside operators*. The decode
+    passes are then attributed in the bare pass's length by construction; the prefill, corrected with their figure,
+    is the check."""
+    decode, bare = times.get("decode"), bare_pass_s.get("decode")
+    if decode is None or not decode.passes or not bare:
         return cost
     ops = decode.top_ops + sum(decode.nested.values())
-    extra = decode.wall_us / 1e6 - timed * decode.passes - cost.per_range_s * decode.ranges
+    extra = decode.wall_us / 1e6 - bare * decode.passes - cost.per_range_s * decode.ranges
     per_op = max(extra / ops if ops else 0.0, cost.per_op_s)
     how = (
-        f"{per_op * 1e6:.2f} us per operator as the decode passes show it (profiled less timed, over their "
+        f"{per_op * 1e6:.2f} us per operator as the decode passes show it (profiled less bare, over their "
         f"operators; {cost.per_op_s * 1e6:.2f} us in a loop of small linear calls), {cost.per_range_s * 1e6:.2f} us "
         "per range (a loop of wrapped empty calls, bare and profiled)"
     )
     return ProfilerCost(per_op, cost.per_range_s, how)
 
 
-def _profiled(t: PhaseTimes, cost: ProfilerCost | None) -> ProfiledPhase:
+def _profiled(t: PhaseTimes, cost: ProfilerCost | None, of_runs: int = 1) -> ProfiledPhase:
     """A phase's totals in seconds, the profiler's cost taken out (none on a GPU: ``cost`` None): an operator nested
     in another costs its parent's class, a top-level one and a range cost the time between operators."""
     per_op = cost.per_op_s if cost else 0.0
@@ -147,7 +207,8 @@ def _profiled(t: PhaseTimes, cost: ProfilerCost | None) -> ProfiledPhase:
         how = f"{t.top_ops + nested} operators and {t.ranges} ranges recorded; {cost.how}"
     if removed >= t.wall_us / 1e6:  # a pass without operators whose whole time the estimate would take
         removed, how = 0.0, f"none: the estimate would take the whole pass ({how})"
-    return ProfiledPhase(t.passes, t.wall_us / 1e6, removed, inside, dict(t.calls), frozenset(t.engine_classes), how)
+    calls, engine_classes = dict(t.calls), frozenset(t.engine_classes)
+    return ProfiledPhase(t.passes, t.wall_us / 1e6, removed, inside, calls, engine_classes, how, of_runs)
 
 
 def attribute_cell(
@@ -158,6 +219,7 @@ def attribute_cell(
     costs: dict[str, PhaseCost],
     ceilings: list[CeilingRef],
     timed_pass_s: dict[str, float],
+    reps: int = PROFILED_REPS,
 ) -> Attribution:
     """The record's attribution: per phase, where a pass's time goes, each class against its analytic ``costs``.
     A failure is recorded as the reason there is none (the cell's timed results stand)."""
@@ -168,14 +230,22 @@ def attribute_cell(
     try:
         with _kineto_quiet():
             cost = measure_profiler_cost() if device.type == "cpu" else None
-        times = profile_repetition(engine, prompts, n_new, device)
+        profiled = profile_repetition(engine, prompts, n_new, device, reps)
     except Exception as err:  # noqa: BLE001 - an attribution that fails must not fail a measured cell
         return Attribution(profiler=name, reason=f"the profiled repetition failed: {type(err).__name__}: {err}")
     try:
+        times = profiled.median()
         if cost is not None:
-            cost = in_situ(cost, times, timed_pass_s)
+            cost = in_situ(cost, times, {**timed_pass_s, **profiled.bare_median_s()})
         phases = [
-            phase_attribution(phase, _profiled(t, cost), costs.get(phase), ceilings, timed_pass_s.get(phase))
+            phase_attribution(
+                phase,
+                _profiled(t, cost, len(profiled.runs)),
+                costs.get(phase),
+                ceilings,
+                timed_pass_s.get(phase),
+                profiled.pairs(phase, cost),
+            )
             for phase in ("prefill", "decode")
             if (t := times.get(phase)) is not None and t.passes and t.wall_us > 0
         ]
