@@ -293,9 +293,9 @@ class Experiment(_Strict):
         ge=1,
         le=100,
         description="profiled repetitions per cell (attribution on): each phase's table is their median one, and "
-        "each is paired with a bare prefill run just before it with the profiler off, the check that the parts add "
-        "up (record: attribution.phases[].agreement). More pairs tighten that check on a noisy machine; each costs "
-        "about one generation and two prefills",
+        "each is paired with a bare generation run just before it (profiler off, not instrumented): the check that "
+        "the parts add up (record: attribution.phases[].agreement). More pairs tighten that check on a noisy "
+        "machine; each costs about two generations and two prefills",
     )
     probe: Literal["never", "auto"] = Field(
         default="never",

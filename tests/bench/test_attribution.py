@@ -298,6 +298,26 @@ def test_each_phase_keeps_the_median_profiled_repetition(tiny_llama):
     assert all(len(passes) == 4 and min(passes) > 0 for passes in three.bare)  # a prefill and 3 decode passes
 
 
+def test_the_bare_generations_run_uninstrumented_and_unprofiled(tiny_llama):
+    """Bare as the timed repetitions are: the instrumentation's wrappers cost a pass time of their own, which belongs
+    to what the attribution takes out, so the bare pair must not pay it."""
+    engine = build_engine(EngineSpec(name="hf"), tiny_llama)
+    q_proj = tiny_llama.model.model.layers[0].self_attn.q_proj
+    original, seen = engine.generate, []
+
+    def spy(prompts, n_new, clock):
+        seen.append((type(clock).__name__, "forward" in q_proj.__dict__, torch.autograd._profiler_enabled()))
+        return original(prompts, n_new, clock)
+
+    engine.generate = spy
+    profile_repetition(engine, make_prompts(tiny_llama, "synthetic", 1, 8, seed=3), 4, CPU, reps=2)
+    bare = [s for s in seen if s[0] == "TokenClock"]
+    profiled = [s for s in seen if s[0] == "SteppedClock"]
+    assert len(bare) == len(profiled) == 4  # per repetition: a short and a full one of each
+    assert not any(wrapped or on for _, wrapped, on in bare)
+    assert all(wrapped for _, wrapped, _ in profiled) and any(on for _, _, on in profiled)
+
+
 def test_median_phases_picks_the_middle_run_per_phase():
     def run(prefill_us: float, decode_us: float) -> dict[str, PhaseTimes]:
         return {"prefill": PhaseTimes(passes=1, wall_us=prefill_us), "decode": PhaseTimes(passes=4, wall_us=decode_us)}

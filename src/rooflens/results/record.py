@@ -252,8 +252,8 @@ class PhaseAttribution(_Model):
         None  # the same pass in the timed repetitions (median TTFT; TPOT x tokens/pass)
     )
     profiler_overhead: Quantity | None = None  # pass_time_s / timed_pass_time_s - 1
-    # does the split add up? attributed / bare - 1, the median over agreement_pairs where there are pairs (the
-    # prefill), else attributed_pass_time_s / timed_pass_time_s - 1 (the decode: 0 by construction on a CPU)
+    # does the split add up? attributed / bare - 1, the median over agreement_pairs (the prefill's is the check; the
+    # decode's is near 0 by construction on a CPU), else (no pairs) attributed_pass_time_s / timed_pass_time_s - 1
     agreement: Quantity | None = None
     agreement_pairs: list[list[float]] = Field(default_factory=list)  # [bare pass, attributed profiled pass], s
     inside_operators: float  # share of the attributed pass time inside operators

@@ -129,8 +129,9 @@ def profile_repetition(
 ) -> ProfiledReps:
     """``reps`` generations of ``n_new`` tokens under the profiler with the engine's modules instrumented, each in
     its own profiler cycle: a bare generation, the profiler off and nothing instrumented (the cycle's wait step),
-    then a short one under its warm-up step (a cold profiler's first events cost far more: it doubled a prefill), then the profiled
-    one. Each phase's table takes the repetition whose mean pass is the median (:meth:`ProfiledReps.median`)."""
+    then a short one under its warm-up step (a cold profiler's first events cost far more: it doubled a prefill),
+    then the profiled one. Each phase's table takes the repetition whose mean pass is the median
+    (:meth:`ProfiledReps.median`)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     target, own = engine.profiled_modules()
