@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from rooflens.bench import interleave
 from rooflens.bench.energy import EnergyReading, UnavailableMeter, combine_readings
 from rooflens.bench.executors import make_executor
 from rooflens.bench.memory import MemoryPeak, highest_peak
-from rooflens.bench.rounds import Contender, measure_rounds, rotation
+from rooflens.bench.rounds import Contender, measure_rounds, rotation, williams_order
 from rooflens.bench.runner import ExperimentRunner
 from rooflens.config import Repetitions
 from rooflens.results.derived import paired_ratios, speedup
@@ -40,9 +41,26 @@ def contenders(tiny_llama, labels, log, **fail_at):
     return [Contender(Logged(x, log, tiny_llama, fail_at.get(x)), PROMPTS) for x in labels]
 
 
-def test_round_k_is_the_engines_rotated_by_k():
+def test_round_k_is_row_k_of_a_williams_design():
     a, b, c = "abc"
-    assert [rotation([a, b, c], k) for k in range(4)] == [[a, b, c], [b, c, a], [c, a, b], [a, b, c]]
+    assert [rotation([a, b, c], k) for k in range(7)] == [
+        [a, b, c], [b, c, a], [c, a, b], [c, b, a], [a, c, b], [b, a, c], [a, b, c]
+    ]  # fmt: skip
+    assert rotation(list("abcd"), 0) == list("abdc")
+
+
+@pytest.mark.parametrize("n", range(2, 9))
+def test_each_engine_follows_each_other_equally_often_and_takes_every_place(n):
+    """A plain rotation by one puts engine i after engine i-1 in every round where it is not first: whatever that
+    engine leaves behind (a warm cache, spinning threads) would always reach the same one."""
+    period = n if n % 2 == 0 else 2 * n
+    rows = [williams_order(n, k) for k in range(period)]
+    assert all(sorted(row) == list(range(n)) for row in rows)
+    follows = Counter(pair for row in rows for pair in zip(row, row[1:]))
+    assert len(follows) == n * (n - 1) and len(set(follows.values())) == 1
+    places = Counter((x, i) for row in rows for i, x in enumerate(row))
+    assert len(places) == n * n and len(set(places.values())) == 1
+    assert williams_order(n, period) == rows[0]  # then it starts again
 
 
 def test_each_round_measures_every_engine_once_in_a_rotating_order(tiny_llama):

@@ -1,11 +1,13 @@
 """The timed loop of several engines measured side by side in time: warm-up rounds (discarded), then
-measured rounds, each one repetition of every engine in a rotating order, until every engine has met both
+measured rounds, each one repetition of every engine in an order that changes every round (a Williams design:
+each engine follows each other one equally often), until every engine has met both
 ``min_reps`` and ``min_seconds`` (its own repetitions' time), capped at ``max_reps`` rounds.
 
 Machine drift (a clock change, a neighbour VM, a thermal limit) then reaches every engine in the same
 rounds, so the ratio of two engines in one round cancels it: the records keep the round of each
-repetition and speedups are taken over paired rounds (:func:`rooflens.results.derived.speedup`). The
-rotation keeps any engine from always following the same one (a cache it warms, a clock it raises).
+repetition and speedups are taken over paired rounds (:func:`rooflens.results.derived.speedup`). The order
+keeps any engine from always following the same one (a cache it warms, a clock it raises), which a plain rotation
+does not: in rotation by one, engine i follows engine i-1 in every round where it is not first.
 Energy and peak memory are read per repetition and summed (energy) or maximised (memory) per engine;
 the machine's conditions are watched once across all rounds. An engine that raises is dropped from the
 later rounds with its error; the others go on.
@@ -55,10 +57,27 @@ class RoundsResult:
     rounds: int
 
 
+def williams_order(n: int, k: int) -> list[int]:
+    """Round ``k``'s order of ``n`` items: row ``k`` of a Williams design (a balanced Latin square: over its n rows
+    for an even n, its 2n rows for an odd n, each item comes first, last and in every place equally often, and
+    follows each other item equally often). Row 0 is 0, 1, n-1, 2, n-2, ...; row r adds r to it (mod n); for an
+    odd n the rows n..2n-1 are rows 0..n-1 reversed."""
+    if n <= 1:
+        return list(range(n))
+    first = [0]
+    for j in range(1, n):
+        first.append((j + 1) // 2 if j % 2 else n - j // 2)
+    period = n if n % 2 == 0 else 2 * n
+    r = k % period
+    row = [(x + r) % n for x in first]
+    return row if r < n else row[::-1]
+
+
 def rotation(items: Sequence[Contender], k: int) -> list[Contender]:
-    """Round ``k``'s order: the list rotated by ``k`` (round 0 in the given order)."""
-    s = k % len(items)
-    return [*items[s:], *items[:s]]
+    """Round ``k``'s order: the engines in row ``k`` of a Williams design (:func:`williams_order`), so no engine
+    always follows the same one: whatever an engine leaves behind (a warm cache, a raised clock, threads still
+    spinning) reaches each of the others equally often. Round 0 is the given order for up to three engines."""
+    return [items[i] for i in williams_order(len(items), k)]
 
 
 def measure_rounds(
