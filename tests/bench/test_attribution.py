@@ -294,8 +294,8 @@ def test_each_phase_keeps_the_median_profiled_repetition(tiny_llama):
     three = profile_repetition(engine, prompts, 4, CPU)
     median = three.median()
     assert (median["prefill"].passes, median["decode"].passes) == (1, 3)  # one repetition's passes, not their sum
-    assert len(three.runs) == len(three.bare) == 3  # each profiled repetition beside a bare one
-    assert all(len(passes) == 4 and min(passes) > 0 for passes in three.bare)  # a prefill and 3 decode passes
+    assert len(three.runs) == len(three.bare_prefill_s) == 3  # each profiled repetition beside a bare prefill
+    assert len(three.bare_decode_s) == 3 and min(three.bare_prefill_s + three.bare_decode_s) > 0  # one generation's
 
 
 def test_the_bare_generations_run_uninstrumented_and_unprofiled(tiny_llama):
@@ -313,7 +313,9 @@ def test_the_bare_generations_run_uninstrumented_and_unprofiled(tiny_llama):
     profile_repetition(engine, make_prompts(tiny_llama, "synthetic", 1, 8, seed=3), 4, CPU, reps=2)
     bare = [s for s in seen if s[0] == "TokenClock"]
     profiled = [s for s in seen if s[0] == "SteppedClock"]
-    assert len(bare) == len(profiled) == 4  # per repetition: a short and a full one of each
+    assert (
+        len(bare) == len(profiled) == 4
+    )  # per repetition: two bare (the first cycle's second a whole one), two profiled
     assert not any(wrapped or on for _, wrapped, on in bare)
     assert all(wrapped for _, wrapped, _ in profiled) and any(on for _, _, on in profiled)
 
@@ -473,15 +475,15 @@ def test_bare_and_profiled_passes_pair_up_per_repetition():
         return {"prefill": PhaseTimes(passes=1, wall_us=prefill_us), "decode": PhaseTimes(passes=2, wall_us=decode_us)}
 
     reps = ProfiledReps(
-        runs=[run(110.0, 44.0), run(100.0, 40.0), run(300.0, 90.0)],
-        bare=[[100e-6, 20e-6, 22e-6], [90e-6, 18e-6, 22e-6], [200e-6]],  # the last generation stopped at its prefill
+        runs=[run(110.0, 44.0), run(100.0, 40.0), run(300.0, 0.0)],  # the last recorded no decode time
+        bare_prefill_s=[100e-6, 90e-6, 200e-6],
+        bare_decode_s=[20e-6, 22e-6],  # one bare generation's decode passes
     )
-    assert reps.bare_pass_s("decode", 0) == pytest.approx(21e-6)  # the mean of its passes, as a profiled phase's
-    assert reps.bare_pass_s("decode", 2) is None
-    assert reps.bare_median_s() == pytest.approx({"prefill": 100e-6, "decode": 20.5e-6})  # decode: of 2 reps
+    assert reps.bare_pass_s() == pytest.approx({"prefill": 100e-6, "decode": 21e-6})  # mean, as a profiled phase's
     flat = lambda pairs: [x for pair in pairs for x in pair]  # noqa: E731
     assert flat(reps.pairs("prefill", None)) == pytest.approx([100e-6, 110e-6, 90e-6, 100e-6, 200e-6, 300e-6])
-    assert flat(reps.pairs("decode", None)) == pytest.approx([21e-6, 22e-6, 20e-6, 20e-6])  # per pass; none for rep 3
+    assert flat(reps.pairs("decode", None)) == pytest.approx([21e-6, 22e-6, 21e-6, 20e-6])  # per pass; none for rep 3
+    assert ProfiledReps([run(1.0, 1.0)], [], []).pairs("decode", None) == []  # no bare pass: no pair
 
 
 def test_profiler_cost_per_operator_is_what_the_decode_passes_show_never_below_the_loops():

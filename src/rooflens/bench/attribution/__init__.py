@@ -68,38 +68,38 @@ PROFILED_REPS = 3  # profiled repetitions per cell; each phase keeps the median 
 
 @dataclass
 class ProfiledReps:
-    """A cell's profiled repetitions (per repetition, its phases' times) and, run just before each with the profiler
-    off, a bare generation of the same prompts (its passes: the prefill, then each decode pass). Bare and profiled
-    pass pair up per repetition (the check that the parts add up), and the bare decode passes calibrate the
-    profiler's cost: both free of the machine's drift since the timed repetitions."""
+    """A cell's profiled repetitions (per repetition, its phases' times) and bare passes of the same prompts, the
+    profiler off and nothing instrumented: before each profiled repetition a bare prefill (its pair: the check that
+    the parts add up), and before the first one a whole bare generation whose decode passes calibrate the profiler's
+    cost. Both are free of the machine's drift since the timed repetitions."""
 
     runs: list[dict[str, PhaseTimes]]
-    bare: list[list[float]]
+    bare_prefill_s: list[float]  # per repetition
+    bare_decode_s: list[float]  # the decode passes of one bare generation
 
     def median(self) -> dict[str, PhaseTimes]:
         return median_phases(self.runs)
 
-    def bare_pass_s(self, phase: str, i: int) -> float | None:
-        """Repetition ``i``'s bare pass of ``phase`` (decode: the mean of its passes, as a profiled phase's)."""
-        passes = self.bare[i][:1] if phase == "prefill" else self.bare[i][1:]
-        return statistics.fmean(passes) if passes else None
-
-    def bare_median_s(self) -> dict[str, float]:
-        """Per phase, the median over repetitions of its bare pass (a phase without passes left out)."""
+    def bare_pass_s(self) -> dict[str, float]:
+        """The bare prefill (median over repetitions) and decode pass (mean of its passes, as a profiled phase's);
+        a phase without passes left out."""
         out = {}
-        for phase in ("prefill", "decode"):
-            seen = [t for i in range(len(self.bare)) if (t := self.bare_pass_s(phase, i)) is not None]
-            if seen:
-                out[phase] = statistics.median(seen)
+        if self.bare_prefill_s:
+            out["prefill"] = statistics.median(self.bare_prefill_s)
+        if self.bare_decode_s:
+            out["decode"] = statistics.fmean(self.bare_decode_s)
         return out
 
     def pairs(self, phase: str, cost: ProfilerCost | None) -> list[tuple[float, float]]:
-        """(bare pass, attributed profiled pass) in seconds, per repetition that has both."""
+        """(bare pass, attributed profiled pass) in seconds, per profiled repetition: the prefill against the bare
+        prefill run just before it, a decode pass against the bare generation's."""
+        decode = self.bare_pass_s().get("decode")
+        bare = self.bare_prefill_s if phase == "prefill" else [decode] * len(self.runs)
         out = []
-        for i, run in enumerate(self.runs):
-            t, bare = run.get(phase), self.bare_pass_s(phase, i)
-            if t is not None and t.passes and t.wall_us > 0 and bare:
-                out.append((bare, _profiled(t, cost).attributed_s()))
+        for run, b in zip(self.runs, bare):
+            t = run.get(phase)
+            if t is not None and t.passes and t.wall_us > 0 and b:
+                out.append((b, _profiled(t, cost).attributed_s()))
         return out
 
 
@@ -128,27 +128,30 @@ def profile_repetition(
     engine: Engine, prompts: torch.Tensor, n_new: int, device: torch.device, reps: int = PROFILED_REPS
 ) -> ProfiledReps:
     """``reps`` generations of ``n_new`` tokens under the profiler with the engine's modules instrumented, each in
-    its own profiler cycle: a bare generation, the profiler off and nothing instrumented (the cycle's wait step),
-    then a short one under its warm-up step (a cold profiler's first events cost far more: it doubled a prefill),
-    then the profiled one. Each phase's table takes the repetition whose mean pass is the median
-    (:meth:`ProfiledReps.median`)."""
+    its own profiler cycle: a bare prefill, the profiler off and nothing instrumented (the cycle's wait step; in
+    the first cycle a whole bare generation), then a short generation under its warm-up step (a cold profiler's
+    first events cost far more: it doubled a prefill), then the profiled one. Each phase's table takes the
+    repetition whose mean pass is the median (:meth:`ProfiledReps.median`)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     target, own = engine.profiled_modules()
     family = SUPPORTED_MODEL_TYPES.get(str(getattr(target.config, "model_type", "")), "llama")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    out = ProfiledReps([], [])
+    out = ProfiledReps([], [], [])
 
     def keep(prof) -> None:  # the active step's events, read before the profiler clears them
         out.runs.append(phase_times(event_tree(prof.profiler.kineto_results.events()), on_device=device.type == "cuda"))
 
     steps = schedule(wait=1, warmup=1, active=1, repeat=reps)
     with _kineto_quiet(), profile(activities=activities, schedule=steps, on_trace_ready=keep) as prof:
-        for _ in range(reps):
+        for i in range(reps):
             # bare as the timed repetitions are: not instrumented (the ranges' wrappers alone cost a SmolLM2 decode
             # pass ~10 % here), and after a generation, not straight after the last cycle's trace processing
             _bare_generation(engine, prompts, 2, device)
-            out.bare.append(_bare_generation(engine, prompts, n_new, device))
+            prefill, *decode = _bare_generation(engine, prompts, n_new if i == 0 else 2, device)
+            out.bare_prefill_s.append(prefill)
+            if i == 0:
+                out.bare_decode_s.extend(decode)
             prof.step()
             with instrumented(target, family, own):
                 _generate(engine, prompts, 2, device)
@@ -236,7 +239,7 @@ def attribute_cell(
     try:
         times = profiled.median()
         if cost is not None:
-            cost = in_situ(cost, times, {**timed_pass_s, **profiled.bare_median_s()})
+            cost = in_situ(cost, times, {**timed_pass_s, **profiled.bare_pass_s()})
         phases = [
             phase_attribution(
                 phase,
