@@ -70,29 +70,29 @@ PROFILED_REPS = 3  # profiled repetitions per cell; each phase keeps the median 
 class ProfiledReps:
     """A cell's profiled repetitions (per repetition, its phases' times) and bare passes of the same prompts, the
     profiler off and nothing instrumented: before each profiled repetition a bare prefill (its pair: the check that
-    the parts add up), and before the first one a whole bare generation whose decode passes calibrate the profiler's
-    cost. Both are free of the machine's drift since the timed repetitions."""
+    the parts add up), and before the first one a whole bare generation; the decode passes of all of them (a
+    slow moment in one generation moves their median little) calibrate the profiler's cost. Both are free of the
+    machine's drift since the timed repetitions."""
 
     runs: list[dict[str, PhaseTimes]]
     bare_prefill_s: list[float]  # per repetition
-    bare_decode_s: list[float]  # the decode passes of one bare generation
+    bare_decode_s: list[float]  # every decode pass of the bare generations
 
     def median(self) -> dict[str, PhaseTimes]:
         return median_phases(self.runs)
 
     def bare_pass_s(self) -> dict[str, float]:
-        """The bare prefill (median over repetitions) and decode pass (mean of its passes, as a profiled phase's);
-        a phase without passes left out."""
+        """The bare prefill and decode pass, each the median of its passes; a phase without passes left out."""
         out = {}
         if self.bare_prefill_s:
             out["prefill"] = statistics.median(self.bare_prefill_s)
         if self.bare_decode_s:
-            out["decode"] = statistics.fmean(self.bare_decode_s)
+            out["decode"] = statistics.median(self.bare_decode_s)
         return out
 
     def pairs(self, phase: str, cost: ProfilerCost | None) -> list[tuple[float, float]]:
         """(bare pass, attributed profiled pass) in seconds, per profiled repetition: the prefill against the bare
-        prefill run just before it, a decode pass against the bare generation's."""
+        prefill run just before it, a decode pass against the bare decode pass."""
         decode = self.bare_pass_s().get("decode")
         bare = self.bare_prefill_s if phase == "prefill" else [decode] * len(self.runs)
         out = []
@@ -147,11 +147,10 @@ def profile_repetition(
         for i in range(reps):
             # bare as the timed repetitions are: not instrumented (the ranges' wrappers alone cost a SmolLM2 decode
             # pass ~10 % here), and after a generation, not straight after the last cycle's trace processing
-            _bare_generation(engine, prompts, 2, device)
+            out.bare_decode_s.extend(_bare_generation(engine, prompts, 2, device)[1:])
             prefill, *decode = _bare_generation(engine, prompts, n_new if i == 0 else 2, device)
             out.bare_prefill_s.append(prefill)
-            if i == 0:
-                out.bare_decode_s.extend(decode)
+            out.bare_decode_s.extend(decode)
             prof.step()
             with instrumented(target, family, own):
                 _generate(engine, prompts, 2, device)
