@@ -152,13 +152,13 @@ def phase_attribution(
     rows.append(class_row(OUTSIDE, "outside", outside, outside / attributed, None, cost, ceilings))
     catch_all = sum(profiled.inside_s.get(k, 0.0) for k in CATCH_ALL) / n
     how = f"torch.profiler, the step ranges of the median of {profiled.of_runs} profiled repetitions; mean per pass"
-    timed = agreement = overhead = None
+    timed = overhead = None
+    agreement = paired_agreement(pairs) if pairs else None
     if timed_pass_s:
         timed = _q(timed_pass_s, "s", "measured", "the timed repetitions' median")
         overhead = _q(raw / timed_pass_s - 1, "fraction", "derived", "profiled pass / timed pass - 1")
-        agreement = _q(attributed / timed_pass_s - 1, "fraction", "derived", "attributed pass / timed pass - 1")
-    if pairs:
-        agreement = paired_agreement(pairs)
+        if agreement is None:
+            agreement = _q(attributed / timed_pass_s - 1, "fraction", "derived", "attributed pass / timed pass - 1")
     return PhaseAttribution(
         phase=phase,  # type: ignore[arg-type]
         passes=n,
