@@ -42,7 +42,9 @@ class HFEngine(Engine):
         """The compiled loop on :attr:`module` (made at first use, after ``prepare``)."""
         if self._decoder is None:
             o = self.options
-            self._decoder = CompiledDecoder(self.module, self.model.device, o.compile_mode, o.compile_gemv)
+            self._decoder = CompiledDecoder(
+                self.module, self.model.device, o.compile_mode, o.compile_gemv, fixed_modules=True
+            )
         return self._decoder
 
     def warm(self, prompts: torch.Tensor, n_new: int) -> None:

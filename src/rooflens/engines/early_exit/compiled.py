@@ -39,6 +39,7 @@ from rooflens.engines.compiled import (
     inductor_cache,
     prepare_kernels,
     static_cache,
+    step_calls,
 )
 from rooflens.engines.decoding import LayerStack, layer_kv
 from rooflens.engines.early_exit.deferred import DeferredPass
@@ -194,6 +195,7 @@ class CompiledOps(EagerOps):
         self.mode = compile_mode(mode, device)
         self.cache_folder = inductor_cache()
         kernels, self.gemv = prepare_kernels(model, device, gemv)
+        self.step = step_calls(self.mode, device, fixed_modules=False)
         self.log = CompileLog()
         self._sets: dict[int, StaticCaches] = {}
         self._now: StaticCaches | None = None
@@ -204,8 +206,12 @@ class CompiledOps(EagerOps):
             self._no_prev = torch.zeros(predictors.k, device=device)  # the first checked layer's softmax change
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         torch._dynamo.config.fail_on_recompile_limit_hit = True  # an error, never an eager step called compiled
-        static = partial(compiled, kernels, fullgraph=True, mode=self.mode, dynamic=False)
-        dynamic = partial(compiled, kernels, fullgraph=True, mode=self.mode, dynamic=None)  # with mark_dynamic
+        static = partial(
+            compiled, kernels, fullgraph=True, mode=self.mode, device=device, dynamic=False, per_token=True
+        )
+        dynamic = partial(
+            compiled, kernels, fullgraph=True, mode=self.mode, device=device, dynamic=None
+        )  # mark_dynamic
         self._prefill_c, self._rows_c, self._draft_prefill_c = (
             dynamic(_prefill),
             dynamic(_layer_rows),

@@ -629,7 +629,7 @@ class EarlyExitEngine(Engine):
         if c is None:
             return {}
         run = "one call of each compiled graph (prefill, draft head, layer step, K/V fill, predictor, heads)"
-        return compile_record(c.log, c.mode, self.options.compile_mode, c.cache_folder, c.gemv, warm_run=run)
+        return compile_record(c.log, c.mode, self.options.compile_mode, c.cache_folder, c.gemv, run, c.step)
 
     def _run_values(self) -> dict[str, object]:
         c = self._c

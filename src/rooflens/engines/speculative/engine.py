@@ -145,7 +145,7 @@ class SpeculativeEngine(Engine):
             return {}
         run = "one call of each compiled graph (the target's prefill and verify block; the draft's feeds)"
         mode, asked, folder = c.target.mode, self.options.compile_mode, c.target.cache_folder
-        return compile_record(c.log, mode, asked, folder, c.target.gemv, warm_run=run)
+        return compile_record(c.log, mode, asked, folder, c.target.gemv, run, c.target.step)
 
     def _vocab_values(self) -> dict[str, Any]:
         """The trimmed vocabulary's size, its coverage of the output, and the share of a draft forward it saves."""
