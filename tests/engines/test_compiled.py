@@ -11,7 +11,14 @@ import torch
 from rooflens.config import EngineSpec
 from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import TokenClock
-from rooflens.engines.compiled import CACHE_BUCKET, cache_length, compile_mode, inductor_cache
+from rooflens.engines.compiled import (
+    CACHE_BUCKET,
+    cache_length,
+    compile_mode,
+    inductor_cache,
+    own_code,
+    step_calls,
+)
 from rooflens.engines.decoding import eos_allowed, eos_token_ids
 from rooflens.engines.registry import build_engine
 from rooflens.kernels.native import native_operator_unavailable
@@ -104,23 +111,47 @@ def test_compiled_loop_masks_eos_and_lets_it_through_for_task_answers(tiny_llama
         assert not decoder._eos_bias().isinf().any()
 
 
-def test_compiled_quantized_equals_its_eager_self(tiny_llama):
+def test_compiled_quantized_engines_each_equal_their_eager_self_and_never_run_each_other_s_graphs(tiny_llama):
+    """Their decode steps skip dynamo's guards on the modules (the module attributes that tell 2 from 8 bits), so each
+    engine's step must be a code object of its own: alternating, each still gives its own eager tokens."""
     kernel = "native"  # the other kernel paths compile too: tests/kernels/test_custom_ops.py
     from rooflens.kernels.native import native_unavailable
 
     if kernel == "native" and (why := native_unavailable()) is not None:
         pytest.skip(f"the native kernel is unavailable here: {why}")
-    opts = {"backend": "rooflens", "bits": 4, "group_size": 32, "kernel": kernel}
-    eager = build_engine(EngineSpec(name="quantized", options=opts), tiny_llama)
-    compiled = build_engine(
-        EngineSpec(name="quantized", options={**opts, "cache": "static", "compile": True}), tiny_llama
-    )
-    eager.prepare()
-    compiled.prepare()
     prompts = make_prompts(tiny_llama, "synthetic", 1, 20, seed=4)  # 20 rows: the prefill takes the dense path
-    compiled.warm(prompts, 8)
-    assert torch.equal(_tokens(compiled, prompts, 8), _tokens(eager, prompts, 8))
-    assert compiled.stats()["compile_time_s"].value > 0
+    pairs = []
+    for bits in (2, 8):
+        opts = {"backend": "rooflens", "bits": bits, "group_size": 32, "kernel": kernel}
+        eager = build_engine(EngineSpec(name="quantized", options=opts), tiny_llama)
+        compiled = build_engine(
+            EngineSpec(name="quantized", options={**opts, "cache": "static", "compile": True}), tiny_llama
+        )
+        eager.prepare()
+        compiled.prepare()
+        compiled.warm(prompts, 8)
+        pairs.append((compiled, _tokens(eager, prompts, 8)))
+    assert not torch.equal(pairs[0][1], pairs[1][1]), "2 and 8 bits must differ for this test to tell them apart"
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for compiled, want in pairs + pairs:
+        assert torch.equal(_tokens(compiled, prompts, 8), want)
+        stats = compiled.stats()
+        assert stats["compile_time_s"].value > 0
+        assert stats["compile_step_calls"].value == "inductor's C++ wrapper; no guards on the model's modules"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_own_code_gives_a_method_a_code_object_of_its_own():
+    class Loop:
+        def step(self, x):
+            return x + 1
+
+    loop = Loop()
+    a, b = own_code(loop.step), own_code(loop.step)
+    assert a.__code__ is not b.__code__ and a.__code__ is not Loop.step.__code__
+    assert a(1) == b(1) == 2 and a.__self__ is loop
+    assert step_calls(None, CPU, False) == "inductor's C++ wrapper; dynamo's full guards"
+    assert step_calls("reduce-overhead", torch.device("cuda"), True).startswith("CUDA graph replays")
 
 
 def test_compiled_mixed_precision_equals_its_eager_self_rung_for_rung(tiny_llama):
