@@ -3,9 +3,10 @@
 A static KV cache, and two functions compiled with ``torch.compile(fullgraph=True)``: the prefill, its
 sequence length dynamic (one graph per batch size, whatever the prompt), and the one-token decode step with
 static shapes (one graph per batch size and cache length; the cache length is rounded up to a multiple of
-:data:`CACHE_BUCKET` so that nearby cells share it). Inductor's C++/OpenMP kernels on a CPU; on a GPU the
-``reduce-overhead`` mode adds CUDA graphs. The loop around the step is plain Python, one clock tick per token,
-greedy with EOS masked as in every engine (:func:`rooflens.engines.decoding.eos_masked`).
+:data:`CACHE_BUCKET` so that nearby cells share it). Inductor's C++/OpenMP kernels on a CPU, the step's calls
+made from inductor's C++ wrapper; on a GPU the ``reduce-overhead`` mode adds CUDA graphs (:func:`step_options`).
+The loop around the step is plain Python, one clock tick per token, greedy with EOS masked as in every engine
+(:func:`rooflens.engines.decoding.eos_masked`).
 
 Compiling happens in :meth:`CompiledDecoder.warm`, which the harness calls before a cell's first repetition
 (:meth:`rooflens.engines.base.Engine.warm`), never inside a timed one; its wall time is reported. Inductor's

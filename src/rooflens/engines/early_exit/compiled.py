@@ -206,12 +206,8 @@ class CompiledOps(EagerOps):
             self._no_prev = torch.zeros(predictors.k, device=device)  # the first checked layer's softmax change
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         torch._dynamo.config.fail_on_recompile_limit_hit = True  # an error, never an eager step called compiled
-        static = partial(
-            compiled, kernels, fullgraph=True, mode=self.mode, device=device, dynamic=False, per_token=True
-        )
-        dynamic = partial(
-            compiled, kernels, fullgraph=True, mode=self.mode, device=device, dynamic=None
-        )  # mark_dynamic
+        graph = partial(compiled, kernels, fullgraph=True, mode=self.mode, device=device)
+        static, dynamic = partial(graph, dynamic=False, per_token=True), partial(graph, dynamic=None)  # mark_dynamic
         self._prefill_c, self._rows_c, self._draft_prefill_c = (
             dynamic(_prefill),
             dynamic(_layer_rows),
