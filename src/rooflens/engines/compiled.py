@@ -182,7 +182,8 @@ def compiled(
 ) -> Callable[..., Any]:
     """``torch.compile(fn, **options)`` in ``mode``, called with ``kernels()`` entered (:func:`prepare_kernels`):
     dynamo traces the fp32-linear mode into the graph and guards on it, so every call must enter the same one.
-    ``per_token``: a static graph called once per token or per layer, compiled with :func:`step_options`."""
+    ``per_token``: a static graph called once per token or per layer, compiled with :func:`step_options`
+    (``fixed_modules`` applies to such a graph only)."""
     if per_token:
         fn = own_code(fn) if fixed_modules else fn
         graph = torch.compile(fn, options=step_options(mode, device, fixed_modules), **options)
@@ -253,9 +254,9 @@ class CompiledDecoder:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         torch._dynamo.config.fail_on_recompile_limit_hit = True  # an error, never an eager step called compiled
         # two functions, so that each has its own compiled code: the prefill's length is dynamic, the step's static
-        static = partial(compiled, kernels, fullgraph=True, dynamic=False, mode=self.mode, device=device)
-        static = partial(static, per_token=True, fixed_modules=fixed_modules)
-        dynamic = partial(compiled, kernels, fullgraph=True, dynamic=None, mode=self.mode, device=device)
+        graph = partial(compiled, kernels, fullgraph=True, mode=self.mode, device=device)
+        static = partial(graph, dynamic=False, per_token=True, fixed_modules=fixed_modules)
+        dynamic = partial(graph, dynamic=None)
         self._prefill, self._decode = dynamic(self._prefill_step), static(self._decode_step)
         # the same, logits out, for loops that read them (a scheduler): see :meth:`session`
         self._prefill_logits, self._decode_logits = dynamic(self._logits_prefill), static(self._logits_step)
@@ -400,10 +401,11 @@ class CompiledForward:
         self._cache: StaticCache | None = None
         self._caches: dict[tuple[int, int], StaticCache] = {}
         # every (model, width, cache length) is a graph of its own: allow more of them than dynamo's default of 8
-        compile_ = partial(compiled, kernels, fullgraph=True, mode=self.mode, device=device)
-        compile_ = partial(compile_, recompile_limit=RECOMPILE_LIMIT)
-        self._prefill = compile_(self._prefill_rows, dynamic=None)
-        self._block = compile_(self._block_rows, dynamic=False, per_token=True)
+        graph = partial(
+            compiled, kernels, fullgraph=True, mode=self.mode, device=device, recompile_limit=RECOMPILE_LIMIT
+        )
+        self._prefill = graph(self._prefill_rows, dynamic=None)
+        self._block = graph(self._block_rows, dynamic=False, per_token=True)
 
     def _prefill_rows(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
         return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
