@@ -3,6 +3,7 @@ warm-up, and its cost in the record. Compiling takes seconds on a CPU: slow test
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -13,10 +14,13 @@ from rooflens.data.prompts import make_prompts
 from rooflens.engines.base import TokenClock
 from rooflens.engines.compiled import (
     CACHE_BUCKET,
+    GQA_ENV,
+    GqaInPlace,
     cache_length,
     compile_mode,
     inductor_cache,
     own_code,
+    static_cache,
     step_calls,
 )
 from rooflens.engines.decoding import eos_allowed, eos_token_ids
@@ -137,7 +141,10 @@ def test_compiled_quantized_engines_each_equal_their_eager_self_and_never_run_ea
         assert torch.equal(_tokens(compiled, prompts, 8), want)
         stats = compiled.stats()
         assert stats["compile_time_s"].value > 0
-        assert stats["compile_step_calls"].value == "inductor's C++ wrapper; no guards on the model's modules"
+        assert stats["compile_step_calls"].value == (
+            "inductor's C++ wrapper; no guards on the model's modules; "
+            "GQA keys and values read in place (sdpa's enable_gqa)"
+        )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
@@ -150,8 +157,37 @@ def test_own_code_gives_a_method_a_code_object_of_its_own():
     a, b = own_code(loop.step), own_code(loop.step)
     assert a.__code__ is not b.__code__ and a.__code__ is not Loop.step.__code__
     assert a(1) == b(1) == 2 and a.__self__ is loop
-    assert step_calls(None, CPU, False) == "inductor's C++ wrapper; dynamo's full guards"
-    assert step_calls("reduce-overhead", torch.device("cuda"), True).startswith("CUDA graph replays")
+    assert step_calls(None, CPU, False).startswith("inductor's C++ wrapper; dynamo's full guards; GQA keys")
+    on_gpu = step_calls("reduce-overhead", torch.device("cuda"), True)
+    assert on_gpu.startswith("CUDA graph replays") and on_gpu.endswith("; repeat_kv")
+
+
+def test_gqa_in_place_hands_the_kv_heads_to_sdpa_as_they_are(tiny_llama):
+    """tiny-llama has 4 query heads on 2 KV heads: traced without the switch, Hugging Face copies the KV heads for
+    sdpa (repeat_kv); with it, sdpa gets 2-head keys and values and ``enable_gqa=True``."""
+    config = tiny_llama.model.config
+    ids = torch.tensor([[5]])
+
+    def sdpa_calls(switch):
+        seen = []
+
+        def backend(gm, example_inputs):
+            for node in gm.graph.nodes:
+                if node.target is torch.nn.functional.scaled_dot_product_attention:
+                    seen.append((node.kwargs.get("enable_gqa", False), node.args[1].meta["example_value"].shape[1]))
+            return gm
+
+        cache = static_cache(config, 1, 8, torch.float32, CPU)
+        step = torch.compile(lambda i: tiny_llama.model(input_ids=i, past_key_values=cache).logits, backend=backend)
+        with torch.inference_mode(), switch():
+            step(ids)
+        torch._dynamo.reset()
+        return seen
+
+    heads = config.num_hidden_layers
+    assert sdpa_calls(GqaInPlace) == [(True, config.num_key_value_heads)] * heads
+    assert sdpa_calls(contextlib.nullcontext) == [(False, config.num_attention_heads)] * heads
+    assert GQA_ENV not in os.environ
 
 
 def test_compiled_mixed_precision_equals_its_eager_self_rung_for_rung(tiny_llama):
