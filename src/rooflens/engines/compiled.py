@@ -155,7 +155,8 @@ def step_calls(mode: str | None, device: torch.device, fixed_modules: bool) -> s
         else "inductor's Python wrapper"
     )
     guards = "no guards on the model's modules" if fixed_modules else "dynamo's full guards"
-    attention = "GQA keys and values read in place (sdpa's enable_gqa)" if device.type == "cpu" else "repeat_kv"
+    in_place = attention_switch(device) is GqaInPlace
+    attention = "GQA keys and values read in place (sdpa's enable_gqa)" if in_place else "repeat_kv"
     return f"{calls}; {guards}; {attention}"
 
 
@@ -185,6 +186,12 @@ class GqaInPlace:
             os.environ[GQA_ENV] = self._old
 
 
+def attention_switch(device: torch.device) -> Callable[[], Any]:
+    """What a compiled graph's calls enter for attention on ``device``: :class:`GqaInPlace` on a CPU; on a GPU nothing
+    (there sdpa with a mask and ``enable_gqa`` would fall back to its math kernel)."""
+    return GqaInPlace if device.type == "cpu" else contextlib.nullcontext
+
+
 def own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` (a function or a bound method) with a code object of its own. Dynamo keeps compiled graphs per code
     object and tells them apart by their guards: a graph compiled without guards on the modules must be the only
@@ -210,8 +217,8 @@ def compiled(
     **options: Any,
 ) -> Callable[..., Any]:
     """``torch.compile(fn, **options)`` in ``mode``, called with ``kernels()`` entered (:func:`prepare_kernels`):
-    dynamo traces the fp32-linear mode into the graph and guards on it, so every call must enter the same one; on a
-    CPU, :class:`GqaInPlace` too.
+    dynamo traces the fp32-linear mode into the graph and guards on it, so every call must enter the same one; and
+    :func:`attention_switch`'s context.
     ``per_token``: a static graph called once per token or per layer, compiled with :func:`step_options`
     (``fixed_modules`` applies to such a graph only)."""
     if per_token:
@@ -220,7 +227,7 @@ def compiled(
     else:
         graph = torch.compile(fn, mode=mode, **options)
 
-    attention = GqaInPlace if device.type == "cpu" else contextlib.nullcontext
+    attention = attention_switch(device)
 
     def call(*args: Any) -> Any:
         with kernels(), attention():
